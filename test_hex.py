@@ -1,0 +1,319 @@
+"""Tests for hex.py: CPU only, no network. Run: python -m pytest -q"""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import hex as H
+
+VOCAB, MASK = 64, 63
+
+
+@pytest.fixture(scope="module")
+def model():
+    return H.TinyMaskPredictor(VOCAB, d_model=32, n_layers=2, n_heads=4, seed=0).double().eval()
+
+
+def prompts(batch=2, length=6, seed=0):
+    return torch.randint(0, MASK, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+class Recorder(nn.Module):
+    """Records the canvas the model sees at every forward call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x, attention_mask=None):
+        self.seen.append(x.clone())
+        return self.model(x, attention_mask=attention_mask)
+
+
+class FixedLogits(nn.Module):
+    """A model that returns the same logits (V,) or per answer position (G, V) at every call."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x, attention_mask=None):
+        out = torch.zeros(*x.shape, self.logits.shape[-1], dtype=torch.float64)
+        out[:, -self.logits.shape[0]:] = self.logits if self.logits.dim() == 2 else self.logits
+        return H.MaskPredictorOutput(out)
+
+
+def reference_generate(model, prompt, gen_length, steps, block_length, remasking, mask_id=MASK):
+    """The authors' sampler written out plainly (notes, section 1): one block at a time, a full
+    float64 softmax over the canvas, per-row topk over the open block's masked positions."""
+    B, P = prompt.shape
+    x = torch.cat([prompt, torch.full((B, gen_length), mask_id)], dim=1)
+    num_blocks = gen_length // block_length
+    spb = steps // num_blocks
+    for nb in range(num_blocks):
+        block_end = P + (nb + 1) * block_length
+        n = (x[:, P + nb * block_length:block_end] == mask_id).sum(1)
+        for i in range(spb):
+            mask_index = x == mask_id
+            logits = model(x).logits
+            p = F.softmax(logits.to(torch.float64), dim=-1)
+            logits[..., mask_id] = -math.inf
+            x0 = logits.argmax(-1)
+            if remasking == "low_confidence":
+                x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)
+            else:
+                top2 = p.topk(2, dim=-1).values
+                x0_p = top2[..., 0] - top2[..., 1]
+            x0_p[:, block_end:] = -math.inf
+            confidence = torch.where(mask_index, x0_p, torch.tensor(-math.inf, dtype=torch.float64))
+            for r in range(B):
+                k = int(n[r]) // spb + (i < int(n[r]) % spb)
+                idx = torch.topk(confidence[r], k).indices
+                x[r, idx] = x0[r, idx]
+    return x
+
+
+def check_trajectory(seen, final, prompt_len, gen_length, steps, block_lengths):
+    """Invariants over the canvases of all forward calls plus the final one."""
+    states = seen + [final]
+    assert len(seen) == steps
+    for s in states:
+        assert torch.equal(s[:, :prompt_len], seen[0][:, :prompt_len]), "the prompt changed"
+    assert (seen[0][:, prompt_len:] == MASK).all() and not (final == MASK).any()
+    for t in range(steps):
+        before, after = states[t][:, prompt_len:], states[t + 1][:, prompt_len:]
+        committed = (before != MASK)
+        assert torch.equal(after[committed], before[committed]), "a committed token changed"
+        new = committed.logical_not() & (after != MASK)
+        for r, b in enumerate(block_lengths):
+            spb = H.steps_per_block(gen_length, steps, b)
+            start = t // spb * b
+            cols = new[r].nonzero().flatten()
+            assert len(cols) == H.num_transfer_tokens(b, spb)[t % spb], f"row {r} step {t}"
+            assert ((cols >= start) & (cols < start + b)).all(), "committed outside the open block"
+
+
+# The schedule -------------------------------------------------------------------------------------
+
+def test_num_transfer_tokens_spreads_remainder_over_first_steps():
+    assert H.num_transfer_tokens(10, 4) == [3, 3, 2, 2]
+    assert H.num_transfer_tokens(8, 4) == [2, 2, 2, 2]
+    assert H.num_transfer_tokens(3, 5) == [1, 1, 1, 0, 0]
+
+
+def test_paper_schedules_commit_two_tokens_per_step():
+    for b in (8, 16, 32, 64, 128, 256):
+        spb = H.steps_per_block(256, 128, b)
+        assert H.num_transfer_tokens(b, spb) == [2] * spb and spb * (256 // b) == 128
+
+
+# The sampler --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "topk_margin"])
+@pytest.mark.parametrize("block_length,steps", [(4, 18), (8, 12), (24, 8)])
+def test_generate_matches_authors_sampler(model, remasking, block_length, steps):
+    prompt = prompts()
+    ours = H.generate(model, prompt, gen_length=24, steps=steps, block_length=block_length,
+                      remasking=remasking, mask_id=MASK)
+    with torch.no_grad():
+        theirs = reference_generate(model, prompt, 24, steps, block_length, remasking)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("remasking,temperature", [("low_confidence", 0.0), ("topk_margin", 0.0),
+                                                   ("random", 0.0), ("low_confidence", 0.8)])
+@pytest.mark.parametrize("block_length,steps", [(4, 12), (12, 6), (24, 5)])
+def test_generate_trajectory_invariants(model, remasking, temperature, block_length, steps):
+    recorder, prompt = Recorder(model), prompts()
+    out = H.generate(recorder, prompt, gen_length=24, steps=steps, block_length=block_length,
+                     remasking=remasking, temperature=temperature, mask_id=MASK,
+                     generator=torch.Generator().manual_seed(1))
+    check_trajectory(recorder.seen, out, prompt.shape[1], 24, steps, [block_length] * len(prompt))
+
+
+def test_leftmost_position_wins_equal_confidences():
+    logits = torch.zeros(VOCAB, dtype=torch.float64)
+    logits[5] = 3.0  # every position predicts token 5 with the same confidence
+    out = H.hex_generate(FixedLogits(logits), prompts(1), block_lengths=(8,), gen_length=8, steps=8,
+                         mask_id=MASK)
+    assert out.commit_steps[0, 0].tolist() == list(range(8))
+    assert (out.sequences[0, 0, -8:] == 5).all()
+
+
+def test_topk_margin_ranks_by_p1_minus_p2_not_p1():
+    # position 0: p = (0.50, 0.45, ...) high p1, small margin; position 1: p = (0.40, 0.10, ...)
+    probs = torch.full((2, VOCAB), 1e-6, dtype=torch.float64)
+    probs[0, :2] = torch.tensor([0.50, 0.45])
+    probs[1, :6] = torch.tensor([0.40, 0.10, 0.10, 0.10, 0.10, 0.10])
+    model = FixedLogits(probs.log())
+    order = {}
+    for remasking in ("low_confidence", "topk_margin"):
+        out = H.hex_generate(model, prompts(1), block_lengths=(2,), gen_length=2, steps=2,
+                             remasking=remasking, mask_id=MASK)
+        order[remasking] = out.commit_steps[0, 0].tolist()
+    assert order == {"low_confidence": [0, 1], "topk_margin": [1, 0]}
+    _, conf = H.x0_and_confidence(model(torch.zeros(1, 2, dtype=torch.long)).logits,
+                                  torch.tensor([0, 0]), torch.tensor([0, 1]), remasking="topk_margin",
+                                  temperature=0.0, mask_id=MASK)
+    p = probs / probs.sum(-1, keepdim=True)
+    assert torch.allclose(conf, p[:, 0] - p.topk(2).values[:, 1])
+
+
+def test_sampled_x0_is_scored_by_the_untempered_softmax():
+    logits = torch.randn(1, 40, VOCAB, generator=torch.Generator().manual_seed(0))
+    rows, cols = torch.zeros(40, dtype=torch.long), torch.arange(40)
+    x0, conf = H.x0_and_confidence(logits, rows, cols, remasking="low_confidence", temperature=2.0,
+                                   mask_id=MASK, generator=torch.Generator().manual_seed(0))
+    greedy, _ = H.x0_and_confidence(logits, rows, cols, remasking="low_confidence", temperature=0.0,
+                                    mask_id=MASK)
+    assert not torch.equal(x0, greedy)  # sampled, not argmax
+    assert torch.allclose(conf, logits[0].double().softmax(-1).gather(-1, x0[:, None]).squeeze(-1))
+
+
+def test_mask_token_is_never_predicted():
+    logits = torch.zeros(VOCAB, dtype=torch.float64)
+    logits[MASK], logits[7] = 10.0, 1.0  # the model's favourite is the mask itself
+    out = H.generate(FixedLogits(logits), prompts(1), gen_length=8, steps=4, block_length=4, mask_id=MASK)
+    assert (out[0, -8:] == 7).all()
+
+
+def test_left_padding_with_attention_mask_changes_nothing(model):
+    short, long = prompts(1, 4, seed=1), prompts(1, 7, seed=2)
+    batch = torch.cat([F.pad(short, (3, 0), value=0), long])
+    attention = torch.ones_like(batch)
+    attention[0, :3] = 0
+    kw = dict(gen_length=16, steps=8, block_length=4, mask_id=MASK)
+    padded = H.generate(model, batch, attention, **kw)
+    assert torch.equal(padded[0, 3:], H.generate(model, short, **kw)[0])
+    assert torch.equal(padded[1], H.generate(model, long, **kw)[0])
+    hexed = H.hex_generate(model, batch, attention, block_lengths=(4, 16), gen_length=16, steps=8,
+                           mask_id=MASK)
+    alone = H.hex_generate(model, short, block_lengths=(4, 16), gen_length=16, steps=8, mask_id=MASK)
+    assert torch.equal(hexed.sequences[0, :, 3:], alone.sequences[0])
+    assert torch.allclose(hexed.scores[0], alone.scores[0])
+
+
+# HEX in lockstep ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "topk_margin"])
+def test_hex_rows_equal_generate_per_schedule(model, remasking):
+    prompt, blocks = prompts(2), (4, 8, 16, 32)
+    kw = dict(gen_length=32, steps=16, remasking=remasking, mask_id=MASK)
+    out = H.hex_generate(model, prompt, block_lengths=blocks, samples_per_block=2, **kw)
+    assert out.sequences.shape == (2, 8, 6 + 32) and out.block_lengths == list(blocks) * 2
+    for k, b in enumerate(out.block_lengths):
+        assert torch.equal(out.sequences[:, k], H.generate(model, prompt, block_length=b, **kw)), b
+
+
+def test_hex_trajectory_invariants_and_forward_calls(model):
+    recorder, prompt, blocks = Recorder(model), prompts(2), (4, 8, 24)
+    out = H.hex_generate(recorder, prompt, block_lengths=blocks, samples_per_block=2, gen_length=24,
+                         steps=12, temperature=0.7, mask_id=MASK, generator=torch.Generator().manual_seed(0))
+    assert len(recorder.seen) == 12  # steps forward calls, not K x steps
+    check_trajectory(recorder.seen, out.sequences.flatten(0, 1), 6, 24, 12, list(blocks) * 2 * 2)
+    assert torch.equal(out.commit_steps.flatten(0, 1) >= 0, torch.ones(12, 24, dtype=torch.bool))
+
+
+def test_generate_makes_exactly_steps_forward_calls(model):
+    counted = H.CountCalls(model)
+    H.generate(counted, prompts(3), gen_length=16, steps=8, block_length=4, mask_id=MASK)
+    assert counted.calls == 8
+
+
+def test_sampling_is_reproducible_and_varies_across_samples(model):
+    kw = dict(block_lengths=(8,), samples_per_block=4, gen_length=16, steps=8, temperature=1.0, mask_id=MASK)
+    a = H.hex_generate(model, prompts(1), generator=torch.Generator().manual_seed(3), **kw).sequences
+    b = H.hex_generate(model, prompts(1), generator=torch.Generator().manual_seed(3), **kw).sequences
+    c = H.hex_generate(model, prompts(1), generator=torch.Generator().manual_seed(4), **kw).sequences
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert len({tuple(s.tolist()) for s in a[0]}) > 1, "samples of one schedule should differ"
+
+
+def test_scores_are_mean_first_pass_log_prob_of_final_answer(model):
+    prompt = prompts(2)
+    out = H.hex_generate(model, prompt, block_lengths=(4, 16), gen_length=16, steps=8, mask_id=MASK)
+    with torch.no_grad():
+        first = model(F.pad(prompt, (0, 16), value=MASK)).logits[:, -16:].log_softmax(-1)  # (B, G, V)
+    for k in range(2):
+        answer = out.sequences[:, k, -16:]
+        expected = first.gather(-1, answer[..., None]).squeeze(-1).mean(-1)
+        assert torch.allclose(out.scores[:, k], expected)
+
+
+# Bad input ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(block_length=5), "block_length"),
+    (dict(steps=6), "steps"),
+    (dict(steps=2), "steps"),
+    (dict(remasking="greedy"), "remasking"),
+    (dict(temperature=-0.1), "temperature"),
+    (dict(attention_mask=torch.ones(2, 3, dtype=torch.long)), "attention_mask"),
+])
+def test_generate_rejects_bad_input(model, kwargs, match):
+    kw = dict(gen_length=16, steps=8, block_length=4, mask_id=MASK) | kwargs
+    with pytest.raises(ValueError, match=match):
+        H.generate(model, prompts(2), **kw)
+
+
+def test_mask_id_outside_vocabulary_is_rejected():
+    with pytest.raises(ValueError, match="mask_id"):
+        H.generate(FixedLogits(torch.zeros(VOCAB)), prompts(1), gen_length=8, steps=4, block_length=4,
+                   mask_id=VOCAB + 10)
+
+
+def test_prompt_containing_mask_and_wrong_types_are_rejected(model):
+    with pytest.raises(ValueError, match="mask_id"):
+        H.generate(model, torch.tensor([[1, MASK]]), gen_length=8, steps=4, block_length=4, mask_id=MASK)
+    with pytest.raises(TypeError, match="input_ids"):
+        H.generate(model, [[1, 2]], gen_length=8, steps=4, block_length=4, mask_id=MASK)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(block_lengths=()), "block_lengths"),
+    (dict(block_lengths=(4, 6)), "block_length"),
+    (dict(samples_per_block=0), "samples_per_block"),
+])
+def test_hex_generate_rejects_bad_input(model, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        H.hex_generate(model, prompts(1), **(dict(block_lengths=(4,), gen_length=16, steps=8, mask_id=MASK) | kwargs))
+
+
+# The vote -----------------------------------------------------------------------------------------
+
+def test_majority_vote():
+    assert H.majority_vote([3, 4, 4, None, 3, 4]) == (4, False)
+    assert H.majority_vote([None, 2, None]) == (2, False)
+    assert H.majority_vote([None, None]) == (None, False)
+    assert H.majority_vote([]) == (None, False)
+    assert H.majority_vote([7, 5, 5, 7, None]) == (7, True)  # tie: first seen wins
+    scores = [-3.0, -1.0, -2.0, -4.0, 0.0]
+    assert H.majority_vote([7, 5, 5, 7, None], scores, tie_break="likelihood") == (5, True)
+    assert H.majority_vote([7, 5], [-1.0, -1.0], tie_break="likelihood") == (7, True)
+    assert H.majority_vote(["18", "18", "20"], [-9.0, -9.0, 0.0], tie_break="likelihood") == ("18", False)
+    with pytest.raises(ValueError, match="tie_break"):
+        H.majority_vote([1], tie_break="nll")
+    with pytest.raises(ValueError, match="scores"):
+        H.majority_vote([1, 2], tie_break="likelihood")
+
+
+# The tiny model -----------------------------------------------------------------------------------
+
+def test_tiny_model_is_seeded_without_touching_global_rng():
+    state = torch.random.get_rng_state()
+    a, b, c = (H.TinyMaskPredictor(VOCAB, d_model=16, seed=s) for s in (0, 0, 1))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(a.lm_head.weight, b.lm_head.weight)
+    assert not torch.equal(a.lm_head.weight, c.lm_head.weight)
+    x = prompts(2)
+    assert a(x).logits.shape == (2, 6, VOCAB)
+
+
+def test_tiny_model_attention_is_bidirectional(model):
+    x = prompts(1, 8)
+    y = x.clone()
+    y[0, -1] = (x[0, -1] + 1) % MASK
+    with torch.no_grad():
+        assert not torch.allclose(model(x).logits[0, 0], model(y).logits[0, 0])
