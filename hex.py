@@ -6,14 +6,10 @@ of [MASK] tokens and, over `steps` denoising steps, commits the masked positions
 Semi-autoregressive decoding cuts the answer into blocks of `block_length` tokens, denoised left to
 right. Each block length is a hidden "expert"; HEX decodes with several and takes a majority vote.
 
-Read top to bottom:
-  1. the semi-AR schedule: which block is open and how many tokens each step commits;
-  2. one denoising step: predict x0, score it (`remasking`), commit the most confident positions;
-  3. `generate`: LLaDA's semi-AR sampler with one block length;
-  4. `hex_generate`: all block lengths of all prompts in lockstep, as one batch;
-  5. `majority_vote`: HEX's answer;
-  6. `TinyMaskPredictor`: a seeded random LLaDA-like model for tests and sanity runs;
-  7. `python hex.py`: commit-order pictures, a vote and a benchmark on the tiny model.
+Sections, in the order of the idea: 1. the semi-AR schedule; 2. one denoising step (predict x0,
+score it by `remasking`, commit the most confident); 3. `generate`, one block length; 4. `hex_generate`,
+all block lengths in lockstep; 5. `majority_vote`; 6. `TinyMaskPredictor`, a seeded random model
+for tests; 7. `python hex.py`: commit-order pictures, a vote and a benchmark on the tiny model.
 """
 from __future__ import annotations
 
@@ -81,10 +77,9 @@ def x0_and_confidence(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tens
     positions at a time: no float64 or softmax tensor the size of the batch's logits is ever built.
     Returns x0 (N,) and confidence (N,) float64.
     """
-    x0s, confs = [], []
+    out, n = [], max(1, CHUNK_ELEMENTS // logits.shape[-1])
     no_mask = torch.tensor([mask_id], device=logits.device)
-    for r, c in zip(rows.split(max(1, CHUNK_ELEMENTS // logits.shape[-1])),
-                    cols.split(max(1, CHUNK_ELEMENTS // logits.shape[-1]))):
+    for r, c in zip(rows.split(n), cols.split(n)):
         chunk = logits[r, c].double()  # (n, V)
         scores = chunk
         if temperature > 0:  # argmax(l - T log(-log u)) == argmax(exp(l) / (-log u)^T), the authors' form
@@ -98,8 +93,8 @@ def x0_and_confidence(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tens
         else:  # topk_margin
             top2 = chunk.softmax(-1).topk(2, dim=-1).values
             conf = top2[:, 0] - top2[:, 1]
-        x0s.append(x0)
-        confs.append(conf)
+        out.append((x0, conf))
+    x0s, confs = zip(*out)
     return torch.cat(x0s), torch.cat(confs)
 
 
@@ -214,8 +209,9 @@ def answer_log_likelihood(first_logits: torch.Tensor, answers: torch.Tensor) -> 
     first_logits (B, G, V), answers (B, K, G) -> (B, K) float64, a chunk of positions at a time."""
     B, K, G = answers.shape
     total = torch.zeros(B, K, dtype=torch.float64, device=answers.device)
+    chunks = torch.arange(G, device=answers.device).split(max(1, CHUNK_ELEMENTS // first_logits.shape[-1]))
     for b in range(B):
-        for idx in torch.arange(G, device=answers.device).split(max(1, CHUNK_ELEMENTS // first_logits.shape[-1])):
+        for idx in chunks:
             logp = first_logits[b, idx].double().log_softmax(-1)  # (n, V)
             total[b] += logp.gather(-1, answers[b][:, idx].T).sum(0)
     return total / G
@@ -293,7 +289,7 @@ class TinyBlock(nn.Module):
         self.attn_norm, self.mlp_norm = nn.RMSNorm(d_model), nn.RMSNorm(d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.proj = nn.Linear(d_model, d_model, bias=False)
-        self.gate_up = nn.Linear(d_model, 8 * d_model, bias=False)
+        self.gate_up = nn.Linear(d_model, 8 * d_model, bias=False)  # SwiGLU, hidden size 4 x d_model
         self.down = nn.Linear(4 * d_model, d_model, bias=False)
 
     def forward(self, h, cos, sin, key_mask):
@@ -334,7 +330,8 @@ class TinyMaskPredictor(nn.Module):
         else:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             key_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True = attend
-        inv_freq = 10000.0 ** (-torch.arange(0, self.head_dim, 2, device=h.device, dtype=h.dtype) / self.head_dim)
+        half = torch.arange(0, self.head_dim, 2, device=h.device, dtype=h.dtype)
+        inv_freq = 10000.0 ** (-half / self.head_dim)
         angles = (positions[..., None].to(h.dtype) * inv_freq).repeat(1, 1, 2)[:, None]  # (B, 1, T, D/H)
         for block in self.blocks:
             h = block(h, angles.cos(), angles.sin(), key_mask)
@@ -374,18 +371,6 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
     return status("VmHWM") - before
 
 
-class CountCalls(nn.Module):
-    """Wraps a model and counts its forward calls."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model, self.calls = model, 0
-
-    def forward(self, *args, **kwargs):
-        self.calls += 1
-        return self.model(*args, **kwargs)
-
-
 def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
@@ -394,7 +379,7 @@ def main() -> None:
     kw = dict(gen_length=64, steps=32, mask_id=mask_id)
     out = hex_generate(model, prompt, block_lengths=(4, 8, 16, 32), **kw)
     margin = hex_generate(model, prompt, block_lengths=(64,), remasking="topk_margin", **kw)
-    print(f"Tiny random model on {device}: the step (0-{STEP_GLYPHS[31]}) that committed each answer position")
+    print(f"Tiny random model on {device}: the step (0-{STEP_GLYPHS[31]}) that committed each answer token")
     for b, c in zip(out.block_lengths, out.commit_steps[0]):
         print(f"  HEX block_length {b:<3}  {commit_picture(c, 32)}")
     print(f"  top-K margin (1 block) {commit_picture(margin.commit_steps[0, 0], 32)}")
@@ -403,13 +388,15 @@ def main() -> None:
     print(f"Vote over the first answer tokens {answers}: {vote}{' (a tie)' if tie else ''}")
 
     blocks, kw = (8, 16, 32, 64, 128), dict(gen_length=256, steps=128, mask_id=mask_id)
-    counted, seconds = CountCalls(model), []
+    calls, seconds = [], []
+    counted = lambda *args, **kwargs: calls.append(1) or model(*args, **kwargs)  # counts forward calls
     for run in (lambda: hex_generate(counted, prompt, block_lengths=blocks, **kw),
                 lambda: [generate(counted, prompt, block_length=b, **kw) for b in blocks]):
-        counted.calls, start = 0, time.perf_counter()
+        calls.clear()
+        start = time.perf_counter()
         run()
         sync()
-        seconds.append((counted.calls, time.perf_counter() - start))
+        seconds.append((len(calls), time.perf_counter() - start))
     (hex_calls, hex_s), (seq_calls, seq_s) = seconds
     print(f"\nBenchmark: block lengths {blocks}, gen_length 256, steps 128, batch of 1 prompt\n"
           f"  hex_generate, lockstep       {hex_calls:4} forward calls {hex_s:6.2f} s\n"

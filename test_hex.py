@@ -124,7 +124,7 @@ def test_generate_matches_authors_sampler(model, remasking, block_length, steps)
 
 @pytest.mark.parametrize("remasking,temperature", [("low_confidence", 0.0), ("topk_margin", 0.0),
                                                    ("random", 0.0), ("low_confidence", 0.8)])
-@pytest.mark.parametrize("block_length,steps", [(4, 12), (12, 6), (24, 5)])
+@pytest.mark.parametrize("block_length,steps", [(4, 12), (4, 36), (12, 6), (24, 5)])
 def test_generate_trajectory_invariants(model, remasking, temperature, block_length, steps):
     recorder, prompt = Recorder(model), prompts()
     out = H.generate(recorder, prompt, gen_length=24, steps=steps, block_length=block_length,
@@ -217,9 +217,9 @@ def test_hex_trajectory_invariants_and_forward_calls(model):
 
 
 def test_generate_makes_exactly_steps_forward_calls(model):
-    counted = H.CountCalls(model)
-    H.generate(counted, prompts(3), gen_length=16, steps=8, block_length=4, mask_id=MASK)
-    assert counted.calls == 8
+    recorder = Recorder(model)
+    H.generate(recorder, prompts(3), gen_length=16, steps=8, block_length=4, mask_id=MASK)
+    assert len(recorder.seen) == 8
 
 
 def test_sampling_is_reproducible_and_varies_across_samples(model):
