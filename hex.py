@@ -71,7 +71,7 @@ def x0_and_confidence(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tens
     """Predict x0 at the N positions (rows, cols) of logits (R, T, V) and score each prediction.
 
     x0 is the argmax at temperature 0, else a Gumbel-max sample of softmax(logits / temperature);
-    the mask token is never predicted. The confidence follows `remasking` (paper, Sec. 2):
+    the mask token is never predicted. The confidence follows `remasking`:
     "low_confidence" (the paper's Top-K) is p(x0) under the untempered softmax, "topk_margin" is
     p(top-1) - p(top-2), "random" is uniform noise. Float64 like the authors, but computed a chunk of
     positions at a time: no float64 or softmax tensor the size of the batch's logits is ever built.
@@ -180,7 +180,7 @@ def generate(model: Callable, input_ids: torch.Tensor, attention_mask: torch.Ten
              gen_length: int = 256, steps: int = 128, block_length: int = 32,
              remasking: str = "low_confidence", temperature: float = 0.0, mask_id: int = MASK_ID,
              generator: torch.Generator | None = None) -> torch.Tensor:
-    """Semi-autoregressive masked diffusion decoding (LLaDA's sampler; paper Sec. 2).
+    """Semi-autoregressive masked diffusion decoding (LLaDA's sampler).
 
     model(x[, attention_mask=...]).logits gives (B, T, V). input_ids (B, L) are left padded when
     attention_mask (B, L) is given (it is passed to the model). Returns (B, L + gen_length). The
@@ -223,7 +223,7 @@ def hex_generate(model: Callable, input_ids: torch.Tensor, attention_mask: torch
                  gen_length: int = 256, steps: int = 128, remasking: str = "low_confidence",
                  temperature: float = 0.0, mask_id: int = MASK_ID,
                  generator: torch.Generator | None = None) -> HexOutput:
-    """Decode K = samples_per_block x len(block_lengths) candidates per prompt (paper Sec. 4).
+    """Decode K = samples_per_block x len(block_lengths) candidates per prompt: the HEX ensemble.
 
     All B x K rows form one batch and advance together: every schedule takes exactly `steps`
     steps, so the whole vote costs `steps` forward calls instead of K x steps. Candidate
