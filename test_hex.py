@@ -317,3 +317,185 @@ def test_tiny_model_attention_is_bidirectional(model):
     y[0, -1] = (x[0, -1] + 1) % MASK
     with torch.no_grad():
         assert not torch.allclose(model(x).logits[0, 0], model(y).logits[0, 0])
+
+
+# run_gsm8k.py -------------------------------------------------------------------------------------
+
+import json  # noqa: E402
+
+import run_gsm8k as R  # noqa: E402
+
+TINY_MODELING = '''
+from transformers import PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import MaskedLMOutput
+
+import hex
+
+
+class TinyConfig(PretrainedConfig):
+    model_type = "hex-tiny"
+
+    def __init__(self, vocab_size=64, d_model=32, n_layers=2, n_heads=4, **kwargs):
+        self.vocab_size, self.d_model, self.n_layers, self.n_heads = vocab_size, d_model, n_layers, n_heads
+        super().__init__(**kwargs)
+
+
+class TinyModel(PreTrainedModel):
+    config_class = TinyConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.net = hex.TinyMaskPredictor(config.vocab_size, config.d_model, config.n_layers, config.n_heads)
+
+    def _init_weights(self, module):
+        pass  # hex.TinyMaskPredictor seeds its own weights
+
+    def forward(self, input_ids, attention_mask=None):
+        return MaskedLMOutput(logits=self.net(input_ids, attention_mask).logits)
+'''
+
+PROBLEMS = [
+    {"question": "How many apples ? 3 + 4", "answer": "3 + 4 = 7\n#### 7"},
+    {"question": "How many ? 1 + 1", "answer": "#### 2"},
+    {"question": "How many apples ? 5 + 5 + 5 + 5 + 5 + 5", "answer": "#### 30"},
+    {"question": "the answer is ?", "answer": "#### -1,000"},
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny LLaDA-like checkpoint with remote code and a chat-template tokenizer, on disk."""
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoConfig, AutoModel, PreTrainedTokenizerFast
+    d = tmp_path_factory.mktemp("tiny-llada")
+    specials = ["[UNK]", "<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>",
+                "<|eot_id|>", "<|mdm_mask|>"]
+    markup = ["<reasoning>", "</reasoning>", "<answer>", "</answer>", "\\boxed{", "}"]
+    words = [str(i) for i in range(10)] + "user assistant the answer is apples How many + = ? .".split()
+    words = [w for w in words if w not in specials]
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Digits(individual_digits=True)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>",
+                                        eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                        unk_token="[UNK]", additional_special_tokens=specials[3:])
+    tokenizer.add_tokens(markup)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if loop.index0 == 0 %}{{ bos_token }}{% endif %}<|start_header_id|>"
+        "{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+    tokenizer.save_pretrained(d)
+    (d / "modeling_tiny.py").write_text(TINY_MODELING)
+    (d / "config.json").write_text(json.dumps(dict(
+        model_type="hex-tiny", vocab_size=len(tokenizer), d_model=32, n_layers=2, n_heads=4,
+        auto_map={"AutoConfig": "modeling_tiny.TinyConfig", "AutoModel": "modeling_tiny.TinyModel"})))
+    model = AutoModel.from_config(AutoConfig.from_pretrained(d, trust_remote_code=True), trust_remote_code=True)
+    save_file(model.state_dict(), d / "model.safetensors")
+    return d
+
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    return path
+
+
+def run(checkpoint, data, output, *extra):
+    return R.main(["--model", str(checkpoint), "--data", str(data), "--output", str(output),
+                   "--gen-length", "16", "--steps", "8", "--block-lengths", "4", "8", "16",
+                   "--samples-per-block", "2", "--temperature", "0.7", "--batch-size", "2", *extra])
+
+
+def lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_gsm8k_end_to_end_records_and_summary_agree(checkpoint, data, tmp_path, capsys):
+    output = tmp_path / "out.jsonl"
+    summary = run(checkpoint, data, output)
+    records = lines(output)
+    assert [r["id"] for r in records] == [0, 1, 2, 3]
+    assert [r["gold"] for r in records] == [7.0, 2.0, 30.0, -1000.0]
+    for r in records:
+        methods = [c["method"] for c in r["candidates"]]
+        assert methods.count("hex") == 6 and {"topk_margin", "low_confidence", "random"} <= set(methods)
+        for c in r["candidates"]:
+            assert c["answer"] == R.extract_answer_robust(c["text"])
+        hex_rows = [c for c in r["candidates"] if c["method"] == "hex"]
+        answer, tie = H.majority_vote([c["answer"] for c in hex_rows])
+        assert r["votes"]["hex"] == {"answer": answer, "tie": tie}
+        assert r["correct"]["hex"] == (answer is not None and answer == r["gold"])
+        assert r["forward_calls"] == 4 * 8 / 2  # HEX and three baselines, 8 steps each, 2 questions a batch
+    saved = json.loads(output.with_suffix(".summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    recomputed = R.summarize(lines(output), saved["config"], saved["environment"])
+    assert json.loads(json.dumps(recomputed)) == saved
+    assert saved["methods"]["hex"]["accuracy"] == sum(r["correct"]["hex"] for r in records) / 4
+    assert [v["votes"] for v in saved["hex_vs_votes"]] == [3, 6]
+    assert saved["hex_vs_votes"][-1]["accuracy"] == saved["methods"]["hex"]["accuracy"]
+    assert set(saved["block_lengths"]) == {"4", "8", "16"}
+    assert "GSM8K, 4 questions" in capsys.readouterr().out
+
+
+def test_gsm8k_resume_appends_only_unfinished_questions(checkpoint, data, tmp_path):
+    output = tmp_path / "out.jsonl"
+    run(checkpoint, data, output, "--limit", "2", "--methods", "hex")
+    first = output.read_text()
+    with output.open("a") as f:
+        f.write('{"id": 2, "question": "torn wri')  # an interrupted write
+    summary = run(checkpoint, data, output, "--methods", "hex")
+    assert output.read_text().startswith(first)
+    assert [r["id"] for r in lines(output)] == [0, 1, 2, 3]
+    assert summary["questions"] == 4
+    before = output.read_text()
+    run(checkpoint, data, output, "--methods", "hex")  # everything done: nothing is appended
+    assert output.read_text() == before
+    with pytest.raises(SystemExit, match="other settings"):
+        run(checkpoint, data, output, "--methods", "hex", "random")
+
+
+def test_gsm8k_bad_input_is_reported_clearly(checkpoint, tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="--data"):
+        R.load_problems(str(tmp_path / "missing.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(PROBLEMS[0]) + "\n\n{not json\n")
+    with pytest.raises(ValueError, match="line 3"):
+        R.load_problems(str(bad))
+    bad.write_text(json.dumps({"question": "q", "answer": "no marker"}) + "\n")
+    with pytest.raises(ValueError, match="line 1.*####"):
+        R.load_problems(str(bad))
+    with pytest.raises(SystemExit):
+        R.parse_args(["--methods", "hex", "beam"])
+    assert "unknown method(s) beam" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text,authors,robust", [
+    ("<reasoning>2+2</reasoning><answer>\\boxed{4}</answer>", 4.0, 4.0),
+    ("\\boxed{1,000}", 1.0, 1000.0),                           # the authors' non-greedy quirk
+    ("\\boxed{\\$18.50}", 18.5, 18.5),
+    ("\\boxed{-5}", -5.0, -5.0),
+    ("\\boxed{...} then \\boxed{12}", 12.0, 12.0),             # the prompt's placeholder is skipped
+    ("\\boxed{} <answer>so 3 and then 9</answer>", 9.0, 9.0),  # empty box: last number in <answer>
+    ("\\boxed{\\frac{3}{4}}", 3.0, 0.75),
+    ("\\boxed{18 \\text{ dollars}}", 18.0, 18.0),
+    ("She pays $1,250 in total.\nThe answer is 1,250", None, 1250.0),
+    ("The answer is −7.", None, -7.0),
+    ("no number at all", None, None),
+])
+def test_answer_rules(text, authors, robust):
+    assert R.extract_answer_authors(text) == authors
+    assert R.extract_answer_robust(text) == robust
+
+
+def test_gold_answers_parse_commas_and_negatives():
+    assert R.parse_gold("so...\n#### 1,234") == 1234.0
+    assert R.parse_gold("#### -3") == -3.0
+    with pytest.raises(ValueError, match="####"):
+        R.parse_gold("42")
+
+
+def test_majority_vote_over_extracted_floats_counts_equal_numbers_together():
+    answers = [R.extract_answer_robust(t) for t in ("\\boxed{18}", "\\boxed{18.0}", "\\boxed{$20}", "x")]
+    assert H.majority_vote(answers) == (18.0, False)
