@@ -325,23 +325,25 @@ def summary_table(summary: dict) -> str:
 
 # Files and resuming ------------------------------------------------------------------------------
 
-def read_records(*paths: Path) -> dict[int, dict]:
-    """Finished questions by id from JSONL files, after cutting off a torn last line (a write that
-    was interrupted): that question counts as not done and is decoded again."""
+def read_records(paths: list[Path]) -> dict[int, dict]:
+    """Finished questions by id. A torn last line (an interrupted write) is not a finished question."""
     done = {}
     for path in paths:
-        if path.is_file():
-            data = path.read_bytes()
-            if data and not data.endswith(b"\n"):
-                data = data[:data.rfind(b"\n") + 1]
-                path.write_bytes(data)
-            for number, line in enumerate(data.decode("utf-8").splitlines(), start=1):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    sys.exit(f"{path}, line {number}: not a JSON record; fix or remove it, or use --no-resume")
-                done[record["id"]] = record
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        complete = text[:text.rfind("\n") + 1]
+        for number, line in enumerate(complete.splitlines(), start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                sys.exit(f"{path}, line {number}: not a JSON record; fix or remove it, or use --no-resume")
+            done[record["id"]] = record
     return done
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut an interrupted last line off a JSONL file before appending to it."""
+    if path.is_file() and (data := path.read_bytes()) and not data.endswith(b"\n"):
+        path.write_bytes(data[:data.rfind(b"\n") + 1])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -405,13 +407,13 @@ def main(argv=None) -> dict | None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     config_path, summary_path = output.with_suffix(".config.json"), output.with_suffix(".summary.json")
-    parts = [output.with_suffix(f".part{r}.jsonl") for r in range(world)]
+    parts = lambda: sorted(output.parent.glob(output.stem + ".part*.jsonl"))  # this run's and earlier runs'
     config = {k: getattr(args, k) for k in ("model", "gen_length", "steps", "methods", "block_lengths",
                                             "samples_per_block", "temperature", "answer_rule",
                                             "tie_break", "seed", "dtype")}
     config["dtype"] = str(dtype).removeprefix("torch.")
     if rank == 0 and not args.resume:
-        for path in (output, config_path, summary_path, *parts):
+        for path in (output, config_path, summary_path, *parts()):
             path.unlink(missing_ok=True)
     if world > 1:
         torch.distributed.barrier()
@@ -421,11 +423,14 @@ def main(argv=None) -> dict | None:
     if rank == 0:
         config_path.write_text(json.dumps(config, indent=1))
 
-    done = read_records(output, *parts)
+    done = read_records([output, *parts()])
     todo = [p for p in problems[rank::world] if p["id"] not in done]
+    if world > 1:
+        torch.distributed.barrier()  # every rank has read before any rank writes
     model, tokenizer = load_model(args.model, device, dtype)
     mask_id = args.mask_id if args.mask_id is not None else find_mask_id(tokenizer, model)
-    mine = parts[rank] if world > 1 else output
+    mine = output.with_suffix(f".part{rank}.jsonl") if world > 1 else output
+    drop_torn_tail(mine)
     correct, finished = defaultdict(int), 0
     bar = tqdm(total=len(todo), desc=f"GSM8K rank {rank}" if world > 1 else "GSM8K", disable=not todo)
     with mine.open("a", encoding="utf-8") as sink:
@@ -444,14 +449,15 @@ def main(argv=None) -> dict | None:
     if rank != 0:
         torch.distributed.destroy_process_group()
         return None
-    records = read_records(output, *parts)
+    records = read_records([output, *parts()])
     ids = {p["id"] for p in problems}
-    if world > 1:  # merge the ranks' parts into the one JSONL, atomically, then drop the parts
+    if parts():  # merge the ranks' parts into the one JSONL, atomically, then drop the parts
         merged = output.with_suffix(".merging")
         merged.write_text("".join(json.dumps(records[k]) + "\n" for k in sorted(records)), encoding="utf-8")
         merged.replace(output)
-        for path in parts:
-            path.unlink(missing_ok=True)
+        for path in parts():
+            path.unlink()
+    if world > 1:
         torch.distributed.destroy_process_group()
     environment = dict(device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                        dtype=config["dtype"], torch=torch.__version__,

@@ -1,5 +1,7 @@
 """Tests for hex.py: CPU only, no network. Run: python -m pytest -q"""
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -499,3 +501,20 @@ def test_gold_answers_parse_commas_and_negatives():
 def test_majority_vote_over_extracted_floats_counts_equal_numbers_together():
     answers = [R.extract_answer_robust(t) for t in ("\\boxed{18}", "\\boxed{18.0}", "\\boxed{$20}", "x")]
     assert H.majority_vote(answers) == (18.0, False)
+
+
+def test_gsm8k_torchrun_two_ranks_match_one_process(checkpoint, data, tmp_path):
+    import subprocess
+    import sys
+    common = ["--model", str(checkpoint), "--data", str(data), "--gen-length", "16", "--steps", "8",
+              "--block-lengths", "4", "16", "--methods", "hex", "random"]
+    R.main([*common, "--output", str(tmp_path / "one.jsonl")])
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "run_gsm8k.py", *common, "--output", str(tmp_path / "two.jsonl")],
+                            capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["gsm8k.jsonl"] + [  # no parts left
+        f"{n}.{ext}" for n in ("one", "two") for ext in ("jsonl", "config.json", "summary.json")])
+    drop = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    assert drop(lines(tmp_path / "two.jsonl")) == drop(lines(tmp_path / "one.jsonl"))
