@@ -118,7 +118,7 @@ def _denoise(model: Callable, x: torch.Tensor, attention_mask: torch.Tensor | No
     `keep_first_logits_every`-th row (for the likelihood score) or None.
     """
     R, P = x.shape[0], x.shape[1] - gen_length
-    block_start, k = _schedule(gen_length, steps, block_lengths, x.device)  # (R, steps) each
+    block_start, k = _schedule(gen_length, steps, block_lengths, x.device)  # (R, steps); validates
     block_end = block_start + torch.tensor(block_lengths, device=x.device)[:, None]
     pos = torch.arange(gen_length, device=x.device)
     commit_step = torch.full((R, gen_length), -1, dtype=torch.long, device=x.device)
@@ -187,7 +187,6 @@ def generate(model: Callable, input_ids: torch.Tensor, attention_mask: torch.Ten
     authors' top-K-margin baseline is block_length=gen_length, remasking="topk_margin".
     """
     _check_args(input_ids, attention_mask, gen_length, steps, remasking, temperature, mask_id)
-    steps_per_block(gen_length, steps, block_length)
     x, attention_mask = _canvas(input_ids, attention_mask, gen_length, mask_id, 1)
     return _denoise(model, x, attention_mask, [block_length] * len(x), gen_length, steps,
                     remasking, temperature, mask_id, generator)[0]
@@ -233,8 +232,6 @@ def hex_generate(model: Callable, input_ids: torch.Tensor, attention_mask: torch
     _check_args(input_ids, attention_mask, gen_length, steps, remasking, temperature, mask_id)
     if len(block_lengths) == 0:
         raise ValueError("block_lengths must name at least one block length, e.g. (8, 16, 32, 64, 128)")
-    for b in block_lengths:
-        steps_per_block(gen_length, steps, b)
     if not isinstance(samples_per_block, int) or samples_per_block < 1:
         raise ValueError(f"samples_per_block={samples_per_block!r} must be an int >= 1")
     per_candidate = list(block_lengths) * samples_per_block

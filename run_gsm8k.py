@@ -207,20 +207,24 @@ def decode_batch(model, tokenizer, batch: list[dict], args, mask_id: int, device
     prompts = [build_prompt(tokenizer, p["question"]) for p in batch]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, attention = left_pad(prompts, pad_id if pad_id is not None else 0, device)
-    generator = torch.Generator(device).manual_seed(args.seed + batch[0]["id"])
-    kw = dict(gen_length=args.gen_length, steps=args.steps, mask_id=mask_id, generator=generator)
+    # each method draws from its own stream, seeded by the batch's first question, so that adding
+    # or dropping a method changes no other method's samples
+    first = batch[0]["id"]
+    seeded = lambda m: torch.Generator(device).manual_seed(args.seed + 10**6 * METHODS.index(m) + first)
+    kw = dict(gen_length=args.gen_length, steps=args.steps, mask_id=mask_id)
     start = time.perf_counter()
     candidates = [[] for _ in batch]  # per question: (method, block_length, sample, answer ids, score)
     if "hex" in args.methods:
         out = hex_generate(counted, ids, attention, block_lengths=args.block_lengths,
-                           samples_per_block=args.samples_per_block, temperature=args.temperature, **kw)
+                           samples_per_block=args.samples_per_block, temperature=args.temperature,
+                           generator=seeded("hex"), **kw)
         for q in range(len(batch)):
             for k, b in enumerate(out.block_lengths):
                 candidates[q].append(("hex", b, k // len(args.block_lengths),
                                       out.sequences[q, k, -args.gen_length:], float(out.scores[q, k])))
     for method in (m for m in args.methods if m in BASELINES):
         seqs = generate(counted, ids, attention, block_length=args.gen_length,
-                        remasking=BASELINES[method], **kw)
+                        remasking=BASELINES[method], generator=seeded(method), **kw)
         for q in range(len(batch)):
             candidates[q].append((method, args.gen_length, 0, seqs[q, -args.gen_length:], None))
     if device.type == "cuda":
@@ -287,8 +291,9 @@ def summarize(records: list[dict], config: dict, environment: dict) -> dict:
         rows = [(c, r["gold"]) for r in records for c in r["candidates"]
                 if c["method"] == "hex" and c["block_length"] == b]
         hits = sum(c["answer"] is not None and c["answer"] == gold for c, gold in rows)
+        collapsed = sum(c["eos_fraction"] > COLLAPSE_THRESHOLD for c, _ in rows)
         block_lengths[b] = dict(accuracy=hits / len(rows), candidates=len(rows),
-                                collapse_rate=sum(c["eos_fraction"] > COLLAPSE_THRESHOLD for c, _ in rows) / len(rows))
+                                collapse_rate=collapsed / len(rows))
     scaling = []
     for s in range(1, config["samples_per_block"] + 1) if "hex" in config["methods"] else ():
         voted = [votes(r["candidates"], config["tie_break"], samples=s)["hex"] for r in records]
@@ -315,7 +320,8 @@ def summary_table(summary: dict) -> str:
         lines.append(f"{'  block ' + str(b):<16}{pct(v['accuracy']):>9}  {'':<17}{'':>9}"
                      f"{pct(v['collapse_rate']):>10}")
     for v in summary["hex_vs_votes"]:
-        lines.append(f"HEX with {v['votes']:>3} votes: accuracy {pct(v['accuracy'])}, tie rate {pct(v['tie_rate'])}")
+        lines.append(f"HEX with {v['votes']:>3} votes: accuracy {pct(v['accuracy'])}, "
+                     f"tie rate {pct(v['tie_rate'])}")
     env = summary["environment"]
     lines.append(f"{summary['forward_calls_per_question']:.1f} forward calls and "
                  f"{summary['seconds_per_question']:.2f} s per question on {env['device_name']} "
@@ -347,12 +353,13 @@ def drop_torn_tail(path: Path) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="hub id or local directory")
-    parser.add_argument("--device", default=None, help="default: cuda (this rank's GPU) if available, else cpu")
+    parser.add_argument("--device", default=None, help="default: cuda (this rank's GPU), else cpu")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                         help="default: bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--data", default=None, help="local GSM8K JSONL or parquet; default: the datasets library")
+    parser.add_argument("--data", default=None, help="local GSM8K JSONL or parquet file")
     parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many questions")
     parser.add_argument("--offset", type=int, default=0, help="skip this many questions first")
     parser.add_argument("--gen-length", type=int, default=256)

@@ -473,6 +473,12 @@ def test_gsm8k_bad_input_is_reported_clearly(checkpoint, tmp_path, capsys):
     assert "unknown method(s) beam" in capsys.readouterr().err
 
 
+def test_gsm8k_reads_parquet_like_jsonl(data, tmp_path):
+    import pandas
+    pandas.DataFrame(PROBLEMS).to_parquet(tmp_path / "test.parquet")
+    assert R.load_problems(str(tmp_path / "test.parquet")) == R.load_problems(str(data)) == PROBLEMS
+
+
 @pytest.mark.parametrize("text,authors,robust", [
     ("<reasoning>2+2</reasoning><answer>\\boxed{4}</answer>", 4.0, 4.0),
     ("\\boxed{1,000}", 1.0, 1000.0),                           # the authors' non-greedy quirk
