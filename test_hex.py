@@ -321,6 +321,15 @@ def test_tiny_model_attention_is_bidirectional(model):
         assert not torch.allclose(model(x).logits[0, 0], model(y).logits[0, 0])
 
 
+def test_demo_shows_schedules_and_lockstep_forward_calls(capsys):
+    H.main()
+    out = capsys.readouterr().out
+    pictures = [line.split()[-1] for line in out.splitlines() if "block_length" in line or "margin" in line]
+    assert len(pictures) == 5 and all(len(p) == 64 for p in pictures)
+    assert pictures[0][:4] in ("0011", "1100")  # block length 4: the first block fills in steps 0 and 1
+    assert "128 forward calls" in out and "640 forward calls" in out
+
+
 # run_gsm8k.py -------------------------------------------------------------------------------------
 
 import json  # noqa: E402
