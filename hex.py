@@ -65,6 +65,11 @@ def _schedule(gen_length: int, steps: int, block_lengths: Sequence[int], device:
 
 # 2. One denoising step ---------------------------------------------------------------------------
 
+def _positions_per_chunk(vocab_size: int) -> int:
+    """How many positions' float64 vocabulary rows fit in CHUNK_ELEMENTS (at least one)."""
+    return max(1, CHUNK_ELEMENTS // vocab_size)
+
+
 def x0_and_confidence(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, *,
                       remasking: str, temperature: float, mask_id: int,
                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +82,7 @@ def x0_and_confidence(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tens
     positions at a time: no float64 or softmax tensor the size of the batch's logits is ever built.
     Returns x0 (N,) and confidence (N,) float64.
     """
-    out, n = [], max(1, CHUNK_ELEMENTS // logits.shape[-1])
+    out, n = [], _positions_per_chunk(logits.shape[-1])
     no_mask = torch.tensor([mask_id], device=logits.device)
     for r, c in zip(rows.split(n), cols.split(n)):
         chunk = logits[r, c].double()  # (n, V)
@@ -208,7 +213,7 @@ def answer_log_likelihood(first_logits: torch.Tensor, answers: torch.Tensor) -> 
     first_logits (B, G, V), answers (B, K, G) -> (B, K) float64, a chunk of positions at a time."""
     B, K, G = answers.shape
     total = torch.zeros(B, K, dtype=torch.float64, device=answers.device)
-    chunks = torch.arange(G, device=answers.device).split(max(1, CHUNK_ELEMENTS // first_logits.shape[-1]))
+    chunks = torch.arange(G, device=answers.device).split(_positions_per_chunk(first_logits.shape[-1]))
     for b in range(B):
         for idx in chunks:
             logp = first_logits[b, idx].double().log_softmax(-1)  # (n, V)
@@ -368,6 +373,17 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
     return status("VmHWM") - before
 
 
+class CountCalls:
+    """Wraps a model and counts its forward calls."""
+
+    def __init__(self, model: Callable):
+        self.model, self.calls = model, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.model(*args, **kwargs)
+
+
 def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
@@ -385,15 +401,14 @@ def main() -> None:
     print(f"Vote over the first answer tokens {answers}: {vote}{' (a tie)' if tie else ''}")
 
     blocks, kw = (8, 16, 32, 64, 128), dict(gen_length=256, steps=128, mask_id=mask_id)
-    calls, seconds = [], []
-    counted = lambda *args, **kwargs: calls.append(1) or model(*args, **kwargs)  # counts forward calls
+    counted, seconds = CountCalls(model), []
     for run in (lambda: hex_generate(counted, prompt, block_lengths=blocks, **kw),
                 lambda: [generate(counted, prompt, block_length=b, **kw) for b in blocks]):
-        calls.clear()
+        counted.calls = 0
         start = time.perf_counter()
         run()
         sync()
-        seconds.append((len(calls), time.perf_counter() - start))
+        seconds.append((counted.calls, time.perf_counter() - start))
     (hex_calls, hex_s), (seq_calls, seq_s) = seconds
     print(f"\nBenchmark: block lengths {blocks}, gen_length 256, steps 128, batch of 1 prompt\n"
           f"  hex_generate, lockstep       {hex_calls:4} forward calls {hex_s:6.2f} s\n"

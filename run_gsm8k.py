@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hex import generate, hex_generate, majority_vote
+from hex import CountCalls, generate, hex_generate, majority_vote
 
 SYSTEM_PROMPT = """You are a math expert. You will be given a question to solve. Solve it step by step. Wrap the final answer in a \\boxed{}. 
 Respond in the following format:
@@ -34,7 +34,7 @@ Your reasoning here
 <answer>
 \\boxed{...}
 </answer>"""  # d1's GSM8K system prompt, verbatim (note the space after "\boxed{}.")
-BASELINES = {"topk_margin": "topk_margin", "low_confidence": "low_confidence", "random": "random"}
+BASELINES = ("topk_margin", "low_confidence", "random")  # one block of gen_length; the name is the remasking
 METHODS = ("hex", *BASELINES)
 COLLAPSE_THRESHOLD = 0.5  # a candidate "collapses" when over half its answer is end-of-text tokens
 
@@ -202,8 +202,7 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
 
 def decode_batch(model, tokenizer, batch: list[dict], args, mask_id: int, device) -> list[dict]:
     """Decode every method for a batch of questions; one record per question."""
-    calls = []
-    counted = lambda *a, **kw: calls.append(1) or model(*a, **kw)  # counts forward calls
+    counted = CountCalls(model)
     prompts = [build_prompt(tokenizer, p["question"]) for p in batch]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, attention = left_pad(prompts, pad_id if pad_id is not None else 0, device)
@@ -224,7 +223,7 @@ def decode_batch(model, tokenizer, batch: list[dict], args, mask_id: int, device
                                       out.sequences[q, k, -args.gen_length:], float(out.scores[q, k])))
     for method in (m for m in args.methods if m in BASELINES):
         seqs = generate(counted, ids, attention, block_length=args.gen_length,
-                        remasking=BASELINES[method], generator=seeded(method), **kw)
+                        remasking=method, generator=seeded(method), **kw)
         for q in range(len(batch)):
             candidates[q].append((method, args.gen_length, 0, seqs[q, -args.gen_length:], None))
     if device.type == "cuda":
@@ -241,12 +240,15 @@ def decode_batch(model, tokenizer, batch: list[dict], args, mask_id: int, device
             rows.append(dict(method=method, block_length=b, sample=sample, text=text,
                              answer=extract(text), score=score, eos_fraction=round(eos, 4)))
         record = dict(id=problem["id"], question=problem["question"], gold=gold, candidates=rows,
-                      forward_calls=len(calls) / len(batch), seconds=round(seconds, 3))
+                      forward_calls=counted.calls / len(batch), seconds=round(seconds, 3))
         record["votes"] = votes(rows, args.tie_break)
-        record["correct"] = {m: v["answer"] is not None and v["answer"] == gold
-                             for m, v in record["votes"].items()}
+        record["correct"] = {m: is_correct(v["answer"], gold) for m, v in record["votes"].items()}
         records.append(record)
     return records
+
+
+def is_correct(answer: float | None, gold: float) -> bool:
+    return answer is not None and answer == gold
 
 
 def votes(rows: list[dict], tie_break: str, samples: int | None = None) -> dict:
@@ -275,6 +277,11 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return ((centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n))
 
 
+def collapse_rate(candidates: list[dict]) -> float:
+    """Share of candidates whose answer region is mostly end-of-text tokens ([AfterEoT] collapse)."""
+    return sum(c["eos_fraction"] > COLLAPSE_THRESHOLD for c in candidates) / len(candidates)
+
+
 def summarize(records: list[dict], config: dict, environment: dict) -> dict:
     """Every reported metric, recomputed from the JSONL records alone."""
     n = len(records)
@@ -282,24 +289,21 @@ def summarize(records: list[dict], config: dict, environment: dict) -> dict:
     for method in dict.fromkeys(m for r in records for m in r["correct"]):
         correct = sum(r["correct"][method] for r in records)
         rows = [c for r in records for c in r["candidates"] if c["method"] == method]
-        collapsed = sum(c["eos_fraction"] > COLLAPSE_THRESHOLD for c in rows)
         methods[method] = dict(accuracy=correct / n, ci95=wilson(correct, n), correct=correct,
                                tie_rate=sum(r["votes"][method]["tie"] for r in records) / n,
-                               collapse_rate=collapsed / len(rows))
+                               collapse_rate=collapse_rate(rows))
     block_lengths = {}
     for b in sorted({c["block_length"] for r in records for c in r["candidates"] if c["method"] == "hex"}):
         rows = [(c, r["gold"]) for r in records for c in r["candidates"]
                 if c["method"] == "hex" and c["block_length"] == b]
-        hits = sum(c["answer"] is not None and c["answer"] == gold for c, gold in rows)
-        collapsed = sum(c["eos_fraction"] > COLLAPSE_THRESHOLD for c, _ in rows)
+        hits = sum(is_correct(c["answer"], gold) for c, gold in rows)
         block_lengths[b] = dict(accuracy=hits / len(rows), candidates=len(rows),
-                                collapse_rate=collapsed / len(rows))
+                                collapse_rate=collapse_rate([c for c, _ in rows]))
     scaling = []
     for s in range(1, config["samples_per_block"] + 1) if "hex" in config["methods"] else ():
         voted = [votes(r["candidates"], config["tie_break"], samples=s)["hex"] for r in records]
-        scaling.append(dict(votes=s * len(config["block_lengths"]),
-                            accuracy=sum(v["answer"] is not None and v["answer"] == r["gold"]
-                                         for v, r in zip(voted, records)) / n,
+        hits = sum(is_correct(v["answer"], r["gold"]) for v, r in zip(voted, records))
+        scaling.append(dict(votes=s * len(config["block_lengths"]), accuracy=hits / n,
                             tie_rate=sum(v["tie"] for v in voted) / n))
     return dict(questions=n, methods=methods, block_lengths=block_lengths, hex_vs_votes=scaling,
                 forward_calls_per_question=sum(r["forward_calls"] for r in records) / n,

@@ -43,7 +43,10 @@ class FixedLogits(nn.Module):
 
     def forward(self, x, attention_mask=None):
         out = torch.zeros(*x.shape, self.logits.shape[-1], dtype=torch.float64)
-        out[:, -self.logits.shape[0]:] = self.logits if self.logits.dim() == 2 else self.logits
+        if self.logits.dim() == 1:
+            out[:] = self.logits
+        else:
+            out[:, -self.logits.shape[0]:] = self.logits  # the last G positions: the answer
         return H.MaskPredictorOutput(out)
 
 
