@@ -15,11 +15,9 @@ stand-in model, and a benchmark, all on the tiny model.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import math
 import numbers
 import operator
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -127,46 +125,80 @@ def most_confident(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(order).scatter_(-1, order, ranks) < k[:, None]
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How one candidate is decoded: a block length (the paper's hidden expert), a remasking rule and
+    a temperature. HEX's experts are Schedule(b) for b in 8..128; the paper's one-block baselines are
+    Schedule(gen_length, "topk_margin"), Schedule(gen_length, "low_confidence") (Top-K) and
+    Schedule(gen_length, "random")."""
+    block_length: int
+    remasking: str = "low_confidence"
+    temperature: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "block_length", _integer("block_length", self.block_length))
+        if self.remasking not in REMASKING:
+            raise ValueError(f"remasking={self.remasking!r} must be one of {REMASKING}")
+        if not isinstance(self.temperature, numbers.Real) or isinstance(self.temperature, bool):
+            raise TypeError(f"temperature={self.temperature!r} must be a real number >= 0")
+        if not 0 <= self.temperature < math.inf:
+            raise ValueError(f"temperature={self.temperature!r} must be a finite number >= 0")
+        object.__setattr__(self, "temperature", float(self.temperature))
+
+
+def _stream_groups(schedules: list[Schedule], generators: list, device: torch.device):
+    """Rows scored together: one group per remasking rule, temperature and random stream, in order of
+    first appearance. Rows that draw nothing (temperature 0, not "random") ignore their generator, so a
+    schedule with a generator of its own draws exactly what it would draw in a batch of its own."""
+    groups: dict[tuple, list[int]] = {}
+    for r, (s, g) in enumerate(zip(schedules, generators)):
+        draws = s.temperature > 0 or s.remasking == "random"
+        groups.setdefault((s.remasking, s.temperature, g if draws else None), []).append(r)
+    return [(*key, torch.tensor(rows, device=device)) for key, rows in groups.items()]
+
+
 def _denoise(model: Callable, x: torch.Tensor, attention_mask: torch.Tensor | None,
-             block_lengths: Sequence[int], gen_length: int, steps: int, remasking: str,
-             temperature: float, mask_id: int, generator: torch.Generator | None,
-             keep_first_logits_every: int = 0):
-    """Denoise the answers of canvas x (R, P + gen_length) in place, row r with block_lengths[r].
+             schedules: list[Schedule], generators: list, gen_length: int, steps: int, mask_id: int,
+             keep_first_logits_every: int):
+    """Denoise the answers of canvas x (R, P + gen_length) in place, row r by schedules[r].
 
     Every step is one forward pass over all rows; only masked positions of each row's open block
     are candidates, and committed tokens are never changed. Returns the canvas, the step that
     committed each answer position (R, gen_length), and the first pass's answer logits of every
-    `keep_first_logits_every`-th row (for the likelihood score) or None.
+    `keep_first_logits_every`-th row (for the likelihood score).
     """
     R, P = x.shape[0], x.shape[1] - gen_length
-    block_start, k = _schedule(gen_length, steps, block_lengths, x.device)  # (R, steps); validates
-    block_end = block_start + torch.tensor(block_lengths, device=x.device)[:, None]
+    lengths = [s.block_length for s in schedules]
+    block_start, k = _schedule(gen_length, steps, lengths, x.device)  # (R, steps); validates
+    block_end = block_start + torch.tensor(lengths, device=x.device)[:, None]
+    groups = _stream_groups(schedules, generators, x.device)
     pos = torch.arange(gen_length, device=x.device)
     commit_step = torch.full((R, gen_length), -1, dtype=torch.long, device=x.device)
-    first_logits = None
     for t in range(steps):
         logits = (model(x) if attention_mask is None else model(x, attention_mask=attention_mask)).logits
-        if t == 0 and not 0 <= mask_id < logits.shape[-1]:
-            raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (size {logits.shape[-1]})")
-        if t == 0 and keep_first_logits_every:
+        if t == 0:
+            if not 0 <= mask_id < logits.shape[-1]:
+                raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (size {logits.shape[-1]})")
             first_logits = logits[::keep_first_logits_every, P:].clone()  # (R / K, gen_length, V)
         answer = x[:, P:]  # (R, gen_length) view
         open_block = (pos >= block_start[:, t, None]) & (pos < block_end[:, t, None])
-        rows, cols = ((answer == mask_id) & open_block).nonzero(as_tuple=True)
-        x0, conf = x0_and_confidence(logits, rows, cols + P, remasking=remasking,
-                                     temperature=temperature, mask_id=mask_id, generator=generator)
-        del logits  # never hold two steps' logits at once
+        candidate = (answer == mask_id) & open_block
         confidence = torch.full((R, gen_length), -math.inf, dtype=torch.float64, device=x.device)
-        confidence[rows, cols] = conf
         prediction = answer.clone()
-        prediction[rows, cols] = x0
+        for remasking, temperature, generator, group in groups:
+            r, cols = candidate[group].nonzero(as_tuple=True)
+            rows = group[r]
+            x0, conf = x0_and_confidence(logits, rows, cols + P, remasking=remasking,
+                                         temperature=temperature, mask_id=mask_id, generator=generator)
+            confidence[rows, cols], prediction[rows, cols] = conf, x0
+        del logits  # never hold two steps' logits at once
         commit = most_confident(confidence, k[:, t])
         answer[commit] = prediction[commit]
         commit_step[commit] = t
     return x, commit_step, first_logits
 
 
-# 3. Semi-autoregressive generation ---------------------------------------------------------------
+# 3. Decoding any set of schedules in one lockstep batch ----------------------------------------
 
 def _vocab_size(model: Callable) -> int | None:
     """The size of the model's input embedding, when it has one to ask (transformers models do)."""
@@ -176,8 +208,8 @@ def _vocab_size(model: Callable) -> int | None:
         return None
 
 
-def _check_args(model, input_ids, attention_mask, gen_length, steps, remasking, temperature, mask_id):
-    """The arguments every decoder shares, as (gen_length, steps, temperature, mask_id)."""
+def _check_args(model, input_ids, attention_mask, gen_length, steps, mask_id):
+    """The arguments every decoder shares, as (gen_length, steps, mask_id)."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.long or input_ids.dim() != 2:
         raise TypeError("input_ids must be a 2-D torch.long tensor of shape (batch, prompt_length)")
     if len(input_ids) == 0:
@@ -188,56 +220,24 @@ def _check_args(model, input_ids, attention_mask, gen_length, steps, remasking, 
                          f"{tuple(input_ids.shape)}, got {getattr(attention_mask, 'shape', attention_mask)}")
     gen_length, steps = _integer("gen_length", gen_length), _integer("steps", steps)
     mask_id = _integer("mask_id", mask_id, minimum=0)
-    if remasking not in REMASKING:
-        raise ValueError(f"remasking={remasking!r} must be one of {REMASKING}")
-    if not isinstance(temperature, numbers.Real) or isinstance(temperature, bool):
-        raise TypeError(f"temperature={temperature!r} must be a real number >= 0")
-    if not 0 <= temperature < math.inf:
-        raise ValueError(f"temperature={temperature!r} must be a finite number >= 0")
     vocab = _vocab_size(model)
     if vocab is not None and mask_id >= vocab:
         raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (size {vocab})")
     if (input_ids == mask_id).any():
         raise ValueError(f"input_ids contain mask_id={mask_id}: the prompt must be fully unmasked")
-    return gen_length, steps, float(temperature), mask_id
+    return gen_length, steps, mask_id
 
-
-def _canvas(input_ids, attention_mask, gen_length, mask_id, repeats):
-    """[prompt | gen_length x MASK], each prompt repeated `repeats` times, and its attention mask."""
-    x = F.pad(input_ids, (0, gen_length), value=mask_id).repeat_interleave(repeats, dim=0)
-    if attention_mask is not None:
-        attention_mask = F.pad(attention_mask.to(x.device), (0, gen_length), value=1)
-        attention_mask = attention_mask.repeat_interleave(repeats, dim=0)
-    return x, attention_mask
-
-
-@torch.no_grad()
-def generate(model: Callable, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-             gen_length: int = 256, steps: int = 128, block_length: int = 32,
-             remasking: str = "low_confidence", temperature: float = 0.0, mask_id: int = MASK_ID,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """Semi-autoregressive masked diffusion decoding (LLaDA's sampler).
-
-    model(x[, attention_mask=...]).logits gives (B, T, V). input_ids (B, L) are left padded when
-    attention_mask (B, L) is given (it is passed to the model). Returns (B, L + gen_length). The
-    authors' top-K-margin baseline is block_length=gen_length, remasking="topk_margin".
-    """
-    gen_length, steps, temperature, mask_id = _check_args(model, input_ids, attention_mask, gen_length, steps,
-                                                          remasking, temperature, mask_id)
-    x, attention_mask = _canvas(input_ids, attention_mask, gen_length, mask_id, 1)
-    block_length = _integer("block_length", block_length)
-    return _denoise(model, x, attention_mask, [block_length] * len(x), gen_length, steps,
-                    remasking, temperature, mask_id, generator)[0]
-
-
-# 4. HEX: every hidden expert in lockstep ---------------------------------------------------------
 
 @dataclass
 class HexOutput:
     sequences: torch.Tensor     # (B, K, L + gen_length): prompt and answer of every candidate
     scores: torch.Tensor        # (B, K) float64: mean log-prob of the answer under the first pass
     commit_steps: torch.Tensor  # (B, K, gen_length): the step that committed each answer position
-    block_lengths: list[int]    # (K,): candidate k used block_lengths[k % len(block_lengths)]
+    schedules: list[Schedule]   # (K,): candidate k of every prompt was decoded by schedules[k]
+
+    @property
+    def block_lengths(self) -> list[int]:
+        return [s.block_length for s in self.schedules]
 
 
 def answer_log_likelihood(first_logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
@@ -255,6 +255,52 @@ def answer_log_likelihood(first_logits: torch.Tensor, answers: torch.Tensor) -> 
 
 
 @torch.no_grad()
+def decode(model: Callable, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+           schedules: Sequence[Schedule], gen_length: int = 256, steps: int = 128, mask_id: int = MASK_ID,
+           generator: torch.Generator | Sequence[torch.Generator | None] | None = None) -> HexOutput:
+    """Decode every prompt with every schedule: B x K candidates advancing as one batch.
+
+    model(x[, attention_mask=...]).logits gives (B, T, V); input_ids (B, L) are left padded when
+    attention_mask (B, L) is given (it is passed to the model). Every schedule takes exactly `steps`
+    steps, so the whole set costs `steps` forward calls whatever K, and at temperature 0 candidate k
+    equals a run of schedules[k] alone token for token. `generator` is one stream for every draw, or
+    one per schedule (draws are made per group of rows sharing a rule, temperature and stream, so a
+    schedule with a stream of its own draws exactly what it draws alone, at any temperature).
+    """
+    gen_length, steps, mask_id = _check_args(model, input_ids, attention_mask, gen_length, steps, mask_id)
+    schedules = list(schedules)
+    if not schedules or not all(isinstance(s, Schedule) for s in schedules):
+        raise TypeError(f"schedules={schedules!r} must be a non-empty sequence of hex.Schedule")
+    K = len(schedules)
+    generators = list(generator) if isinstance(generator, (list, tuple)) else [generator] * K
+    if len(generators) != K:
+        raise ValueError(f"generator: {len(generators)} generators for {K} schedules; pass one, or one per schedule")
+    x = F.pad(input_ids, (0, gen_length), value=mask_id).repeat_interleave(K, dim=0)  # [prompt | masks]
+    if attention_mask is not None:
+        attention_mask = F.pad(attention_mask.to(x.device), (0, gen_length), value=1).repeat_interleave(K, dim=0)
+    x, commit_step, first_logits = _denoise(model, x, attention_mask, schedules * len(input_ids),
+                                            generators * len(input_ids), gen_length, steps, mask_id, K)
+    sequences = x.view(len(input_ids), K, -1)
+    scores = answer_log_likelihood(first_logits, sequences[:, :, -gen_length:])
+    return HexOutput(sequences, scores, commit_step.view(len(input_ids), K, -1), schedules)
+
+
+def generate(model: Callable, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+             gen_length: int = 256, steps: int = 128, block_length: int = 32,
+             remasking: str = "low_confidence", temperature: float = 0.0, mask_id: int = MASK_ID,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Semi-autoregressive masked diffusion decoding (LLaDA's sampler) with one schedule.
+
+    Returns (B, L + gen_length). The authors' top-K-margin baseline is block_length=gen_length,
+    remasking="topk_margin".
+    """
+    schedule = Schedule(block_length, remasking, temperature)
+    return decode(model, input_ids, attention_mask, schedules=[schedule], gen_length=gen_length, steps=steps,
+                  mask_id=mask_id, generator=generator).sequences[:, 0]
+
+
+# 4. HEX: every hidden expert in lockstep ---------------------------------------------------------
+
 def hex_generate(model: Callable, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  *, block_lengths: Sequence[int] = (8, 16, 32, 64, 128), samples_per_block: int = 1,
                  gen_length: int = 256, steps: int = 128, remasking: str = "low_confidence",
@@ -262,28 +308,19 @@ def hex_generate(model: Callable, input_ids: torch.Tensor, attention_mask: torch
                  generator: torch.Generator | None = None) -> HexOutput:
     """Decode K = samples_per_block x len(block_lengths) candidates per prompt: the HEX ensemble.
 
-    All B x K rows form one batch and advance together: every schedule takes exactly `steps`
-    steps, so the whole vote costs `steps` forward calls instead of K x steps. Candidate
-    k = s * len(block_lengths) + j is sample s of block_lengths[j]; at temperature 0 it equals
-    generate(..., block_length=block_lengths[j]) token for token.
+    All B x K rows advance together (`decode`): `steps` forward calls instead of K x steps.
+    Candidate k = s * len(block_lengths) + j is sample s of block_lengths[j]; at temperature 0 it
+    equals generate(..., block_length=block_lengths[j]) token for token.
     """
-    gen_length, steps, temperature, mask_id = _check_args(model, input_ids, attention_mask, gen_length, steps,
-                                                          remasking, temperature, mask_id)
     try:
         block_lengths = [_integer("block_lengths", b) for b in block_lengths]
     except TypeError:
         raise TypeError(f"block_lengths={block_lengths!r} must be a sequence of ints, e.g. (8, 16, 32, 64, 128)") from None
     if not block_lengths:
         raise ValueError("block_lengths must name at least one block length, e.g. (8, 16, 32, 64, 128)")
-    per_candidate = block_lengths * _integer("samples_per_block", samples_per_block)
-    K = len(per_candidate)
-    x, attention_mask = _canvas(input_ids, attention_mask, gen_length, mask_id, K)
-    x, commit_step, first_logits = _denoise(model, x, attention_mask, per_candidate * len(input_ids),
-                                            gen_length, steps, remasking, temperature, mask_id,
-                                            generator, keep_first_logits_every=K)
-    sequences = x.view(len(input_ids), K, -1)
-    scores = answer_log_likelihood(first_logits, sequences[:, :, -gen_length:])
-    return HexOutput(sequences, scores, commit_step.view(len(input_ids), K, -1), per_candidate)
+    experts = [Schedule(b, remasking, temperature) for b in block_lengths]
+    return decode(model, input_ids, attention_mask, schedules=experts * _integer("samples_per_block", samples_per_block),
+                  gen_length=gen_length, steps=steps, mask_id=mask_id, generator=generator)
 
 
 # 5. The vote -------------------------------------------------------------------------------------
@@ -390,28 +427,6 @@ def commit_picture(commit_step: torch.Tensor, steps: int) -> str:
     return "".join(STEP_GLYPHS[i] for i in bins)
 
 
-def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
-    """Bytes at the peak of fn() above those in use before it: the CUDA allocator's peak, or on Linux
-    the resident-set high-water mark (reset through /proc/self/clear_refs), with glibc told to hand
-    blocks over 1 MiB straight back to the OS so that the resident set tracks live tensors."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        return torch.cuda.max_memory_allocated(device) - before
-    status = lambda key: int(re.search(rf"{key}:\s+(\d+)", open("/proc/self/status").read())[1]) * 1024
-    try:
-        ctypes.CDLL(None).mallopt(-3, 2**20)  # M_MMAP_THRESHOLD
-        before = status("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except (OSError, AttributeError):
-        return None
-    fn()
-    return status("VmHWM") - before
-
-
 class CountCalls:
     """Wraps a model and counts its forward calls."""
 
@@ -442,12 +457,31 @@ class EndOfTextTail(nn.Module):
         return MaskPredictorOutput(logits)
 
 
-def disputed_position(answers: torch.Tensor) -> int:
-    """An answer position where the candidates (K, G) disagree, one with a clear majority if any."""
-    counts = [Counter(column).most_common() for column in answers.T.tolist()]
-    split = [i for i, c in enumerate(counts) if len(c) > 1]
-    clear = [i for i in split if counts[i][0][1] > counts[i][1][1]]
-    return (clear or split or [0])[0]
+def benchmark(model: Callable, prompt: torch.Tensor, mask_id: int, repeats: int, device: torch.device) -> str:
+    """Forward calls and seconds for every method of one question (HEX's five experts and the three
+    one-block baselines, gen_length 256, steps 128): one lockstep batch; HEX in lockstep and then each
+    baseline (the previous evaluation path); every schedule one by one (the authors' way)."""
+    experts = [Schedule(b) for b in (8, 16, 32, 64, 128)]
+    baselines = [Schedule(256, rule) for rule in ("topk_margin", "low_confidence", "random")]
+    ways = {"decode, one batch of 8": [experts + baselines],
+            "HEX, then each baseline": [experts] + [[s] for s in baselines],
+            "8 schedules one by one": [[s] for s in experts + baselines]}
+    counted, calls, seconds = CountCalls(model), {}, {name: [] for name in ways}
+    for _ in range(repeats):
+        for name, batches in ways.items():
+            counted.calls, start = 0, time.perf_counter()
+            for schedules in batches:
+                decode(counted, prompt, schedules=schedules, gen_length=256, steps=128, mask_id=mask_id,
+                       generator=torch.Generator(device).manual_seed(0))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            calls[name] = counted.calls
+            seconds[name].append(time.perf_counter() - start)
+    span = lambda xs, unit: f"{min(xs):.2f}-{max(xs):.2f}{unit}"
+    one = seconds["decode, one batch of 8"]
+    return "\n".join(f"   {name:<26} {calls[name]:5} forward calls  {span(s, ' s'):<12}"
+                     + (f" one batch: {span([b / a for a, b in zip(one, s)], 'x')} faster" if s is not one else "")
+                     for name, s in seconds.items())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -456,71 +490,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the benchmark (default 3)")
     repeats = max(1, parser.parse_args(argv).repeats)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     model, mask_id, eot_id = TinyMaskPredictor(1024).to(device), 1023, 1000
     prompt = torch.randint(0, mask_id, (1, 16), generator=torch.Generator().manual_seed(0)).to(device)
     G, T, blocks = 64, 32, (4, 8, 16, 32)
     kw = dict(gen_length=G, steps=T, mask_id=mask_id)
-    out = hex_generate(model, prompt, block_lengths=blocks, **kw)
-    margin = hex_generate(model, prompt, block_lengths=(G,), remasking="topk_margin", **kw)
+    out = decode(model, prompt, schedules=[Schedule(b) for b in blocks] + [Schedule(G, "topk_margin")], **kw)
     print(f"1. Commit order. A tiny random model on {device}; gen_length {G}, steps {T}; HEX with block lengths "
           f"{' '.join(map(str, blocks))} (low-confidence),\n   and the top-K-margin baseline (one block of {G}). "
           f"One glyph per answer position: the step that committed it,\n   0-9 then a-z ({STEP_GLYPHS[T - 1]} is "
           f"step {T - 1}). Semi-AR blocks fill left to right; one block fills anywhere.")
-    rows = [(f"HEX block_length {b}", c) for b, c in zip(out.block_lengths, out.commit_steps[0])]
-    for label, steps_ in rows + [(f"top-K margin, 1 block of {G}", margin.commit_steps[0, 0])]:
+    labels = [f"HEX block_length {b}" for b in blocks] + [f"top-K margin, 1 block of {G}"]
+    for label, steps_ in zip(labels, out.commit_steps[0]):
         print(f"   {label:<28} {commit_picture(steps_, T)}")
 
-    answers = out.sequences[0, :, -G:]  # (K, G)
-    column = disputed_position(answers)
-    candidates = answers[:, column].tolist()
-    vote, tie = majority_vote(candidates, tie_break="first")
+    answers = out.sequences[0, :len(blocks), -G:].T.tolist()  # (G, K): per position, each expert's token
+    column = next((i for i, c in enumerate(answers) if 1 < len(set(c)) < len(c)), 0)
+    vote, tie = majority_vote(answers[column], tie_break="first")
     print(f"\n2. The vote. Stand-in answers: each schedule's token at answer position {column}, where they "
-          f"disagree:\n   {', '.join(f'block {b}: {a}' for b, a in zip(out.block_lengths, candidates))}\n"
+          f"disagree:\n   {', '.join(f'block {b}: {a}' for b, a in zip(blocks, answers[column]))}\n"
           f"   majority_vote -> {vote}, tie: {tie} (a tie goes to the answer seen first, the authors' rule)")
 
-    tail = EndOfTextTail(model, eot_id, far=prompt.shape[1] + G // 2)
-    early = T // 4
+    tail, early = EndOfTextTail(model, eot_id, far=prompt.shape[1] + G // 2), T // 4
     print(f"\n3. The [AfterEoT] mechanism: a demonstration, not a result. A stand-in model: the tiny model with its "
           f"end-of-text\n   logit (token {eot_id}) raised by {tail.boost:g} over the second half of the answer, as "
           f"an instruct model pads its tail.\n   Under each picture, '_' marks an end-of-text token, '.' any other.")
-    for label, b in ((f"one block of {G} (Top-K)", G), ("semi-AR, block_length 8", 8)):
-        o = hex_generate(tail, prompt, block_lengths=(b,), **kw)
-        tokens, steps_ = o.sequences[0, 0, -G:], o.commit_steps[0, 0]
+    o = decode(tail, prompt, schedules=[Schedule(G), Schedule(8)], **kw)
+    for label, tokens, steps_ in zip((f"one block of {G} (Top-K)", "semi-AR, block_length 8"),
+                                     o.sequences[0, :, -G:], o.commit_steps[0]):
         n_early = int(((steps_ < early) & (tokens == eot_id)).sum())
         print(f"   {label:<28} {commit_picture(steps_, T)}  steps 0-{early - 1} commit {n_early} end-of-text\n"
               f"   {'':<28} {''.join('_' if t == eot_id else '.' for t in tokens.tolist())}")
 
-    blocks, kw = (8, 16, 32, 64, 128), dict(gen_length=256, steps=128, mask_id=mask_id)
-    counted, timings = CountCalls(model), []  # per repeat: (calls, seconds) lockstep, then one by one
-    for _ in range(repeats):
-        for run in (lambda: hex_generate(counted, prompt, block_lengths=blocks, **kw),
-                    lambda: [generate(counted, prompt, block_length=b, **kw) for b in blocks]):
-            counted.calls = 0
-            start = time.perf_counter()
-            run()
-            sync()
-            timings.append((counted.calls, time.perf_counter() - start))
-    (hex_calls, _), (seq_calls, _) = timings[:2]
-    hex_s, seq_s = [t for _, t in timings[0::2]], [t for _, t in timings[1::2]]
-    ratios = [b / a for a, b in zip(hex_s, seq_s)]
-    span = lambda xs, unit: f"{min(xs):.2f}-{max(xs):.2f}{unit}" if len(xs) > 1 else f"{xs[0]:.2f}{unit}"
-    print(f"\n4. Benchmark on {device}: block lengths {' '.join(map(str, blocks))}, gen_length 256, steps 128, one "
-          f"prompt, {repeats} run(s)\n"
-          f"   {'hex_generate, lockstep':<28} {hex_calls:4} forward calls  {span(hex_s, ' s')}\n"
-          f"   {f'generate x {len(blocks)}, one by one':<28} {seq_calls:4} forward calls  {span(seq_s, ' s')}\n"
-          f"   {'lockstep speed-up':<28} {span(ratios, 'x')}")
-
-    vocab, blocks = 131072, (4, 8, 16, 32, 64)
-    big = TinyMaskPredictor(vocab, n_layers=1).to(device)
-    canvas = F.pad(prompt, (0, 64), value=vocab - 1).repeat(len(blocks), 1)
-    with torch.no_grad():
-        bare = peak_memory(lambda: big(canvas).logits, device)
-    full = peak_memory(lambda: hex_generate(big, prompt, block_lengths=blocks, gen_length=64,
-                                            steps=16, mask_id=vocab - 1), device)
-    if bare and full:
-        print(f"   peak memory, vocab {vocab}, {len(blocks)} rows x {canvas.shape[1]} tokens: bare forward "
-              f"{bare / 2**20:.0f} MiB, hex_generate {full / 2**20:.0f} MiB ({full / bare:.2f}x)")
+    print(f"\n4. Benchmark on {device} ({torch.get_num_threads()} CPU thread(s)): every method of one question, "
+          f"HEX's block lengths 8-128\n   and the three one-block baselines, gen_length 256, steps 128, "
+          f"{repeats} run(s)\n" + benchmark(model, prompt, mask_id, repeats, device))
 
 
 if __name__ == "__main__":

@@ -215,6 +215,69 @@ def test_hex_rows_equal_generate_per_schedule(model, remasking):
         assert torch.equal(out.sequences[:, k], H.generate(model, prompt, block_length=b, **kw)), b
 
 
+def every_method(gen_length, temperature=0.0, blocks=(4, 8, 16)):
+    """HEX's experts and the paper's three one-block baselines, as run_gsm8k decodes a question."""
+    return ([H.Schedule(b, temperature=temperature) for b in blocks]
+            + [H.Schedule(gen_length, rule) for rule in ("topk_margin", "low_confidence", "random")])
+
+
+def streams(n, seed=0):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def test_decode_every_method_in_one_batch_equals_each_run_alone(model):
+    recorder, prompt, schedules = Recorder(model), prompts(2), every_method(16)
+    out = H.decode(recorder, prompt, schedules=schedules, gen_length=16, steps=8, mask_id=MASK,
+                   generator=streams(len(schedules)))
+    assert len(recorder.seen) == 8, "steps forward calls for every method together"
+    assert out.sequences.shape == (2, 6, 6 + 16) and out.schedules == schedules
+    check_trajectory(recorder.seen, out.sequences.flatten(0, 1), 6, 16, 8, [s.block_length for s in schedules] * 2)
+    for k, (s, g) in enumerate(zip(schedules, streams(len(schedules)))):
+        alone = H.generate(model, prompt, gen_length=16, steps=8, block_length=s.block_length,
+                           remasking=s.remasking, mask_id=MASK, generator=g)
+        assert torch.equal(out.sequences[:, k], alone), s
+    lone = H.decode(model, prompt, schedules=schedules[4:5], gen_length=16, steps=8, mask_id=MASK)
+    assert torch.equal(out.commit_steps[:, 4:5], lone.commit_steps) and torch.allclose(out.scores[:, 4:5], lone.scores)
+
+
+def test_decode_a_schedule_with_its_own_stream_draws_what_it_draws_alone(model):
+    """At temperature > 0 too: HEX's sampled experts share one stream, each baseline has its own,
+    so adding or dropping a baseline changes no HEX sample."""
+    kw = dict(gen_length=16, steps=8, mask_id=MASK)
+    hex_stream, *baseline_streams = streams(4)
+    schedules = every_method(16, temperature=0.8)
+    out = H.decode(model, prompts(2), schedules=schedules, generator=[hex_stream] * 3 + baseline_streams, **kw)
+    hex_alone = H.hex_generate(model, prompts(2), block_lengths=(4, 8, 16), temperature=0.8,
+                               generator=streams(1)[0], **kw)
+    assert torch.equal(out.sequences[:, :3], hex_alone.sequences)
+    random_alone = H.generate(model, prompts(2), block_length=16, remasking="random", generator=streams(4)[3], **kw)
+    assert torch.equal(out.sequences[:, 5], random_alone)
+    fewer = H.decode(model, prompts(2), schedules=schedules[:4], generator=streams(4)[:1] * 3 + streams(4)[1:2], **kw)
+    assert torch.equal(fewer.sequences, out.sequences[:, :4])
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(schedules=[]), TypeError, "must be a non-empty sequence of hex.Schedule"),
+    (dict(schedules=[8, 16]), TypeError, "must be a non-empty sequence of hex.Schedule"),
+    (dict(generator=streams(3)), ValueError, "generator: 3 generators for 2 schedules"),
+])
+def test_decode_names_bad_arguments(model, kwargs, error, match):
+    kw = dict(schedules=[H.Schedule(4), H.Schedule(16, "random")], gen_length=16, steps=8, mask_id=MASK) | kwargs
+    with pytest.raises(error, match=re.escape(match)):
+        H.decode(model, prompts(1), **kw)
+
+
+@pytest.mark.parametrize("args,error,match", [
+    ((0,), ValueError, "block_length=0 must be an int >= 1"),
+    ((8, "greedy"), ValueError, "remasking='greedy' must be one of"),
+    ((8, "random", -1), ValueError, "temperature=-1 must be a finite number >= 0"),
+    ((8, "random", None), TypeError, "temperature=None must be a real number"),
+])
+def test_schedule_names_bad_fields(args, error, match):
+    with pytest.raises(error, match=re.escape(match)):
+        H.Schedule(*args)
+
+
 def test_hex_trajectory_invariants_and_forward_calls(model):
     recorder, prompt, blocks = Recorder(model), prompts(2), (4, 8, 24)
     out = H.hex_generate(recorder, prompt, block_lengths=blocks, samples_per_block=2, gen_length=24,
@@ -392,7 +455,8 @@ def test_demo_teaches_commit_order_vote_after_eot_and_lockstep(capsys):
     assert int(one_block) > 0 and int(semi_ar) == 0
     assert pictures[6][32:] == "_" * 32  # the stand-in fills the tail with end-of-text
     assert "not a result" in out
-    assert "128 forward calls" in out and "640 forward calls" in out
+    calls = re.findall(r"(\d+) forward calls", out)
+    assert calls == ["128", "512", "1024"], "one batch, HEX then each baseline, every schedule alone"
 
 
 # run_gsm8k.py: a tiny LLaDA-format checkpoint on disk -----------------------------------------
