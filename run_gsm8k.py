@@ -34,12 +34,14 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from hex import CountCalls, generate, hex_generate, majority_vote, steps_per_block
+from hex import CountCalls, Schedule, decode, majority_vote, steps_per_block
 
 RULES = ("authors", "robust")
 BASELINES = ("topk_margin", "low_confidence", "random")  # one block of gen_length; the name is the remasking
 METHODS = ("hex", *BASELINES)
-COLLAPSE_THRESHOLD = 0.5  # a candidate "collapses" when over half its answer is end-of-text tokens
+PAPER_NAMES = {"hex": "HEX", "topk_margin": "Top-K margin", "low_confidence": "Top-K", "random": "Random"}
+END_TOKENS = ("<|endoftext|>", "<|eot_id|>", "<|im_end|>")  # end-of-text and end-of-turn (LLaDA, Qwen/Dream)
+COLLAPSE_THRESHOLD = 0.5  # a collapsed candidate: no readable answer, and over half its answer end-of-text
 
 
 class UsageError(Exception):
@@ -553,44 +555,70 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
     return ids, mask
 
 
+def candidate_plan(args) -> list[tuple[str, int, Schedule]]:
+    """Every candidate of a question as (method, sample, schedule): HEX's experts (low-confidence
+    remasking at --temperature), then each one-block baseline (its remasking rule at temperature 0)."""
+    plan = []
+    if "hex" in args.methods:
+        plan += [("hex", s, Schedule(b, "low_confidence", args.temperature))
+                 for s in range(args.samples_per_block) for b in args.block_lengths]
+    return plan + [(m, 0, Schedule(args.gen_length, m)) for m in args.methods if m in BASELINES]
+
+
+def end_of_text_ids(tokenizer) -> list[int]:
+    """The tokens that end or pad an answer: the tokenizer's EOS and pad tokens and whichever of the
+    end-of-text/end-of-turn tokens it has (LLaDA: <|endoftext|>, <|eot_id|>)."""
+    vocab = tokenizer.get_vocab()
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} | {vocab.get(t) for t in END_TOKENS}
+    return sorted(i for i in ids if i is not None)
+
+
+def encode_commit_order(commit_steps: torch.Tensor, steps: int) -> str:
+    """The step that committed each answer position, as fixed-width hex digits (2 per position up to
+    256 steps): 256 positions take 512 characters. `commit_order` reads it back."""
+    width = 2 if steps <= 256 else 4
+    return "".join(f"{s:0{width}x}" for s in commit_steps.tolist())
+
+
+def commit_order(candidate: dict) -> list[int] | None:
+    """A stored candidate's commit step per answer position (None for records made before it was kept)."""
+    code = candidate.get("commit_order")
+    if not code:
+        return None
+    width = len(code) // len(candidate["end_of_text"])
+    return [int(code[i:i + width], 16) for i in range(0, len(code), width)]
+
+
 def decode_batch(model, tokenizer, task: Task, batch: list[dict], args, mask_id: int, device) -> list[dict]:
-    """Decode every method for a batch of questions; one record per question, both rules scored."""
+    """Decode every candidate of every method for a batch of questions as one lockstep batch (`steps`
+    forward calls in all); one record per question, both rules scored."""
     counted = CountCalls(model)
     prompts = [build_prompt(tokenizer, task, p["row"]) for p in batch]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, attention = left_pad(prompts, pad_id if pad_id is not None else 0, device)
     # each method draws from its own stream, seeded by the batch's first question, so that adding
     # or dropping a method changes no other method's samples
-    first = batch[0]["id"]
-    seeded = lambda m: torch.Generator(device).manual_seed(args.seed + 10**6 * METHODS.index(m) + first)
-    kw = dict(gen_length=args.gen_length, steps=args.steps, mask_id=mask_id)
+    streams = {m: torch.Generator(device).manual_seed(args.seed + 10**6 * METHODS.index(m) + batch[0]["id"])
+               for m in args.methods}
+    plan = candidate_plan(args)
     start = time.perf_counter()
-    candidates = [[] for _ in batch]  # per question: (method, block_length, sample, answer ids, score)
-    if "hex" in args.methods:
-        out = hex_generate(counted, ids, attention, block_lengths=args.block_lengths,
-                           samples_per_block=args.samples_per_block, temperature=args.temperature,
-                           generator=seeded("hex"), **kw)
-        for q in range(len(batch)):
-            for k, b in enumerate(out.block_lengths):
-                candidates[q].append(("hex", b, k // len(args.block_lengths),
-                                      out.sequences[q, k, -args.gen_length:], float(out.scores[q, k])))
-    for method in (m for m in args.methods if m in BASELINES):
-        seqs = generate(counted, ids, attention, block_length=args.gen_length,
-                        remasking=method, generator=seeded(method), **kw)
-        for q in range(len(batch)):
-            candidates[q].append((method, args.gen_length, 0, seqs[q, -args.gen_length:], None))
+    out = decode(counted, ids, attention, schedules=[s for _, _, s in plan], gen_length=args.gen_length,
+                 steps=args.steps, mask_id=mask_id, generator=[streams[m] for m, _, _ in plan])
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / len(batch)
+    answers = out.sequences[:, :, -args.gen_length:]  # (B, K, G)
+    is_end = torch.isin(answers, torch.tensor(end_of_text_ids(tokenizer), device=answers.device))
     records = []
-    for problem, cands in zip(batch, candidates):
+    for q, problem in enumerate(batch):
         rows = []
-        for method, b, sample, tokens, score in cands:
-            text = tokenizer.decode(tokens.tolist(), skip_special_tokens=False)  # as the authors decode
-            eos = (tokens == tokenizer.eos_token_id).float().mean().item()
-            rows.append(dict(method=method, block_length=b, sample=sample, text=text,
-                             answers={r: task.extract[r](text) for r in RULES}, score=score,
-                             eos_fraction=round(eos, 4)))
+        for k, (method, sample, schedule) in enumerate(plan):
+            text = tokenizer.decode(answers[q, k].tolist(), skip_special_tokens=False)  # as the authors decode
+            rows.append(dict(method=method, block_length=schedule.block_length, sample=sample, text=text,
+                             answers={r: task.extract[r](text) for r in RULES}, score=float(out.scores[q, k]),
+                             eos_fraction=round(is_end[q, k].float().mean().item(), 4),
+                             end_of_text="".join("_" if e else "." for e in is_end[q, k].tolist()),
+                             commit_order=encode_commit_order(out.commit_steps[q, k], args.steps)))
         record = dict(id=problem["id"], question=task.question(problem["row"]),
                       gold={r: task.gold[r](problem["row"]) for r in RULES}, candidates=rows,
                       forward_calls=counted.calls / len(batch), seconds=round(seconds, 3))
@@ -632,9 +660,28 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n)))
 
 
-def collapse_rate(candidates: list[dict]) -> float:
-    """Share of candidates whose answer region is mostly end-of-text tokens ([AfterEoT] collapse)."""
-    return sum(c["eos_fraction"] > COLLAPSE_THRESHOLD for c in candidates) / len(candidates)
+def collapsed(candidate: dict) -> bool:
+    """The paper's [AfterEoT] collapse: end-of-text committed so early that the reasoning is cut off.
+    A candidate collapses when the robust rule reads no answer from it and over half of its answer
+    region is end-of-text tokens; a complete answer followed by padding is not a collapse."""
+    return candidate["answers"]["robust"] is None and candidate["eos_fraction"] > COLLAPSE_THRESHOLD
+
+
+def eot_first_share(candidate: dict) -> float | None:
+    """The mechanism of the paper's Fig. 2: the share of end-of-text tokens among the first quarter of
+    the answer's tokens in commit order (ties by position). None for records without a commit order."""
+    steps = commit_order(candidate)
+    if steps is None:
+        return None
+    first = sorted(range(len(steps)), key=lambda i: (steps[i], i))[:max(1, len(steps) // 4)]
+    return sum(candidate["end_of_text"][i] == "_" for i in first) / len(first)
+
+
+def eot_figures(candidates: list[dict]) -> dict:
+    """Collapse rate and mean EoT-first share of some candidates."""
+    shares = [s for c in candidates if (s := eot_first_share(c)) is not None]
+    return dict(collapse_rate=sum(map(collapsed, candidates)) / len(candidates),
+                eot_first_share=sum(shares) / len(shares) if shares else None)
 
 
 def summarize(records: list[dict], settings: dict, rule: str) -> dict:
@@ -646,17 +693,19 @@ def summarize(records: list[dict], settings: dict, rule: str) -> dict:
     for method in dict.fromkeys(m for r in records for m in r["correct"][rule]):
         correct = sum(r["correct"][rule][method] for r in records)
         rows = [c for r in records for c in r["candidates"] if c["method"] == method]
-        methods[method] = dict(accuracy=correct / n, ci95=wilson(correct, n), correct=correct,
+        methods[method] = dict(paper_name=PAPER_NAMES[method], accuracy=correct / n, ci95=wilson(correct, n),
+                               correct=correct,
                                other_rule_accuracy=sum(r["correct"][other][method] for r in records) / n,
                                tie_rate=sum(r["votes"][rule][method]["tie"] for r in records) / n,
-                               collapse_rate=collapse_rate(rows))
+                               **eot_figures(rows))
     block_lengths = {}
     for b in sorted({c["block_length"] for r in records for c in r["candidates"] if c["method"] == "hex"}):
         rows = [(c, r["gold"]) for r in records for c in r["candidates"]
                 if c["method"] == "hex" and c["block_length"] == b]
         hits = {x: sum(is_correct(task, c["answers"][x], gold[x], x) for c, gold in rows) for x in RULES}
-        block_lengths[b] = dict(accuracy=hits[rule] / len(rows), other_rule_accuracy=hits[other] / len(rows),
-                                candidates=len(rows), collapse_rate=collapse_rate([c for c, _ in rows]))
+        block_lengths[b] = dict(accuracy=hits[rule] / len(rows), ci95=wilson(hits[rule], len(rows)),
+                                other_rule_accuracy=hits[other] / len(rows), candidates=len(rows),
+                                **eot_figures([c for c, _ in rows]))
     scaling = []
     if "hex" in settings["methods"] and settings["samples_per_block"] > 1:
         for s in range(1, settings["samples_per_block"] + 1):
@@ -670,28 +719,141 @@ def summarize(records: list[dict], settings: dict, rule: str) -> dict:
                 seconds_per_question=sum(r["seconds"] for r in records) / n, settings=settings)
 
 
+def protocol(settings: dict) -> str:
+    """The run's protocol in one line, as the paper states it."""
+    k = settings["samples_per_block"]
+    ties = {"first": "ties to the answer seen first (the authors' rule)",
+            "likelihood": "ties to the higher likelihood score"}[settings["tie_break"]]
+    return (f"gen_length {settings['gen_length']}, steps {settings['steps']}, HEX block lengths "
+            f"{' '.join(map(str, settings['block_lengths']))}, temperature {settings['temperature']:g}, "
+            f"{k} sample{'s' * (k > 1)} per block length ({k * len(settings['block_lengths'])} votes), {ties}")
+
+
 def summary_table(summary: dict) -> str:
-    """The summary as a plain-text table."""
-    pct = lambda x: f"{100 * x:6.2f}"
-    rule, other = summary["answer_rule"], summary["other_rule"]
-    lines = [f"{TASKS[summary['task']].title}, {summary['questions']} questions, answers read by the "
-             f"{rule} rule ({other} rule beside)",
-             f"{'method':<16}{'accuracy':>9}  {'95% interval':<17}{other:>9}{'tie rate':>10}{'collapse':>10}"]
+    """The summary as a plain-text table, in the paper's words."""
+    pct = lambda x: "      -" if x is None else f"{100 * x:6.2f}%"
+    rule, other, settings = summary["answer_rule"], summary["other_rule"], summary["settings"]
+    lines = [f"{TASKS[summary['task']].title}, {summary['questions']} questions; {protocol(settings)}",
+             f"answers read by the {rule} rule ({other} rule beside)",
+             f"{'method':<27}{'accuracy':>9}  {'95% interval':<18}{other:>9}{'tie rate':>10}{'collapse':>10}"
+             f"{'EoT-first':>10}"]
     for m, v in summary["methods"].items():
         lo, hi = v["ci95"]
-        lines.append(f"{m:<16}{pct(v['accuracy']):>9}  [{pct(lo)}, {pct(hi)}]{pct(v['other_rule_accuracy']):>9}"
-                     f"{pct(v['tie_rate']):>10}{pct(v['collapse_rate']):>10}")
+        lines.append(f"{v['paper_name'] + ' (' + m + ')':<27}{pct(v['accuracy']):>9}  [{pct(lo)}, {pct(hi)}]"
+                     f"{pct(v['other_rule_accuracy']):>9}{pct(v['tie_rate']) if m == 'hex' else '':>10}"
+                     f"{pct(v['collapse_rate']):>10}{pct(v['eot_first_share']):>10}")
     for b, v in summary["block_lengths"].items():
-        lines.append(f"{'  block ' + str(b):<16}{pct(v['accuracy']):>9}  {'':<17}{pct(v['other_rule_accuracy']):>9}"
-                     f"{'':>10}{pct(v['collapse_rate']):>10}")
+        lo, hi = v["ci95"]
+        lines.append(f"{'  HEX expert, block ' + str(b):<27}{pct(v['accuracy']):>9}  [{pct(lo)}, {pct(hi)}]"
+                     f"{pct(v['other_rule_accuracy']):>9}{'':>10}{pct(v['collapse_rate']):>10}"
+                     f"{pct(v['eot_first_share']):>10}")
     for v in summary["hex_vs_votes"]:
         lines.append(f"HEX with {v['votes']:>3} votes: accuracy {pct(v['accuracy'])}, tie rate {pct(v['tie_rate'])}")
-    for env in summary["settings"].get("environments", []):
-        lines.append(f"run on {env['device_name']} ({summary['settings']['dtype']}, torch {env['torch']}, "
+    lines.append("collapse: the share of candidates from which no answer can be read (robust rule) and whose "
+                 f"answer is over {COLLAPSE_THRESHOLD:.0%} end-of-text\n(the paper's [AfterEoT] collapse); "
+                 "EoT-first: the share of end-of-text among the first quarter of committed answer tokens, mean "
+                 "over candidates (Fig. 2)")
+    for env in settings.get("environments", []):
+        lines.append(f"run on {env['device_name']} ({settings['dtype']}, torch {env['torch']}, "
                      f"transformers {env['transformers']}, {env['world_size']} process(es))")
+    for r in settings.get("rescored", []):
+        lines.append(f"rescored without the model on {r['at']} (answers re-read by the rules of that time)")
     lines.append(f"{summary['forward_calls_per_question']:.1f} forward calls and "
                  f"{summary['seconds_per_question']:.2f} s per question")
     return "\n".join(lines)
+
+
+# The paper's figures, drawn from the records alone ----------------------------------------------
+
+PAPER_ACCURACY = {  # LLaDA-8B-Instruct, gen_length 256, steps 128 (the paper's table; HEX: 5 votes at
+    # temperature 0 on GSM8K, the released protocol; elsewhere the best reported)
+    "gsm8k": dict(hex=82.18, topk_margin=24.72, low_confidence=22.52, random=50.87),
+    "math500": dict(hex=40.00, topk_margin=16.40, low_confidence=16.60, random=16.80),
+    "arc-c": dict(hex=87.80, topk_margin=54.18, low_confidence=47.87, random=70.05),
+    "truthfulqa": dict(hex=57.46, topk_margin=28.36, low_confidence=29.82, random=42.40),
+}
+PAPER_GSM8K_VOTES = [(5, 82.18, 4.1), (10, 85.75, 4.3), (15, 87.19, 2.4), (20, 87.79, 2.5), (25, 88.10, 1.35),
+                     (30, 88.10, 1.05)]  # (votes, accuracy %, tie rate %), read off the paper's plot
+
+
+def paper_protocol(settings: dict) -> bool:
+    """Whether a run follows the protocol behind the paper's figures (gen 256, steps 128, blocks 8..128)."""
+    return (settings["gen_length"], settings["steps"], settings["block_lengths"]) == (256, 128, [8, 16, 32, 64, 128])
+
+
+def write_figures(summary: dict, records: list[dict], path: Path) -> None:
+    """One PNG: accuracy per method and per block length with 95% intervals (the paper's bar chart);
+    HEX accuracy and tie rate against the number of votes when there are several samples (its scaling
+    plot); and which step committed each answer position of one question, per method (its Fig. 2)."""
+    from matplotlib.figure import Figure  # no pyplot: no window, no global state
+    settings, scaling = summary["settings"], summary["hex_vs_votes"]
+    title = f"{TASKS[summary['task']].title}, {summary['questions']} questions, {summary['answer_rule']} rule"
+    fig = Figure(figsize=(14, 9), layout="constrained")
+    grid = fig.add_gridspec(2, 2 if scaling else 1)
+    fig.suptitle(f"{title}\n{protocol(settings)}", fontsize=10)
+    _accuracy_bars(fig.add_subplot(grid[0, 0]), summary, paper_protocol(settings))
+    if scaling:
+        _votes_plot(fig.add_subplot(grid[0, 1]), scaling, summary["task"] == "gsm8k" and paper_protocol(settings))
+    _commit_map(fig, fig.add_subplot(grid[1, :]), records, settings["steps"])
+    fig.savefig(path, dpi=100, format="png")
+
+
+def _accuracy_bars(ax, summary: dict, paper: bool) -> None:
+    bars = [(f"{v['paper_name']}", v["accuracy"], v["ci95"], "tab:blue" if m == "hex" else "tab:gray", m)
+            for m, v in summary["methods"].items()]
+    bars += [(f"block {b}", v["accuracy"], v["ci95"], "tab:cyan", None) for b, v in summary["block_lengths"].items()]
+    x = range(len(bars))
+    heights = [100 * a for _, a, _, _, _ in bars]
+    errors = [[100 * (a - lo) for _, a, (lo, _), _, _ in bars], [100 * (hi - a) for _, a, (_, hi), _, _ in bars]]
+    ax.bar(x, heights, yerr=errors, color=[c for *_, c, _ in bars], capsize=4)
+    for i, h in zip(x, heights):
+        ax.annotate(f"{h:.1f}%", (i, h), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+    if paper:
+        reported = [(i, PAPER_ACCURACY[summary["task"]][m]) for i, (*_, m) in zip(x, bars) if m]
+        ax.scatter(*zip(*reported), marker="_", s=600, color="tab:red", zorder=3, label="the paper's figure")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_xticks(list(x), [label for label, *_ in bars], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy (%), 95% interval")
+    ax.set_ylim(0, 105)
+    ax.set_title("Methods (HEX, one-block baselines) and each HEX expert alone", fontsize=10)
+
+
+def _votes_plot(ax, scaling: list[dict], paper: bool) -> None:
+    votes = [v["votes"] for v in scaling]
+    ax.plot(votes, [100 * v["accuracy"] for v in scaling], "o-", color="tab:blue", label="HEX accuracy, this run")
+    ax.plot(votes, [100 * v["tie_rate"] for v in scaling], "s--", color="tab:orange", label="tie rate, this run")
+    if paper:
+        n, acc, tie = zip(*PAPER_GSM8K_VOTES)
+        ax.plot(n, acc, "o:", color="tab:blue", alpha=0.4, label="HEX accuracy, paper")
+        ax.plot(n, tie, "s:", color="tab:orange", alpha=0.4, label="tie rate, paper")
+    ax.set_xlabel("votes (samples per block length x block lengths)")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8)
+    ax.set_title("HEX against the number of votes", fontsize=10)
+
+
+def _commit_map(fig, ax, records: list[dict], steps: int) -> None:
+    """Rows: one candidate per method (HEX: sample 0 of each block length) of the first question with a
+    collapsed candidate, else the first question; colour: the step that committed each position."""
+    drawable = [r for r in records if all(commit_order(c) for c in r["candidates"])]
+    if not drawable:
+        ax.set_axis_off()
+        ax.set_title("no commit order stored in these records", fontsize=10)
+        return
+    record = next((r for r in drawable if any(map(collapsed, r["candidates"]))), drawable[0])
+    rows = [c for c in record["candidates"] if c["sample"] == 0]
+    labels = [(f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]]) for c in rows]
+    image = ax.imshow([commit_order(c) for c in rows], aspect="auto", cmap="viridis", vmin=0, vmax=steps - 1,
+                      interpolation="nearest")
+    ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
+    if ends:
+        ax.scatter(*zip(*ends), marker="x", s=12, linewidths=1, color="red")
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set_xlabel("answer position")
+    ax.set_title(f"Commit order, question {record['id']}: the step that committed each answer position "
+                 "(red x: an end-of-text token)", fontsize=10)
+    fig.colorbar(image, ax=ax, label="step", fraction=0.03)
 
 
 # 4. The model, files, settings and resuming ------------------------------------------------------
@@ -878,6 +1040,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="JSONL path; default under results/")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="skip questions already in --output (default); --no-resume starts over")
+    parser.add_argument("--rescore", action="store_true",
+                        help="re-read the stored texts of --output by the current answer rules and rewrite its "
+                             "votes, summary and figure, without the model")
     args = parser.parse_args(argv)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
@@ -953,7 +1118,7 @@ def main(argv=None) -> dict | None:
     """Run the evaluation; a usage error ends with one line on stderr and exit status 1."""
     args = parse_args(argv)
     try:
-        return evaluate(args)
+        return rescore(args) if args.rescore else evaluate(args)
     except UsageError as error:
         print(f"run_gsm8k.py: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -1011,6 +1176,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
 
         tokenizer, config = load_tokenizer(args.model)
         settings["mask_id"] = args.mask_id if args.mask_id is not None else find_mask_id(tokenizer, config)
+        settings["end_of_text_ids"] = end_of_text_ids(tokenizer)
         vocab = getattr(config, "vocab_size", None) or len(tokenizer)
         if not 0 <= settings["mask_id"] < vocab:
             raise UsageError(f"--mask-id {settings['mask_id']} is outside the model's vocabulary (size {vocab})")
@@ -1031,8 +1197,8 @@ def evaluate(args: argparse.Namespace) -> dict | None:
                                world_size=world)
             environments = old.get("environments", [])
             write_atomically(settings_path, json.dumps(
-                {**settings, "environments": environments + [environment] * (environment not in environments)},
-                indent=1))
+                {**settings, "environments": environments + [environment] * (environment not in environments),
+                 **{k: old[k] for k in ("rescored",) if k in old}}, indent=1))
         on_rank0(start, world, rank)
         done = read_records([output, *part_files(output)])
         if world > 1:
@@ -1097,11 +1263,50 @@ def report(task: Task, settings: dict, output: Path, summary_path: Path, request
         write_atomically(output, "".join(json.dumps(records[k]) + "\n" for k in sorted(records)))
         for path in parts:
             path.unlink()
-    summary = summarize([records[k] for k in sorted(records) if k in requested], settings, rule)
+    chosen = [records[k] for k in sorted(records) if k in requested]
+    summary = summarize(chosen, settings, rule)
     write_atomically(summary_path, json.dumps(summary, indent=1))
+    figure = output.with_suffix(".png")
+    temporary = figure.with_name(figure.name + f".tmp{os.getpid()}")
+    write_figures(summary, chosen, temporary)
+    temporary.replace(figure)
     print(summary_table(summary))
-    print(f"records: {output}\nsummary: {summary_path}")
+    print(f"records: {output}\nsummary: {summary_path}\nfigure:  {figure}")
     return summary
+
+
+def rescore(args: argparse.Namespace) -> dict:
+    """--rescore: re-read every stored candidate's text by the current answer rules, vote again, and
+    rewrite the records, the summary and the figure, without the model. The settings keep the run's
+    own and note when it was rescored."""
+    output = Path(args.output)
+    settings_path = output.with_suffix(".config.json")
+    if not settings_path.is_file():
+        raise UsageError(f"--rescore: {output} has no settings file ({settings_path.name}): nothing to rescore")
+    lock = ResultsLock(output)
+    try:
+        settings = json.loads(settings_path.read_text(encoding="utf-8"))
+        task = TASKS[settings["task"]]
+        records = read_records([output, *part_files(output)])
+        if not records:
+            raise UsageError(f"--rescore: {output} holds no finished question")
+        changed = 0
+        for record in records.values():
+            for candidate in record["candidates"]:
+                answers = {r: task.extract[r](candidate["text"]) for r in RULES}
+                changed += answers != candidate["answers"]
+                candidate["answers"] = answers
+            score_record(task, record, settings["tie_break"])
+        write_atomically(output, "".join(json.dumps(records[k]) + "\n" for k in sorted(records)))
+        for path in part_files(output):
+            path.unlink()
+        settings["rescored"] = settings.get("rescored", []) + [
+            dict(at=time.strftime("%Y-%m-%d %H:%M:%S %Z"), questions=len(records), answers_changed=changed)]
+        write_atomically(settings_path, json.dumps(settings, indent=1))
+        print(f"rescored {len(records)} questions without the model: {changed} candidate answer(s) changed")
+        return report(task, settings, output, output.with_suffix(".summary.json"), set(records), args.answer_rule)
+    finally:
+        lock.release()
 
 
 if __name__ == "__main__":

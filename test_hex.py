@@ -2,6 +2,7 @@
 import math
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -664,7 +665,13 @@ def test_checkpoint_each_task_end_to_end(checkpoint, tmp_path, task, capsys):
             assert v["other_rule_accuracy"] == sum(r["correct"][other][m] for r in records) / 2
     assert json.loads(json.dumps(R.summarize(lines(output), saved["settings"], "authors"))) == saved
     out = capsys.readouterr().out
-    assert f"{R.TASKS[task].title}, 2 questions, answers read by the authors rule (robust rule beside)" in out
+    assert (f"{R.TASKS[task].title}, 2 questions; gen_length 16, steps 8, HEX block lengths 4 8 16, temperature 0.7, "
+            "2 samples per block length (6 votes), ties to the answer seen first (the authors' rule)\n"
+            "answers read by the authors rule (robust rule beside)") in out
+    for name in ("HEX (hex)", "Top-K margin (topk_margin)", "Top-K (low_confidence)", "Random (random)"):
+        assert re.search(re.escape(name) + r" +\d+\.\d\d% +\[ *\d+\.\d\d%, +\d+\.\d\d%\]", out), name
+    assert all(r["forward_calls"] == 8 / 2 for r in records), "both questions' methods in one batch: steps calls"
+    assert output.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     settings = json.loads(output.with_suffix(".config.json").read_text())
     assert settings["task"] == task and settings["data"]["fingerprint"].startswith("sha256:")
 
@@ -816,6 +823,135 @@ def test_vote_over_raw_strings_under_the_authors_rule():
 
 
 # Runs that cannot mix, block or die with a traceback -----------------------------------------------
+
+# Every method in one batch, the [AfterEoT] figures, rescoring, the picture ------------------------
+
+def test_checkpoint_every_method_in_one_batch_equals_the_separate_runs(checkpoint):
+    """At the defaults (gen 256, steps 128): 128 forward calls per question for all eight candidates,
+    each equal token for token (float64) to HEX's lockstep run and each baseline's own run."""
+    tokenizer, config = R.load_tokenizer(str(checkpoint))
+    model = R.load_model(str(checkpoint), config, torch.device("cpu"), torch.float64)
+    args = R.parse_args(["--model", str(checkpoint)])
+    mask_id, task = R.find_mask_id(tokenizer, config), R.TASKS["gsm8k"]
+    batch = [{"id": 3, "row": ROWS["gsm8k"][0]}]
+    [record] = R.decode_batch(model, tokenizer, task, batch, args, mask_id, torch.device("cpu"))
+    assert record["forward_calls"] == 128 and len(record["candidates"]) == 8
+    ids = torch.tensor([R.build_prompt(tokenizer, task, ROWS["gsm8k"][0])])
+    seeded = lambda m: torch.Generator().manual_seed(10**6 * R.METHODS.index(m) + 3)
+    kw = dict(gen_length=256, steps=128, mask_id=mask_id)
+    alone = list(H.hex_generate(model, ids, generator=seeded("hex"), **kw).sequences[0])
+    alone += [H.generate(model, ids, block_length=256, remasking=m, generator=seeded(m), **kw)[0] for m in R.BASELINES]
+    for candidate, sequence in zip(record["candidates"], alone):
+        assert candidate["text"] == tokenizer.decode(sequence[ids.shape[1]:].tolist()), candidate["method"]
+
+
+class Scripted(nn.Module):
+    """A stand-in instruct model: it always predicts `script` (one token per answer position), sure of
+    the end-of-text tokens (logit 9) and less of the rest (logit 5), as an instruct model pads its tail."""
+
+    def __init__(self, script, end_ids, vocab):
+        super().__init__()
+        self.script, self.end_ids, self.vocab = script, end_ids, vocab
+
+    def forward(self, x, attention_mask=None):
+        logits = torch.zeros(*x.shape, self.vocab, dtype=torch.float64)
+        G = len(self.script)
+        for i, t in enumerate(self.script):
+            logits[:, x.shape[1] - G + i, t] = 9.0 if t in self.end_ids else 5.0
+        return H.MaskPredictorOutput(logits)
+
+
+def scripted_records(checkpoint, tokens):
+    tokenizer, config = R.load_tokenizer(str(checkpoint))
+    ends = R.end_of_text_ids(tokenizer)
+    script = tokenizer.convert_tokens_to_ids(tokens)
+    script += [tokenizer.eos_token_id] * (32 - len(script))
+    args = R.parse_args(["--model", str(checkpoint), "--gen-length", "32", "--steps", "16", "--block-lengths", "8", "16"])
+    model = Scripted(script, ends, len(tokenizer))
+    batch = [{"id": 0, "row": ROWS["gsm8k"][0]}]
+    records = R.decode_batch(model, tokenizer, R.TASKS["gsm8k"], batch, args, R.find_mask_id(tokenizer, config),
+                             torch.device("cpu"))
+    settings = dict(task="gsm8k", tie_break="first", methods=args.methods, samples_per_block=1, gen_length=32,
+                    steps=16, block_lengths=[8, 16], temperature=0.0)
+    return records, R.summarize(records, settings, "authors")
+
+
+def test_checkpoint_a_complete_answer_then_padding_is_no_collapse_but_eot_first_shows(checkpoint):
+    answer = ["<answer>", "\\boxed{", "7", "}", "</answer>", "<|eot_id|>"]
+    records, summary = scripted_records(checkpoint, answer)
+    assert all(c["answers"]["authors"] == 7.0 for c in records[0]["candidates"])
+    assert {m: v["collapse_rate"] for m, v in summary["methods"].items()} == dict.fromkeys(R.METHODS, 0.0)
+    assert summary["methods"]["hex"]["accuracy"] == 1.0
+    eot_first = {m: v["eot_first_share"] for m, v in summary["methods"].items()}
+    assert eot_first["topk_margin"] == eot_first["low_confidence"] == 1.0, "one block commits the padding first"
+    assert summary["block_lengths"][8]["eot_first_share"] == 3 / 8, "block 8 commits its own block first"
+    for c in records[0]["candidates"]:
+        order = R.commit_order(c)
+        assert len(order) == 32 and sorted(Counter(order).values()) == [2] * 16  # 2 tokens at each of 16 steps
+        assert c["end_of_text"] == "." * 5 + "_" * 27
+
+
+def test_checkpoint_no_readable_answer_and_mostly_end_of_text_is_a_collapse(checkpoint):
+    records, summary = scripted_records(checkpoint, ["<|eot_id|>", "<|endoftext|>"])
+    assert all(c["answers"]["robust"] is None for c in records[0]["candidates"])
+    assert {m: v["collapse_rate"] for m, v in summary["methods"].items()} == dict.fromkeys(R.METHODS, 1.0)
+    assert summary["block_lengths"][16]["collapse_rate"] == 1.0
+    half = scripted_records(checkpoint, ["The", "answer", "is"] * 6)[1]  # no answer, but mostly words
+    assert half["methods"]["hex"]["collapse_rate"] == 0.0
+
+
+def test_checkpoint_rescore_rereads_the_texts_without_the_model(checkpoint, data, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "r.jsonl"
+    run(checkpoint, data, output)
+    records = lines(output)
+    for r in records:  # as if an older parser had read nothing
+        for c in r["candidates"]:
+            c["answers"] = {"authors": None, "robust": None}
+    output.write_text("".join(json.dumps(r) + "\n" for r in records))
+    settings_before = json.loads(output.with_suffix(".config.json").read_text())
+    output.with_suffix(".png").unlink()
+    monkeypatch.setattr(R, "load_model", lambda *a, **k: pytest.fail("--rescore must not load the model"))
+    monkeypatch.setattr(R, "load_tokenizer", lambda *a, **k: pytest.fail("--rescore must not load the tokenizer"))
+    capsys.readouterr()
+    summary = R.main(["--output", str(output), "--rescore"])
+    out = capsys.readouterr().out
+    rescored = lines(output)
+    for r in rescored:
+        for c in r["candidates"]:
+            assert c["answers"] == {rule: R.extract_answer("gsm8k", c["text"], rule) for rule in R.RULES}
+    changed = sum(c["answers"] != {"authors": None, "robust": None} for r in rescored for c in r["candidates"])
+    assert f"rescored 4 questions without the model: {changed} candidate answer(s) changed" in out
+    settings = json.loads(output.with_suffix(".config.json").read_text())
+    assert {k: v for k, v in settings.items() if k != "rescored"} == settings_before
+    assert settings["rescored"][0]["answers_changed"] == changed and "rescored without the model on" in out
+    saved = json.loads(output.with_suffix(".summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary)) == json.loads(json.dumps(R.summarize(rescored, settings, "authors")))
+    assert output.with_suffix(".png").is_file()
+    run(checkpoint, data, output, "--limit", "4")  # a later resume keeps the note
+    assert json.loads(output.with_suffix(".config.json").read_text())["rescored"] == settings["rescored"]
+
+
+def test_checkpoint_rescore_of_nothing_is_one_clear_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        R.main(["--output", str(tmp_path / "none.jsonl"), "--rescore"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no settings file (none.config.json): nothing to rescore" in err
+    assert files(tmp_path) == []
+
+
+def test_checkpoint_figure_draws_from_the_records_alone(checkpoint, data, tmp_path):
+    from matplotlib.image import imread
+    output = tmp_path / "f.jsonl"
+    summary = run(checkpoint, data, output)
+    picture = tmp_path / "again.png"
+    R.write_figures(summary, lines(output), picture)  # no model, no tokenizer: the JSONL alone
+    height, width, _ = imread(picture).shape
+    assert (width, height) == (1400, 900)
+    old = [{**r, "candidates": [{k: v for k, v in c.items() if k != "commit_order"} for c in r["candidates"]]}
+           for r in lines(output)]  # records made before commit orders were kept still draw
+    R.write_figures(R.summarize(old, summary["settings"], "authors"), old, picture)
+    assert R.summarize(old, summary["settings"], "authors")["methods"]["hex"]["eot_first_share"] is None
+
 
 def test_checkpoint_resume_appends_only_unfinished_questions(checkpoint, data, tmp_path, capsys):
     output = tmp_path / "out.jsonl"
@@ -1061,6 +1197,6 @@ def test_checkpoint_torchrun_two_ranks_match_one_process_and_resume(checkpoint, 
     result = subprocess.run(torchrun, capture_output=True, text=True, timeout=300, cwd=HERE, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert files(tmp_path) == sorted(["gsm8k.jsonl"] + [  # no parts or locks left
-        f"{n}.{ext}" for n in ("one", "two") for ext in ("jsonl", "config.json", "summary.json")])
+        f"{n}.{ext}" for n in ("one", "two") for ext in ("jsonl", "config.json", "summary.json", "png")])
     drop = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]
     assert drop(lines(tmp_path / "two.jsonl")) == drop(lines(tmp_path / "one.jsonl"))
