@@ -6,11 +6,12 @@ of [MASK] tokens and, over `steps` denoising steps, commits the masked positions
 Semi-autoregressive decoding cuts the answer into blocks of `block_length` tokens, denoised left to
 right. Each block length is a hidden "expert"; HEX decodes with several and takes a majority vote.
 
-Sections, in the order of the idea: 1. the semi-AR schedule; 2. one denoising step (predict x0,
-score it by `remasking`, commit the most confident); 3. `generate`, one block length; 4. `hex_generate`,
-all block lengths in lockstep; 5. `majority_vote`; 6. `TinyMaskPredictor`, a seeded random model
-for tests; 7. `python hex.py`: commit-order pictures, a vote, the [AfterEoT] mechanism with a
-stand-in model, and a benchmark, all on the tiny model.
+Sections, in the order of the idea: 1. the semi-AR schedule and `Schedule`, how one candidate is
+decoded; 2. one denoising step (predict x0, score it by `remasking`, commit the most confident);
+3. `decode`, any set of schedules of each prompt in one lockstep batch, and `generate`, one schedule;
+4. `hex_generate`, every block length; 5. `majority_vote`; 6. `TinyMaskPredictor`, a seeded random
+model for tests; 7. `python hex.py`: commit order and the [AfterEoT] mechanism on a stand-in model,
+a vote, and a benchmark of every method of a question in one batch, all on the tiny model.
 """
 from __future__ import annotations
 
@@ -77,6 +78,27 @@ def _schedule(gen_length: int, steps: int, block_lengths: Sequence[int], device:
     return torch.tensor(starts, device=device), torch.tensor(counts, device=device)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How one candidate is decoded: a block length (the paper's hidden expert), a remasking rule and
+    a temperature. HEX's experts are Schedule(b) for b in 8..128; the paper's one-block baselines are
+    Schedule(gen_length, "topk_margin"), Schedule(gen_length, "low_confidence") (Top-K) and
+    Schedule(gen_length, "random")."""
+    block_length: int
+    remasking: str = "low_confidence"
+    temperature: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "block_length", _integer("block_length", self.block_length))
+        if self.remasking not in REMASKING:
+            raise ValueError(f"remasking={self.remasking!r} must be one of {REMASKING}")
+        if not isinstance(self.temperature, numbers.Real) or isinstance(self.temperature, bool):
+            raise TypeError(f"temperature={self.temperature!r} must be a real number >= 0")
+        if not 0 <= self.temperature < math.inf:
+            raise ValueError(f"temperature={self.temperature!r} must be a finite number >= 0")
+        object.__setattr__(self, "temperature", float(self.temperature))
+
+
 # 2. One denoising step ---------------------------------------------------------------------------
 
 def _positions_per_chunk(vocab_size: int) -> int:
@@ -123,27 +145,6 @@ def most_confident(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     order = confidence.argsort(dim=-1, descending=True, stable=True)
     ranks = torch.arange(confidence.shape[-1], device=confidence.device).expand_as(order)
     return torch.empty_like(order).scatter_(-1, order, ranks) < k[:, None]
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """How one candidate is decoded: a block length (the paper's hidden expert), a remasking rule and
-    a temperature. HEX's experts are Schedule(b) for b in 8..128; the paper's one-block baselines are
-    Schedule(gen_length, "topk_margin"), Schedule(gen_length, "low_confidence") (Top-K) and
-    Schedule(gen_length, "random")."""
-    block_length: int
-    remasking: str = "low_confidence"
-    temperature: float = 0.0
-
-    def __post_init__(self):
-        object.__setattr__(self, "block_length", _integer("block_length", self.block_length))
-        if self.remasking not in REMASKING:
-            raise ValueError(f"remasking={self.remasking!r} must be one of {REMASKING}")
-        if not isinstance(self.temperature, numbers.Real) or isinstance(self.temperature, bool):
-            raise TypeError(f"temperature={self.temperature!r} must be a real number >= 0")
-        if not 0 <= self.temperature < math.inf:
-            raise ValueError(f"temperature={self.temperature!r} must be a finite number >= 0")
-        object.__setattr__(self, "temperature", float(self.temperature))
 
 
 def _stream_groups(schedules: list[Schedule], generators: list, device: torch.device):
@@ -245,13 +246,11 @@ def answer_log_likelihood(first_logits: torch.Tensor, answers: torch.Tensor) -> 
     shared by every schedule) at each final answer token, averaged over all gen_length positions.
     first_logits (B, G, V), answers (B, K, G) -> (B, K) float64, a chunk of positions at a time."""
     B, K, G = answers.shape
-    total = torch.zeros(B, K, dtype=torch.float64, device=answers.device)
-    chunks = torch.arange(G, device=answers.device).split(_positions_per_chunk(first_logits.shape[-1]))
-    for b in range(B):
-        for idx in chunks:
-            logp = first_logits[b, idx].double().log_softmax(-1)  # (n, V)
-            total[b] += logp.gather(-1, answers[b][:, idx].T).sum(0)
-    return total / G
+    n = _positions_per_chunk(first_logits.shape[-1])
+    tokens = answers.transpose(1, 2).flatten(0, 1)  # (B * G, K)
+    logp = [chunk.double().log_softmax(-1).gather(-1, t) for chunk, t in  # (n, K) each
+            zip(first_logits.flatten(0, 1).split(n), tokens.split(n))]
+    return torch.cat(logp).view(B, G, K).mean(1)
 
 
 @torch.no_grad()
@@ -261,12 +260,10 @@ def decode(model: Callable, input_ids: torch.Tensor, attention_mask: torch.Tenso
     """Decode every prompt with every schedule: B x K candidates advancing as one batch.
 
     model(x[, attention_mask=...]).logits gives (B, T, V); input_ids (B, L) are left padded when
-    attention_mask (B, L) is given (it is passed to the model). Every schedule takes exactly `steps`
-    steps, so the whole set costs `steps` forward calls whatever K, and at temperature 0 candidate k
-    equals a run of schedules[k] alone token for token. `generator` is one stream for every draw, or
-    one per schedule (draws are made per group of rows sharing a rule, temperature and stream, so a
-    schedule with a stream of its own draws exactly what it draws alone, at any temperature).
-    """
+    attention_mask (B, L) is given. Every schedule takes exactly `steps` steps, so the whole set costs
+    `steps` forward calls whatever K, and at temperature 0 candidate k equals schedules[k] run alone.
+    `generator`: one stream, or one per schedule (a schedule with its own stream draws exactly what it
+    draws alone, at any temperature)."""
     gen_length, steps, mask_id = _check_args(model, input_ids, attention_mask, gen_length, steps, mask_id)
     schedules = list(schedules)
     if not schedules or not all(isinstance(s, Schedule) for s in schedules):
@@ -289,11 +286,8 @@ def generate(model: Callable, input_ids: torch.Tensor, attention_mask: torch.Ten
              gen_length: int = 256, steps: int = 128, block_length: int = 32,
              remasking: str = "low_confidence", temperature: float = 0.0, mask_id: int = MASK_ID,
              generator: torch.Generator | None = None) -> torch.Tensor:
-    """Semi-autoregressive masked diffusion decoding (LLaDA's sampler) with one schedule.
-
-    Returns (B, L + gen_length). The authors' top-K-margin baseline is block_length=gen_length,
-    remasking="topk_margin".
-    """
+    """LLaDA's semi-autoregressive sampler with one schedule; returns (B, L + gen_length). The authors'
+    top-K-margin baseline is block_length=gen_length, remasking="topk_margin"."""
     schedule = Schedule(block_length, remasking, temperature)
     return decode(model, input_ids, attention_mask, schedules=[schedule], gen_length=gen_length, steps=steps,
                   mask_id=mask_id, generator=generator).sequences[:, 0]
@@ -315,12 +309,14 @@ def hex_generate(model: Callable, input_ids: torch.Tensor, attention_mask: torch
     try:
         block_lengths = [_integer("block_lengths", b) for b in block_lengths]
     except TypeError:
-        raise TypeError(f"block_lengths={block_lengths!r} must be a sequence of ints, e.g. (8, 16, 32, 64, 128)") from None
+        raise TypeError(f"block_lengths={block_lengths!r} must be a sequence of ints, e.g. (8, 16, 32, 64, 128)"
+                        ) from None
     if not block_lengths:
         raise ValueError("block_lengths must name at least one block length, e.g. (8, 16, 32, 64, 128)")
     experts = [Schedule(b, remasking, temperature) for b in block_lengths]
-    return decode(model, input_ids, attention_mask, schedules=experts * _integer("samples_per_block", samples_per_block),
-                  gen_length=gen_length, steps=steps, mask_id=mask_id, generator=generator)
+    samples = _integer("samples_per_block", samples_per_block)
+    return decode(model, input_ids, attention_mask, schedules=experts * samples, gen_length=gen_length,
+                  steps=steps, mask_id=mask_id, generator=generator)
 
 
 # 5. The vote -------------------------------------------------------------------------------------
@@ -427,37 +423,7 @@ def commit_picture(commit_step: torch.Tensor, steps: int) -> str:
     return "".join(STEP_GLYPHS[i] for i in bins)
 
 
-class CountCalls:
-    """Wraps a model and counts its forward calls."""
-
-    def __init__(self, model: Callable):
-        self.model, self.calls = model, 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.model(*args, **kwargs)
-
-    def __getattr__(self, name: str):  # the wrapped model's attributes, e.g. get_input_embeddings
-        if name == "model":
-            raise AttributeError(name)
-        return getattr(self.model, name)
-
-
-class EndOfTextTail(nn.Module):
-    """For the demo only, a stand-in for an instruct model's [AfterEoT] habit: the wrapped model's
-    end-of-text logit raised by `boost` from canvas position `far` on (the tail of the answer)."""
-
-    def __init__(self, model: nn.Module, eot_id: int, far: int, boost: float = 8.0):
-        super().__init__()
-        self.model, self.eot_id, self.far, self.boost = model, eot_id, far, boost
-
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        logits = self.model(x, attention_mask).logits.clone()
-        logits[:, self.far:, self.eot_id] += self.boost
-        return MaskPredictorOutput(logits)
-
-
-def benchmark(model: Callable, prompt: torch.Tensor, mask_id: int, repeats: int, device: torch.device) -> str:
+def benchmark(model: nn.Module, prompt: torch.Tensor, mask_id: int, repeats: int, device: torch.device) -> str:
     """Forward calls and seconds for every method of one question (HEX's five experts and the three
     one-block baselines, gen_length 256, steps 128): one lockstep batch; HEX in lockstep and then each
     baseline (the previous evaluation path); every schedule one by one (the authors' way)."""
@@ -466,17 +432,19 @@ def benchmark(model: Callable, prompt: torch.Tensor, mask_id: int, repeats: int,
     ways = {"decode, one batch of 8": [experts + baselines],
             "HEX, then each baseline": [experts] + [[s] for s in baselines],
             "8 schedules one by one": [[s] for s in experts + baselines]}
-    counted, calls, seconds = CountCalls(model), {}, {name: [] for name in ways}
+    calls, seconds = {}, {name: [] for name in ways}
+    hook = model.register_forward_pre_hook(lambda *_: calls.update(now=calls["now"] + 1))  # counts forward calls
     for _ in range(repeats):
         for name, batches in ways.items():
-            counted.calls, start = 0, time.perf_counter()
+            calls["now"], start = 0, time.perf_counter()
             for schedules in batches:
-                decode(counted, prompt, schedules=schedules, gen_length=256, steps=128, mask_id=mask_id,
+                decode(model, prompt, schedules=schedules, gen_length=256, steps=128, mask_id=mask_id,
                        generator=torch.Generator(device).manual_seed(0))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            calls[name] = counted.calls
+            calls[name] = calls["now"]
             seconds[name].append(time.perf_counter() - start)
+    hook.remove()
     span = lambda xs, unit: f"{min(xs):.2f}-{max(xs):.2f}{unit}"
     one = seconds["decode, one batch of 8"]
     return "\n".join(f"   {name:<26} {calls[name]:5} forward calls  {span(s, ' s'):<12}"
@@ -485,43 +453,43 @@ def benchmark(model: Callable, prompt: torch.Tensor, mask_id: int, repeats: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="HEX on a tiny random model: commit order, a vote, the "
-                                                 "[AfterEoT] mechanism, and a benchmark.")
+    parser = argparse.ArgumentParser(description="HEX on a tiny random model: commit order and the [AfterEoT] "
+                                                 "mechanism, a vote, and a benchmark.")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of the benchmark (default 3)")
     repeats = max(1, parser.parse_args(argv).repeats)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, mask_id, eot_id = TinyMaskPredictor(1024).to(device), 1023, 1000
     prompt = torch.randint(0, mask_id, (1, 16), generator=torch.Generator().manual_seed(0)).to(device)
-    G, T, blocks = 64, 32, (4, 8, 16, 32)
-    kw = dict(gen_length=G, steps=T, mask_id=mask_id)
-    out = decode(model, prompt, schedules=[Schedule(b) for b in blocks] + [Schedule(G, "topk_margin")], **kw)
-    print(f"1. Commit order. A tiny random model on {device}; gen_length {G}, steps {T}; HEX with block lengths "
-          f"{' '.join(map(str, blocks))} (low-confidence),\n   and the top-K-margin baseline (one block of {G}). "
-          f"One glyph per answer position: the step that committed it,\n   0-9 then a-z ({STEP_GLYPHS[T - 1]} is "
-          f"step {T - 1}). Semi-AR blocks fill left to right; one block fills anywhere.")
-    labels = [f"HEX block_length {b}" for b in blocks] + [f"top-K margin, 1 block of {G}"]
-    for label, steps_ in zip(labels, out.commit_steps[0]):
-        print(f"   {label:<28} {commit_picture(steps_, T)}")
+    G, T, blocks, early = 64, 32, (4, 8, 16, 32), 8
+    schedules = [Schedule(b) for b in blocks] + [Schedule(G), Schedule(G, "topk_margin")]
+    labels = [f"HEX block_length {b}" for b in blocks] + [f"Top-K, 1 block of {G}", f"Top-K margin, 1 block of {G}"]
 
-    answers = out.sequences[0, :len(blocks), -G:].T.tolist()  # (G, K): per position, each expert's token
-    column = next((i for i, c in enumerate(answers) if 1 < len(set(c)) < len(c)), 0)
-    vote, tie = majority_vote(answers[column], tie_break="first")
-    print(f"\n2. The vote. Stand-in answers: each schedule's token at answer position {column}, where they "
-          f"disagree:\n   {', '.join(f'block {b}: {a}' for b, a in zip(blocks, answers[column]))}\n"
-          f"   majority_vote -> {vote}, tie: {tie} (a tie goes to the answer seen first, the authors' rule)")
-
-    tail, early = EndOfTextTail(model, eot_id, far=prompt.shape[1] + G // 2), T // 4
-    print(f"\n3. The [AfterEoT] mechanism: a demonstration, not a result. A stand-in model: the tiny model with its "
-          f"end-of-text\n   logit (token {eot_id}) raised by {tail.boost:g} over the second half of the answer, as "
-          f"an instruct model pads its tail.\n   Under each picture, '_' marks an end-of-text token, '.' any other.")
-    o = decode(tail, prompt, schedules=[Schedule(G), Schedule(8)], **kw)
-    for label, tokens, steps_ in zip((f"one block of {G} (Top-K)", "semi-AR, block_length 8"),
-                                     o.sequences[0, :, -G:], o.commit_steps[0]):
+    def stand_in(module, args, out):  # a forward hook: end-of-text raised over the answer's second half
+        out.logits[:, prompt.shape[1] + G // 2:, eot_id] += 8.0
+    hook = model.register_forward_hook(stand_in)
+    out = decode(model, prompt, schedules=schedules, gen_length=G, steps=T, mask_id=mask_id)
+    hook.remove()
+    print(f"1. Commit order and the [AfterEoT] mechanism: a demonstration, not a result. A tiny random model on "
+          f"{device} as a stand-in\n   for an instruct model: its end-of-text logit (token {eot_id}) is raised by 8 "
+          f"over the second half of the answer, as\n   an instruct model pads its tail. gen_length {G}, steps {T}; "
+          f"HEX with block lengths {' '.join(map(str, blocks))}, and two one-block\n   baselines. One glyph per answer "
+          f"position: the step that committed it, 0-9 then a-z ({STEP_GLYPHS[T - 1]} is step {T - 1});\n   under "
+          f"it, '_' marks an end-of-text token. Semi-AR blocks fill left to right; one block commits the tail first.")
+    for label, tokens, steps_ in zip(labels, out.sequences[0, :, -G:], out.commit_steps[0]):
         n_early = int(((steps_ < early) & (tokens == eot_id)).sum())
         print(f"   {label:<28} {commit_picture(steps_, T)}  steps 0-{early - 1} commit {n_early} end-of-text\n"
               f"   {'':<28} {''.join('_' if t == eot_id else '.' for t in tokens.tolist())}")
 
-    print(f"\n4. Benchmark on {device} ({torch.get_num_threads()} CPU thread(s)): every method of one question, "
+    plain = decode(model, prompt, schedules=schedules[:len(blocks)], gen_length=G, steps=T, mask_id=mask_id)
+    answers = plain.sequences[0, :, -G:].T.tolist()  # (G, K): per position, each expert's token
+    column = next((i for i, c in enumerate(answers) if 1 < len(set(c)) < len(c)), 0)
+    vote, tie = majority_vote(answers[column], tie_break="first")
+    ballot = ", ".join(f"block {b}: {a}" for b, a in zip(blocks, answers[column]))
+    print(f"\n2. The vote, on the plain tiny model. Stand-in answers: each expert's token at answer position "
+          f"{column}, where they disagree:\n   {ballot}\n"
+          f"   majority_vote -> {vote}, tie: {tie} (a tie goes to the answer seen first, the authors' rule)")
+
+    print(f"\n3. Benchmark on {device} ({torch.get_num_threads()} CPU thread(s)): every method of one question, "
           f"HEX's block lengths 8-128\n   and the three one-block baselines, gen_length 256, steps 128, "
           f"{repeats} run(s)\n" + benchmark(model, prompt, mask_id, repeats, device))
 

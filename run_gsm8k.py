@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from hex import CountCalls, Schedule, decode, majority_vote, steps_per_block
+from hex import Schedule, decode, majority_vote, steps_per_block
 
 RULES = ("authors", "robust")
 BASELINES = ("topk_margin", "low_confidence", "random")  # one block of gen_length; the name is the remasking
@@ -592,7 +592,6 @@ def commit_order(candidate: dict) -> list[int] | None:
 def decode_batch(model, tokenizer, task: Task, batch: list[dict], args, mask_id: int, device) -> list[dict]:
     """Decode every candidate of every method for a batch of questions as one lockstep batch (`steps`
     forward calls in all); one record per question, both rules scored."""
-    counted = CountCalls(model)
     prompts = [build_prompt(tokenizer, task, p["row"]) for p in batch]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids, attention = left_pad(prompts, pad_id if pad_id is not None else 0, device)
@@ -602,8 +601,13 @@ def decode_batch(model, tokenizer, task: Task, batch: list[dict], args, mask_id:
                for m in args.methods}
     plan = candidate_plan(args)
     start = time.perf_counter()
-    out = decode(counted, ids, attention, schedules=[s for _, _, s in plan], gen_length=args.gen_length,
-                 steps=args.steps, mask_id=mask_id, generator=[streams[m] for m, _, _ in plan])
+    calls = []
+    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))  # counts forward calls
+    try:
+        out = decode(model, ids, attention, schedules=[s for _, _, s in plan], gen_length=args.gen_length,
+                     steps=args.steps, mask_id=mask_id, generator=[streams[m] for m, _, _ in plan])
+    finally:
+        hook.remove()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / len(batch)
@@ -621,7 +625,7 @@ def decode_batch(model, tokenizer, task: Task, batch: list[dict], args, mask_id:
                              commit_order=encode_commit_order(out.commit_steps[q, k], args.steps)))
         record = dict(id=problem["id"], question=task.question(problem["row"]),
                       gold={r: task.gold[r](problem["row"]) for r in RULES}, candidates=rows,
-                      forward_calls=counted.calls / len(batch), seconds=round(seconds, 3))
+                      forward_calls=len(calls) / len(batch), seconds=round(seconds, 3))
         records.append(score_record(task, record, args.tie_break))
     return records
 
