@@ -1015,9 +1015,90 @@ def settings_conflict(old: dict, new: dict, output: Path) -> str | None:
             "\nthe results file is left untouched; use another --output, or --no-resume to start it over")
 
 
+class RunFiles:
+    """The files of one run, all named after --output: the records (JSONL), the settings, the summary,
+    the figure, the lock and torchrun's part files. `open` makes the folders and takes the lock;
+    `close` releases it and removes the folders a failed start made, so a failed start leaves nothing."""
+
+    def __init__(self, output: Path):
+        self.output, self.settings = output, output.with_suffix(".config.json")
+        self.summary, self.figure = output.with_suffix(".summary.json"), output.with_suffix(".png")
+        self.made: list[Path] = []       # folders this run created, outermost first
+        self.lock: ResultsLock | None = None
+        self.read_only: str | None = None  # why the folder cannot be written, if it cannot
+
+    def open(self) -> None:
+        """Create the missing folders and take the one-writer lock; a folder that cannot be written is
+        noted (a finished run can still be summarised from a read-only archive)."""
+        self.made = [p for p in self.output.parents if not p.exists()][::-1]
+        try:
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            self.close()
+            raise UsageError(f"--output {self.output}: cannot create the folder {self.output.parent} "
+                             f"({error.strerror})") from None
+        try:
+            self.lock = ResultsLock(self.output)
+        except OSError as error:  # read-only folder or file system
+            self.read_only = f"{self.output.parent} cannot be written ({error.strerror})"
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        for folder in reversed(self.made):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+    def records(self) -> dict[int, dict]:
+        return read_records([self.output, *part_files(self.output)])
+
+    def stored_settings(self) -> dict:
+        return json.loads(self.settings.read_text(encoding="utf-8"))
+
+    def finished(self, settings: dict, requested: set[int], resume: bool) -> dict | None:
+        """The stored settings when every question asked for is already done, else None; results made
+        with other settings, or that cannot be checked, are refused."""
+        if resume and self.settings.is_file():
+            old = self.stored_settings()
+            if conflict := settings_conflict(old, settings, self.output):
+                raise UsageError(conflict)
+            if requested <= self.records().keys():
+                return old
+        elif resume and (self.output.exists() or part_files(self.output)):
+            raise UsageError(f"{self.output} exists but has no settings file ({self.settings.name}), so its "
+                             "records cannot be checked; use another --output, or --no-resume to start over")
+        if self.read_only:
+            raise UsageError(f"--output {self.output}: {self.read_only}; use another --output")
+        return None
+
+    def start(self, settings: dict, resume: bool, environment: dict) -> None:
+        """Write the settings (once every check has passed and the model has loaded); --no-resume
+        deletes the old files only now."""
+        if not resume:
+            for path in (self.output, self.settings, self.summary, self.figure, *part_files(self.output)):
+                path.unlink(missing_ok=True)
+        old = self.stored_settings() if self.settings.is_file() else {}
+        if conflict := settings_conflict(old, settings, self.output) if old else None:
+            raise UsageError(conflict)
+        environments = old.get("environments", [])
+        write_atomically(self.settings, json.dumps(
+            {**settings, "environments": environments + [environment] * (environment not in environments),
+             **{k: old[k] for k in ("rescored",) if k in old}}, indent=1))
+
+    def merge_parts(self) -> dict[int, dict]:
+        """Every finished record, torchrun's part files merged into the one JSONL (where it can be written)."""
+        parts, records = part_files(self.output), self.records()
+        if parts and not self.read_only:
+            write_atomically(self.output, "".join(json.dumps(records[k]) + "\n" for k in sorted(records)))
+            for path in parts:
+                path.unlink()
+        return records
+
+
 # 5. The command line -----------------------------------------------------------------------------
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=list(TASKS), default="gsm8k")
     parser.add_argument("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="hub id or local directory")
@@ -1034,7 +1115,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"any of {', '.join(METHODS)} (default: all)")
     parser.add_argument("--block-lengths", type=int, nargs="+", default=None,
                         help="default: gen_length/32 x (1 2 4 8 16), i.e. 8 16 32 64 128 at 256")
-    parser.add_argument("--samples-per-block", type=int, default=1)
+    parser.add_argument("--samples-per-block", type=int, default=1, help="HEX samples per block length "
+                        "(needs --temperature > 0: at 0 every sample is the same decode)")
     parser.add_argument("--temperature", type=float, default=0.0, help="HEX sampling temperature")
     parser.add_argument("--answer-rule", choices=RULES, default="authors",
                         help="the rule the summary leads with; both are stored and shown")
@@ -1047,36 +1129,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rescore", action="store_true",
                         help="re-read the stored texts of --output by the current answer rules and rewrite its "
                              "votes, summary and figure, without the model")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line with every setting checked and the defaults filled in; a mistake is a
+    UsageError that names the flag (argparse's own errors exit at once with status 2)."""
+    args = build_parser().parse_args(argv)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
-        parser.error(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
+        raise UsageError(f"--methods: unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
     args.methods = [m for m in METHODS if m in args.methods]
     for name in ("limit", "batch_size", "samples_per_block", "gen_length", "steps"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.offset < 0:
-        parser.error(f"--offset must be >= 0, got {args.offset}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.offset < 0 or (args.mask_id is not None and args.mask_id < 0):
+        raise UsageError(f"--offset and --mask-id must be >= 0, got {args.offset} and {args.mask_id}")
     if not args.temperature >= 0 or not math.isfinite(args.temperature):
-        parser.error(f"--temperature must be a finite number >= 0, got {args.temperature}")
-    if args.mask_id is not None and args.mask_id < 0:
-        parser.error(f"--mask-id must be >= 0, got {args.mask_id}")
+        raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if "hex" in args.methods and args.samples_per_block > 1 and args.temperature == 0:
+        raise UsageError(f"--samples-per-block {args.samples_per_block} at --temperature 0: temperature 0 is "
+                         "deterministic, so every sample of a block length would be the same decode at "
+                         f"{args.samples_per_block}x the cost; pass --temperature > 0 to sample, or drop it")
     if args.steps is None:
         if args.gen_length % 2:
-            parser.error(f"--gen-length {args.gen_length} is odd: pass --steps (the default is gen_length / 2)")
+            raise UsageError(f"--gen-length {args.gen_length} is odd: pass --steps (the default is gen_length / 2)")
         args.steps = args.gen_length // 2
-    if args.block_lengths is None:
-        if args.gen_length % 32:
-            parser.error(f"--gen-length {args.gen_length} is not a multiple of 32, so the authors' block lengths "
-                         "(gen_length/32 x 1, 2, 4, 8, 16) do not apply: pass --block-lengths")
-        args.block_lengths = [args.gen_length // 32 * m for m in (1, 2, 4, 8, 16)]
-    for b in [*args.block_lengths, args.gen_length]:
-        try:
-            steps_per_block(args.gen_length, args.steps, b)
-        except ValueError as error:
-            parser.error(f"--block-lengths {' '.join(map(str, args.block_lengths))} with --gen-length "
-                         f"{args.gen_length} --steps {args.steps}: {error}")
+    check_schedule(args)
     if args.output is None:
         tag = Path(args.model.rstrip("/")).name
         args.output = (f"results/{args.task}-{tag}-g{args.gen_length}-s{args.steps}-t{args.temperature:g}"
@@ -1084,22 +1164,165 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def check_schedule(args: argparse.Namespace) -> None:
+    """Fill in the authors' block lengths, and check that every schedule (HEX's and the one-block
+    baselines') divides gen_length and the steps, naming the flags the user actually passed."""
+    given = args.block_lengths is not None
+    if not given:
+        if args.gen_length % 32:
+            raise UsageError(f"--gen-length {args.gen_length} is not a multiple of 32, so the authors' block "
+                             "lengths (gen_length/32 x 1, 2, 4, 8, 16) do not apply: pass --block-lengths")
+        args.block_lengths = [args.gen_length // 32 * m for m in (1, 2, 4, 8, 16)]
+    blocks = " ".join(map(str, args.block_lengths))
+    for b in ([*args.block_lengths] if "hex" in args.methods else []) + [args.gen_length]:
+        try:
+            steps_per_block(args.gen_length, args.steps, b)
+        except ValueError as error:
+            what = (f"--block-lengths {blocks}" if given else f"the default block lengths {blocks} "
+                    f"(gen_length/32 x 1, 2, 4, 8, 16)") if b in args.block_lengths else "the one-block baselines"
+            raise UsageError(f"{what} with --gen-length {args.gen_length} --steps {args.steps}: {error}; pass "
+                             f"{'other --block-lengths or ' if b in args.block_lengths else ''}--steps") from None
+
+
 def resolve_device(requested: str | None) -> torch.device:
-    """The device to run on; a device this machine lacks is a usage error, found before any loading."""
+    """The device to run on; a device this machine or this torch build lacks is a usage error,
+    found before any loading."""
     if requested is None:
         return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(requested)
     except RuntimeError:
         raise UsageError(f"--device {requested}: not a device name (cpu, cuda, cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {requested}: this torch build has no usable CUDA GPU")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {requested}: only {torch.cuda.device_count()} GPU(s) here")
-    elif device.type != "cpu" and not getattr(torch.backends, device.type, None):
-        raise UsageError(f"--device {requested}: not available here")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {requested}: this torch build has no usable CUDA GPU")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {requested}: only {torch.cuda.device_count()} GPU(s) here")
+    try:
+        if device.type == "meta":
+            raise ValueError("meta tensors hold no data")
+        torch.empty(1, device=device)
+    except Exception as error:  # noqa: BLE001 -- e.g. mps on a torch built without it: any failure means unusable
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0][:120]
+        raise UsageError(f"--device {requested}: not available in this torch build ({reason})") from None
     return device
+
+
+def check_output(text: str) -> Path:
+    """--output as a results file that can exist: not a folder, under no file."""
+    output = Path(text).expanduser()
+    if output.is_dir():
+        raise UsageError(f"--output {text}: is a folder; name a results file, e.g. --output {output / 'run.jsonl'}")
+    nearest = next(p for p in output.parents if p.exists())
+    if not nearest.is_dir():
+        raise UsageError(f"--output {text}: {nearest} is a file, not a folder")
+    return output
+
+
+# 6. A run, step by step --------------------------------------------------------------------------
+
+def main(argv=None) -> dict | None:
+    """Run the evaluation; a usage error ends with one line on stderr and exit status 1."""
+    args = None
+    try:
+        args = parse_args(argv)
+        return rescore(args) if args.rescore else evaluate(args)
+    except UsageError as error:
+        print(f"run_gsm8k.py: error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished questions stay in {args and args.output}; rerun the same command to resume",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+    except BrokenPipeError:  # e.g. `| head`: the files are complete; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+        print("run_gsm8k.py: standard output was closed early (a broken pipe); the results files are complete",
+              file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def evaluate(args: argparse.Namespace) -> dict | None:
+    """Check everything that can be checked without the model, take the results files, load the
+    model, decode what is not done yet (appending each question at once), then report."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    device = resolve_device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    task = TASKS[args.task]
+    problems, data = select_problems(task, args)
+    requested = {p["id"] for p in problems}
+    files = RunFiles(check_output(args.output))
+    settings = run_settings(args, data, dtype)
+    if world > 1:  # torchrun: gloo only synchronises the ranks; no tensors are exchanged
+        torch.distributed.init_process_group("gloo", timeout=timedelta(hours=48))
+    try:
+        def open_files():
+            files.open()
+            return files.finished(settings, requested, args.resume)
+        finished = on_rank0(open_files, world, rank)
+        if finished is not None:  # everything asked for is done: the summary, without the model
+            return report(task, finished, files, requested, args.answer_rule) if rank == 0 else None
+        model, tokenizer = load_checkpoint(args, task, problems[0]["row"], settings, device, dtype)
+        on_rank0(lambda: files.start(settings, args.resume, machine(device, world)), world, rank)
+        decode_my_share(model, tokenizer, task, problems, args, settings["mask_id"], device, files, rank, world)
+        return report(task, files.stored_settings(), files, requested, args.answer_rule) if rank == 0 else None
+    finally:
+        files.close()
+        if world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def select_problems(task: Task, args: argparse.Namespace) -> tuple[list[dict], dict]:
+    """The questions asked for (--offset, --limit, in the authors' order) and the data's identity."""
+    rows, data = load_rows(task, args.data)
+    order = task.order(len(rows)) if task.order else range(len(rows))
+    problems = [{"id": i, "row": rows[i]} for i in order][args.offset:][:args.limit]
+    if not problems:
+        raise UsageError(f"--offset {args.offset} is past the {len(rows)} rows of {data['source']}")
+    return problems, data
+
+
+def run_settings(args: argparse.Namespace, data: dict, dtype: torch.dtype) -> dict:
+    """What makes records comparable (COMPARED), as stored in the settings file."""
+    model_path = Path(args.model).expanduser()
+    return dict(task=args.task, data=data, model=str(model_path.resolve()) if model_path.is_dir() else args.model,
+                mask_id=args.mask_id, gen_length=args.gen_length, steps=args.steps, methods=args.methods,
+                block_lengths=args.block_lengths, samples_per_block=args.samples_per_block,
+                temperature=args.temperature, tie_break=args.tie_break, seed=args.seed,
+                dtype=str(dtype).removeprefix("torch."), batch_size=args.batch_size)
+
+
+def machine(device: torch.device, world: int) -> dict:
+    return dict(device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                torch=torch.__version__, transformers=__import__("transformers").__version__, world_size=world)
+
+
+def load_checkpoint(args, task: Task, row: dict, settings: dict, device, dtype):
+    """The tokenizer (checked first: seconds, not minutes) and the model; fills in the mask id and the
+    end-of-text ids of the settings."""
+    tokenizer, config = load_tokenizer(args.model)
+    settings["mask_id"] = args.mask_id if args.mask_id is not None else find_mask_id(tokenizer, config)
+    settings["end_of_text_ids"] = end_of_text_ids(tokenizer)
+    vocab = getattr(config, "vocab_size", None) or len(tokenizer)
+    if not 0 <= settings["mask_id"] < vocab:
+        raise UsageError(f"--mask-id {settings['mask_id']} is outside the model's vocabulary (size {vocab})")
+    if tokenizer.chat_template is None:
+        raise UsageError(f"--model {args.model}: its tokenizer has no chat template (an instruct checkpoint has one)")
+    build_prompt(tokenizer, task, row)
+    return load_model(args.model, config, device, dtype), tokenizer
+
+
+def decode_my_share(model, tokenizer, task: Task, problems: list[dict], args, mask_id: int, device,
+                    files: RunFiles, rank: int, world: int) -> None:
+    """This rank's questions that are not done yet; each rank appends to its own file."""
+    done = files.records()
+    if world > 1:
+        torch.distributed.barrier()  # every rank has read before any rank writes
+    mine = problems[rank::world]
+    todo = [p for p in mine if p["id"] not in done]
+    sink = files.output.with_suffix(f".part{rank}.jsonl") if world > 1 else files.output
+    decode_all(model, tokenizer, task, todo, [done[p["id"]] for p in mine if p["id"] in done],
+               len(mine), args, mask_id, device, sink, rank, world)
+    if world > 1:
+        torch.distributed.barrier()
 
 
 def on_rank0(fn: Callable[[], Any], world: int, rank: int) -> Any:
@@ -1116,115 +1339,6 @@ def on_rank0(fn: Callable[[], Any], world: int, rank: int) -> Any:
     if kind == "error":
         raise UsageError(value)
     return value
-
-
-def main(argv=None) -> dict | None:
-    """Run the evaluation; a usage error ends with one line on stderr and exit status 1."""
-    args = parse_args(argv)
-    try:
-        return rescore(args) if args.rescore else evaluate(args)
-    except UsageError as error:
-        print(f"run_gsm8k.py: error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; finished questions stay in {args.output}; rerun the same command to resume",
-              file=sys.stderr)
-        raise SystemExit(130) from None
-
-
-def evaluate(args: argparse.Namespace) -> dict | None:
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    device = resolve_device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    task = TASKS[args.task]
-    rows, data = load_rows(task, args.data)
-    order = task.order(len(rows)) if task.order else range(len(rows))
-    problems = [{"id": i, "row": rows[i]} for i in order][args.offset:][:args.limit]
-    if not problems:
-        raise UsageError(f"--offset {args.offset} is past the {len(rows)} rows of {data['source']}")
-    output = Path(args.output)
-    model_path = Path(args.model).expanduser()
-    settings = dict(task=args.task, data=data,  # what makes records comparable: COMPARED
-                    model=str(model_path.resolve()) if model_path.is_dir() else args.model, mask_id=args.mask_id,
-                    gen_length=args.gen_length, steps=args.steps, methods=args.methods,
-                    block_lengths=args.block_lengths, samples_per_block=args.samples_per_block,
-                    temperature=args.temperature, tie_break=args.tie_break, seed=args.seed,
-                    dtype=str(dtype).removeprefix("torch."), batch_size=args.batch_size)
-    settings_path, summary_path = output.with_suffix(".config.json"), output.with_suffix(".summary.json")
-    requested = {p["id"] for p in problems}
-    if world > 1:  # torchrun: gloo only synchronises the ranks; no tensors are exchanged
-        torch.distributed.init_process_group("gloo", timeout=timedelta(hours=48))
-    lock, made_directory = None, not output.parent.exists()
-    try:
-        def check_existing():
-            nonlocal lock
-            output.parent.mkdir(parents=True, exist_ok=True)
-            lock = ResultsLock(output)
-            if not args.resume:
-                return None
-            if not settings_path.is_file():
-                if output.exists() or part_files(output):
-                    raise UsageError(f"{output} exists but has no settings file ({settings_path.name}), so its "
-                                     "records cannot be checked; use another --output, or --no-resume to start over")
-                return None
-            old = json.loads(settings_path.read_text(encoding="utf-8"))
-            if conflict := settings_conflict(old, settings, output):
-                raise UsageError(conflict)
-            done = read_records([output, *part_files(output)])
-            return old if requested <= done.keys() else None
-        finished = on_rank0(check_existing, world, rank)
-        if finished is not None:  # everything asked for is done: the summary, without the model
-            if rank == 0:
-                return report(task, finished, output, summary_path, requested, args.answer_rule)
-            return None
-
-        tokenizer, config = load_tokenizer(args.model)
-        settings["mask_id"] = args.mask_id if args.mask_id is not None else find_mask_id(tokenizer, config)
-        settings["end_of_text_ids"] = end_of_text_ids(tokenizer)
-        vocab = getattr(config, "vocab_size", None) or len(tokenizer)
-        if not 0 <= settings["mask_id"] < vocab:
-            raise UsageError(f"--mask-id {settings['mask_id']} is outside the model's vocabulary (size {vocab})")
-        if tokenizer.chat_template is None:
-            raise UsageError(f"--model {args.model}: its tokenizer has no chat template (an instruct checkpoint has one)")
-        build_prompt(tokenizer, task, problems[0]["row"])
-        model = load_model(args.model, config, device, dtype)
-
-        def start():
-            if not args.resume:  # only now: every check has passed and the model has loaded
-                for path in (output, settings_path, summary_path, *part_files(output)):
-                    path.unlink(missing_ok=True)
-            old = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
-            if conflict := settings_conflict(old, settings, output) if old else None:
-                raise UsageError(conflict)
-            environment = dict(device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                               torch=torch.__version__, transformers=__import__("transformers").__version__,
-                               world_size=world)
-            environments = old.get("environments", [])
-            write_atomically(settings_path, json.dumps(
-                {**settings, "environments": environments + [environment] * (environment not in environments),
-                 **{k: old[k] for k in ("rescored",) if k in old}}, indent=1))
-        on_rank0(start, world, rank)
-        done = read_records([output, *part_files(output)])
-        if world > 1:
-            torch.distributed.barrier()  # every rank has read before any rank writes
-        mine = problems[rank::world]
-        todo = [p for p in mine if p["id"] not in done]
-        sink_path = output.with_suffix(f".part{rank}.jsonl") if world > 1 else output
-        decode_all(model, tokenizer, task, todo, [done[p["id"]] for p in mine if p["id"] in done],
-                   len(mine), args, settings["mask_id"], device, sink_path, rank, world)
-        if world > 1:
-            torch.distributed.barrier()
-        if rank == 0:
-            return report(task, json.loads(settings_path.read_text(encoding="utf-8")), output, summary_path,
-                          requested, args.answer_rule)
-        return None
-    finally:
-        if lock is not None:
-            lock.release()
-        if made_directory and output.parent.is_dir() and not any(output.parent.iterdir()):
-            output.parent.rmdir()  # a start that failed leaves no trace
-        if world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 def decode_all(model, tokenizer, task: Task, todo: list[dict], finished: list[dict], total: int, args,
@@ -1259,23 +1373,26 @@ def decode_all(model, tokenizer, task: Task, todo: list[dict], finished: list[di
     bar.close()
 
 
-def report(task: Task, settings: dict, output: Path, summary_path: Path, requested: set[int], rule: str) -> dict:
-    """Merge the ranks' part files into the one JSONL, then print and save the summary."""
-    parts = part_files(output)
-    records = read_records([output, *parts])
-    if parts:
-        write_atomically(output, "".join(json.dumps(records[k]) + "\n" for k in sorted(records)))
-        for path in parts:
-            path.unlink()
+def report(task: Task, settings: dict, files: RunFiles, requested: set[int], rule: str) -> dict:
+    """Print the summary of the questions asked for; save the summary and the figure of every
+    finished question (the whole run), unless the folder is read-only."""
+    records = files.merge_parts()
     chosen = [records[k] for k in sorted(records) if k in requested]
     summary = summarize(chosen, settings, rule)
-    write_atomically(summary_path, json.dumps(summary, indent=1))
-    figure = output.with_suffix(".png")
-    temporary = figure.with_name(figure.name + f".tmp{os.getpid()}")
-    write_figures(summary, chosen, temporary)
-    temporary.replace(figure)
+    if not files.read_only:
+        whole = summary if len(chosen) == len(records) else summarize(list(map(records.get, sorted(records))),
+                                                                      settings, rule)
+        write_atomically(files.summary, json.dumps(whole, indent=1))
+        temporary = files.figure.with_name(files.figure.name + f".tmp{os.getpid()}")
+        write_figures(whole, [records[k] for k in sorted(records)], temporary)
+        temporary.replace(files.figure)
     print(summary_table(summary))
-    print(f"records: {output}\nsummary: {summary_path}\nfigure:  {figure}")
+    if len(chosen) < len(records):
+        print(f"(the {len(chosen)} questions asked for; the summary file and the figure cover all "
+              f"{len(records)} finished questions)")
+    where = (f"{files.read_only}: the summary and figure were not rewritten" if files.read_only
+             else f"summary: {files.summary}\nfigure:  {files.figure}")
+    print(f"records: {files.output}\n{where}")
     return summary
 
 
@@ -1283,34 +1400,31 @@ def rescore(args: argparse.Namespace) -> dict:
     """--rescore: re-read every stored candidate's text by the current answer rules, vote again, and
     rewrite the records, the summary and the figure, without the model. The settings keep the run's
     own and note when it was rescored."""
-    output = Path(args.output)
-    settings_path = output.with_suffix(".config.json")
-    if not settings_path.is_file():
-        raise UsageError(f"--rescore: {output} has no settings file ({settings_path.name}): nothing to rescore")
-    lock = ResultsLock(output)
+    files = RunFiles(check_output(args.output))
+    if not files.settings.is_file():
+        raise UsageError(f"--rescore: {files.output} has no settings file ({files.settings.name}): nothing to rescore")
     try:
-        settings = json.loads(settings_path.read_text(encoding="utf-8"))
-        task = TASKS[settings["task"]]
-        records = read_records([output, *part_files(output)])
+        files.open()
+        if files.read_only:
+            raise UsageError(f"--rescore: {files.read_only}")
+        settings, records = files.stored_settings(), files.merge_parts()
         if not records:
-            raise UsageError(f"--rescore: {output} holds no finished question")
-        changed = 0
+            raise UsageError(f"--rescore: {files.output} holds no finished question")
+        task, changed = TASKS[settings["task"]], 0
         for record in records.values():
             for candidate in record["candidates"]:
                 answers = {r: task.extract[r](candidate["text"]) for r in RULES}
                 changed += answers != candidate["answers"]
                 candidate["answers"] = answers
             score_record(task, record, settings["tie_break"])
-        write_atomically(output, "".join(json.dumps(records[k]) + "\n" for k in sorted(records)))
-        for path in part_files(output):
-            path.unlink()
+        write_atomically(files.output, "".join(json.dumps(records[k]) + "\n" for k in sorted(records)))
         settings["rescored"] = settings.get("rescored", []) + [
             dict(at=time.strftime("%Y-%m-%d %H:%M:%S %Z"), questions=len(records), answers_changed=changed)]
-        write_atomically(settings_path, json.dumps(settings, indent=1))
+        write_atomically(files.settings, json.dumps(settings, indent=1))
         print(f"rescored {len(records)} questions without the model: {changed} candidate answer(s) changed")
-        return report(task, settings, output, output.with_suffix(".summary.json"), set(records), args.answer_rule)
+        return report(task, settings, files, set(records), args.answer_rule)
     finally:
-        lock.release()
+        files.close()
 
 
 if __name__ == "__main__":
