@@ -20,6 +20,7 @@ import functools
 import hashlib
 import inspect
 import json
+import logging
 import math
 import os
 import re
@@ -315,17 +316,35 @@ def math_answer_robust(text: str) -> str | None:
     return (normalize_math(match.group(1)) or None) if match else None
 
 
+SYMBOLIC_LIMIT = 100  # characters: longer answers are compared as normal forms only
+BEYOND_REACH = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\{?\s*-?\d{3,}|\d{2,}\s*!|\d{31,}")  # towers, big powers, n!, huge n
+BASE_SUBSCRIPT = re.compile(r"(?<![\w\\])\d[0-9A-F]*_\{?(\d{1,2})\}?")  # 2516_8, 1A_{16}: another base
+
+
 @functools.lru_cache(maxsize=65536)
 def math_equal(answer: str | None, gold: str | None) -> bool:
-    """Equal normal forms, or equal mathematics by math-verify (`0.5` = `\\frac12`, `x+1` = `1+x`)."""
+    """Equal normal forms, or equal mathematics by math-verify (`0.5` = `\\frac12`, `x+1` = `1+x`).
+
+    Deterministic: the same two strings get the same verdict on any machine and load. math-verify's
+    wall-clock timeouts (5 s by default, after which it says "not equal") are turned off; instead
+    what it is given is bounded by its form: at most SYMBOLIC_LIMIT characters, and no power tower,
+    three-digit exponent, factorial of a two-digit number or 31-digit number (BEYOND_REACH). Beyond
+    that, only equal normal forms count. A number written in another base (`2516_8`) equals only the
+    same number in the same base."""
     if answer is None or gold is None:
         return False
-    if answer.replace(" ", "") == gold.replace(" ", ""):
+    a, g = (re.sub(r"_\{(\d+)\}", r"_\1", s.replace(" ", "")) for s in (answer, gold))
+    if a == g:
         return True
+    if BASE_SUBSCRIPT.search(a) or BASE_SUBSCRIPT.search(g):
+        return False
+    if any(len(s) > SYMBOLIC_LIMIT or BEYOND_REACH.search(s) for s in (a, g)):
+        return False
     from math_verify import parse, verify
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout is disabled" notice: bounded above
     try:
-        expected, found = parse(f"${gold}$"), parse(f"${answer}$")
-        return bool(expected and found and verify(expected, found))
+        expected, found = parse(f"${gold}$", parsing_timeout=None), parse(f"${answer}$", parsing_timeout=None)
+        return bool(expected and found and verify(expected, found, timeout_seconds=None))
     except Exception:  # noqa: BLE001 -- an answer math-verify cannot read is simply not equal
         return False
 
@@ -494,22 +513,11 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
     """The task's rows in the dataset's own format, and the data's identity (source and fingerprint):
     a local JSONL or parquet file, else the split through the `datasets` library."""
     if path is None:
-        name, config, split = task.hub
-        try:
-            from datasets import load_dataset
-            dataset = load_dataset(name, config, split=split)
-        except Exception as error:  # noqa: BLE001 -- no datasets, no network, no cache: say how to go on
-            raise UsageError(
-                f"could not load {name} ({config or 'default'}, {split}) through `datasets` "
-                f"({type(error).__name__}: {str(error)[:200]}). Pass a local copy with --data FILE: a JSONL "
-                "or parquet file of the split's rows, e.g. made where the hub is reachable with "
-                f"load_dataset({name!r}, {config!r}, split={split!r}).to_json('{task.name}.jsonl')") from None
-        rows = [dict(r) for r in dataset]
-        source = {"source": f"hub:{name}/{config or 'default'}/{split}", "fingerprint": dataset._fingerprint}
-        numbered = list(enumerate(rows, start=1))
-        where = "row"
+        numbered, source, where = _hub_rows(task)
     else:
-        file = Path(path)
+        file = Path(path).expanduser()
+        if file.is_dir():
+            raise UsageError(f"--data {path}: is a folder; pass the task's JSONL or parquet file")
         if not file.is_file():
             raise UsageError(f"--data {path}: no such file")
         data = file.read_bytes()
@@ -522,25 +530,50 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
                 raise UsageError(f"--data {path}: not a readable parquet file ({error})") from None
             numbered, where = list(enumerate(rows, start=1)), "row"
         else:
-            numbered, where = [], "line"
-            try:
-                lines = data.decode("utf-8").splitlines()
-            except UnicodeDecodeError:
-                raise UsageError(f"--data {path}: not a UTF-8 text file (JSONL) or a .parquet file") from None
-            for number, line in enumerate(lines, start=1):
-                if line.strip():
-                    try:
-                        numbered.append((number, json.loads(line)))
-                    except json.JSONDecodeError as error:
-                        raise UsageError(f"--data {path}, line {number}: not valid JSON ({error.msg})") from None
+            numbered, where = _jsonl_rows(path, data), "line"
     for number, row in numbered:
-        problem = task.check(row) if isinstance(row, dict) else "is not a JSON object"
+        problem = task.check(row) if isinstance(row, dict) else "is not a JSON object (JSONL: one object per line)"
         if problem:
             raise UsageError(f"--data {path or source['source']}, {where} {number}: {problem}")
     rows = [row for _, row in numbered]
     if not rows:
         raise UsageError(f"--data {path}: holds no rows")
     return rows, {**source, "rows": len(rows)}
+
+
+def _hub_rows(task: Task) -> tuple[list[tuple[int, dict]], dict, str]:
+    name, config, split = task.hub
+    try:
+        from datasets import load_dataset
+        dataset = load_dataset(name, config, split=split)
+    except Exception as error:  # noqa: BLE001 -- no datasets, no network, no cache: say how to go on
+        raise UsageError(
+            f"could not load {name} ({config or 'default'}, {split}) through `datasets` "
+            f"({type(error).__name__}: {str(error)[:200]}). Pass a local copy with --data FILE: a JSONL "
+            "or parquet file of the split's rows, e.g. made where the hub is reachable with "
+            f"load_dataset({name!r}, {config!r}, split={split!r}).to_json('{task.name}.jsonl')") from None
+    source = {"source": f"hub:{name}/{config or 'default'}/{split}", "fingerprint": dataset._fingerprint}
+    return list(enumerate((dict(r) for r in dataset), start=1)), source, "row"
+
+
+def _jsonl_rows(path: str, data: bytes) -> list[tuple[int, Any]]:
+    """(line number, value) of every non-blank line of a JSONL file."""
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UsageError(f"--data {path}: not a UTF-8 text file (JSONL) or a .parquet file") from None
+    if data.lstrip().startswith(b"["):
+        raise UsageError(f"--data {path}: holds a JSON array; --data takes JSONL, one JSON object per line "
+                         "(e.g. `jq -c '.[]' FILE > rows.jsonl`), or a parquet file")
+    numbered = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                numbered.append((number, json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise UsageError(f"--data {path}, line {number}: not valid JSON ({error.msg}); --data takes "
+                                 "JSONL, one JSON object per line") from None
+    return numbered
 
 
 # 2. Decoding -------------------------------------------------------------------------------------
@@ -725,12 +758,14 @@ def summarize(records: list[dict], settings: dict, rule: str) -> dict:
 
 def protocol(settings: dict) -> str:
     """The run's protocol in one line, as the paper states it."""
-    k = settings["samples_per_block"]
+    k, steps = settings["samples_per_block"], f"gen_length {settings['gen_length']}, steps {settings['steps']}"
+    if "hex" not in settings["methods"]:
+        return f"{steps}, one-block baselines only"
     ties = {"first": "ties to the answer seen first (the authors' rule)",
             "likelihood": "ties to the higher likelihood score"}[settings["tie_break"]]
-    return (f"gen_length {settings['gen_length']}, steps {settings['steps']}, HEX block lengths "
-            f"{' '.join(map(str, settings['block_lengths']))}, temperature {settings['temperature']:g}, "
-            f"{k} sample{'s' * (k > 1)} per block length ({k * len(settings['block_lengths'])} votes), {ties}")
+    return (f"{steps}, HEX block lengths {' '.join(map(str, settings['block_lengths']))}, temperature "
+            f"{settings['temperature']:g}, {k} sample{'s' * (k > 1)} per block length "
+            f"({k * len(settings['block_lengths'])} votes), {ties}")
 
 
 def summary_table(summary: dict) -> str:
@@ -890,8 +925,12 @@ def fit_remote_code(model_class: type, config) -> type:
 def load_tokenizer(name: str):
     """The checkpoint's tokenizer and config (seconds, not minutes: checked before the weights load)."""
     from transformers import AutoConfig, AutoTokenizer
-    if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
-        raise UsageError(f"--model {name}: no such directory")
+    path = Path(name).expanduser()
+    if path.is_file():
+        raise UsageError(f"--model {name}: is a file; pass the checkpoint's folder (config.json, tokenizer and "
+                         "weights) or a hub id")
+    if name.startswith((".", "/", "~")) and not path.is_dir():
+        raise UsageError(f"--model {name}: no such folder")
     try:
         return (AutoTokenizer.from_pretrained(name, trust_remote_code=True),
                 AutoConfig.from_pretrained(name, trust_remote_code=True))
@@ -1165,23 +1204,25 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_schedule(args: argparse.Namespace) -> None:
-    """Fill in the authors' block lengths, and check that every schedule (HEX's and the one-block
-    baselines') divides gen_length and the steps, naming the flags the user actually passed."""
+    """Fill in the authors' block lengths, and check that every HEX schedule divides gen_length and
+    the steps, naming the flags the user actually passed."""
     given = args.block_lengths is not None
-    if not given:
+    if not given and "hex" not in args.methods and args.gen_length % 32:
+        args.block_lengths = []  # only the one-block baselines: no HEX schedule to default
+    elif not given:
         if args.gen_length % 32:
             raise UsageError(f"--gen-length {args.gen_length} is not a multiple of 32, so the authors' block "
                              "lengths (gen_length/32 x 1, 2, 4, 8, 16) do not apply: pass --block-lengths")
         args.block_lengths = [args.gen_length // 32 * m for m in (1, 2, 4, 8, 16)]
-    blocks = " ".join(map(str, args.block_lengths))
-    for b in ([*args.block_lengths] if "hex" in args.methods else []) + [args.gen_length]:
+    for b in args.block_lengths if "hex" in args.methods else []:  # one block of gen_length always fits
         try:
             steps_per_block(args.gen_length, args.steps, b)
         except ValueError as error:
-            what = (f"--block-lengths {blocks}" if given else f"the default block lengths {blocks} "
-                    f"(gen_length/32 x 1, 2, 4, 8, 16)") if b in args.block_lengths else "the one-block baselines"
+            blocks = " ".join(map(str, args.block_lengths))
+            what = (f"--block-lengths {blocks}" if given
+                    else f"the default block lengths {blocks} (gen_length/32 x 1, 2, 4, 8, 16)")
             raise UsageError(f"{what} with --gen-length {args.gen_length} --steps {args.steps}: {error}; pass "
-                             f"{'other --block-lengths or ' if b in args.block_lengths else ''}--steps") from None
+                             "other --block-lengths or --steps") from None
 
 
 def resolve_device(requested: str | None) -> torch.device:

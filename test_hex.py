@@ -1,4 +1,5 @@
 """Tests for hex.py: CPU only, no network. Run: python -m pytest -q"""
+import contextlib
 import math
 import os
 import re
@@ -793,6 +794,36 @@ def test_math_comparators():
     assert eq("\\frac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}", "robust") and not eq("3", "4", "robust")
 
 
+def test_robust_math_verdicts_are_deterministic_and_bounded(monkeypatch):
+    """The same text gets the same verdict on any machine and load: no wall-clock timeout is armed
+    (a slow, loaded machine would otherwise turn "equal" into "not equal"), and inputs that could
+    run away never reach math-verify, by their form alone."""
+    import math_verify
+    import signal
+    monkeypatch.setattr(signal, "alarm", lambda seconds: pytest.fail(f"a {seconds} s wall-clock timeout was armed"))
+    seen = []
+    real_verify = math_verify.verify
+    monkeypatch.setattr(math_verify, "verify",
+                        lambda gold, found, **kw: seen.append(kw) or real_verify(gold, found, **kw))
+    R.math_equal.cache_clear()
+    eq = lambda a, g: R.is_correct("math500", a, g, "robust")
+    for _ in range(2):  # twice, the cache cleared in between: the same verdicts
+        assert eq("0.50", "\\frac{1}{2}") and eq("1+2x", "2x+1") and eq("2^{10}", "1024") and not eq("\\pi", "3.14159")
+        R.math_equal.cache_clear()
+    assert seen and all(kw["timeout_seconds"] is None for kw in seen)
+    seen.clear()
+    for wild in ("2^{2^{2^{100}}}", "10^{1000}", "99!", "1" * 40, "x+" * 60 + "1"):
+        assert not eq(wild, "1") and eq(wild, wild)
+    assert seen == [], "answers beyond reach are compared as normal forms only"
+
+
+def test_a_number_in_another_base_is_not_that_number():
+    eq = lambda a, g: R.is_correct("math500", a, g, "robust")
+    assert not eq("2516", "2516_8") and not eq("2516_8", "2516") and not eq("1A_{16}", "26")
+    assert eq("2516_{8}", "2516_8") and eq("2516_8", "2516_8")
+    assert eq("x_1+1", "1+x_1"), "a variable's subscript is no base"
+
+
 @pytest.mark.parametrize("text,authors,robust", [
     ("<answer>\\boxed{B}</answer>", "B", "B"),
     ("\\boxed{(C)}", "(C)", "C"),
@@ -866,7 +897,8 @@ def scripted_records(checkpoint, tokens):
     ends = R.end_of_text_ids(tokenizer)
     script = tokenizer.convert_tokens_to_ids(tokens)
     script += [tokenizer.eos_token_id] * (32 - len(script))
-    args = R.parse_args(["--model", str(checkpoint), "--gen-length", "32", "--steps", "16", "--block-lengths", "8", "16"])
+    args = R.parse_args(["--model", str(checkpoint), "--gen-length", "32", "--steps", "16",
+                         "--block-lengths", "8", "16"])
     model = Scripted(script, ends, len(tokenizer))
     batch = [{"id": 0, "row": ROWS["gsm8k"][0]}]
     records = R.decode_batch(model, tokenizer, R.TASKS["gsm8k"], batch, args, R.find_mask_id(tokenizer, config),
@@ -925,7 +957,8 @@ def test_checkpoint_rescore_rereads_the_texts_without_the_model(checkpoint, data
     assert {k: v for k, v in settings.items() if k != "rescored"} == settings_before
     assert settings["rescored"][0]["answers_changed"] == changed and "rescored without the model on" in out
     saved = json.loads(output.with_suffix(".summary.json").read_text())
-    assert saved == json.loads(json.dumps(summary)) == json.loads(json.dumps(R.summarize(rescored, settings, "authors")))
+    assert saved == json.loads(json.dumps(summary))
+    assert saved == json.loads(json.dumps(R.summarize(rescored, settings, "authors")))
     assert output.with_suffix(".png").is_file()
     run(checkpoint, data, output, "--limit", "4")  # a later resume keeps the note
     assert json.loads(output.with_suffix(".config.json").read_text())["rescored"] == settings["rescored"]
@@ -1033,7 +1066,7 @@ def test_checkpoint_failed_start_leaves_nothing_and_the_corrected_command_runs(c
     output = tmp_path / "results" / "out.jsonl"
     with pytest.raises(SystemExit):
         run(tmp_path / "no-such-model", data, output)
-    assert "no such directory" in capsys.readouterr().err
+    assert "no such folder" in capsys.readouterr().err
     assert not output.parent.exists()
     run(checkpoint, data, output, "--limit", "1", "--methods", "random")
     assert [r["id"] for r in lines(output)] == [0]
@@ -1071,7 +1104,8 @@ def test_checkpoint_bad_arguments_give_one_message_and_no_files(checkpoint, data
     ('{"question": "q", "answer": "#### 1"}\n\n{not json\n', "line 3: not valid JSON"),
     ('{"question": "q", "answer": "no marker"}\n', "line 1: the answer has no '#### N' line"),
     ('{"problem": "q", "answer": "1"}\n', "line 1: needs string fields 'question' and 'answer'"),
-    ('[1, 2]\n', "line 1: is not a JSON object"),
+    ('[1, 2]\n', "holds a JSON array; --data takes JSONL"),
+    ('3\n', "line 1: is not a JSON object (JSONL: one object per line)"),
     ("", "holds no rows"),
 ])
 def test_checkpoint_bad_data_files_give_line_numbers(checkpoint, tmp_path, capsys, content, message):
@@ -1085,6 +1119,145 @@ def test_checkpoint_bad_data_files_give_line_numbers(checkpoint, tmp_path, capsy
     with pytest.raises(SystemExit):
         run(checkpoint, tmp_path / "missing.jsonl", tmp_path / "r" / "o.jsonl")
     assert "no such file" in capsys.readouterr().err
+
+
+# Every user mistake: one line on stderr, before the model loads, nothing left behind --------------
+
+def one_line_error(capsys, argv, monkeypatch=None):
+    """Run argv, expecting a usage error: returns its single stderr line."""
+    if monkeypatch is not None:
+        monkeypatch.setattr(R, "load_model", lambda *a: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exit_:
+        R.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("run_gsm8k.py: error: "), err
+    return err.strip()
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """folder, read-only: by its mode for an ordinary user; for root (whom modes do not stop) by a
+    read-only bind mount, where this machine allows one."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "--bind", "-o", "ro", folder, folder], capture_output=True).returncode:
+        pytest.skip("no read-only folder can be made here (root, and no bind mount)")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", folder], check=True)
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_checkpoint_output_that_is_a_folder_is_refused_before_loading(checkpoint, data, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for extra in ([], ["--no-resume"]):  # the advice is never "--no-resume" and then a traceback
+        err = one_line_error(capsys, ["--model", checkpoint, "--data", data, "--output", folder, *extra], monkeypatch)
+        assert f"--output {folder}: is a folder; name a results file, e.g. --output {folder / 'run.jsonl'}" in err
+    assert files(folder) == []
+    err = one_line_error(capsys, ["--model", checkpoint, "--data", data, "--output", data / "r.jsonl"], monkeypatch)
+    assert f"{data} is a file, not a folder" in err
+
+
+def test_checkpoint_read_only_archive(checkpoint, data, tmp_path, capsys, monkeypatch):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    output = archive / "r.jsonl"
+    run(checkpoint, data, output, "--limit", "2")
+    before = snapshot(archive)
+    capsys.readouterr()
+    with read_only(archive):
+        monkeypatch.setattr(R, "load_tokenizer", lambda *a: pytest.fail("the tokenizer was loaded"))
+        summary = run(checkpoint, data, output, "--limit", "2")  # finished: the summary, printed, nothing written
+        out = capsys.readouterr().out
+        assert summary["questions"] == 2 and "cannot be written" in out and "were not rewritten" in out
+        err = one_line_error(capsys, command(checkpoint, data, output)[2:] + ["--samples-per-block", "2",
+                             "--temperature", "0.7", "--batch-size", "2", "--block-lengths", "4", "8", "16"])
+        assert f"--output {output}: {archive} cannot be written (" in err and "use another --output" in err
+        nested = archive / "new" / "deeper" / "r.jsonl"
+        err = one_line_error(capsys, command(checkpoint, data, nested)[2:])
+        assert f"cannot create the folder {nested.parent}" in err
+        err = one_line_error(capsys, ["--output", output, "--rescore"])
+        assert "--rescore:" in err and "cannot be written" in err
+        assert snapshot(archive) == before
+
+
+def test_checkpoint_device_this_torch_build_lacks_is_refused_before_loading(checkpoint, data, tmp_path, capsys,
+                                                                            monkeypatch):
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    err = one_line_error(capsys, command(checkpoint, data, tmp_path / "o.jsonl")[2:] + ["--device", "mps"], monkeypatch)
+    assert "--device mps: not available in this torch build" in err
+    assert files(tmp_path) == ["gsm8k.jsonl"]
+
+
+def test_checkpoint_closed_standard_output_is_one_line_not_a_traceback(checkpoint, data, tmp_path):
+    output = tmp_path / "o.jsonl"
+    run(checkpoint, data, output, "--limit", "1")
+    process = subprocess.Popen([sys.executable, "run_gsm8k.py", "--model", str(checkpoint), "--data", str(data),
+                                "--output", str(output), "--limit", "1", "--gen-length", "16", "--steps", "8",
+                                "--block-lengths", "4", "8", "16", "--samples-per-block", "2", "--temperature",
+                                "0.7", "--batch-size", "2"],
+                               cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # as `| head` does once it has its lines
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 1
+    assert err.strip() == ("run_gsm8k.py: standard output was closed early (a broken pipe); "
+                           "the results files are complete")
+
+
+def test_checkpoint_failed_start_removes_every_folder_it_made(checkpoint, data, tmp_path, capsys):
+    one_line_error(capsys, command(tmp_path / "missing", data, tmp_path / "new" / "a" / "b" / "r.jsonl")[2:])
+    assert files(tmp_path) == ["gsm8k.jsonl"]
+
+
+def test_checkpoint_a_smaller_limit_prints_its_questions_but_keeps_the_whole_summary(checkpoint, data, tmp_path,
+                                                                                      capsys):
+    output = tmp_path / "r.jsonl"
+    whole = run(checkpoint, data, output)
+    saved = output.with_suffix(".summary.json").read_text()
+    capsys.readouterr()
+    part = run(checkpoint, data, output, "--limit", "2")
+    out = capsys.readouterr().out
+    assert part["questions"] == 2 and whole["questions"] == 4
+    assert output.with_suffix(".summary.json").read_text() == saved
+    assert "(the 2 questions asked for; the summary file and the figure cover all 4 finished questions)" in out
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--samples-per-block", "3"], "--samples-per-block 3 at --temperature 0: temperature 0 is deterministic"),
+    (["--gen-length", "32"], "the default block lengths 1 2 4 8 16 (gen_length/32 x 1, 2, 4, 8, 16) with "
+                             "--gen-length 32 --steps 16: steps=16 must be a multiple of the number of blocks"),
+    (["--block-lengths", "4", "--steps", "2", "--gen-length", "16"], "--block-lengths 4 with --gen-length 16"),
+    (["--methods", "beam"], "--methods: unknown method(s) beam"),
+])
+def test_checkpoint_argument_mistakes_name_what_the_user_passed(checkpoint, data, tmp_path, capsys, extra, message):
+    err = one_line_error(capsys, ["--model", checkpoint, "--data", data, "--output", tmp_path / "o.jsonl", *extra])
+    assert message in err
+    assert files(tmp_path) == ["gsm8k.jsonl"]
+
+
+def test_checkpoint_paths_of_the_wrong_kind_are_named(checkpoint, data, tmp_path, capsys):
+    out = ["--output", tmp_path / "o.jsonl"]
+    err = one_line_error(capsys, ["--model", checkpoint, "--data", tmp_path, *out])
+    assert f"--data {tmp_path}: is a folder; pass the task's JSONL or parquet file" in err
+    err = one_line_error(capsys, ["--model", data, "--data", data, *out])
+    assert f"--model {data}: is a file; pass the checkpoint's folder" in err
+    array = tmp_path / "rows.json"
+    array.write_text(json.dumps(ROWS["gsm8k"], indent=1))
+    err = one_line_error(capsys, ["--model", checkpoint, "--data", array, *out])
+    assert "holds a JSON array; --data takes JSONL, one JSON object per line" in err
+    assert files(tmp_path) == ["gsm8k.jsonl", "rows.json"]
 
 
 def test_checkpoint_bad_rows_of_other_tasks_are_named(tmp_path):
