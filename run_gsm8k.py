@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.nn as nn
 from tqdm import tqdm
 
-from hex import Schedule, decode, majority_vote, steps_per_block
+from hex import MaskPredictorOutput, Schedule, decode, majority_vote, steps_per_block
 
 RULES = ("authors", "robust")
 BASELINES = ("topk_margin", "low_confidence", "random")  # one block of gen_length; the name is the remasking
@@ -902,9 +903,13 @@ def _transformers_version() -> tuple[int, int]:
     return tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
 
 
-def fit_remote_code(model_class: type, config) -> type:
-    """LLaDA's own model file (trust_remote_code) predates transformers 5. Under 5.x, return a
-    subclass with the three fixes it needs, each only where the class lacks it; under 4.x, the class."""
+# The model families. hex.py needs a mask predictor: model(x[, attention_mask=(B, T)]).logits (B, T, V),
+# position i's logits predicting token i. Each family's own model file (trust_remote_code) is fitted
+# to the installed transformers at load time, and wrapped where its conventions differ.
+
+def fit_llada_code(model_class: type, config) -> type:
+    """LLaDA's own model file predates transformers 5. Under 5.x, return a subclass with the three
+    fixes it needs, each only where the class lacks it; under 4.x, the class."""
     if _transformers_version() < (5, 0):
         return model_class
     if not hasattr(config, "use_cache"):
@@ -920,6 +925,96 @@ def fit_remote_code(model_class: type, config) -> type:
             return model_class.tie_weights(self)
         namespace["tie_weights"] = tie_weights
     return type(model_class.__name__, (model_class,), namespace)
+
+
+def _default_rope(config, device=None, seq_len=None, **kwargs) -> tuple[torch.Tensor, float]:
+    """The plain rotary inverse frequencies 1 / theta^(2i / head_dim) and no scaling: what
+    transformers 4.x registered as ROPE_INIT_FUNCTIONS["default"]."""
+    dim = int(config.hidden_size // config.num_attention_heads * getattr(config, "partial_rotary_factor", 1.0))
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim
+    return 1.0 / config.rope_theta ** exponents, 1.0
+
+
+def fit_dream_code(model_class: type, config) -> type:
+    """Dream's own model file, fitted where it fails (each fix only where its cause is present):
+    - its `from_pretrained` override reloads the generation config and returns the model alone, so
+      `output_loading_info` (the check that every weight loaded) is lost, on 4.x and 5.x alike: the
+      fitted class uses PreTrainedModel's own `from_pretrained`;
+    - its rotary embedding asks ROPE_INIT_FUNCTIONS for "default", which 5.x no longer has
+      (`KeyError: 'default'`): Dream's module gets the plain frequencies under that name.
+    The rotary buffer that 5.x leaves unset is refilled after loading (`refill_rotary`)."""
+    from transformers import PreTrainedModel
+    module = sys.modules[model_class.__module__]
+    rope = getattr(module, "ROPE_INIT_FUNCTIONS", None)
+    if rope is not None and "default" not in rope:
+        module.ROPE_INIT_FUNCTIONS = {**rope, "default": _default_rope}  # Dream's module only
+    if model_class.from_pretrained.__func__ is PreTrainedModel.from_pretrained.__func__:
+        return model_class  # no override
+    return type(model_class.__name__, (model_class,),
+                {"from_pretrained": classmethod(PreTrainedModel.from_pretrained.__func__)})
+
+
+def refill_rotary(model: nn.Module) -> nn.Module:
+    """Under 5.x, models are built on the meta device and a rotary embedding's non-persistent
+    `inv_freq` buffer, filled by the module's own __init__, comes back unset: no error, wrong logits.
+    Recompute it with the module's own rope function (under 4.x it was right already)."""
+    if _transformers_version() >= (5, 0):
+        for module in model.modules():
+            if isinstance(getattr(module, "inv_freq", None), torch.Tensor) and hasattr(module, "rope_init_fn"):
+                inv_freq, module.attention_scaling = module.rope_init_fn(module.config, module.inv_freq.device,
+                                                                         **getattr(module, "rope_kwargs", {}))
+                module.inv_freq = inv_freq.to(module.inv_freq.device)
+                module.original_inv_freq = module.inv_freq
+    return model
+
+
+class DreamMaskPredictor(nn.Module):
+    """A Dream-family model as the mask predictor hex.py expects. Dream is adapted from an
+    autoregressive model (Qwen2.5): its logits at position i predict token i + 1, so they are shifted
+    back one place, as Dream's own sampler does (position 0 keeps its own). A left-padded batch gets
+    Dream's 4-D boolean attention mask (B, 1, T, T) and position ids counting real tokens only."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        if attention_mask is None:
+            logits = self.model(x).logits
+        else:
+            real = attention_mask.bool()  # (B, T)
+            positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(~real, 1)
+            pairs = real[:, None, :, None] & real[:, None, None, :]  # (B, 1, T, T): both tokens real
+            logits = self.model(x, attention_mask=pairs, position_ids=positions).logits
+        return MaskPredictorOutput(torch.cat([logits[:, :1], logits[:, :-1]], dim=1))
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    fit: Callable[[type, Any], type]             # the remote model class, fitted to this transformers
+    wrap: Callable[[nn.Module], nn.Module]       # the loaded model, as hex.py's mask predictor
+    checkpoints: str                             # for messages and README
+
+
+FAMILIES = {  # by the config's model_type (lower case)
+    "llada": Family("LLaDA", fit_llada_code, lambda model: model, "LLaDA-8B-Instruct, LLaDA-1.5"),
+    "dream": Family("Dream", fit_dream_code, lambda model: DreamMaskPredictor(refill_rotary(model)),
+                    "Dream-v0-Instruct-7B"),
+}
+
+
+def model_family(config, name: str) -> Family:
+    """The family of a checkpoint, from its config's model_type (never from its name)."""
+    kind = str(getattr(config, "model_type", "") or "")
+    if kind.lower() not in FAMILIES:
+        known = ", ".join(f"{f.name} ({key!r}: {f.checkpoints})" for key, f in FAMILIES.items())
+        raise UsageError(f"--model {name}: model_type {kind!r} is not a supported masked diffusion family; "
+                         f"supported: {known}")
+    return FAMILIES[kind.lower()]
 
 
 def load_tokenizer(name: str):
@@ -938,15 +1033,16 @@ def load_tokenizer(name: str):
         raise UsageError(f"--model {name}: cannot load its tokenizer or config ({str(error)[:300]})") from None
 
 
-def load_model(name: str, config, device: torch.device, dtype: torch.dtype):
-    """The checkpoint's weights through its own code (fitted to transformers 5 where needed), with
-    every weight accounted for."""
+def load_model(name: str, config, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """The checkpoint as hex.py's mask predictor: its weights through its own code, fitted to the
+    installed transformers and wrapped as its family needs, with every weight accounted for."""
     from transformers import AutoModel
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
+    family = model_family(config, name)
     auto_map = getattr(config, "auto_map", None) or {}
     try:
         if "AutoModel" in auto_map:
-            model_class = fit_remote_code(get_class_from_dynamic_module(auto_map["AutoModel"], name), config)
+            model_class = family.fit(get_class_from_dynamic_module(auto_map["AutoModel"], name), config)
         else:
             model_class = AutoModel
         dtype_key = "dtype" if _transformers_version() >= (4, 56) else "torch_dtype"
@@ -958,15 +1054,17 @@ def load_model(name: str, config, device: torch.device, dtype: torch.dtype):
         missing = sorted(info["missing_keys"])
         raise UsageError(f"--model {name}: the checkpoint has no weights for {len(missing)} parameter(s) "
                          f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); they would be random")
-    return model.to(device).eval()
+    return family.wrap(model).to(device).eval()
 
 
 def find_mask_id(tokenizer, config) -> int:
-    """The [MASK] id: the tokenizer's mask token, LLaDA's `<|mdm_mask|>`, or the config's."""
+    """The [MASK] id: the tokenizer's mask token, LLaDA's `<|mdm_mask|>` or Dream's `<|mask|>`, or the
+    config's `mask_token_id`."""
     if tokenizer.mask_token_id is not None:
         return tokenizer.mask_token_id
-    if "<|mdm_mask|>" in tokenizer.get_vocab():
-        return tokenizer.convert_tokens_to_ids("<|mdm_mask|>")
+    for token in ("<|mdm_mask|>", "<|mask|>"):
+        if token in tokenizer.get_vocab():
+            return tokenizer.convert_tokens_to_ids(token)
     if getattr(config, "mask_token_id", None) is not None:
         return config.mask_token_id
     raise UsageError("cannot tell the mask token id from the tokenizer or config: pass --mask-id")
@@ -1340,6 +1438,7 @@ def load_checkpoint(args, task: Task, row: dict, settings: dict, device, dtype):
     """The tokenizer (checked first: seconds, not minutes) and the model; fills in the mask id and the
     end-of-text ids of the settings."""
     tokenizer, config = load_tokenizer(args.model)
+    model_family(config, args.model)  # an unknown family is refused before anything else
     settings["mask_id"] = args.mask_id if args.mask_id is not None else find_mask_id(tokenizer, config)
     settings["end_of_text_ids"] = end_of_text_ids(tokenizer)
     vocab = getattr(config, "vocab_size", None) or len(tokenizer)

@@ -487,7 +487,7 @@ import hex
 
 
 class TinyConfig(PretrainedConfig):
-    model_type = "hex-tiny"
+    model_type = "llada"
 
     def __init__(self, vocab_size=64, d_model=32, n_layers=2, n_heads=4, use_cache=False, **kwargs):
         self.vocab_size, self.d_model, self.n_layers, self.n_heads = vocab_size, d_model, n_layers, n_heads
@@ -537,7 +537,7 @@ def write_checkpoint(d: Path, drop_weight: str | None = None) -> Path:
     tokenizer.save_pretrained(d)
     (d / "modeling_tiny.py").write_text(TINY_MODELING)
     (d / "config.json").write_text(json.dumps(dict(
-        model_type="hex-tiny", vocab_size=len(tokenizer), d_model=32, n_layers=2, n_heads=4, use_cache=False,
+        model_type="llada", vocab_size=len(tokenizer), d_model=32, n_layers=2, n_heads=4, use_cache=False,
         auto_map={"AutoConfig": "modeling_tiny.TinyConfig", "AutoModel": "modeling_tiny.TinyModel"})))
     weights = {f"net.{k}": v for k, v in H.TinyMaskPredictor(len(tokenizer), 32, 2, 4).state_dict().items()
                if k != drop_weight}
