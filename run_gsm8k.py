@@ -1365,7 +1365,9 @@ def main(argv=None) -> dict | None:
     args = None
     try:
         args = parse_args(argv)
-        return rescore(args) if args.rescore else evaluate(args)
+        result = rescore(args) if args.rescore else evaluate(args)
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback when Python exits
+        return result
     except UsageError as error:
         print(f"run_gsm8k.py: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
