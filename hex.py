@@ -272,6 +272,8 @@ def decode(model: Callable, input_ids: torch.Tensor, attention_mask: torch.Tenso
     generators = list(generator) if isinstance(generator, (list, tuple)) else [generator] * K
     if len(generators) != K:
         raise ValueError(f"generator: {len(generators)} generators for {K} schedules; pass one, or one per schedule")
+    if not all(g is None or isinstance(g, torch.Generator) for g in generators):
+        raise TypeError(f"generator={generator!r} must be a torch.Generator, None, or a list of them")
     x = F.pad(input_ids, (0, gen_length), value=mask_id).repeat_interleave(K, dim=0)  # [prompt | masks]
     if attention_mask is not None:
         attention_mask = F.pad(attention_mask.to(x.device), (0, gen_length), value=1).repeat_interleave(K, dim=0)

@@ -2,15 +2,20 @@
 
     python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct                          # GSM8K, one GPU
     python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --task math500           # or arc-c, truthfulqa
+    python run_gsm8k.py --model Dream-org/Dream-v0-Instruct-7B --task gsm8k        # the Dream family
     torchrun --nproc_per_node 8 run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct      # several GPUs
+    python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --rescore                # re-read, no model
 
 Protocol (the authors', from their HEX/eval code built on d1): zero-shot, each task's own system
-prompt and `<reasoning>` prefix, gen_length 256, steps 128, block lengths 8..128. Answers are read by
-the authors' rules (default) and by a robust reading, both stored for every candidate. Every finished
-question is appended to a JSONL file at once; rerunning the same command resumes. See README.md.
+prompt and `<reasoning>` prefix, gen_length 256, steps 128, block lengths 8..128. Every method of a
+question (HEX's experts and the one-block baselines) is decoded in one lockstep batch: `steps` forward
+calls. Answers are read by the authors' rules (default) and by a robust reading, both stored for every
+candidate. Every finished question is appended to a JSONL file at once; rerunning the same command
+resumes. Beside it: the settings, the summary and a PNG of the paper's figures. See README.md.
 
-The file follows the work: 1. tasks (data, prompt, gold, answer rules); 2. decoding; 3. scoring and
-the summary; 4. files, settings and resuming; 5. the command line.
+The file follows the work: 1. tasks (data, prompt, gold, answer rules); 2. decoding; 3. scoring, the
+summary and the figures; 4. the model families, files, settings and resuming; 5. the command line;
+6. a run, step by step.
 """
 from __future__ import annotations
 

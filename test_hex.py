@@ -262,6 +262,7 @@ def test_decode_a_schedule_with_its_own_stream_draws_what_it_draws_alone(model):
     (dict(schedules=[]), TypeError, "must be a non-empty sequence of hex.Schedule"),
     (dict(schedules=[8, 16]), TypeError, "must be a non-empty sequence of hex.Schedule"),
     (dict(generator=streams(3)), ValueError, "generator: 3 generators for 2 schedules"),
+    (dict(generator=[0, 1]), TypeError, "generator=[0, 1] must be a torch.Generator, None, or a list of them"),
 ])
 def test_decode_names_bad_arguments(model, kwargs, error, match):
     kw = dict(schedules=[H.Schedule(4), H.Schedule(16, "random")], gen_length=16, steps=8, mask_id=MASK) | kwargs
