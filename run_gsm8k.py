@@ -1130,9 +1130,14 @@ def part_files(output: Path) -> list[Path]:
     return sorted(p for p in output.parent.glob(output.stem + ".part*.jsonl") if pattern.fullmatch(p.name))
 
 
-def write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, content: str | Callable[[Path], None]) -> None:
+    """Write path through a temporary file beside it, so no reader sees half of it: the text, or
+    what a function writes to the temporary path it is given (a figure)."""
     temporary = path.with_name(path.name + f".tmp{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
+    if isinstance(content, str):
+        temporary.write_text(content, encoding="utf-8")
+    else:
+        content(temporary)
     temporary.replace(path)
 
 
@@ -1229,13 +1234,17 @@ class RunFiles:
             {**settings, "environments": environments + [environment] * (environment not in environments),
              **{k: old[k] for k in ("rescored",) if k in old}}, indent=1))
 
+    def write_records(self, records: dict[int, dict]) -> None:
+        """Replace the JSONL by these records, in id order, and drop torchrun's part files."""
+        write_atomically(self.output, "".join(json.dumps(records[k]) + "\n" for k in sorted(records)))
+        for path in part_files(self.output):
+            path.unlink()
+
     def merge_parts(self) -> dict[int, dict]:
         """Every finished record, torchrun's part files merged into the one JSONL (where it can be written)."""
-        parts, records = part_files(self.output), self.records()
-        if parts and not self.read_only:
-            write_atomically(self.output, "".join(json.dumps(records[k]) + "\n" for k in sorted(records)))
-            for path in parts:
-                path.unlink()
+        records = self.records()
+        if part_files(self.output) and not self.read_only:
+            self.write_records(records)
         return records
 
 
@@ -1525,15 +1534,13 @@ def report(task: Task, settings: dict, files: RunFiles, requested: set[int], rul
     """Print the summary of the questions asked for; save the summary and the figure of every
     finished question (the whole run), unless the folder is read-only."""
     records = files.merge_parts()
-    chosen = [records[k] for k in sorted(records) if k in requested]
+    ordered = [records[k] for k in sorted(records)]
+    chosen = [r for r in ordered if r["id"] in requested]
     summary = summarize(chosen, settings, rule)
     if not files.read_only:
-        whole = summary if len(chosen) == len(records) else summarize(list(map(records.get, sorted(records))),
-                                                                      settings, rule)
+        whole = summary if len(chosen) == len(ordered) else summarize(ordered, settings, rule)
         write_atomically(files.summary, json.dumps(whole, indent=1))
-        temporary = files.figure.with_name(files.figure.name + f".tmp{os.getpid()}")
-        write_figures(whole, [records[k] for k in sorted(records)], temporary)
-        temporary.replace(files.figure)
+        write_atomically(files.figure, lambda path: write_figures(whole, ordered, path))
     print(summary_table(summary))
     if len(chosen) < len(records):
         print(f"(the {len(chosen)} questions asked for; the summary file and the figure cover all "
@@ -1565,7 +1572,7 @@ def rescore(args: argparse.Namespace) -> dict:
                 changed += answers != candidate["answers"]
                 candidate["answers"] = answers
             score_record(task, record, settings["tie_break"])
-        write_atomically(files.output, "".join(json.dumps(records[k]) + "\n" for k in sorted(records)))
+        files.write_records(records)
         settings["rescored"] = settings.get("rescored", []) + [
             dict(at=time.strftime("%Y-%m-%d %H:%M:%S %Z"), questions=len(records), answers_changed=changed)]
         write_atomically(files.settings, json.dumps(settings, indent=1))

@@ -515,26 +515,36 @@ class TinyModel(PreTrainedModel):
 '''
 
 
-def write_checkpoint(d: Path, drop_weight: str | None = None) -> Path:
-    """Tokenizer with LLaDA's special tokens and chat template, config with auto_map, weights."""
-    from safetensors.torch import save_file
+def word_level_tokenizer(specials: list[str], chat_words: str, chat_template: str, **special_tokens):
+    """A word-level tokenizer for the tiny checkpoints: `specials` first (those not named as unknown,
+    end-of-text or in `special_tokens` become additional special tokens), then digits, the chat
+    template's words and a few question words, then the authors' answer markup as added tokens.
+    '<|endoftext|>' is EOS and pad."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
-    specials = ["[UNK]", "<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>",
-                "<|eot_id|>", "<|mdm_mask|>"]
-    markup = ["<reasoning>", "</reasoning>", "<answer>", "</answer>", "\\boxed{", "}"]
-    words = [str(i) for i in range(10)] + "user assistant the answer is apples How many + = ? . A B C D".split()
+    words = [str(i) for i in range(10)] + f"{chat_words} the answer is apples How many + = ? . A B C D".split()
     tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                                  pre_tokenizers.Digits(individual_digits=True)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>",
-                                        eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                        unk_token="[UNK]", additional_special_tokens=specials[3:])
-    tokenizer.add_tokens(markup)
-    tokenizer.chat_template = (
-        "{% for m in messages %}{% if loop.index0 == 0 %}{{ bos_token }}{% endif %}<|start_header_id|>"
-        "{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
-        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+    named = {"[UNK]", "<|endoftext|>", *special_tokens.values()}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                        unk_token="[UNK]", additional_special_tokens=[t for t in specials
+                                                                                      if t not in named],
+                                        **special_tokens)
+    tokenizer.add_tokens(["<reasoning>", "</reasoning>", "<answer>", "</answer>", "\\boxed{", "}"])
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def write_checkpoint(d: Path, drop_weight: str | None = None) -> Path:
+    """Tokenizer with LLaDA's special tokens and chat template, config with auto_map, weights."""
+    from safetensors.torch import save_file
+    tokenizer = word_level_tokenizer(
+        ["[UNK]", "<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+         "<|mdm_mask|>"], "user assistant", bos_token="<|startoftext|>", chat_template=(
+            "{% for m in messages %}{% if loop.index0 == 0 %}{{ bos_token }}{% endif %}<|start_header_id|>"
+            "{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+            "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"))
     tokenizer.save_pretrained(d)
     (d / "modeling_tiny.py").write_text(TINY_MODELING)
     (d / "config.json").write_text(json.dumps(dict(
@@ -1365,22 +1375,12 @@ def tiny_dream_class():
 def write_dream_checkpoint(d: Path) -> Path:
     """Tokenizer with Dream's special tokens and a Qwen-style chat template, config with auto_map, weights."""
     from safetensors.torch import save_file
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    specials = ["[UNK]", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"]
-    markup = ["<reasoning>", "</reasoning>", "<answer>", "</answer>", "\\boxed{", "}"]
-    words = [str(i) for i in range(10)] + ("system user assistant You are a helpful the answer is apples How many "
-                                           "+ = ? . A B C D").split()
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                                 pre_tokenizers.Digits(individual_digits=True)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                        unk_token="[UNK]", additional_special_tokens=specials[2:])
-    tokenizer.add_tokens(markup)
-    tokenizer.chat_template = (
-        "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\nYou are a "
-        "helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tokenizer = word_level_tokenizer(
+        ["[UNK]", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"],
+        "system user assistant You are a helpful", chat_template=(
+            "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\nYou are a "
+            "helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"))
     tokenizer.save_pretrained(d)
     (d / "modeling_tiny_dream.py").write_text(TINY_DREAM_MODELING)
     config = dict(model_type="Dream", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
