@@ -2,20 +2,19 @@
 
     python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct                          # GSM8K, one GPU
     python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --task math500           # or arc-c, truthfulqa
-    python run_gsm8k.py --model Dream-org/Dream-v0-Instruct-7B --task gsm8k        # the Dream family
+    python run_gsm8k.py --model Dream-org/Dream-v0-Instruct-7B                     # the Dream family
+    python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --methods hex sc         # HEX against self-consistency
     torchrun --nproc_per_node 8 run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct      # several GPUs
-    python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --rescore                # re-read, no model
+    python run_gsm8k.py --output results/RUN.jsonl --rescore                       # re-read answers, no model
 
-Protocol (the authors', from their HEX/eval code built on d1): zero-shot, each task's own system
-prompt and `<reasoning>` prefix, gen_length 256, steps 128, block lengths 8..128. Every method of a
-question (HEX's experts and the one-block baselines) is decoded in one lockstep batch: `steps` forward
-calls. Answers are read by the authors' rules (default) and by a robust reading, both stored for every
-candidate. Every finished question is appended to a JSONL file at once; rerunning the same command
-resumes. Beside it: the settings, the summary and a PNG of the paper's figures. See README.md.
-
-The file follows the work: 1. tasks (data, prompt, gold, answer rules); 2. decoding; 3. scoring, the
-summary and the figures; 4. the model families, files, settings and resuming; 5. the command line;
-6. a run, step by step.
+The authors' protocol (their HEX/eval code, built on d1): zero-shot, each task's own system prompt and
+`<reasoning>` prefix, gen_length 256, steps 128, block lengths 8..128. Every method of a question is
+decoded in one lockstep batch (`steps` forward calls). Answers are read by the authors' rules (default)
+and a robust reading, both stored. Each finished question is appended to a JSONL file at once; the same
+command resumes. Beside it: the settings, the summary and a PNG. The file follows the work: 1. the
+authors' prompts and answer rules; 2. robust rules; 3. the task table and data; 4. model families and
+loading; 5. decoding a batch into records; 6. scoring and the summary; 7. the figure; 8. run files;
+9. the command line; 10. main.
 """
 from __future__ import annotations
 
@@ -29,13 +28,15 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from statistics import fmean
+from typing import Any, Callable, TypedDict
+from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
@@ -45,8 +46,11 @@ from hex import MaskPredictorOutput, Schedule, decode, majority_vote, steps_per_
 
 RULES = ("authors", "robust")
 BASELINES = ("topk_margin", "low_confidence", "random")  # one block of gen_length; the name is the remasking
-METHODS = ("hex", *BASELINES)
-PAPER_NAMES = {"hex": "HEX", "topk_margin": "Top-K margin", "low_confidence": "Top-K", "random": "Random"}
+METHODS = ("hex", "sc", *BASELINES)
+VOTING = ("hex", "sc")  # methods that vote over several candidates
+PAPER_NAMES = {"hex": "HEX", "sc": "Self-consistency", "topk_margin": "Top-K margin", "low_confidence": "Top-K",
+               "random": "Random"}
+SC_TEMPERATURE = 0.7  # self-consistency's temperature when --temperature is 0 (this project's choice)
 END_TOKENS = ("<|endoftext|>", "<|eot_id|>", "<|im_end|>")  # end-of-text and end-of-turn (LLaDA, Qwen/Dream)
 COLLAPSE_THRESHOLD = 0.5  # a collapsed candidate: no readable answer, and over half its answer end-of-text
 
@@ -55,8 +59,7 @@ class UsageError(Exception):
     """A mistake in the command or its inputs: reported as one line on stderr, never a traceback."""
 
 
-# 1. Tasks ----------------------------------------------------------------------------------------
-# System prompts verbatim from the authors' code (d1's GSM8K and MATH500, HEX's ARC-C and TruthfulQA).
+# 1. The authors' prompts and answer rules (verbatim from their code, quirks annotated) -------------
 
 GSM8K_PROMPT = """You are a math expert. You will be given a question to solve. Solve it step by step. Wrap the final answer in a \\boxed{}. 
 Respond in the following format:
@@ -101,6 +104,7 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+
 # GSM8K, the authors' rule: numbers --------------------------------------------------------------
 
 def gsm8k_answer_authors(text: str) -> float | None:
@@ -133,62 +137,6 @@ def gsm8k_gold_authors(row: dict) -> float | None:
     reference reads as None and that question can never be scored right (two test questions)."""
     match = re.search(r"####\s*\$?([\d,]+(?:\.\d+)?)", row["answer"])
     return float(match.group(1).replace(",", "")) if match else None
-
-
-# GSM8K, the robust rule ---------------------------------------------------------------------------
-
-def _numbers(text: str) -> list[float]:
-    """Numbers in text, reading `1,000`, `$18`, `\\$18`, `-5`, `−5`, `.5`, `\\frac{1}{2}` and units."""
-    text = text.replace("−", "-").replace("\\$", " ").replace("$", " ").replace("\\%", " ")
-    text = re.sub(r"\\d?frac\{(-?[\d.]+)\}\{([\d.]+)\}",
-                  lambda m: str(float(m[1]) / float(m[2])) if float(m[2]) else m[0], text)
-    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)
-    return [float(n) for n in re.findall(r"-?(?:\d+(?:\.\d+)?|\.\d+)", text)]
-
-
-def _boxed(text: str) -> list[str]:
-    """Contents of every `\\boxed{...}` or `\\fbox{...}`, nested braces balanced (an unclosed box
-    runs to the end of the text)."""
-    contents = []
-    for start in (m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)):
-        depth, i = 1, start
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        contents.append(text[start:i - 1] if depth == 0 else text[start:])
-    return contents
-
-
-def _without_special_tokens(text: str) -> str:
-    """Drop `<|...|>` tokens (LLaDA's end-of-text, end-of-turn...), kept in the decoded text as the authors keep them."""
-    return re.sub(r"<\|[^<>|]{1,64}\|>", " ", text)
-
-
-def gsm8k_answer_robust(text: str) -> float | None:
-    """The authors' order of evidence (first real `\\boxed{}`, then `<answer>`), read robustly, then a
-    final "The answer is N" (or "#### N") line."""
-    text = _without_special_tokens(text)
-    for content in _boxed(text):
-        if content.strip().strip(".") and (numbers := _numbers(content)):
-            return _finite(numbers[0])
-    match = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
-    if match and (numbers := _numbers(match.group(1))):
-        return _finite(numbers[-1])
-    lines = re.findall(r"(?:answer is|answer:|####)\s*:?\s*([^\n]*)", text, re.IGNORECASE)
-    if lines and (numbers := _numbers(lines[-1])):
-        return _finite(numbers[0])
-    return None
-
-
-def gsm8k_gold_robust(row: dict) -> float:
-    """GSM8K's reference: the number after `####`, commas removed, negatives kept."""
-    if "####" not in row["answer"]:
-        raise ValueError("the answer has no '#### N' line")
-    return float(row["answer"].rsplit("####", 1)[1].strip().replace(",", "").replace("$", ""))
-
-
-def same_number(answer: float | None, gold: float | None) -> bool:
-    return answer is not None and gold is not None and answer == gold
 
 
 # MATH500, ARC-C, TruthfulQA, the authors' rule: the last box, Hendrycks' is_equiv ---------------
@@ -295,6 +243,65 @@ def is_equiv_authors(answer: Any, gold: Any) -> bool:
         return answer == gold
 
 
+
+# 2. Robust rules (this project's reading, beside the authors') ----------------------------------------
+
+# GSM8K, the robust rule ---------------------------------------------------------------------------
+
+def _numbers(text: str) -> list[float]:
+    """Numbers in text, reading `1,000`, `$18`, `\\$18`, `-5`, `−5`, `.5`, `\\frac{1}{2}` and units."""
+    text = text.replace("−", "-").replace("\\$", " ").replace("$", " ").replace("\\%", " ")
+    text = re.sub(r"\\d?frac\{(-?[\d.]+)\}\{([\d.]+)\}",
+                  lambda m: str(float(m[1]) / float(m[2])) if float(m[2]) else m[0], text)
+    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)
+    return [float(n) for n in re.findall(r"-?(?:\d+(?:\.\d+)?|\.\d+)", text)]
+
+
+def _boxed(text: str) -> list[str]:
+    """Contents of every `\\boxed{...}` or `\\fbox{...}`, nested braces balanced (an unclosed box
+    runs to the end of the text)."""
+    contents = []
+    for start in (m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)):
+        depth, i = 1, start
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        contents.append(text[start:i - 1] if depth == 0 else text[start:])
+    return contents
+
+
+def _without_special_tokens(text: str) -> str:
+    """Drop `<|...|>` tokens (LLaDA's end-of-text, end-of-turn...), kept in the decoded text as the authors keep them."""
+    return re.sub(r"<\|[^<>|]{1,64}\|>", " ", text)
+
+
+def gsm8k_answer_robust(text: str) -> float | None:
+    """The authors' order of evidence (first real `\\boxed{}`, then `<answer>`), read robustly, then a
+    final "The answer is N" (or "#### N") line."""
+    text = _without_special_tokens(text)
+    for content in _boxed(text):
+        if content.strip().strip(".") and (numbers := _numbers(content)):
+            return _finite(numbers[0])
+    match = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
+    if match and (numbers := _numbers(match.group(1))):
+        return _finite(numbers[-1])
+    lines = re.findall(r"(?:answer is|answer:|####)\s*:?\s*([^\n]*)", text, re.IGNORECASE)
+    if lines and (numbers := _numbers(lines[-1])):
+        return _finite(numbers[0])
+    return None
+
+
+def gsm8k_gold_robust(row: dict) -> float:
+    """GSM8K's reference: the number after `####`, commas removed, negatives kept."""
+    if "####" not in row["answer"]:
+        raise ValueError("the answer has no '#### N' line")
+    return float(row["answer"].rsplit("####", 1)[1].strip().replace(",", "").replace("$", ""))
+
+
+def same_number(answer: float | None, gold: float | None) -> bool:
+    return answer is not None and gold is not None and answer == gold
+
+
 # MATH500, the robust rule: a normalised last box, equivalence by math-verify --------------------
 
 def normalize_math(s: str) -> str:
@@ -382,42 +389,20 @@ def same_label(answer: str | None, gold: str | None) -> bool:
     return answer is not None and answer == gold
 
 
-# The four tasks, as data ------------------------------------------------------------------------
-
-def _check_gsm8k(row: dict) -> str | None:
-    if not (isinstance(row.get("question"), str) and isinstance(row.get("answer"), str)):
-        return "needs string fields 'question' and 'answer' (GSM8K's row format)"
-    try:
-        gsm8k_gold_robust(row)
-    except ValueError as error:
-        return str(error)
-    return None
 
 
-def _check_math(row: dict) -> str | None:
-    if not (isinstance(row.get("problem"), str) and isinstance(row.get("answer"), str)):
-        return "needs string fields 'problem' and 'answer' (MATH-500's row format)"
-    return None
+# 3. The task table and the data -------------------------------------------------------------------
+
+def _arc_gold(row: dict) -> str:
+    if row["answerKey"].strip() not in [str(label).strip() for label in row["choices"]["label"]]:
+        raise ValueError(f"answerKey {row['answerKey']!r} is not one of the labels {row['choices']['label']}")
+    return row["answerKey"].strip()
 
 
-def _check_arc(row: dict) -> str | None:
-    choices = row.get("choices")
-    if not (isinstance(row.get("question"), str) and isinstance(row.get("answerKey"), str)
-            and isinstance(choices, dict) and isinstance(choices.get("text"), list)
-            and isinstance(choices.get("label"), list) and len(choices["text"]) == len(choices["label"]) >= 2):
-        return ("needs 'question', 'answerKey' and 'choices' {'text': [...], 'label': [...]} "
-                "(ai2_arc's row format)")
-    if row["answerKey"].strip() not in [str(label).strip() for label in choices["label"]]:
-        return f"answerKey {row['answerKey']!r} is not one of the labels {choices['label']}"
-    return None
-
-
-def _check_truthfulqa(row: dict) -> str | None:
-    choices, label = row.get("choices"), row.get("label")
-    if not (isinstance(row.get("question"), str) and isinstance(choices, list) and 2 <= len(choices) <= 26
-            and isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(choices)):
-        return "needs 'question', 'choices' (a list of options) and 'label' (the right option's index)"
-    return None
+def _truthfulqa_gold(row: dict) -> str:
+    if not (isinstance(row["label"], int) and 0 <= row["label"] < len(row["choices"]) <= 26) or row["label"] is True:
+        raise KeyError("label")
+    return chr(65 + row["label"])
 
 
 def _truthfulqa_order(n: int) -> list[int]:
@@ -428,12 +413,12 @@ def _truthfulqa_order(n: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Task:
-    """One benchmark: where its rows come from, how a row becomes a prompt and a reference, and
-    each answer rule's extractor and comparator (`extract[rule](text)`, `equal[rule](answer, gold)`)."""
+    """One benchmark: where its rows come from, how a row becomes a prompt and a reference, and each
+    answer rule's extractor and comparator (`extract[rule](text)`, `equal[rule](answer, gold)`)."""
     name: str
     title: str
     hub: tuple[str, str | None, str]    # datasets.load_dataset(path, config, split=split)
-    check: Callable[[dict], str | None]  # what is wrong with a row, or None
+    fields: str                          # the row format, for messages
     system_prompt: str
     question: Callable[[dict], str]
     gold: dict[str, Callable[[dict], Any]]
@@ -444,41 +429,39 @@ class Task:
 
 TASKS: dict[str, Task] = {
     "gsm8k": Task(
-        "gsm8k", "GSM8K", ("openai/gsm8k", "main", "test"), _check_gsm8k, GSM8K_PROMPT,
-        question=lambda row: row["question"],
+        "gsm8k", "GSM8K", ("openai/gsm8k", "main", "test"), "string fields 'question' and 'answer' (GSM8K's)",
+        GSM8K_PROMPT, question=lambda row: row["question"],
         gold={"authors": gsm8k_gold_authors, "robust": gsm8k_gold_robust},
         extract={"authors": gsm8k_answer_authors, "robust": gsm8k_answer_robust},
         equal={"authors": same_number, "robust": same_number}),
     "math500": Task(
-        "math500", "MATH500", ("HuggingFaceH4/MATH-500", None, "test"), _check_math, MATH500_PROMPT,
-        question=lambda row: row["problem"],
+        "math500", "MATH500", ("HuggingFaceH4/MATH-500", None, "test"), "string fields 'problem' and 'answer' "
+        "(MATH-500's)", MATH500_PROMPT, question=lambda row: row["problem"],
         gold={"authors": lambda row: row["answer"], "robust": lambda row: normalize_math(row["answer"])},
         extract={"authors": boxed_answer_authors, "robust": math_answer_robust},
         equal={"authors": is_equiv_authors, "robust": math_equal}),
     "arc-c": Task(
-        "arc-c", "ARC-C", ("allenai/ai2_arc", "ARC-Challenge", "test"), _check_arc, ARC_C_PROMPT,
+        "arc-c", "ARC-C", ("allenai/ai2_arc", "ARC-Challenge", "test"), "'question', 'answerKey' and 'choices' "
+        "{'text': [...], 'label': [...]} (ai2_arc's)", ARC_C_PROMPT,
         question=lambda row: multiple_choice(row["question"], row["choices"]["label"], row["choices"]["text"]),
-        gold={"authors": lambda row: row["answerKey"].strip(), "robust": lambda row: row["answerKey"].strip().upper()},
+        gold={"authors": _arc_gold, "robust": lambda row: _arc_gold(row).upper()},
         extract={"authors": boxed_answer_authors, "robust": choice_answer_robust},
         equal={"authors": is_equiv_authors, "robust": same_label}),
     "truthfulqa": Task(
         "truthfulqa", "TruthfulQA", ("EleutherAI/truthful_qa_mc", "multiple_choice", "validation"),
-        _check_truthfulqa, TRUTHFULQA_PROMPT,
+        "'question', 'choices' (a list of options) and 'label' (the right option's index)", TRUTHFULQA_PROMPT,
         question=lambda row: multiple_choice(row["question"], [chr(65 + i) for i in range(len(row["choices"]))],
                                              row["choices"]),
-        gold={"authors": lambda row: chr(65 + row["label"]), "robust": lambda row: chr(65 + row["label"])},
+        gold={"authors": _truthfulqa_gold, "robust": _truthfulqa_gold},
         extract={"authors": boxed_answer_authors, "robust": choice_answer_robust},
-        equal={"authors": is_equiv_authors, "robust": same_label},
-        order=_truthfulqa_order),
+        equal={"authors": is_equiv_authors, "robust": same_label}, order=_truthfulqa_order),
 }
 
 
 def _task(task: str | Task) -> Task:
-    if isinstance(task, Task):
-        return task
-    if task not in TASKS:
+    if not isinstance(task, Task) and task not in TASKS:
         raise ValueError(f"task={task!r} must be one of {', '.join(TASKS)}")
-    return TASKS[task]
+    return task if isinstance(task, Task) else TASKS[task]
 
 
 def _rule(rule: str) -> str:
@@ -488,9 +471,8 @@ def _rule(rule: str) -> str:
 
 
 def build_prompt(tokenizer, task: str | Task, row: dict) -> list[int]:
-    """The authors' prompt: the task's system text, a blank line and the question as one user turn;
-    the chat template with the generation prompt; then `<reasoning>`. The template already writes the
-    BOS token, so the text is tokenized without adding special tokens again."""
+    """The authors' prompt: the task's system text, a blank line and the question as one user turn; the
+    chat template with the generation prompt; then `<reasoning>`. The template writes the BOS token."""
     task = _task(task)
     chat = [{"role": "user", "content": task.system_prompt + "\n\n" + task.question(row)}]
     text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + "<reasoning>"
@@ -503,8 +485,8 @@ def parse_gold(task: str | Task, row: dict, rule: str = "authors") -> Any:
 
 
 def extract_answer(task: str | Task, text: str, rule: str = "authors") -> Any:
-    """The answer a decoded text gives under `rule` ("authors": their parser, quirks included;
-    "robust": this project's reading). None when nothing can be read."""
+    """The answer a decoded text gives under `rule` ("authors": their parser, quirks included; "robust":
+    this project's reading). None when nothing can be read."""
     return _task(task).extract[_rule(rule)](text)
 
 
@@ -513,409 +495,94 @@ def is_correct(task: str | Task, answer: Any, gold: Any, rule: str = "authors") 
     return bool(_task(task).equal[_rule(rule)](answer, gold))
 
 
-# Data --------------------------------------------------------------------------------------------
+def row_problem(task: Task, row: Any) -> str | None:
+    """What is wrong with a data row for this task, or None: its question and both references must read."""
+    if not isinstance(row, dict):
+        return "is not a JSON object (JSONL: one object per line)"
+    try:
+        if isinstance(task.question(row), str) and all(rule(row) or True for rule in task.gold.values()):
+            return None
+    except ValueError as error:
+        return str(error)
+    except (KeyError, TypeError, AttributeError, IndexError):
+        pass
+    return f"needs {task.fields}"
+
 
 def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
-    """The task's rows in the dataset's own format, and the data's identity (source and fingerprint):
+    """The task's rows in the dataset's own format and the data's identity (source, fingerprint, rows):
     a local JSONL or parquet file, else the split through the `datasets` library."""
     if path is None:
-        numbered, source, where = _hub_rows(task)
+        (numbered, source), where = _hub_rows(task), "row"
     else:
         file = Path(path).expanduser()
-        if file.is_dir():
-            raise UsageError(f"--data {path}: is a folder; pass the task's JSONL or parquet file")
         if not file.is_file():
-            raise UsageError(f"--data {path}: no such file")
-        data = file.read_bytes()
+            raise UsageError(f"--data {path}: " + ("is a folder; pass the task's JSONL or parquet file"
+                                                     if file.is_dir() else "no such file"))
+        data, where = file.read_bytes(), "row" if file.suffix == ".parquet" else "line"
         source = {"source": str(file.resolve()), "fingerprint": "sha256:" + hashlib.sha256(data).hexdigest()}
-        if file.suffix == ".parquet":
-            try:
-                import pyarrow.parquet
-                rows = pyarrow.parquet.read_table(file).to_pylist()
-            except Exception as error:  # noqa: BLE001 -- a damaged or foreign file
-                raise UsageError(f"--data {path}: not a readable parquet file ({error})") from None
-            numbered, where = list(enumerate(rows, start=1)), "row"
-        else:
-            numbered, where = _jsonl_rows(path, data), "line"
+        numbered = _parquet_rows(path) if where == "row" else _jsonl_rows(path, data)
     for number, row in numbered:
-        problem = task.check(row) if isinstance(row, dict) else "is not a JSON object (JSONL: one object per line)"
-        if problem:
+        if problem := row_problem(task, row):
             raise UsageError(f"--data {path or source['source']}, {where} {number}: {problem}")
-    rows = [row for _, row in numbered]
-    if not rows:
+    if not numbered:
         raise UsageError(f"--data {path}: holds no rows")
-    return rows, {**source, "rows": len(rows)}
+    return [row for _, row in numbered], {**source, "rows": len(numbered)}
 
 
-def _hub_rows(task: Task) -> tuple[list[tuple[int, dict]], dict, str]:
+def _hub_rows(task: Task) -> tuple[list[tuple[int, dict]], dict]:
+    """The split's numbered rows through `datasets`, and its source and fingerprint."""
     name, config, split = task.hub
     try:
         from datasets import load_dataset
         dataset = load_dataset(name, config, split=split)
     except Exception as error:  # noqa: BLE001 -- no datasets, no network, no cache: say how to go on
         raise UsageError(
-            f"could not load {name} ({config or 'default'}, {split}) through `datasets` "
-            f"({type(error).__name__}: {str(error)[:200]}). Pass a local copy with --data FILE: a JSONL "
-            "or parquet file of the split's rows, e.g. made where the hub is reachable with "
-            f"load_dataset({name!r}, {config!r}, split={split!r}).to_json('{task.name}.jsonl')") from None
+            f"could not load {name} ({config or 'default'}, {split}) through `datasets` ({type(error).__name__}: "
+            f"{str(error)[:200]}). Pass a local copy with --data FILE: a JSONL or parquet file of the split's rows, "
+            f"e.g. made where the hub is reachable with load_dataset({name!r}, {config!r}, split={split!r})"
+            f".to_json('{task.name}.jsonl')") from None
     source = {"source": f"hub:{name}/{config or 'default'}/{split}", "fingerprint": dataset._fingerprint}
-    return list(enumerate((dict(r) for r in dataset), start=1)), source, "row"
+    return list(enumerate((dict(r) for r in dataset), start=1)), source
+
+
+def _parquet_rows(path: str) -> list[tuple[int, Any]]:
+    try:
+        import pyarrow.parquet
+        return list(enumerate(pyarrow.parquet.read_table(path).to_pylist(), start=1))
+    except Exception as error:  # noqa: BLE001 -- a damaged or foreign file
+        raise UsageError(f"--data {path}: not a readable parquet file ({error})") from None
 
 
 def _jsonl_rows(path: str, data: bytes) -> list[tuple[int, Any]]:
     """(line number, value) of every non-blank line of a JSONL file."""
+    if data.lstrip().startswith(b"["):
+        raise UsageError(f"--data {path}: holds a JSON array; --data takes JSONL, one JSON object per line "
+                         "(e.g. `jq -c '.[]' FILE > rows.jsonl`), or a parquet file")
     try:
         lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError:
         raise UsageError(f"--data {path}: not a UTF-8 text file (JSONL) or a .parquet file") from None
-    if data.lstrip().startswith(b"["):
-        raise UsageError(f"--data {path}: holds a JSON array; --data takes JSONL, one JSON object per line "
-                         "(e.g. `jq -c '.[]' FILE > rows.jsonl`), or a parquet file")
     numbered = []
-    for number, line in enumerate(lines, start=1):
-        if line.strip():
-            try:
-                numbered.append((number, json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise UsageError(f"--data {path}, line {number}: not valid JSON ({error.msg}); --data takes "
-                                 "JSONL, one JSON object per line") from None
+    for number, line in ((n, line) for n, line in enumerate(lines, start=1) if line.strip()):
+        try:
+            numbered.append((number, json.loads(line)))
+        except json.JSONDecodeError as error:
+            raise UsageError(f"--data {path}, line {number}: not valid JSON ({error.msg}); --data takes "
+                             "JSONL, one JSON object per line") from None
     return numbered
 
 
-# 2. Decoding -------------------------------------------------------------------------------------
-
-def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Left-padded (B, L) ids, and an attention mask only when some prompt is actually padded."""
-    width = max(map(len, prompts))
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
-    if all(len(p) == width for p in prompts):
-        return ids, None
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    return ids, mask
-
-
-def candidate_plan(args) -> list[tuple[str, int, Schedule]]:
-    """Every candidate of a question as (method, sample, schedule): HEX's experts (low-confidence
-    remasking at --temperature), then each one-block baseline (its remasking rule at temperature 0)."""
-    plan = []
-    if "hex" in args.methods:
-        plan += [("hex", s, Schedule(b, "low_confidence", args.temperature))
-                 for s in range(args.samples_per_block) for b in args.block_lengths]
-    return plan + [(m, 0, Schedule(args.gen_length, m)) for m in args.methods if m in BASELINES]
-
-
-def end_of_text_ids(tokenizer) -> list[int]:
-    """The tokens that end or pad an answer: the tokenizer's EOS and pad tokens and whichever of the
-    end-of-text/end-of-turn tokens it has (LLaDA: <|endoftext|>, <|eot_id|>)."""
-    vocab = tokenizer.get_vocab()
-    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} | {vocab.get(t) for t in END_TOKENS}
-    return sorted(i for i in ids if i is not None)
-
-
-def encode_commit_order(commit_steps: torch.Tensor, steps: int) -> str:
-    """The step that committed each answer position, as fixed-width hex digits (2 per position up to
-    256 steps): 256 positions take 512 characters. `commit_order` reads it back."""
-    width = 2 if steps <= 256 else 4
-    return "".join(f"{s:0{width}x}" for s in commit_steps.tolist())
-
-
-def commit_order(candidate: dict) -> list[int] | None:
-    """A stored candidate's commit step per answer position (None for records made before it was kept)."""
-    code = candidate.get("commit_order")
-    if not code:
-        return None
-    width = len(code) // len(candidate["end_of_text"])
-    return [int(code[i:i + width], 16) for i in range(0, len(code), width)]
-
-
-def decode_batch(model, tokenizer, task: Task, batch: list[dict], args, mask_id: int, device) -> list[dict]:
-    """Decode every candidate of every method for a batch of questions as one lockstep batch (`steps`
-    forward calls in all); one record per question, both rules scored."""
-    prompts = [build_prompt(tokenizer, task, p["row"]) for p in batch]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids, attention = left_pad(prompts, pad_id if pad_id is not None else 0, device)
-    # each method draws from its own stream, seeded by the batch's first question, so that adding
-    # or dropping a method changes no other method's samples
-    streams = {m: torch.Generator(device).manual_seed(args.seed + 10**6 * METHODS.index(m) + batch[0]["id"])
-               for m in args.methods}
-    plan = candidate_plan(args)
-    start = time.perf_counter()
-    calls = []
-    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))  # counts forward calls
-    try:
-        out = decode(model, ids, attention, schedules=[s for _, _, s in plan], gen_length=args.gen_length,
-                     steps=args.steps, mask_id=mask_id, generator=[streams[m] for m, _, _ in plan])
-    finally:
-        hook.remove()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = (time.perf_counter() - start) / len(batch)
-    answers = out.sequences[:, :, -args.gen_length:]  # (B, K, G)
-    is_end = torch.isin(answers, torch.tensor(end_of_text_ids(tokenizer), device=answers.device))
-    records = []
-    for q, problem in enumerate(batch):
-        rows = []
-        for k, (method, sample, schedule) in enumerate(plan):
-            text = tokenizer.decode(answers[q, k].tolist(), skip_special_tokens=False)  # as the authors decode
-            rows.append(dict(method=method, block_length=schedule.block_length, sample=sample, text=text,
-                             answers={r: task.extract[r](text) for r in RULES}, score=float(out.scores[q, k]),
-                             eos_fraction=round(is_end[q, k].float().mean().item(), 4),
-                             end_of_text="".join("_" if e else "." for e in is_end[q, k].tolist()),
-                             commit_order=encode_commit_order(out.commit_steps[q, k], args.steps)))
-        record = dict(id=problem["id"], question=task.question(problem["row"]),
-                      gold={r: task.gold[r](problem["row"]) for r in RULES}, candidates=rows,
-                      forward_calls=len(calls) / len(batch), seconds=round(seconds, 3))
-        records.append(score_record(task, record, args.tie_break))
-    return records
-
-
-# 3. Scoring and the summary ----------------------------------------------------------------------
-
-def votes(rows: list[dict], rule: str, tie_break: str, samples: int | None = None) -> dict:
-    """Each method's answer under `rule`: HEX votes over its candidates (the first `samples` samples
-    of each block length when given); a baseline's answer is its single candidate's."""
-    out = {}
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method and (samples is None or r["sample"] < samples)]
-        if method == "hex":
-            answer, tie = majority_vote([r["answers"][rule] for r in mine], [r["score"] for r in mine],
-                                        tie_break)
-        else:
-            answer, tie = mine[0]["answers"][rule], False
-        out[method] = {"answer": answer, "tie": tie}
-    return out
-
-
-def score_record(task: Task, record: dict, tie_break: str) -> dict:
-    """Add each rule's votes and correctness to a record (recomputed from its candidates alone)."""
-    record["votes"] = {r: votes(record["candidates"], r, tie_break) for r in RULES}
-    record["correct"] = {r: {m: is_correct(task, v["answer"], record["gold"][r], r)
-                             for m, v in record["votes"][r].items()} for r in RULES}
-    return record
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion, clamped to [0, 1]."""
-    if n == 0:
-        return (0.0, 0.0)
-    p = correct / n
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n)))
-
-
-def collapsed(candidate: dict) -> bool:
-    """The paper's [AfterEoT] collapse: end-of-text committed so early that the reasoning is cut off.
-    A candidate collapses when the robust rule reads no answer from it and over half of its answer
-    region is end-of-text tokens; a complete answer followed by padding is not a collapse."""
-    return candidate["answers"]["robust"] is None and candidate["eos_fraction"] > COLLAPSE_THRESHOLD
-
-
-def eot_first_share(candidate: dict) -> float | None:
-    """The mechanism of the paper's Fig. 2: the share of end-of-text tokens among the first quarter of
-    the answer's tokens in commit order (ties by position). None for records without a commit order."""
-    steps = commit_order(candidate)
-    if steps is None:
-        return None
-    first = sorted(range(len(steps)), key=lambda i: (steps[i], i))[:max(1, len(steps) // 4)]
-    return sum(candidate["end_of_text"][i] == "_" for i in first) / len(first)
-
-
-def eot_figures(candidates: list[dict]) -> dict:
-    """Collapse rate and mean EoT-first share of some candidates."""
-    shares = [s for c in candidates if (s := eot_first_share(c)) is not None]
-    return dict(collapse_rate=sum(map(collapsed, candidates)) / len(candidates),
-                eot_first_share=sum(shares) / len(shares) if shares else None)
-
-
-def summarize(records: list[dict], settings: dict, rule: str) -> dict:
-    """Every reported metric under `rule`, with the other rule's accuracy beside, from the records alone."""
-    task, other, n = TASKS[settings["task"]], RULES[1 - RULES.index(rule)], len(records)
-    for record in records:
-        score_record(task, record, settings["tie_break"])
-    methods = {}
-    for method in dict.fromkeys(m for r in records for m in r["correct"][rule]):
-        correct = sum(r["correct"][rule][method] for r in records)
-        rows = [c for r in records for c in r["candidates"] if c["method"] == method]
-        methods[method] = dict(paper_name=PAPER_NAMES[method], accuracy=correct / n, ci95=wilson(correct, n),
-                               correct=correct,
-                               other_rule_accuracy=sum(r["correct"][other][method] for r in records) / n,
-                               tie_rate=sum(r["votes"][rule][method]["tie"] for r in records) / n,
-                               **eot_figures(rows))
-    block_lengths = {}
-    for b in sorted({c["block_length"] for r in records for c in r["candidates"] if c["method"] == "hex"}):
-        rows = [(c, r["gold"]) for r in records for c in r["candidates"]
-                if c["method"] == "hex" and c["block_length"] == b]
-        hits = {x: sum(is_correct(task, c["answers"][x], gold[x], x) for c, gold in rows) for x in RULES}
-        block_lengths[b] = dict(accuracy=hits[rule] / len(rows), ci95=wilson(hits[rule], len(rows)),
-                                other_rule_accuracy=hits[other] / len(rows), candidates=len(rows),
-                                **eot_figures([c for c, _ in rows]))
-    scaling = []
-    if "hex" in settings["methods"] and settings["samples_per_block"] > 1:
-        for s in range(1, settings["samples_per_block"] + 1):
-            voted = [votes(r["candidates"], rule, settings["tie_break"], samples=s)["hex"] for r in records]
-            hits = sum(is_correct(task, v["answer"], r["gold"][rule], rule) for v, r in zip(voted, records))
-            scaling.append(dict(votes=s * len(settings["block_lengths"]), accuracy=hits / n,
-                                tie_rate=sum(v["tie"] for v in voted) / n))
-    return dict(task=settings["task"], questions=n, answer_rule=rule, other_rule=other, methods=methods,
-                block_lengths=block_lengths, hex_vs_votes=scaling,
-                forward_calls_per_question=sum(r["forward_calls"] for r in records) / n,
-                seconds_per_question=sum(r["seconds"] for r in records) / n, settings=settings)
-
-
-def protocol(settings: dict) -> str:
-    """The run's protocol in one line, as the paper states it."""
-    k, steps = settings["samples_per_block"], f"gen_length {settings['gen_length']}, steps {settings['steps']}"
-    if "hex" not in settings["methods"]:
-        return f"{steps}, one-block baselines only"
-    ties = {"first": "ties to the answer seen first (the authors' rule)",
-            "likelihood": "ties to the higher likelihood score"}[settings["tie_break"]]
-    return (f"{steps}, HEX block lengths {' '.join(map(str, settings['block_lengths']))}, temperature "
-            f"{settings['temperature']:g}, {k} sample{'s' * (k > 1)} per block length "
-            f"({k * len(settings['block_lengths'])} votes), {ties}")
-
-
-def summary_table(summary: dict) -> str:
-    """The summary as a plain-text table, in the paper's words."""
-    pct = lambda x: "      -" if x is None else f"{100 * x:6.2f}%"
-    rule, other, settings = summary["answer_rule"], summary["other_rule"], summary["settings"]
-    lines = [f"{TASKS[summary['task']].title}, {summary['questions']} questions; {protocol(settings)}",
-             f"answers read by the {rule} rule ({other} rule beside)",
-             f"{'method':<27}{'accuracy':>9}  {'95% interval':<18}{other:>9}{'tie rate':>10}{'collapse':>10}"
-             f"{'EoT-first':>10}"]
-    for m, v in summary["methods"].items():
-        lo, hi = v["ci95"]
-        lines.append(f"{v['paper_name'] + ' (' + m + ')':<27}{pct(v['accuracy']):>9}  [{pct(lo)}, {pct(hi)}]"
-                     f"{pct(v['other_rule_accuracy']):>9}{pct(v['tie_rate']) if m == 'hex' else '':>10}"
-                     f"{pct(v['collapse_rate']):>10}{pct(v['eot_first_share']):>10}")
-    for b, v in summary["block_lengths"].items():
-        lo, hi = v["ci95"]
-        lines.append(f"{'  HEX expert, block ' + str(b):<27}{pct(v['accuracy']):>9}  [{pct(lo)}, {pct(hi)}]"
-                     f"{pct(v['other_rule_accuracy']):>9}{'':>10}{pct(v['collapse_rate']):>10}"
-                     f"{pct(v['eot_first_share']):>10}")
-    for v in summary["hex_vs_votes"]:
-        lines.append(f"HEX with {v['votes']:>3} votes: accuracy {pct(v['accuracy'])}, tie rate {pct(v['tie_rate'])}")
-    lines.append("collapse: the share of candidates from which no answer can be read (robust rule) and whose "
-                 f"answer is over {COLLAPSE_THRESHOLD:.0%} end-of-text\n(the paper's [AfterEoT] collapse); "
-                 "EoT-first: the share of end-of-text among the first quarter of committed answer tokens, mean "
-                 "over candidates (Fig. 2)")
-    for env in settings.get("environments", []):
-        lines.append(f"run on {env['device_name']} ({settings['dtype']}, torch {env['torch']}, "
-                     f"transformers {env['transformers']}, {env['world_size']} process(es))")
-    for r in settings.get("rescored", []):
-        lines.append(f"rescored without the model on {r['at']} (answers re-read by the rules of that time)")
-    lines.append(f"{summary['forward_calls_per_question']:.1f} forward calls and "
-                 f"{summary['seconds_per_question']:.2f} s per question")
-    return "\n".join(lines)
-
-
-# The paper's figures, drawn from the records alone ----------------------------------------------
-
-PAPER_ACCURACY = {  # LLaDA-8B-Instruct, gen_length 256, steps 128 (the paper's table; HEX: 5 votes at
-    # temperature 0 on GSM8K, the released protocol; elsewhere the best reported)
-    "gsm8k": dict(hex=82.18, topk_margin=24.72, low_confidence=22.52, random=50.87),
-    "math500": dict(hex=40.00, topk_margin=16.40, low_confidence=16.60, random=16.80),
-    "arc-c": dict(hex=87.80, topk_margin=54.18, low_confidence=47.87, random=70.05),
-    "truthfulqa": dict(hex=57.46, topk_margin=28.36, low_confidence=29.82, random=42.40),
-}
-PAPER_GSM8K_VOTES = [(5, 82.18, 4.1), (10, 85.75, 4.3), (15, 87.19, 2.4), (20, 87.79, 2.5), (25, 88.10, 1.35),
-                     (30, 88.10, 1.05)]  # (votes, accuracy %, tie rate %), read off the paper's plot
-
-
-def paper_protocol(settings: dict) -> bool:
-    """Whether a run follows the protocol behind the paper's figures (gen 256, steps 128, blocks 8..128)."""
-    return (settings["gen_length"], settings["steps"], settings["block_lengths"]) == (256, 128, [8, 16, 32, 64, 128])
-
-
-def write_figures(summary: dict, records: list[dict], path: Path) -> None:
-    """One PNG: accuracy per method and per block length with 95% intervals (the paper's bar chart);
-    HEX accuracy and tie rate against the number of votes when there are several samples (its scaling
-    plot); and which step committed each answer position of one question, per method (its Fig. 2)."""
-    from matplotlib.figure import Figure  # no pyplot: no window, no global state
-    settings, scaling = summary["settings"], summary["hex_vs_votes"]
-    title = f"{TASKS[summary['task']].title}, {summary['questions']} questions, {summary['answer_rule']} rule"
-    fig = Figure(figsize=(14, 9), layout="constrained")
-    grid = fig.add_gridspec(2, 2 if scaling else 1)
-    fig.suptitle(f"{title}\n{protocol(settings)}", fontsize=10)
-    _accuracy_bars(fig.add_subplot(grid[0, 0]), summary, paper_protocol(settings))
-    if scaling:
-        _votes_plot(fig.add_subplot(grid[0, 1]), scaling, summary["task"] == "gsm8k" and paper_protocol(settings))
-    _commit_map(fig, fig.add_subplot(grid[1, :]), records, settings["steps"])
-    fig.savefig(path, dpi=100, format="png")
-
-
-def _accuracy_bars(ax, summary: dict, paper: bool) -> None:
-    bars = [(f"{v['paper_name']}", v["accuracy"], v["ci95"], "tab:blue" if m == "hex" else "tab:gray", m)
-            for m, v in summary["methods"].items()]
-    bars += [(f"block {b}", v["accuracy"], v["ci95"], "tab:cyan", None) for b, v in summary["block_lengths"].items()]
-    x = range(len(bars))
-    heights = [100 * a for _, a, _, _, _ in bars]
-    errors = [[100 * (a - lo) for _, a, (lo, _), _, _ in bars], [100 * (hi - a) for _, a, (_, hi), _, _ in bars]]
-    ax.bar(x, heights, yerr=errors, color=[c for *_, c, _ in bars], capsize=4)
-    for i, h in zip(x, heights):
-        ax.annotate(f"{h:.1f}%", (i, h), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
-    if paper:
-        reported = [(i, PAPER_ACCURACY[summary["task"]][m]) for i, (*_, m) in zip(x, bars) if m]
-        label = "the paper's figure" + ("" if summary["task"] == "gsm8k" else " (HEX: its best, another protocol)")
-        ax.scatter(*zip(*reported), marker="_", s=600, color="tab:red", zorder=3, label=label)
-        ax.legend(loc="upper right", fontsize=8)
-    ax.set_xticks(list(x), [label for label, *_ in bars], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (%), 95% interval")
-    ax.set_ylim(0, 105)
-    ax.set_title("Methods (HEX, one-block baselines) and each HEX expert alone", fontsize=10)
-
-
-def _votes_plot(ax, scaling: list[dict], paper: bool) -> None:
-    votes = [v["votes"] for v in scaling]
-    ax.plot(votes, [100 * v["accuracy"] for v in scaling], "o-", color="tab:blue", label="HEX accuracy, this run")
-    ax.plot(votes, [100 * v["tie_rate"] for v in scaling], "s--", color="tab:orange", label="tie rate, this run")
-    if paper:
-        n, acc, tie = zip(*PAPER_GSM8K_VOTES)
-        ax.plot(n, acc, "o:", color="tab:blue", alpha=0.4, label="HEX accuracy, paper")
-        ax.plot(n, tie, "s:", color="tab:orange", alpha=0.4, label="tie rate, paper")
-    ax.set_xlabel("votes (samples per block length x block lengths)")
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 105)
-    ax.legend(fontsize=8)
-    ax.set_title("HEX against the number of votes", fontsize=10)
-
-
-def _commit_map(fig, ax, records: list[dict], steps: int) -> None:
-    """Rows: one candidate per method (HEX: sample 0 of each block length) of the first question with a
-    collapsed candidate, else the first question; colour: the step that committed each position."""
-    drawable = [r for r in records if all(commit_order(c) for c in r["candidates"])]
-    if not drawable:
-        ax.set_axis_off()
-        ax.set_title("no commit order stored in these records", fontsize=10)
-        return
-    record = next((r for r in drawable if any(map(collapsed, r["candidates"]))), drawable[0])
-    rows = [c for c in record["candidates"] if c["sample"] == 0]
-    labels = [(f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]]) for c in rows]
-    image = ax.imshow([commit_order(c) for c in rows], aspect="auto", cmap="viridis", vmin=0, vmax=steps - 1,
-                      interpolation="nearest")
-    ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
-    if ends:
-        ax.scatter(*zip(*ends), marker="x", s=12, linewidths=1, color="red")
-    ax.set_yticks(range(len(rows)), labels, fontsize=8)
-    ax.set_xlabel("answer position")
-    ax.set_title(f"Commit order, question {record['id']}: the step that committed each answer position "
-                 "(red x: an end-of-text token)", fontsize=10)
-    fig.colorbar(image, ax=ax, label="step", fraction=0.03)
-
-
-# 4. The model, files, settings and resuming ------------------------------------------------------
+# 4. Model families and loading -------------------------------------------------------------------
 
 def _transformers_version() -> tuple[int, int]:
     import transformers
     return tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
 
 
-# The model families. hex.py needs a mask predictor: model(x[, attention_mask=(B, T)]).logits (B, T, V),
-# position i's logits predicting token i. Each family's own model file (trust_remote_code) is fitted
-# to the installed transformers at load time, and wrapped where its conventions differ.
-
 def fit_llada_code(model_class: type, config) -> type:
-    """LLaDA's own model file predates transformers 5. Under 5.x, return a subclass with the three
-    fixes it needs, each only where the class lacks it; under 4.x, the class."""
+    """LLaDA's own model file predates transformers 5: under 5.x, a subclass with the three fixes it needs,
+    each only where the class lacks it; under 4.x, the class."""
     if _transformers_version() < (5, 0):
         return model_class
     if not hasattr(config, "use_cache"):
@@ -934,21 +601,16 @@ def fit_llada_code(model_class: type, config) -> type:
 
 
 def _default_rope(config, device=None, seq_len=None, **kwargs) -> tuple[torch.Tensor, float]:
-    """The plain rotary inverse frequencies 1 / theta^(2i / head_dim) and no scaling: what
-    transformers 4.x registered as ROPE_INIT_FUNCTIONS["default"]."""
+    """1 / theta^(2i / head_dim), no scaling: what transformers 4.x registered as ROPE_INIT_FUNCTIONS["default"]."""
     dim = int(config.hidden_size // config.num_attention_heads * getattr(config, "partial_rotary_factor", 1.0))
     exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim
     return 1.0 / config.rope_theta ** exponents, 1.0
 
 
 def fit_dream_code(model_class: type, config) -> type:
-    """Dream's own model file, fitted where it fails (each fix only where its cause is present):
-    - its `from_pretrained` override reloads the generation config and returns the model alone, so
-      `output_loading_info` (the check that every weight loaded) is lost, on 4.x and 5.x alike: the
-      fitted class uses PreTrainedModel's own `from_pretrained`;
-    - its rotary embedding asks ROPE_INIT_FUNCTIONS for "default", which 5.x no longer has
-      (`KeyError: 'default'`): Dream's module gets the plain frequencies under that name.
-    The rotary buffer that 5.x leaves unset is refilled after loading (`refill_rotary`)."""
+    """Dream's own model file, fitted where it fails: its `from_pretrained` override returns the model alone,
+    losing `output_loading_info` (4.x and 5.x): PreTrainedModel's own is used; its rotary embedding asks
+    ROPE_INIT_FUNCTIONS for "default", gone in 5.x: Dream's module gets it. See also `refill_rotary`."""
     from transformers import PreTrainedModel
     module = sys.modules[model_class.__module__]
     rope = getattr(module, "ROPE_INIT_FUNCTIONS", None)
@@ -961,9 +623,8 @@ def fit_dream_code(model_class: type, config) -> type:
 
 
 def refill_rotary(model: nn.Module) -> nn.Module:
-    """Under 5.x, models are built on the meta device and a rotary embedding's non-persistent
-    `inv_freq` buffer, filled by the module's own __init__, comes back unset: no error, wrong logits.
-    Recompute it with the module's own rope function (under 4.x it was right already)."""
+    """Under 5.x a rotary embedding's non-persistent `inv_freq` buffer comes back unset from loading (no error,
+    wrong logits): recompute it with the module's own rope function (under 4.x it is right already)."""
     if _transformers_version() >= (5, 0):
         for module in model.modules():
             if isinstance(getattr(module, "inv_freq", None), torch.Tensor) and hasattr(module, "rope_init_fn"):
@@ -975,10 +636,9 @@ def refill_rotary(model: nn.Module) -> nn.Module:
 
 
 class DreamMaskPredictor(nn.Module):
-    """A Dream-family model as the mask predictor hex.py expects. Dream is adapted from an
-    autoregressive model (Qwen2.5): its logits at position i predict token i + 1, so they are shifted
-    back one place, as Dream's own sampler does (position 0 keeps its own). A left-padded batch gets
-    Dream's 4-D boolean attention mask (B, 1, T, T) and position ids counting real tokens only."""
+    """A Dream-family model as hex.py's mask predictor. Dream is adapted from an autoregressive model
+    (Qwen2.5): its logits at position i predict token i + 1, so they are shifted back one place, as Dream's
+    sampler does. A padded batch gets Dream's 4-D mask (B, 1, T, T) and position ids of real tokens only."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -1000,6 +660,7 @@ class DreamMaskPredictor(nn.Module):
 
 @dataclass(frozen=True)
 class Family:
+    """A masked diffusion family: its own model file (trust_remote_code), fitted and wrapped for hex.py."""
     name: str
     fit: Callable[[type, Any], type]             # the remote model class, fitted to this transformers
     wrap: Callable[[nn.Module], nn.Module]       # the loaded model, as hex.py's mask predictor
@@ -1024,7 +685,7 @@ def model_family(config, name: str) -> Family:
 
 
 def load_tokenizer(name: str):
-    """The checkpoint's tokenizer and config (seconds, not minutes: checked before the weights load)."""
+    """The checkpoint's tokenizer and config (seconds: checked before the weights load)."""
     from transformers import AutoConfig, AutoTokenizer
     path = Path(name).expanduser()
     if path.is_file():
@@ -1040,8 +701,8 @@ def load_tokenizer(name: str):
 
 
 def load_model(name: str, config, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """The checkpoint as hex.py's mask predictor: its weights through its own code, fitted to the
-    installed transformers and wrapped as its family needs, with every weight accounted for."""
+    """The checkpoint as hex.py's mask predictor, through its own code fitted to this transformers, every
+    weight accounted for."""
     from transformers import AutoModel
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
     family = model_family(config, name)
@@ -1064,8 +725,7 @@ def load_model(name: str, config, device: torch.device, dtype: torch.dtype) -> n
 
 
 def find_mask_id(tokenizer, config) -> int:
-    """The [MASK] id: the tokenizer's mask token, LLaDA's `<|mdm_mask|>` or Dream's `<|mask|>`, or the
-    config's `mask_token_id`."""
+    """The [MASK] id: the tokenizer's mask token, LLaDA's `<|mdm_mask|>`, Dream's `<|mask|>`, or the config's."""
     if tokenizer.mask_token_id is not None:
         return tokenizer.mask_token_id
     for token in ("<|mdm_mask|>", "<|mask|>"):
@@ -1076,39 +736,428 @@ def find_mask_id(tokenizer, config) -> int:
     raise UsageError("cannot tell the mask token id from the tokenizer or config: pass --mask-id")
 
 
-class ResultsLock:
-    """One writer per results file: an exclusive flock on `<output>.lock`, released by the OS if the
-    holder dies. The lock file is removed on release (checked by inode, so a removal never lets two in)."""
+# 5. Decoding a batch of questions into records -----------------------------------------------------
 
-    def __init__(self, output: Path):
-        self.path = output.with_name(output.name + ".lock")
-        while True:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(self.fd)
-                raise UsageError(f"{output} is being written by another run (it holds {self.path}); "
-                                 "wait for it, or use another --output") from None
-            try:
-                if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
-                    return
-            except FileNotFoundError:
-                pass
-            os.close(self.fd)  # the holder before us removed the file as we opened it: try again
-
-    def release(self) -> None:
-        self.path.unlink(missing_ok=True)
-        os.close(self.fd)
+class Candidate(TypedDict):
+    """One decoded answer of a question: an entry of a record's `candidates`."""
+    method: str              # "hex", "sc" or a one-block baseline's remasking rule (METHODS)
+    block_length: int
+    sample: int              # HEX: the sample of its block length; SC: its sample; a baseline: 0
+    text: str                # the decoded answer, special tokens kept (as the authors decode)
+    answers: dict[str, Any]  # the answer each rule (RULES) reads from the text; None: nothing readable
+    score: float             # mean log-prob under the first forward pass (the likelihood tie-break)
+    end_of_text: str         # per answer position: "_" an end-of-text token, "." any other
+    commit_order: list[int]  # per answer position: the step that committed it
 
 
-def read_records(paths: list[Path]) -> dict[int, dict]:
+class Record(TypedDict):
+    """One finished question, a line of the results JSONL. Votes and verdicts are not stored: they are
+    recomputed from the candidates (`method_answers`), so a summary never disagrees with its records."""
+    id: int                  # the row's index in the data
+    question: str
+    gold: dict[str, Any]     # the reference as each rule reads it
+    candidates: list[Candidate]
+    forward_calls: float     # the batch's forward calls per question
+    seconds: float           # the batch's decoding seconds per question
+    batch_size: int          # questions decoded together, left padded (numerics may shift slightly)
+
+
+def commit_order(candidate: Candidate) -> list[int]:
+    """A stored candidate's commit step per answer position."""
+    return candidate["commit_order"]
+
+
+def candidate_plan(settings: dict) -> list[tuple[str, int, Schedule]]:
+    """Every candidate of a question as (method, sample, schedule): HEX's experts (low-confidence remasking
+    at --temperature), self-consistency's samples of one schedule, then each one-block baseline."""
+    plan, methods = [], settings["methods"]
+    if "hex" in methods:
+        plan += [("hex", s, Schedule(b, "low_confidence", settings["temperature"]))
+                 for s in range(settings["samples_per_block"]) for b in settings["block_lengths"]]
+    if "sc" in methods:
+        plan += [("sc", s, Schedule(settings["sc_block_length"], "low_confidence", settings["sc_temperature"]))
+                 for s in range(settings["sc_samples"])]
+    return plan + [(m, 0, Schedule(settings["gen_length"], m)) for m in methods if m in BASELINES]
+
+
+def end_of_text_ids(tokenizer) -> list[int]:
+    """The tokens that end or pad an answer: EOS, pad, and whichever of END_TOKENS the tokenizer has."""
+    vocab = tokenizer.get_vocab()
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} | {vocab.get(t) for t in END_TOKENS}
+    return sorted(i for i in ids if i is not None)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Left-padded (B, L) ids, and an attention mask only when some prompt is actually padded."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    if all(len(p) == width for p in prompts):
+        return ids, None
+    return ids, torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+
+
+def decode_batch(model, tokenizer, task: Task, batch: list[dict], settings: dict, mask_id: int,
+                 device: torch.device) -> list[Record]:
+    """Every candidate of every method of a batch of questions in one lockstep decode (`steps` forward calls
+    in all): one record per question. Each method draws from its own stream, seeded by the batch's first
+    question, so adding or dropping a method changes no other method's candidates."""
+    prompts = [build_prompt(tokenizer, task, p["row"]) for p in batch]
+    ids, attention = left_pad(prompts, next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id)
+                                             if i is not None), 0), device)
+    streams = {m: torch.Generator(device).manual_seed(settings["seed"] + 10**6 * METHODS.index(m) + batch[0]["id"])
+               for m in settings["methods"]}
+    plan, calls, G = candidate_plan(settings), [], settings["gen_length"]
+    hook, start = model.register_forward_pre_hook(lambda *_: calls.append(1)), time.perf_counter()
+    try:
+        out = decode(model, ids, attention, schedules=[s for _, _, s in plan], gen_length=G, steps=settings["steps"],
+                     mask_id=mask_id, generator=[streams[m] for m, _, _ in plan])
+    finally:
+        hook.remove()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds, answers = (time.perf_counter() - start) / len(batch), out.sequences[:, :, -G:]  # (B, K, G)
+    is_end = torch.isin(answers, torch.tensor(end_of_text_ids(tokenizer), device=answers.device)).tolist()
+    records = []
+    for q, problem in enumerate(batch):
+        candidates = []
+        for k, (method, sample, schedule) in enumerate(plan):
+            text = tokenizer.decode(answers[q, k].tolist(), skip_special_tokens=False)  # as the authors decode
+            candidates.append(Candidate(
+                method=method, block_length=schedule.block_length, sample=sample, text=text,
+                answers={r: task.extract[r](text) for r in RULES}, score=float(out.scores[q, k]),
+                end_of_text="".join("_" if e else "." for e in is_end[q][k]), commit_order=out.commit_steps[q, k].tolist()))
+        records.append(Record(id=problem["id"], question=task.question(problem["row"]), candidates=candidates,
+                              gold={r: task.gold[r](problem["row"]) for r in RULES}, forward_calls=len(calls) / len(batch),
+                              seconds=round(seconds, 3), batch_size=len(batch)))
+    return records
+
+
+# 6. Scoring: the vote, the figures of the paper, the controls, the summary -------------------------
+
+def method_answers(candidates: list[Candidate], rule: str, tie_break: str) -> dict[str, tuple[Any, bool]]:
+    """Each method's answer under `rule` and whether its vote tied: HEX and SC take the majority vote over
+    their candidates (the authors' vote and tie rule); a one-block baseline's single candidate votes alone."""
+    by_method: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_method.setdefault(c["method"], []).append(c)
+    return {m: majority_vote([c["answers"][rule] for c in cs], [c["score"] for c in cs], tie_break)
+            for m, cs in by_method.items()}
+
+
+def verdicts(task: Task, record: Record, rule: str, tie_break: str) -> tuple[dict, list[bool]]:
+    """Under `rule`: per method (answer, tie, right), and per candidate whether it is right."""
+    gold = record["gold"][rule]
+    voted = {m: (a, tie, is_correct(task, a, gold, rule))
+             for m, (a, tie) in method_answers(record["candidates"], rule, tie_break).items()}
+    return voted, [is_correct(task, c["answers"][rule], gold, rule) for c in record["candidates"]]
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion, clamped to [0, 1]."""
+    if n == 0:
+        return (0.0, 0.0)
+    p = correct / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n)))
+
+
+def paired_difference(first: list[bool], second: list[bool], z: float = 1.96) -> dict:
+    """Accuracy of `first` minus `second` over the same questions, with the 95% Wald interval for paired
+    proportions, (b - c) / n +- z sqrt(b + c - (b - c)^2 / n) / n, and the counts behind it."""
+    n, both = len(first), sum(x and y for x, y in zip(first, second))
+    b, c = sum(x and not y for x, y in zip(first, second)), sum(y and not x for x, y in zip(first, second))
+    d, half = (b - c) / n, z * math.sqrt(max(0.0, b + c - (b - c) ** 2 / n)) / n
+    return dict(difference=d, ci95=(d - half, d + half), only_first=b, only_second=c, both=both,
+                neither=n - b - c - both)
+
+
+def collapsed(candidate: Candidate) -> bool:
+    """The paper's [AfterEoT] collapse: the robust rule reads no answer and over half of the answer region
+    is end-of-text (a complete answer followed by padding is not a collapse)."""
+    ends = candidate["end_of_text"]
+    return candidate["answers"]["robust"] is None and ends.count("_") > COLLAPSE_THRESHOLD * len(ends)
+
+
+def eot_first_share(candidate: Candidate) -> float:
+    """The mechanism of the paper's Fig. 2: the share of end-of-text among the first quarter of the answer's
+    tokens in commit order (ties by position)."""
+    steps = candidate["commit_order"]
+    first = sorted(range(len(steps)), key=lambda i: (steps[i], i))[:max(1, len(steps) // 4)]
+    return sum(candidate["end_of_text"][i] == "_" for i in first) / len(first)
+
+
+def eot_figures(candidates: list[Candidate]) -> dict:
+    return dict(collapse_rate=sum(map(collapsed, candidates)) / len(candidates),
+                eot_first_share=sum(map(eot_first_share, candidates)) / len(candidates))
+
+
+def votes_curve(task: Task, records: list[Record], method: str, rule: str, tie_break: str,
+                per_sample: int, samples: int) -> list[dict]:
+    """Accuracy and tie rate of `method`'s vote over its first s samples, s = 1..samples (per_sample votes each)."""
+    curve = []
+    for s in range(1, samples + 1):
+        voted = [method_answers([c for c in r["candidates"] if c["method"] == method and c["sample"] < s],
+                                rule, tie_break)[method] for r in records]
+        right = sum(is_correct(task, a, r["gold"][rule], rule) for (a, _), r in zip(voted, records))
+        curve.append(dict(votes=s * per_sample, accuracy=right / len(records),
+                          tie_rate=sum(tie for _, tie in voted) / len(records)))
+    return curve if samples > 1 else []
+
+
+def agreement(records: list[Record], oks: list[list[bool]], rule: str) -> dict:
+    """Expert diversity: for each pair of groups (each HEX block length; SC's samples as one group), the share
+    of candidate pairs of a question, one from each group (never a candidate with itself), that give the same
+    readable answer, and the share where exactly one of the two is right; averaged over questions."""
+    blocks = sorted({c["block_length"] for r in records for c in r["candidates"] if c["method"] == "hex"})
+    groups = [(f"block {b}", lambda c, b=b: c["method"] == "hex" and c["block_length"] == b) for b in blocks]
+    if any(c["method"] == "sc" for r in records for c in r["candidates"]):
+        groups.append(("SC", lambda c: c["method"] == "sc"))
+    agree, one_right = ([[None] * len(groups) for _ in groups] for _ in range(2))  # None: no such pairs
+    for i, (_, first) in enumerate(groups):
+        for j, (_, second) in enumerate(groups):
+            same, single = [], []
+            for record, ok in zip(records, oks):
+                answers, cs = [c["answers"][rule] for c in record["candidates"]], record["candidates"]
+                pairs = [(x, y) for x, c in enumerate(cs) if first(c) for y, d in enumerate(cs) if second(d) and x != y]
+                if pairs:
+                    same.append(fmean(answers[x] is not None and answers[x] == answers[y] for x, y in pairs))
+                    single.append(fmean(ok[x] != ok[y] for x, y in pairs))
+            if same:
+                agree[i][j], one_right[i][j] = fmean(same), fmean(single)
+    return dict(groups=[label for label, _ in groups], agree=agree, exactly_one_right=one_right)
+
+
+def summarize(records: list[Record], settings: dict, rule: str, methods: list[str] | None = None) -> dict:
+    """Every reported figure under `rule` (the other rule's accuracy beside), from the records alone; only
+    `methods` (default: the run's)."""
+    task, other, n, tie_break = TASKS[settings["task"]], RULES[1 - RULES.index(rule)], len(records), settings["tie_break"]
+    judged = {r: [verdicts(task, record, r, tie_break) for record in records] for r in RULES}
+    oks = [ok for _, ok in judged[rule]]
+    table = {}
+    for m in [m for m in settings["methods"] if m in (methods or settings["methods"])]:
+        right = [v[m][2] for v, _ in judged[rule]]
+        mine = [[(c, o) for c, o in zip(r["candidates"], ok) if c["method"] == m] for r, ok in zip(records, oks)]
+        table[m] = dict(paper_name=PAPER_NAMES[m], accuracy=fmean(right), ci95=wilson(sum(right), n),
+                        correct=sum(right), other_rule_accuracy=fmean(v[m][2] for v, _ in judged[other]),
+                        tie_rate=fmean(v[m][1] for v, _ in judged[rule]), oracle=fmean(any(o for _, o in q) for q in mine),
+                        **eot_figures([c for q in mine for c, _ in q]))
+    experts = {}
+    for b in sorted({c["block_length"] for r in records for c in r["candidates"] if c["method"] == "hex"}):
+        mine = [(c, o, r) for r, ok in zip(records, oks) for c, o in zip(r["candidates"], ok)
+                if c["method"] == "hex" and c["block_length"] == b]
+        hits = sum(o for _, o, _ in mine)
+        experts[b] = dict(accuracy=hits / len(mine), ci95=wilson(hits, len(mine)), candidates=len(mine),
+                          other_rule_accuracy=fmean(is_correct(task, c["answers"][other], r["gold"][other], other)
+                                                    for c, _, r in mine), **eot_figures([c for c, _, _ in mine]))
+    return dict(task=settings["task"], questions=n, answer_rule=rule, other_rule=other, methods=table,
+                block_lengths=experts, paired=paired_comparisons(records, judged[rule], table, experts),
+                hex_vs_votes=votes_curve(task, records, "hex", rule, tie_break, len(settings["block_lengths"]),
+                                         settings["samples_per_block"]) if "hex" in table else [],
+                sc_vs_votes=votes_curve(task, records, "sc", rule, tie_break, 1, settings["sc_samples"])
+                if "sc" in table else [], agreement=agreement(records, oks, rule),
+                forward_calls_per_question=fmean(r["forward_calls"] for r in records),
+                seconds_per_question=fmean(r["seconds"] for r in records), settings=settings)
+
+
+def paired_comparisons(records: list[Record], judged: list, table: dict, experts: dict) -> dict:
+    """HEX minus SC, and HEX minus its best single expert (block length by accuracy, sample 0): the paper's
+    claim and its control, over the same questions."""
+    if "hex" not in table:
+        return {}
+    hex_right = [v["hex"][2] for v, _ in judged]
+    out = {"HEX - SC": paired_difference(hex_right, [v["sc"][2] for v, _ in judged])} if "sc" in table else {}
+    best = max(experts, key=lambda b: (experts[b]["accuracy"], -b))
+    expert = [next(o for c, o in zip(r["candidates"], ok) if c["method"] == "hex" and c["block_length"] == best
+                   and c["sample"] == 0) for r, (_, ok) in zip(records, judged)]
+    return {**out, f"HEX - best expert (block {best})": paired_difference(hex_right, expert)}
+
+
+def protocol(settings: dict) -> str:
+    """The run's protocol in one line, as the paper states it."""
+    k, text = settings["samples_per_block"], f"gen_length {settings['gen_length']}, steps {settings['steps']}"
+    if "hex" in settings["methods"]:
+        ties = {"first": "ties to the answer seen first (the authors' rule)",
+                "likelihood": "ties to the higher likelihood score"}[settings["tie_break"]]
+        text += (f", HEX block lengths {' '.join(map(str, settings['block_lengths']))}, temperature "
+                 f"{settings['temperature']:g}, {k} sample{'s' * (k > 1)} per block length "
+                 f"({k * len(settings['block_lengths'])} votes), {ties}")
+    if "sc" in settings["methods"]:
+        text += (f"; SC block length {settings['sc_block_length']}, temperature {settings['sc_temperature']:g}, "
+                 f"{settings['sc_samples']} samples")
+    return text
+
+
+def summary_table(summary: dict) -> str:
+    """The summary as plain text, in the paper's words."""
+    pct = lambda x: "      -" if x is None else f"{100 * x:6.2f}%"
+    rule, other, settings = summary["answer_rule"], summary["other_rule"], summary["settings"]
+    lines = [f"{TASKS[summary['task']].title}, {summary['questions']} questions; {protocol(settings)}",
+             f"answers read by the {rule} rule ({other} rule beside)",
+             f"{'method':<30}{'accuracy':>9}  {'95% interval':<18}{other:>9}{'tie rate':>10}{'oracle':>9}"
+             f"{'collapse':>10}{'EoT-first':>10}"]
+    rows = [(f"{v['paper_name']} ({m})", v, m in VOTING) for m, v in summary["methods"].items()]
+    for label, v, votes in rows + [(f"  HEX expert, block {b}", v, False) for b, v in summary["block_lengths"].items()]:
+        lines.append(f"{label:<30}{pct(v['accuracy']):>9}  [{pct(v['ci95'][0])}, {pct(v['ci95'][1])}]"
+                     f"{pct(v['other_rule_accuracy']):>9}{pct(v['tie_rate']) if votes else '':>10}"
+                     f"{pct(v['oracle']) if votes else '':>9}{pct(v['collapse_rate']):>10}{pct(v['eot_first_share']):>10}")
+    for name in ("hex", "sc"):
+        for v in summary[f"{name}_vs_votes"]:
+            lines.append(f"{PAPER_NAMES[name]} with {v['votes']:>3} votes: accuracy {pct(v['accuracy'])}, "
+                         f"tie rate {pct(v['tie_rate'])}")
+    for name, p in summary["paired"].items():
+        lines.append(f"{name}: {100 * p['difference']:+.2f} points [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}]"
+                     f" (paired 95%); only HEX right {p['only_first']}, only the other {p['only_second']}, both "
+                     f"{p['both']}, neither {p['neither']}")
+    table = summary["agreement"]
+    if len(table["groups"]) > 1:
+        lines.append("expert agreement: same readable answer / exactly one right, per pair of candidates\n  "
+                     + " " * 9 + "".join(f"{g:>17}" for g in table["groups"]))
+        lines += [f"  {g:<9}" + "".join(f"{pct(a).strip() + ' / ' + pct(o).strip():>17}" for a, o in zip(agree, one))
+                  for g, agree, one in zip(table["groups"], table["agree"], table["exactly_one_right"])]
+    lines.append("oracle: some candidate is right; collapse: no readable answer (robust rule) and over "
+                 f"{COLLAPSE_THRESHOLD:.0%} end-of-text (the [AfterEoT] collapse);\nEoT-first: end-of-text among the "
+                 "first quarter of committed answer tokens (Fig. 2); HEX and SC: no figure of SC is published")
+    lines += [f"run on {e['device_name']} ({settings['dtype']}, torch {e['torch']}, transformers {e['transformers']}, "
+              f"{e['world_size']} process(es), mask id {e['mask_id']})" for e in settings.get("environments", [])]
+    lines += [f"rescored without the model on {r['at']} (answers re-read by the rules of that time)"
+              for r in settings.get("rescored", [])]
+    lines.append(f"{summary['forward_calls_per_question']:.1f} forward calls and "
+                 f"{summary['seconds_per_question']:.2f} s per question")
+    return "\n".join(lines)
+
+
+# 7. The figure, drawn from the records alone -------------------------------------------------------
+
+PAPER_ACCURACY = {  # LLaDA-8B-Instruct, gen_length 256, steps 128 (the paper's table)
+    "gsm8k": dict(hex=82.18, topk_margin=24.72, low_confidence=22.52, random=50.87),
+    "math500": dict(hex=40.00, topk_margin=16.40, low_confidence=16.60, random=16.80),
+    "arc-c": dict(hex=87.80, topk_margin=54.18, low_confidence=47.87, random=70.05),
+    "truthfulqa": dict(hex=57.46, topk_margin=28.36, low_confidence=29.82, random=42.40),
+}
+PAPER_GSM8K_VOTES = [(5, 82.18, 4.1), (10, 85.75, 4.3), (15, 87.19, 2.4), (20, 87.79, 2.5), (25, 88.10, 1.35),
+                     (30, 88.10, 1.05)]  # (votes, accuracy %, tie rate %), read off the paper's plot
+
+
+def paper_protocol(settings: dict) -> bool:
+    """Whether a run follows the protocol of the paper's table (gen 256, steps 128, blocks 8..128)."""
+    return (settings["gen_length"], settings["steps"], settings["block_lengths"]) == (256, 128, [8, 16, 32, 64, 128])
+
+
+def write_figures(summary: dict, records: list[Record], path: Path) -> None:
+    """One PNG: accuracy per method and per HEX expert with 95% intervals (the paper's bars); accuracy and tie
+    rate against votes for HEX and SC (its scaling plot); the step that committed each answer position of one
+    question (its Fig. 2); and how often the experts agree (their diversity)."""
+    from matplotlib.figure import Figure  # no pyplot: no window, no global state
+    settings = summary["settings"]
+    fig = Figure(figsize=(14, 9), layout="constrained")
+    grid = fig.add_gridspec(2, 2)
+    fig.suptitle(f"{TASKS[summary['task']].title}, {summary['questions']} questions, {summary['answer_rule']} rule\n"
+                 f"{protocol(settings)}", fontsize=9)
+    _accuracy_bars(fig.add_subplot(grid[0, 0]), summary, paper_protocol(settings))
+    _votes_plot(fig.add_subplot(grid[0, 1]), summary, summary["task"] == "gsm8k" and paper_protocol(settings))
+    _commit_map(fig, fig.add_subplot(grid[1, 0]), records, settings["steps"])
+    _agreement_map(fig, fig.add_subplot(grid[1, 1]), summary["agreement"])
+    fig.savefig(path, dpi=100, format="png")
+
+
+def _accuracy_bars(ax, summary: dict, paper: bool) -> None:
+    bars = [(v["paper_name"], v, "tab:blue" if m == "hex" else "tab:purple" if m == "sc" else "tab:gray", m)
+            for m, v in summary["methods"].items()]
+    bars += [(f"block {b}", v, "tab:cyan", None) for b, v in summary["block_lengths"].items()]
+    heights = [100 * v["accuracy"] for _, v, _, _ in bars]
+    errors = [[100 * (v["accuracy"] - v["ci95"][0]) for _, v, _, _ in bars],
+              [100 * (v["ci95"][1] - v["accuracy"]) for _, v, _, _ in bars]]
+    ax.bar(range(len(bars)), heights, yerr=errors, color=[c for *_, c, _ in bars], edgecolor="black", capsize=4)
+    for i, h in enumerate(heights):  # the edge and the label keep a 0% bar visible
+        ax.annotate(f"{h:.1f}%", (i, h), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+    reported = [(i, PAPER_ACCURACY[summary["task"]][m]) for i, (*_, m) in enumerate(bars) if m in BASELINES + ("hex",)]
+    if paper and reported:
+        ax.scatter(*zip(*reported), marker="_", s=600, color="tab:red", zorder=3,
+                   label="the paper's table (LLaDA-8B-Instruct; HEX: " + ("5 votes, temperature 0)" if summary["task"]
+                                                                         == "gsm8k" else "its best, protocol unstated)"))
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_xticks(range(len(bars)), [label for label, *_ in bars], rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="accuracy (%), 95% interval", ylim=(0, 105))
+    ax.set_title("Methods and each HEX expert alone", fontsize=10)
+
+
+def _votes_plot(ax, summary: dict, paper: bool) -> None:
+    for name, colour in (("hex", "tab:blue"), ("sc", "tab:purple")):
+        curve = summary[f"{name}_vs_votes"]
+        if curve:
+            votes = [v["votes"] for v in curve]
+            ax.plot(votes, [100 * v["accuracy"] for v in curve], "o-", color=colour, label=f"{PAPER_NAMES[name]} accuracy")
+            ax.plot(votes, [100 * v["tie_rate"] for v in curve], "s--", color=colour, alpha=0.6,
+                    label=f"{PAPER_NAMES[name]} tie rate")
+    if not (summary["hex_vs_votes"] or summary["sc_vs_votes"]):
+        return ax.set_axis_off() or ax.set_title("one sample per schedule: no votes curve", fontsize=10)
+    if paper:
+        n, acc, tie = zip(*PAPER_GSM8K_VOTES)
+        ax.plot(n, acc, "o:", color="tab:red", alpha=0.5, label="HEX accuracy, paper (temperature not stated)")
+        ax.plot(n, tie, "s:", color="tab:red", alpha=0.3, label="HEX tie rate, paper")
+    ax.set(xlabel="votes (HEX: samples per block length x block lengths)", ylabel="%", ylim=(0, 105))
+    ax.legend(fontsize=8)
+    ax.set_title("Accuracy against the number of votes", fontsize=10)
+
+
+def _commit_map(fig, ax, records: list[Record], steps: int) -> None:
+    """One candidate per method (HEX: sample 0 of each block length) of the first question with a collapsed
+    candidate, else the first question; colour: the step that committed each position."""
+    record = next((r for r in records if any(map(collapsed, r["candidates"]))), records[0])
+    rows = [c for c in record["candidates"] if c["sample"] == 0]
+    labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
+    image = ax.imshow([c["commit_order"] for c in rows], aspect="auto", cmap="viridis", vmin=0, vmax=steps - 1,
+                      interpolation="nearest")
+    ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
+    if ends:
+        ax.scatter(*zip(*ends), marker="x", s=12, linewidths=1, color="red")
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set_xlabel("answer position")
+    ax.set_title(f"Commit order, question {record['id']} (red x: end-of-text)", fontsize=10)
+    fig.colorbar(image, ax=ax, label="step", fraction=0.03)
+
+
+def _agreement_map(fig, ax, table: dict) -> None:
+    if len(table["groups"]) < 2:
+        return ax.set_axis_off() or ax.set_title("one expert: no agreement to show", fontsize=10)
+    values = [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]]
+    image = ax.imshow(values, cmap="magma", vmin=0, vmax=100)
+    for i, row in enumerate(values):
+        for j, a in enumerate(row):
+            ax.annotate("-" if math.isnan(a) else f"{a:.0f}", (j, i), ha="center", va="center", fontsize=8, color="grey")
+    ax.set_xticks(range(len(values)), table["groups"], fontsize=8)
+    ax.set_yticks(range(len(values)), table["groups"], fontsize=8)
+    ax.set_title("Expert diversity: % of candidate pairs with the same readable answer", fontsize=10)
+    fig.colorbar(image, ax=ax, label="%", fraction=0.03)
+
+
+# 8. Run files: records, settings, one writer, resuming ------------------------------------------------
+
+COMPARED = ("task", "data", "model", "mask_id", "gen_length", "steps", "methods", "block_lengths", "samples_per_block",
+            "temperature", "sc_block_length", "sc_samples", "sc_temperature", "tie_break", "seed", "dtype")
+
+
+def settings_conflict(old: dict, new: dict) -> list[str]:
+    """What differs between stored settings and a new run's (COMPARED), key by key. The same data under
+    another path is the same data; a subset of the stored methods is no difference."""
+    changed = []
+    for key in COMPARED:
+        before, now = old.get(key), new.get(key)
+        if key == "data":  # the data is its content
+            before, now = (f"{d.get('source')} ({d.get('fingerprint')}, {d.get('rows')} rows)" for d in (before, now))
+            if before.split(" ", 1)[1] == now.split(" ", 1)[1]:
+                continue
+        if before != now and not (key == "methods" and set(now) <= set(before)):
+            changed.append(f"{key}: {before} there, {now} now")
+    return changed
+
+
+def read_records(paths: list[Path]) -> dict[int, Record]:
     """Finished questions by id. A torn last line (an interrupted write) is not a finished question."""
     done = {}
     for path in paths:
         text = path.read_text(encoding="utf-8") if path.is_file() else ""
-        complete = text[:text.rfind("\n") + 1]
-        for number, line in enumerate(complete.splitlines(), start=1):
+        for number, line in enumerate(text[:text.rfind("\n") + 1].splitlines(), start=1):
             try:
                 record = json.loads(line)
                 done[record["id"]] = record
@@ -1118,66 +1167,26 @@ def read_records(paths: list[Path]) -> dict[int, dict]:
     return done
 
 
-def drop_torn_tail(path: Path) -> None:
-    """Cut an interrupted last line off a JSONL file before appending to it."""
-    if path.is_file() and (data := path.read_bytes()) and not data.endswith(b"\n"):
-        path.write_bytes(data[:data.rfind(b"\n") + 1])
-
-
-def part_files(output: Path) -> list[Path]:
-    """The torchrun ranks' files of this output, exactly `<stem>.part<rank>.jsonl`."""
-    pattern = re.compile(re.escape(output.stem) + r"\.part\d+\.jsonl")
-    return sorted(p for p in output.parent.glob(output.stem + ".part*.jsonl") if pattern.fullmatch(p.name))
-
-
 def write_atomically(path: Path, content: str | Callable[[Path], None]) -> None:
-    """Write path through a temporary file beside it, so no reader sees half of it: the text, or
-    what a function writes to the temporary path it is given (a figure)."""
+    """Write path through a temporary file beside it, so no reader sees half of it: the text, or what a
+    function writes to the temporary path it is given (a figure)."""
     temporary = path.with_name(path.name + f".tmp{os.getpid()}")
-    if isinstance(content, str):
-        temporary.write_text(content, encoding="utf-8")
-    else:
-        content(temporary)
+    temporary.write_text(content, encoding="utf-8") if isinstance(content, str) else content(temporary)
     temporary.replace(path)
 
 
-COMPARED = ("task", "data", "model", "mask_id", "gen_length", "steps", "methods", "block_lengths",
-            "samples_per_block", "temperature", "tie_break", "seed", "dtype", "batch_size")
-
-
-def settings_conflict(old: dict, new: dict, output: Path) -> str | None:
-    """Why records made with `old` settings cannot be mixed with a run under `new` ones, or None."""
-    changed = []
-    for key in COMPARED:
-        before, now = old.get(key), new.get(key)
-        if key == "data" and before and now:  # the same content under another path is the same data
-            before, now = ({k: d.get(k) for k in ("fingerprint", "rows")} for d in (before, now))
-        if key == "mask_id" and now is None:
-            continue
-        if before != now:
-            describe = lambda d: (f"{d.get('source')} ({d.get('fingerprint')})" if key == "data" and d else d)
-            changed.append(f"{key}: {describe(old.get(key))} there, {describe(new.get(key))} now")
-    if not changed:
-        return None
-    return (f"{output} holds results made with other settings:\n  " + "\n  ".join(changed) +
-            "\nthe results file is left untouched; use another --output, or --no-resume to start it over")
-
-
 class RunFiles:
-    """The files of one run, all named after --output: the records (JSONL), the settings, the summary,
-    the figure, the lock and torchrun's part files. `open` makes the folders and takes the lock;
-    `close` releases it and removes the folders a failed start made, so a failed start leaves nothing."""
+    """The files of one run, named after --output: the records (JSONL), the settings, the summary, the figure,
+    the lock and torchrun's part files. `open` makes the folders and takes the lock (an exclusive flock on
+    `<output>.lock`, released by the OS if the holder dies); `close` releases it and removes the folders a
+    failed start made, so a failed start leaves nothing. A folder that cannot be written is `read_only`."""
 
     def __init__(self, output: Path):
-        self.output, self.settings = output, output.with_suffix(".config.json")
+        self.output, self.settings, self.lock = output, output.with_suffix(".config.json"), output.with_name(output.name + ".lock")
         self.summary, self.figure = output.with_suffix(".summary.json"), output.with_suffix(".png")
-        self.made: list[Path] = []       # folders this run created, outermost first
-        self.lock: ResultsLock | None = None
-        self.read_only: str | None = None  # why the folder cannot be written, if it cannot
+        self.made, self.fd, self.read_only = [], None, None
 
     def open(self) -> None:
-        """Create the missing folders and take the one-writer lock; a folder that cannot be written is
-        noted (a finished run can still be summarised from a read-only archive)."""
         self.made = [p for p in self.output.parents if not p.exists()][::-1]
         try:
             self.output.parent.mkdir(parents=True, exist_ok=True)
@@ -1185,121 +1194,145 @@ class RunFiles:
             self.close()
             raise UsageError(f"--output {self.output}: cannot create the folder {self.output.parent} "
                              f"({error.strerror})") from None
-        try:
-            self.lock = ResultsLock(self.output)
-        except OSError as error:  # read-only folder or file system
-            self.read_only = f"{self.output.parent} cannot be written ({error.strerror})"
+        while self.fd is None:
+            try:
+                fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:  # a read-only folder or file system
+                self.read_only = f"{self.output.parent} cannot be written ({error.strerror})"
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise UsageError(f"{self.output} is being written by another run (it holds {self.lock}); "
+                                 "wait for it, or use another --output") from None
+            try:  # the previous holder may have removed the file as we opened it: then try again
+                self.fd = fd if os.stat(self.lock).st_ino == os.fstat(fd).st_ino else os.close(fd)
+            except FileNotFoundError:
+                os.close(fd)
 
     def close(self) -> None:
-        if self.lock is not None:
-            self.lock.release()
-            self.lock = None
+        if self.fd is not None:
+            self.lock.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
         for folder in reversed(self.made):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
 
-    def records(self) -> dict[int, dict]:
-        return read_records([self.output, *part_files(self.output)])
+    def parts(self) -> list[Path]:
+        """The torchrun ranks' files of this output, exactly `<stem>.part<rank>.jsonl`."""
+        pattern = re.compile(re.escape(self.output.stem) + r"\.part\d+\.jsonl")
+        return sorted(p for p in self.output.parent.glob(self.output.stem + ".part*.jsonl") if pattern.fullmatch(p.name))
+
+    def records(self) -> dict[int, Record]:
+        return read_records([self.output, *self.parts()])
 
     def stored_settings(self) -> dict:
         return json.loads(self.settings.read_text(encoding="utf-8"))
 
     def finished(self, settings: dict, requested: set[int], resume: bool) -> dict | None:
-        """The stored settings when every question asked for is already done, else None; results made
-        with other settings, or that cannot be checked, are refused."""
+        """The stored settings when every question asked for is done (with these settings, or a subset of their
+        methods), else None; results made with other settings, or that cannot be checked, are refused."""
         if resume and self.settings.is_file():
-            old = self.stored_settings()
-            if conflict := settings_conflict(old, settings, self.output):
-                raise UsageError(conflict)
-            if requested <= self.records().keys():
+            old, done = self.stored_settings(), self.records().keys()
+            if changed := settings_conflict(old, settings):
+                raise UsageError(f"{self.output} holds results made with other settings:\n  " + "\n  ".join(changed)
+                                 + f"\nthe results are left untouched; use --output {self.free_output()}, or "
+                                 "--no-resume to start them over")
+            if requested <= done:
                 return old
-        elif resume and (self.output.exists() or part_files(self.output)):
-            raise UsageError(f"{self.output} exists but has no settings file ({self.settings.name}), so its "
-                             "records cannot be checked; use another --output, or --no-resume to start over")
+            if settings["methods"] != old["methods"]:
+                raise UsageError(f"{self.output} was made with --methods {' '.join(old['methods'])} and has "
+                                 f"{len(requested & done)} of the {len(requested)} questions asked for: rerun with "
+                                 f"those methods to finish it, or use --output {self.free_output()}")
+        elif resume and (self.output.exists() or self.parts()):
+            raise UsageError(f"{self.output} exists but has no settings file ({self.settings.name}), so its records "
+                             "cannot be checked; use another --output, or --no-resume to start over")
         if self.read_only:
             raise UsageError(f"--output {self.output}: {self.read_only}; use another --output")
         return None
 
+    def free_output(self) -> Path:
+        """The first `<stem>-N.jsonl` beside the output that no run has used."""
+        return next(p for n in range(2, 10**6) if not (p := self.output.with_name(f"{self.output.stem}-{n}.jsonl"))
+                    .exists() and not p.with_suffix(".config.json").exists())
+
     def start(self, settings: dict, resume: bool, environment: dict) -> None:
-        """Write the settings (once every check has passed and the model has loaded); --no-resume
-        deletes the old files only now."""
+        """Write the settings, once every check has passed and the model has loaded (--no-resume deletes the
+        old files only now); the machine and what the model gave (mask id, end-of-text ids) are appended."""
         if not resume:
-            for path in (self.output, self.settings, self.summary, self.figure, *part_files(self.output)):
+            for path in (self.output, self.settings, self.summary, self.figure, *self.parts()):
                 path.unlink(missing_ok=True)
         old = self.stored_settings() if self.settings.is_file() else {}
-        if conflict := settings_conflict(old, settings, self.output) if old else None:
-            raise UsageError(conflict)
         environments = old.get("environments", [])
-        write_atomically(self.settings, json.dumps(
-            {**settings, "environments": environments + [environment] * (environment not in environments),
-             **{k: old[k] for k in ("rescored",) if k in old}}, indent=1))
+        write_atomically(self.settings, json.dumps({**settings, "environments": environments + [environment] * (
+            environment not in environments), **{k: old[k] for k in ("rescored",) if k in old}}, indent=1))
 
-    def write_records(self, records: dict[int, dict]) -> None:
+    def write_records(self, records: dict[int, Record]) -> None:
         """Replace the JSONL by these records, in id order, and drop torchrun's part files."""
         write_atomically(self.output, "".join(json.dumps(records[k]) + "\n" for k in sorted(records)))
-        for path in part_files(self.output):
+        for path in self.parts():
             path.unlink()
 
-    def merge_parts(self) -> dict[int, dict]:
+    def merge_parts(self) -> dict[int, Record]:
         """Every finished record, torchrun's part files merged into the one JSONL (where it can be written)."""
         records = self.records()
-        if part_files(self.output) and not self.read_only:
+        if self.parts() and not self.read_only:
             self.write_records(records)
         return records
 
 
-# 5. The command line -----------------------------------------------------------------------------
+# 9. The command line ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=list(TASKS), default="gsm8k")
-    parser.add_argument("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="hub id or local directory")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: this rank's GPU, else cpu)")
-    parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
-                        help="default: bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--data", default=None, help="local JSONL or parquet file of the task's rows")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate at most this many questions")
-    parser.add_argument("--offset", type=int, default=0, help="skip this many questions first")
-    parser.add_argument("--gen-length", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=None, help="default: gen_length / 2")
-    parser.add_argument("--mask-id", type=int, default=None, help="default: from the tokenizer or config")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
-                        help=f"any of {', '.join(METHODS)} (default: all)")
-    parser.add_argument("--block-lengths", type=int, nargs="+", default=None,
-                        help="default: gen_length/32 x (1 2 4 8 16), i.e. 8 16 32 64 128 at 256")
-    parser.add_argument("--samples-per-block", type=int, default=1, help="HEX samples per block length "
-                        "(needs --temperature > 0: at 0 every sample is the same decode)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="HEX sampling temperature")
-    parser.add_argument("--answer-rule", choices=RULES, default="authors",
-                        help="the rule the summary leads with; both are stored and shown")
-    parser.add_argument("--tie-break", choices=["first", "likelihood"], default="first")
-    parser.add_argument("--batch-size", type=int, default=1, help="questions per forward call")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=None, help="JSONL path; default under results/")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="skip questions already in --output (default); --no-resume starts over")
-    parser.add_argument("--rescore", action="store_true",
-                        help="re-read the stored texts of --output by the current answer rules and rewrite its "
-                             "votes, summary and figure, without the model")
+    add = parser.add_argument
+    add("--task", choices=list(TASKS), default="gsm8k")
+    add("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="hub id or local folder")
+    add("--device", default=None, help="cpu, cuda or cuda:N (default: this rank's GPU, else cpu)")
+    add("--dtype", default=None, choices=["bfloat16", "float16", "float32"], help="default: bfloat16 on CUDA, else float32")
+    add("--data", default=None, help="local JSONL or parquet file of the task's rows (default: the hub's split)")
+    add("--limit", type=int, default=None, help="evaluate at most this many questions")
+    add("--offset", type=int, default=0, help="skip this many questions first")
+    add("--gen-length", type=int, default=256)
+    add("--steps", type=int, default=None, help="default: gen_length / 2")
+    add("--mask-id", type=int, default=None, help="default: from the tokenizer or config")
+    add("--methods", nargs="+", default=[m for m in METHODS if m != "sc"], metavar="METHOD",
+        help=f"any of {', '.join(METHODS)} (default: all but sc, the self-consistency control)")
+    add("--block-lengths", type=int, nargs="+", default=None, help="HEX's; default: gen_length/32 x (1 2 4 8 16)")
+    add("--samples-per-block", type=int, default=1, help="HEX samples per block length (needs --temperature > 0)")
+    add("--temperature", type=float, default=0.0, help="HEX's sampling temperature")
+    add("--sc-block-length", type=int, default=32, help="self-consistency's one schedule (default 32)")
+    add("--sc-samples", type=int, default=None, help="default: HEX's votes (block lengths x samples), equal cost")
+    add("--sc-temperature", type=float, default=None, help=f"default: --temperature if > 0, else {SC_TEMPERATURE}")
+    add("--answer-rule", choices=RULES, default="authors", help="the rule the summary leads with; both are stored")
+    add("--tie-break", choices=["first", "likelihood"], default="first")
+    add("--batch-size", type=int, default=1, help="questions per forward call (left padded)")
+    add("--seed", type=int, default=0)
+    add("--output", default=None, help="JSONL path; default under results/")
+    add("--resume", action=argparse.BooleanOptionalAction, default=True,
+        help="skip questions already in --output (default); --no-resume starts over")
+    add("--rescore", action="store_true", help="re-read the stored texts of --output by the current answer rules "
+        "and rewrite its summary and figure, without the model")
     return parser
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """The command line with every setting checked and the defaults filled in; a mistake is a
-    UsageError that names the flag (argparse's own errors exit at once with status 2)."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line with every setting checked and the defaults filled in; a mistake is a UsageError that
+    names the flag (argparse's own errors exit at once with status 2)."""
     args = build_parser().parse_args(argv)
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown:
+    if unknown := [m for m in args.methods if m not in METHODS]:
         raise UsageError(f"--methods: unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
     args.methods = [m for m in METHODS if m in args.methods]
-    for name in ("limit", "batch_size", "samples_per_block", "gen_length", "steps"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
+    for name in ("limit", "batch_size", "samples_per_block", "gen_length", "steps", "sc_samples", "sc_block_length"):
+        if (value := getattr(args, name)) is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.offset < 0 or (args.mask_id is not None and args.mask_id < 0):
         raise UsageError(f"--offset and --mask-id must be >= 0, got {args.offset} and {args.mask_id}")
-    if not args.temperature >= 0 or not math.isfinite(args.temperature):
-        raise UsageError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    for name in ("temperature", "sc_temperature"):
+        if (value := getattr(args, name)) is not None and not 0 <= value < math.inf:
+            raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
     if "hex" in args.methods and args.samples_per_block > 1 and args.temperature == 0:
         raise UsageError(f"--samples-per-block {args.samples_per_block} at --temperature 0: temperature 0 is "
                          "deterministic, so every sample of a block length would be the same decode at "
@@ -1308,39 +1341,41 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.gen_length % 2:
             raise UsageError(f"--gen-length {args.gen_length} is odd: pass --steps (the default is gen_length / 2)")
         args.steps = args.gen_length // 2
-    check_schedule(args)
+    check_schedules(args)
     if args.output is None:
-        tag = Path(args.model.rstrip("/")).name
-        args.output = (f"results/{args.task}-{tag}-g{args.gen_length}-s{args.steps}-t{args.temperature:g}"
-                       f"-x{args.samples_per_block}.jsonl")
+        args.output = (f"results/{args.task}-{Path(args.model.rstrip('/')).name}-g{args.gen_length}-s{args.steps}"
+                       f"-t{args.temperature:g}-x{args.samples_per_block}.jsonl")
     return args
 
 
-def check_schedule(args: argparse.Namespace) -> None:
-    """Fill in the authors' block lengths, and check that every HEX schedule divides gen_length and
-    the steps, naming the flags the user actually passed."""
+def check_schedules(args: argparse.Namespace) -> None:
+    """Fill in the authors' block lengths and SC's defaults, and check that every schedule divides gen_length
+    and the steps, naming the flags the user passed."""
     given = args.block_lengths is not None
-    if not given and "hex" not in args.methods and args.gen_length % 32:
-        args.block_lengths = []  # only the one-block baselines: no HEX schedule to default
-    elif not given:
-        if args.gen_length % 32:
-            raise UsageError(f"--gen-length {args.gen_length} is not a multiple of 32, so the authors' block "
-                             "lengths (gen_length/32 x 1, 2, 4, 8, 16) do not apply: pass --block-lengths")
-        args.block_lengths = [args.gen_length // 32 * m for m in (1, 2, 4, 8, 16)]
-    for b in args.block_lengths if "hex" in args.methods else []:  # one block of gen_length always fits
+    if not given:
+        if args.gen_length % 32 and "hex" in args.methods:
+            raise UsageError(f"--gen-length {args.gen_length} is not a multiple of 32, so the authors' block lengths "
+                             "(gen_length/32 x 1, 2, 4, 8, 16) do not apply: pass --block-lengths")
+        args.block_lengths = [args.gen_length // 32 * m for m in (1, 2, 4, 8, 16)] if args.gen_length % 32 == 0 else []
+    args.sc_samples = args.sc_samples or (len(args.block_lengths) or 5) * args.samples_per_block
+    if args.sc_temperature is None:
+        args.sc_temperature = args.temperature if args.temperature > 0 else SC_TEMPERATURE
+    if "sc" in args.methods and args.sc_samples > 1 and args.sc_temperature == 0:
+        raise UsageError(f"--sc-samples {args.sc_samples} at --sc-temperature 0: every sample would be the same "
+                         "decode, and the vote a single answer; pass --sc-temperature > 0")
+    blocks = " ".join(map(str, args.block_lengths))
+    checks = [(b, f"--block-lengths {blocks}" if given else f"the default block lengths {blocks} (gen_length/32 x "
+               "1, 2, 4, 8, 16)") for b in args.block_lengths * ("hex" in args.methods)]
+    for b, what in checks + [(args.sc_block_length, f"--sc-block-length {args.sc_block_length}")] * ("sc" in args.methods):
         try:
             steps_per_block(args.gen_length, args.steps, b)
         except ValueError as error:
-            blocks = " ".join(map(str, args.block_lengths))
-            what = (f"--block-lengths {blocks}" if given
-                    else f"the default block lengths {blocks} (gen_length/32 x 1, 2, 4, 8, 16)")
-            raise UsageError(f"{what} with --gen-length {args.gen_length} --steps {args.steps}: {error}; pass "
-                             "other --block-lengths or --steps") from None
+            raise UsageError(f"{what} with --gen-length {args.gen_length} --steps {args.steps}: {error}; pass block "
+                             "lengths that divide --gen-length, or another --gen-length or --steps") from None
 
 
 def resolve_device(requested: str | None) -> torch.device:
-    """The device to run on; a device this machine or this torch build lacks is a usage error,
-    found before any loading."""
+    """The device to run on; one this machine or this torch build lacks is a usage error, found before loading."""
     if requested is None:
         return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
     try:
@@ -1366,16 +1401,15 @@ def check_output(text: str) -> Path:
     output = Path(text).expanduser()
     if output.is_dir():
         raise UsageError(f"--output {text}: is a folder; name a results file, e.g. --output {output / 'run.jsonl'}")
-    nearest = next(p for p in output.parents if p.exists())
-    if not nearest.is_dir():
+    if not (nearest := next(p for p in output.parents if p.exists())).is_dir():
         raise UsageError(f"--output {text}: {nearest} is a file, not a folder")
     return output
 
 
-# 6. A run, step by step --------------------------------------------------------------------------
+# 10. main: parse, data, settings, already finished?, tokenizer, model, loop, report --------------------
 
-def main(argv=None) -> dict | None:
-    """Run the evaluation; a usage error ends with one line on stderr and exit status 1."""
+def main(argv: list[str] | None = None) -> dict | None:
+    """Run the evaluation (or --rescore); a usage error ends with one line on stderr and exit status 1."""
     args = None
     try:
         args = parse_args(argv)
@@ -1385,9 +1419,9 @@ def main(argv=None) -> dict | None:
     except UsageError as error:
         print(f"run_gsm8k.py: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; finished questions stay in {args and args.output}; rerun the same command to resume",
-              file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        saved = stop.args[0] if stop.args else f"finished questions stay in {args and args.output}"
+        print(f"\ninterrupted: {saved}; rerun the same command to resume", file=sys.stderr)
         raise SystemExit(130) from None
     except BrokenPipeError:  # e.g. `| head`: the files are complete; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
@@ -1397,89 +1431,71 @@ def main(argv=None) -> dict | None:
 
 
 def evaluate(args: argparse.Namespace) -> dict | None:
-    """Check everything that can be checked without the model, take the results files, load the
-    model, decode what is not done yet (appending each question at once), then report."""
+    """Check all that can be checked without the model, take the run's files, load the model, decode what is
+    not done yet (each question appended at once), report. Under torchrun, rank 0 owns the files."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    device = resolve_device(args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    task = TASKS[args.task]
-    problems, data = select_problems(task, args)
-    requested = {p["id"] for p in problems}
-    files = RunFiles(check_output(args.output))
-    settings = run_settings(args, data, dtype)
-    if world > 1:  # torchrun: gloo only synchronises the ranks; no tensors are exchanged
+    device, task, files = resolve_device(args.device), TASKS[args.task], RunFiles(check_output(args.output))
+    offline_unless_reachable(args)
+    rows, data = load_rows(task, args.data)
+    problems = [{"id": i, "row": rows[i]} for i in (task.order(len(rows)) if task.order else range(len(rows)))]
+    if not (problems := problems[args.offset:][:args.limit]):
+        raise UsageError(f"--offset {args.offset} is past the {len(rows)} rows of {data['source']}")
+    settings, requested = run_settings(args, data, device), {p["id"] for p in problems}
+    if world > 1:  # gloo only synchronises the ranks; no tensors are exchanged
         torch.distributed.init_process_group("gloo", timeout=timedelta(hours=48))
     try:
         def open_files():
             files.open()
             return files.finished(settings, requested, args.resume)
-        finished = on_rank0(open_files, world, rank)
-        if finished is not None:  # everything asked for is done: the summary, without the model
-            return report(task, finished, files, requested, args.answer_rule) if rank == 0 else None
-        model, tokenizer = load_checkpoint(args, task, problems[0]["row"], settings, device, dtype)
-        on_rank0(lambda: files.start(settings, args.resume, machine(device, world)), world, rank)
-        decode_my_share(model, tokenizer, task, problems, args, settings["mask_id"], device, files, rank, world)
-        return report(task, files.stored_settings(), files, requested, args.answer_rule) if rank == 0 else None
+        if (finished := on_rank0(open_files, world, rank)) is not None:
+            print(f"all {len(requested)} questions asked for are done in {files.output}: its summary, without the model")
+            return report(finished, files, requested, args) if rank == 0 else None
+        tokenizer, config = load_tokenizer(args.model)
+        mask_id = check_tokenizer(args, task, tokenizer, config, problems[0]["row"])
+        model = load_model(args.model, config, device, getattr(torch, settings["dtype"]))
+        environment = dict(device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                           torch=torch.__version__, transformers=__import__("transformers").__version__,
+                           world_size=world, mask_id=mask_id, end_of_text_ids=end_of_text_ids(tokenizer))
+        on_rank0(lambda: files.start(settings, args.resume, environment), world, rank)
+        decode_questions(model, tokenizer, task, problems, settings, mask_id, device, files, args.answer_rule)
+        return report(files.stored_settings(), files, requested, args) if rank == 0 else None
     finally:
         files.close()
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def select_problems(task: Task, args: argparse.Namespace) -> tuple[list[dict], dict]:
-    """The questions asked for (--offset, --limit, in the authors' order) and the data's identity."""
-    rows, data = load_rows(task, args.data)
-    order = task.order(len(rows)) if task.order else range(len(rows))
-    problems = [{"id": i, "row": rows[i]} for i in order][args.offset:][:args.limit]
-    if not problems:
-        raise UsageError(f"--offset {args.offset} is past the {len(rows)} rows of {data['source']}")
-    return problems, data
+def offline_unless_reachable(args: argparse.Namespace) -> None:
+    """When the data or the model is to come from the hub and the hub does not answer within 3 s, use
+    huggingface_hub's offline mode (its local cache only): a missing file is then one line at once, not a
+    minute of retries. Before `datasets` or `transformers` is imported, as they read it then."""
+    if os.environ.get("HF_HUB_OFFLINE") or (args.data and Path(args.model).expanduser().is_dir()):
+        return
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)), timeout=3).close()
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-def run_settings(args: argparse.Namespace, data: dict, dtype: torch.dtype) -> dict:
-    """What makes records comparable (COMPARED), as stored in the settings file."""
-    model_path = Path(args.model).expanduser()
-    return dict(task=args.task, data=data, model=str(model_path.resolve()) if model_path.is_dir() else args.model,
-                mask_id=args.mask_id, gen_length=args.gen_length, steps=args.steps, methods=args.methods,
-                block_lengths=args.block_lengths, samples_per_block=args.samples_per_block,
-                temperature=args.temperature, tie_break=args.tie_break, seed=args.seed,
-                dtype=str(dtype).removeprefix("torch."), batch_size=args.batch_size)
+def run_settings(args: argparse.Namespace, data: dict, device: torch.device) -> dict:
+    """What the user asked for, as stored in the settings file; COMPARED on a rerun (not the batch size)."""
+    model = Path(args.model).expanduser()
+    return dict(task=args.task, data=data, model=str(model.resolve()) if model.is_dir() else args.model,
+                **{k: getattr(args, k) for k in COMPARED[3:-1]},
+                dtype=args.dtype or ("bfloat16" if device.type == "cuda" else "float32"), batch_size=args.batch_size)
 
 
-def machine(device: torch.device, world: int) -> dict:
-    return dict(device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                torch=torch.__version__, transformers=__import__("transformers").__version__, world_size=world)
-
-
-def load_checkpoint(args, task: Task, row: dict, settings: dict, device, dtype):
-    """The tokenizer (checked first: seconds, not minutes) and the model; fills in the mask id and the
-    end-of-text ids of the settings."""
-    tokenizer, config = load_tokenizer(args.model)
-    model_family(config, args.model)  # an unknown family is refused before anything else
-    settings["mask_id"] = args.mask_id if args.mask_id is not None else find_mask_id(tokenizer, config)
-    settings["end_of_text_ids"] = end_of_text_ids(tokenizer)
-    vocab = getattr(config, "vocab_size", None) or len(tokenizer)
-    if not 0 <= settings["mask_id"] < vocab:
-        raise UsageError(f"--mask-id {settings['mask_id']} is outside the model's vocabulary (size {vocab})")
+def check_tokenizer(args, task: Task, tokenizer, config, row: dict) -> int:
+    """The mask id, once the checkpoint's family, mask id and chat template pass (before the weights load)."""
+    model_family(config, args.model)
+    mask_id = args.mask_id if args.mask_id is not None else find_mask_id(tokenizer, config)
+    if not 0 <= mask_id < (vocab := getattr(config, "vocab_size", None) or len(tokenizer)):
+        raise UsageError(f"--mask-id {mask_id} is outside the model's vocabulary (size {vocab})")
     if tokenizer.chat_template is None:
         raise UsageError(f"--model {args.model}: its tokenizer has no chat template (an instruct checkpoint has one)")
     build_prompt(tokenizer, task, row)
-    return load_model(args.model, config, device, dtype), tokenizer
-
-
-def decode_my_share(model, tokenizer, task: Task, problems: list[dict], args, mask_id: int, device,
-                    files: RunFiles, rank: int, world: int) -> None:
-    """This rank's questions that are not done yet; each rank appends to its own file."""
-    done = files.records()
-    if world > 1:
-        torch.distributed.barrier()  # every rank has read before any rank writes
-    mine = problems[rank::world]
-    todo = [p for p in mine if p["id"] not in done]
-    sink = files.output.with_suffix(f".part{rank}.jsonl") if world > 1 else files.output
-    decode_all(model, tokenizer, task, todo, [done[p["id"]] for p in mine if p["id"] in done],
-               len(mine), args, mask_id, device, sink, rank, world)
-    if world > 1:
-        torch.distributed.barrier()
+    return mask_id
 
 
 def on_rank0(fn: Callable[[], Any], world: int, rank: int) -> Any:
@@ -1492,69 +1508,75 @@ def on_rank0(fn: Callable[[], Any], world: int, rank: int) -> Any:
             result = [("error", str(error))]
     if world > 1:
         torch.distributed.broadcast_object_list(result, src=0)
-    kind, value = result[0]
-    if kind == "error":
-        raise UsageError(value)
-    return value
+    if result[0][0] == "error":
+        raise UsageError(result[0][1])
+    return result[0][1]
 
 
-def decode_all(model, tokenizer, task: Task, todo: list[dict], finished: list[dict], total: int, args,
-               mask_id: int, device, sink_path: Path, rank: int, world: int) -> None:
-    """Decode the questions still to do, appending each record to sink_path as soon as it is done.
-    The progress bar counts the finished ones too, and so does its running accuracy."""
-    rule = args.answer_rule
-    correct = defaultdict(int)
-    for record in finished:
-        for m, ok in score_record(task, record, args.tie_break)["correct"][rule].items():
-            correct[m] += ok
-    count = len(finished)
-    bar = tqdm(total=total, initial=count, desc=f"{task.title} rank {rank}" if world > 1 else task.title,
-               disable=not todo)
-    drop_torn_tail(sink_path)
+def decode_questions(model, tokenizer, task: Task, problems: list[dict], settings: dict, mask_id: int,
+                     device: torch.device, files: RunFiles, rule: str) -> None:
+    """This rank's questions not done yet, in batches, each record appended to this rank's file at once. The
+    progress bar counts the finished questions too, and so does its running accuracy."""
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    done = files.records()
+    if world > 1:
+        torch.distributed.barrier()  # every rank has read before any rank writes
+    if rank == 0 and (finished := sum(p["id"] in done for p in problems)):
+        print(f"resuming {files.output}: {finished} of {len(problems)} questions already done, "
+              f"{len(problems) - finished} to go")
+    mine = problems[rank::world]
+    todo, correct = [p for p in mine if p["id"] not in done], {m: 0 for m in settings["methods"]}
+    for record in (done[p["id"]] for p in mine if p["id"] in done):
+        for m, (_, _, right) in verdicts(task, record, rule, settings["tie_break"])[0].items():
+            correct[m] += right
+    sink, count = files.output.with_suffix(f".part{rank}.jsonl") if world > 1 else files.output, len(mine) - len(todo)
+    if sink.is_file() and (text := sink.read_bytes()) and not text.endswith(b"\n"):
+        sink.write_bytes(text[:text.rfind(b"\n") + 1])  # cut an interrupted last line before appending
+    bar = tqdm(total=len(mine), initial=count, desc=task.title + f" rank {rank}" * (world > 1), disable=not todo)
     try:
-        with sink_path.open("a", encoding="utf-8") as sink:
-            for i in range(0, len(todo), args.batch_size):
-                for record in decode_batch(model, tokenizer, task, todo[i:i + args.batch_size], args, mask_id, device):
-                    sink.write(json.dumps(record) + "\n")
-                    sink.flush()
+        with sink.open("a", encoding="utf-8") as out:
+            for i in range(0, len(todo), settings["batch_size"]):
+                for record in decode_batch(model, tokenizer, task, todo[i:i + settings["batch_size"]], settings,
+                                           mask_id, device):
+                    out.write(json.dumps(record) + "\n")
+                    out.flush()
                     count += 1
-                    for m, ok in record["correct"][rule].items():
-                        correct[m] += ok
+                    for m, (_, _, right) in verdicts(task, record, rule, settings["tie_break"])[0].items():
+                        correct[m] += right
                     bar.update()
                     bar.set_postfix({m: f"{100 * c / count:.1f}%" for m, c in correct.items()})
     except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"{count} of {len(mine)} questions are saved in {sink}") from None
+    finally:
         bar.close()
-        print(f"\ninterrupted: {count} of {total} questions are saved in {sink_path}; "
-              "rerun the same command to resume", file=sys.stderr)
-        raise SystemExit(130) from None
-    bar.close()
+    if world > 1:
+        torch.distributed.barrier()
 
 
-def report(task: Task, settings: dict, files: RunFiles, requested: set[int], rule: str) -> dict:
-    """Print the summary of the questions asked for; save the summary and the figure of every
-    finished question (the whole run), unless the folder is read-only."""
+def report(settings: dict, files: RunFiles, requested: set[int], args: argparse.Namespace) -> dict:
+    """Print the summary of the questions and methods asked for; save the summary and the figure of every
+    finished question and method (the whole run), unless the folder is read-only."""
     records = files.merge_parts()
     ordered = [records[k] for k in sorted(records)]
     chosen = [r for r in ordered if r["id"] in requested]
-    summary = summarize(chosen, settings, rule)
+    summary = summarize(chosen, settings, args.answer_rule, args.methods)
     if not files.read_only:
-        whole = summary if len(chosen) == len(ordered) else summarize(ordered, settings, rule)
+        whole = summarize(ordered, settings, args.answer_rule)
         write_atomically(files.summary, json.dumps(whole, indent=1))
         write_atomically(files.figure, lambda path: write_figures(whole, ordered, path))
     print(summary_table(summary))
-    if len(chosen) < len(records):
-        print(f"(the {len(chosen)} questions asked for; the summary file and the figure cover all "
-              f"{len(records)} finished questions)")
-    where = (f"{files.read_only}: the summary and figure were not rewritten" if files.read_only
-             else f"summary: {files.summary}\nfigure:  {files.figure}")
-    print(f"records: {files.output}\n{where}")
+    fewer = summary["methods"].keys() != set(settings["methods"])
+    if len(chosen) < len(records) or fewer:
+        print(f"(the {len(chosen)} questions{' and methods' * fewer} asked for; the summary file and the figure cover "
+              f"all {len(records)} finished questions{' and every method' * fewer})")
+    print(f"records: {files.output}\n" + (f"{files.read_only}: the summary and figure were not rewritten"
+                                          if files.read_only else f"summary: {files.summary}\nfigure:  {files.figure}"))
     return summary
 
 
 def rescore(args: argparse.Namespace) -> dict:
-    """--rescore: re-read every stored candidate's text by the current answer rules, vote again, and
-    rewrite the records, the summary and the figure, without the model. The settings keep the run's
-    own and note when it was rescored."""
+    """--rescore: re-read every stored candidate's text by the current answer rules and rewrite the records, the
+    summary and the figure, without the model. The settings keep the run's own and note the rescoring."""
     files = RunFiles(check_output(args.output))
     if not files.settings.is_file():
         raise UsageError(f"--rescore: {files.output} has no settings file ({files.settings.name}): nothing to rescore")
@@ -1566,18 +1588,16 @@ def rescore(args: argparse.Namespace) -> dict:
         if not records:
             raise UsageError(f"--rescore: {files.output} holds no finished question")
         task, changed = TASKS[settings["task"]], 0
-        for record in records.values():
-            for candidate in record["candidates"]:
-                answers = {r: task.extract[r](candidate["text"]) for r in RULES}
-                changed += answers != candidate["answers"]
-                candidate["answers"] = answers
-            score_record(task, record, settings["tie_break"])
+        for candidate in (c for record in records.values() for c in record["candidates"]):
+            answers = {r: task.extract[r](candidate["text"]) for r in RULES}
+            changed, candidate["answers"] = changed + (answers != candidate["answers"]), answers
         files.write_records(records)
         settings["rescored"] = settings.get("rescored", []) + [
             dict(at=time.strftime("%Y-%m-%d %H:%M:%S %Z"), questions=len(records), answers_changed=changed)]
         write_atomically(files.settings, json.dumps(settings, indent=1))
         print(f"rescored {len(records)} questions without the model: {changed} candidate answer(s) changed")
-        return report(task, settings, files, set(records), args.answer_rule)
+        args.methods = settings["methods"]
+        return report(settings, files, set(records), args)
     finally:
         files.close()
 

@@ -684,15 +684,15 @@ def test_checkpoint_each_task_end_to_end(checkpoint, tmp_path, task, capsys):
         for rule in R.RULES:
             hex_rows = [c for c in r["candidates"] if c["method"] == "hex"]
             answer, tie = H.majority_vote([c["answers"][rule] for c in hex_rows])
-            assert r["votes"][rule]["hex"] == {"answer": answer, "tie": tie}
-            assert r["correct"][rule]["hex"] == R.is_correct(task, answer, r["gold"][rule], rule)
+            voted = R.verdicts(R.TASKS[task], r, rule, "first")[0]["hex"]
+            assert voted == (answer, tie, R.is_correct(task, answer, r["gold"][rule], rule))
     saved = json.loads(output.with_suffix(".summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     for rule, other in (("authors", "robust"), ("robust", "authors")):
         recomputed = R.summarize(lines(output), saved["settings"], rule)
+        right = lambda m, x: [R.verdicts(R.TASKS[task], r, x, "first")[0][m][2] for r in records]
         for m, v in recomputed["methods"].items():
-            assert v["accuracy"] == sum(r["correct"][rule][m] for r in records) / 2
-            assert v["other_rule_accuracy"] == sum(r["correct"][other][m] for r in records) / 2
+            assert v["accuracy"] == sum(right(m, rule)) / 2 and v["other_rule_accuracy"] == sum(right(m, other)) / 2
     assert json.loads(json.dumps(R.summarize(lines(output), saved["settings"], "authors"))) == saved
     out = capsys.readouterr().out
     assert (f"{R.TASKS[task].title}, 2 questions; gen_length 16, steps 8, HEX block lengths 4 8 16, temperature 0.7, "
@@ -891,10 +891,10 @@ def test_checkpoint_every_method_in_one_batch_equals_the_separate_runs(checkpoin
     each equal token for token (float64) to HEX's lockstep run and each baseline's own run."""
     tokenizer, config = R.load_tokenizer(str(checkpoint))
     model = R.load_model(str(checkpoint), config, torch.device("cpu"), torch.float64)
-    args = R.parse_args(["--model", str(checkpoint)])
+    settings = R.run_settings(R.parse_args(["--model", str(checkpoint)]), {}, torch.device("cpu"))
     mask_id, task = R.find_mask_id(tokenizer, config), R.TASKS["gsm8k"]
     batch = [{"id": 3, "row": ROWS["gsm8k"][0]}]
-    [record] = R.decode_batch(model, tokenizer, task, batch, args, mask_id, torch.device("cpu"))
+    [record] = R.decode_batch(model, tokenizer, task, batch, settings, mask_id, torch.device("cpu"))
     assert record["forward_calls"] == 128 and len(record["candidates"]) == 8
     ids = torch.tensor([R.build_prompt(tokenizer, task, ROWS["gsm8k"][0])])
     seeded = lambda m: torch.Generator().manual_seed(10**6 * R.METHODS.index(m) + 3)
@@ -928,12 +928,11 @@ def scripted_records(checkpoint, tokens):
     script += [tokenizer.eos_token_id] * (32 - len(script))
     args = R.parse_args(["--model", str(checkpoint), "--gen-length", "32", "--steps", "16",
                          "--block-lengths", "8", "16"])
+    settings = R.run_settings(args, {}, torch.device("cpu"))
     model = Scripted(script, ends, len(tokenizer))
     batch = [{"id": 0, "row": ROWS["gsm8k"][0]}]
-    records = R.decode_batch(model, tokenizer, R.TASKS["gsm8k"], batch, args, R.find_mask_id(tokenizer, config),
+    records = R.decode_batch(model, tokenizer, R.TASKS["gsm8k"], batch, settings, R.find_mask_id(tokenizer, config),
                              torch.device("cpu"))
-    settings = dict(task="gsm8k", tie_break="first", methods=args.methods, samples_per_block=1, gen_length=32,
-                    steps=16, block_lengths=[8, 16], temperature=0.0)
     return records, R.summarize(records, settings, "authors")
 
 
@@ -941,7 +940,7 @@ def test_checkpoint_a_complete_answer_then_padding_is_no_collapse_but_eot_first_
     answer = ["<answer>", "\\boxed{", "7", "}", "</answer>", "<|eot_id|>"]
     records, summary = scripted_records(checkpoint, answer)
     assert all(c["answers"]["authors"] == 7.0 for c in records[0]["candidates"])
-    assert {m: v["collapse_rate"] for m, v in summary["methods"].items()} == dict.fromkeys(R.METHODS, 0.0)
+    assert {m: v["collapse_rate"] for m, v in summary["methods"].items()} == dict.fromkeys(["hex", *R.BASELINES], 0.0)
     assert summary["methods"]["hex"]["accuracy"] == 1.0
     eot_first = {m: v["eot_first_share"] for m, v in summary["methods"].items()}
     assert eot_first["topk_margin"] == eot_first["low_confidence"] == 1.0, "one block commits the padding first"
@@ -955,7 +954,7 @@ def test_checkpoint_a_complete_answer_then_padding_is_no_collapse_but_eot_first_
 def test_checkpoint_no_readable_answer_and_mostly_end_of_text_is_a_collapse(checkpoint):
     records, summary = scripted_records(checkpoint, ["<|eot_id|>", "<|endoftext|>"])
     assert all(c["answers"]["robust"] is None for c in records[0]["candidates"])
-    assert {m: v["collapse_rate"] for m, v in summary["methods"].items()} == dict.fromkeys(R.METHODS, 1.0)
+    assert {m: v["collapse_rate"] for m, v in summary["methods"].items()} == dict.fromkeys(["hex", *R.BASELINES], 1.0)
     assert summary["block_lengths"][16]["collapse_rate"] == 1.0
     half = scripted_records(checkpoint, ["The", "answer", "is"] * 6)[1]  # no answer, but mostly words
     assert half["methods"]["hex"]["collapse_rate"] == 0.0
@@ -1009,10 +1008,6 @@ def test_checkpoint_figure_draws_from_the_records_alone(checkpoint, data, tmp_pa
     R.write_figures(summary, lines(output), picture)  # no model, no tokenizer: the JSONL alone
     height, width, _ = imread(picture).shape
     assert (width, height) == (1400, 900)
-    old = [{**r, "candidates": [{k: v for k, v in c.items() if k != "commit_order"} for c in r["candidates"]]}
-           for r in lines(output)]  # records made before commit orders were kept still draw
-    R.write_figures(R.summarize(old, summary["settings"], "authors"), old, picture)
-    assert R.summarize(old, summary["settings"], "authors")["methods"]["hex"]["eot_first_share"] is None
 
 
 def test_checkpoint_resume_appends_only_unfinished_questions(checkpoint, data, tmp_path, capsys):
@@ -1047,11 +1042,12 @@ def test_checkpoint_other_data_or_settings_are_refused_and_file_untouched(checkp
     run(checkpoint, data, output, "--limit", "2")
     before = {name: (tmp_path / name).read_bytes() for name in files(tmp_path)}
     other = write_rows(tmp_path / "other.jsonl", ROWS["gsm8k"][::-1])
-    for args in ([other], [data, "--methods", "hex"], [data, "--batch-size", "1"], [data, "--seed", "1"]):
+    for args in ([other], [data, "--tie-break", "likelihood"], [data, "--seed", "1"], [data, "--sc-samples", "3"]):
         with pytest.raises(SystemExit):
             run(checkpoint, *args[:1], output, *args[1:])
         err = capsys.readouterr().err
-        assert "other settings" in err and "--no-resume" in err and "Traceback" not in err
+        assert "other settings" in err and f"use --output {tmp_path / 'out-2.jsonl'}, or --no-resume" in err
+        assert "Traceback" not in err
     assert str(other.resolve()) in err or "data" in err
     assert {name: (tmp_path / name).read_bytes() for name in files(tmp_path) if name in before} == before
     assert files(tmp_path) == sorted([*before, "other.jsonl"])
@@ -1521,7 +1517,8 @@ def test_checkpoint_dream_each_task_end_to_end(dream_checkpoint, tmp_path, task,
     summary = run(dream_checkpoint, data, output, "--task", task)
     settings = json.loads(output.with_suffix(".config.json").read_text())
     tokenizer, config = R.load_tokenizer(str(dream_checkpoint))
-    assert settings["mask_id"] == config.mask_token_id and settings["end_of_text_ids"] == R.end_of_text_ids(tokenizer)
+    found = settings["environments"][-1]
+    assert found["mask_id"] == config.mask_token_id and found["end_of_text_ids"] == R.end_of_text_ids(tokenizer)
     records = lines(output)
     assert len(records) == 2 and all(r["forward_calls"] == 8 / 2 for r in records)
     prompt = tokenizer.convert_ids_to_tokens(R.build_prompt(tokenizer, task, ROWS[task][0]))  # Qwen's chat turns
@@ -1560,7 +1557,7 @@ def test_checkpoint_no_resume_deletes_only_after_checks_pass(checkpoint, data, t
         run(checkpoint, data, output, "--methods", "random", "--no-resume", "--mask-id", "100000")
     assert output.read_text() == before
     run(checkpoint, data, output, "--limit", "1", "--methods", "hex", "--no-resume")
-    assert [r["id"] for r in lines(output)] == [0] and "hex" in lines(output)[0]["correct"]["authors"]
+    assert [r["id"] for r in lines(output)] == [0] and {c["method"] for c in lines(output)[0]["candidates"]} == {"hex"}
 
 
 def test_checkpoint_unrelated_files_beside_the_results_are_never_merged(checkpoint, data, tmp_path):
