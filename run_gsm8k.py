@@ -697,7 +697,7 @@ def load_tokenizer(name: str):
         return (AutoTokenizer.from_pretrained(name, trust_remote_code=True),
                 AutoConfig.from_pretrained(name, trust_remote_code=True))
     except (OSError, ValueError) as error:
-        raise UsageError(f"--model {name}: cannot load its tokenizer or config ({str(error)[:300]})") from None
+        raise UsageError(f"--model {name}: cannot load its tokenizer or config ({' '.join(str(error).split())[:300]})") from None
 
 
 def load_model(name: str, config, device: torch.device, dtype: torch.dtype) -> nn.Module:
@@ -716,7 +716,7 @@ def load_model(name: str, config, device: torch.device, dtype: torch.dtype) -> n
         model, info = model_class.from_pretrained(name, config=config, trust_remote_code=True,
                                                   output_loading_info=True, **{dtype_key: dtype})
     except (OSError, ValueError) as error:
-        raise UsageError(f"--model {name}: cannot load its weights ({str(error)[:300]})") from None
+        raise UsageError(f"--model {name}: cannot load its weights ({' '.join(str(error).split())[:300]})") from None
     if info.get("missing_keys"):
         missing = sorted(info["missing_keys"])
         raise UsageError(f"--model {name}: the checkpoint has no weights for {len(missing)} parameter(s) "

@@ -1264,6 +1264,7 @@ def test_checkpoint_a_smaller_limit_prints_its_questions_but_keeps_the_whole_sum
     (["--gen-length", "32"], "the default block lengths 1 2 4 8 16 (gen_length/32 x 1, 2, 4, 8, 16) with "
                              "--gen-length 32 --steps 16: steps=16 must be a multiple of the number of blocks"),
     (["--block-lengths", "4", "--steps", "2", "--gen-length", "16"], "--block-lengths 4 with --gen-length 16"),
+    (["--block-lengths", "8", "16", "48"], "pass block lengths that divide --gen-length, or another --gen-length"),
     (["--methods", "beam"], "--methods: unknown method(s) beam"),
 ])
 def test_checkpoint_argument_mistakes_name_what_the_user_passed(checkpoint, data, tmp_path, capsys, extra, message):
@@ -1653,3 +1654,114 @@ def test_checkpoint_torchrun_two_ranks_match_one_process_and_resume(checkpoint, 
         f"{n}.{ext}" for n in ("one", "two") for ext in ("jsonl", "config.json", "summary.json", "png")])
     drop = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]
     assert drop(lines(tmp_path / "two.jsonl")) == drop(lines(tmp_path / "one.jsonl"))
+
+
+# HEX against self-consistency, and a newcomer's follow-ups ------------------------------------------
+
+def test_paired_difference_interval_and_counts_by_hand():
+    first, second = [True, True, False, False, True], [True, False, True, False, False]
+    p = R.paired_difference(first, second)
+    assert (p["only_first"], p["only_second"], p["both"], p["neither"]) == (2, 1, 1, 1)
+    half = 1.96 * math.sqrt(2 + 1 - (2 - 1) ** 2 / 5) / 5
+    assert p["difference"] == pytest.approx(0.2) and p["ci95"] == pytest.approx((0.2 - half, 0.2 + half))
+    assert R.paired_difference([True] * 3, [True] * 3)["ci95"] == (0.0, 0.0)
+
+
+def hand_record(answers: dict, gold: float) -> dict:
+    """A record made by hand: {(method, block_length, sample): answer}."""
+    candidates = [dict(method=m, block_length=b, sample=s, text="", answers={"authors": a, "robust": a}, score=0.0,
+                       end_of_text=".", commit_order=[0]) for (m, b, s), a in answers.items()]
+    return dict(id=0, question="", gold={"authors": gold, "robust": gold}, candidates=candidates)
+
+
+def test_agreement_matrix_by_hand():
+    records = [hand_record({("hex", 4, 0): 1.0, ("hex", 8, 0): 1.0, ("sc", 32, 0): 2.0, ("sc", 32, 1): 1.0}, 1.0),
+               hand_record({("hex", 4, 0): 3.0, ("hex", 8, 0): None, ("sc", 32, 0): 3.0, ("sc", 32, 1): 3.0}, 5.0)]
+    oks = [[R.is_correct("gsm8k", c["answers"]["authors"], r["gold"]["authors"]) for c in r["candidates"]]
+           for r in records]
+    table = R.agreement(records, oks, "authors")
+    assert table["groups"] == ["block 4", "block 8", "SC"]
+    agree, one = table["agree"], table["exactly_one_right"]
+    assert agree[0][1] == agree[1][0] == (1 + 0) / 2  # same answer in question 0; None never agrees
+    assert agree[0][2] == (1 / 2 + 2 / 2) / 2 and agree[2][2] == (0 + 1) / 2  # SC's two samples with each other
+    assert agree[0][0] is None, "one sample of a block length: no pair within it"
+    assert one[0][2] == (1 / 2 + 0) / 2 and one[1][2] == (1 / 2 + 0) / 2 and one[2][2] == (1 + 0) / 2
+
+
+def sc_settings(checkpoint, *extra):
+    return R.run_settings(R.parse_args(["--model", str(checkpoint), "--gen-length", "16", "--steps", "8",
+                                        "--block-lengths", "4", "16", "--temperature", "0.7", "--sc-block-length", "16", *extra]),
+                          {}, torch.device("cpu"))
+
+
+def test_checkpoint_sc_has_its_own_stream_and_changes_no_other_method(checkpoint):
+    tokenizer, config = R.load_tokenizer(str(checkpoint))
+    model = R.load_model(str(checkpoint), config, torch.device("cpu"), torch.float64)
+    mask_id, batch = R.find_mask_id(tokenizer, config), [{"id": 1, "row": ROWS["gsm8k"][0]}]
+    decode = lambda settings: R.decode_batch(model, tokenizer, R.TASKS["gsm8k"], batch, settings, mask_id,
+                                             torch.device("cpu"))[0]["candidates"]
+    with_sc = sc_settings(checkpoint, "--methods", "hex", "sc", "random", "--samples-per-block", "2")
+    assert with_sc["sc_samples"] == 4 and with_sc["sc_temperature"] == 0.7 and with_sc["sc_block_length"] == 16
+    first, again = decode(with_sc), decode(with_sc)
+    without = decode(sc_settings(checkpoint, "--methods", "hex", "random", "--samples-per-block", "2"))
+    assert first == again, "SC reproduces itself on a rerun"
+    assert [c for c in first if c["method"] != "sc"] == without, "adding SC changes no other method's candidates"
+    sc = [c["text"] for c in first if c["method"] == "sc"]
+    assert len(sc) == 4 and len(set(sc)) > 1, "SC's samples differ"
+
+
+def test_checkpoint_sc_never_votes_over_identical_samples(checkpoint, data, tmp_path, capsys):
+    err = one_line_error(capsys, ["--model", checkpoint, "--data", data, "--output", tmp_path / "o.jsonl",
+                                  "--methods", "hex", "sc", "--sc-temperature", "0"])
+    assert "--sc-samples 5 at --sc-temperature 0: every sample would be the same decode" in err
+    args = R.parse_args(["--methods", "hex", "sc"])  # the paper's HEX at temperature 0: SC samples at its own
+    assert (args.sc_temperature, args.sc_samples, args.sc_block_length) == (R.SC_TEMPERATURE, 5, 32)
+    assert R.parse_args(["--methods", "sc", "--temperature", "0.9"]).sc_temperature == 0.9
+    assert files(tmp_path) == ["gsm8k.jsonl"]
+
+
+def test_checkpoint_hex_against_sc_in_one_run(checkpoint, data, tmp_path, capsys):
+    output = tmp_path / "sc.jsonl"
+    summary = run(checkpoint, data, output, "--methods", "hex", "sc", "--sc-block-length", "8")
+    records = lines(output)
+    assert all(r["forward_calls"] == 8 / 2 for r in records), "SC joins the lockstep batch: steps calls per batch"
+    assert sum(c["method"] == "sc" for c in records[0]["candidates"]) == 6, "as many SC samples as HEX votes"
+    paired = summary["paired"]["HEX - SC"]
+    right = lambda m: [R.verdicts(R.TASKS["gsm8k"], r, "authors", "first")[0][m][2] for r in records]
+    assert paired == R.paired_difference(right("hex"), right("sc"))
+    assert [v["votes"] for v in summary["sc_vs_votes"]] == list(range(1, 7))
+    assert [v["votes"] for v in summary["hex_vs_votes"]] == [3, 6]
+    assert summary["agreement"]["groups"] == ["block 4", "block 8", "block 16", "SC"]
+    assert summary["methods"]["sc"]["oracle"] >= summary["methods"]["sc"]["accuracy"]
+    out = capsys.readouterr().out
+    assert "Self-consistency (sc)" in out and "HEX - SC: " in out and "SC block length 8, temperature 0.7, 6 samples" in out
+    assert "Self-consistency with   6 votes" in out and "expert agreement" in out
+    saved = json.loads(output.with_suffix(".summary.json").read_text())
+    assert saved == json.loads(json.dumps(R.summarize(records, saved["settings"], "authors")))
+
+
+def test_checkpoint_follow_ups_of_a_finished_run(checkpoint, data, tmp_path, capsys):
+    output = tmp_path / "out.jsonl"
+    run(checkpoint, data, output, "--limit", "2")
+    capsys.readouterr()
+    subset = run(checkpoint, data, output, "--limit", "2", "--methods", "hex")  # a subset: what it has
+    out = capsys.readouterr().out
+    assert list(subset["methods"]) == ["hex"] and "all 2 questions asked for are done" in out
+    assert "the summary file and the figure cover all 2 finished questions and every method" in out
+    run(checkpoint, data, output, "--limit", "3", "--batch-size", "1")  # another batch size resumes
+    assert "resuming" in capsys.readouterr().out and [r["batch_size"] for r in lines(output)] == [2, 2, 1]
+    with pytest.raises(SystemExit):
+        run(checkpoint, data, output, "--methods", "hex")  # a subset with questions still to decode
+    assert f"use --output {tmp_path / 'out-2.jsonl'}" in capsys.readouterr().err
+
+
+def test_checkpoint_unreachable_hub_is_one_line_within_seconds(tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_OFFLINE", None)
+    for extra in ([], ["--data", str(write_rows(tmp_path / "d.jsonl", ROWS["gsm8k"]))]):
+        start = time.time()
+        result = subprocess.run([sys.executable, "run_gsm8k.py", "--output", str(tmp_path / "r" / "o.jsonl"), *extra],
+                                cwd=HERE, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert time.time() - start < 30 and "Retry" not in result.stderr
+    assert not (tmp_path / "r").exists()
