@@ -529,7 +529,15 @@ class TinyModel(PreTrainedModel):
     def forward(self, input_ids, attention_mask=None, use_cache=None):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         time.sleep(float(os.environ.get("TINY_SLEEP", 0)))  # the tests' stand-in for a slow model
-        return CausalLMOutputWithPast(logits=self.net(input_ids, attention_mask).logits)
+        logits = self.net(input_ids, attention_mask).logits
+        script = getattr(self.config, "stand_in", None)  # `python test_hex.py` only: a labelled stand-in that
+        for row, ids in enumerate(input_ids.tolist() if script else []):  # boxes the question's last digit
+            start = len(ids) - ids[::-1].index(script["reasoning"])  # the answer follows the last <reasoning>
+            tokens = script["before"] + [t for t in ids[:start] if t in script["digits"]][-1:] + script["after"]
+            for i, t in enumerate(tokens):
+                logits[row, start + i, t] += 20.0
+            logits[row, start + len(tokens):, script["eot"]] += 10.0
+        return CausalLMOutputWithPast(logits=logits)
 '''
 
 
@@ -554,8 +562,9 @@ def word_level_tokenizer(specials: list[str], chat_words: str, chat_template: st
     return tokenizer
 
 
-def write_checkpoint(d: Path, drop_weight: str | None = None) -> Path:
-    """Tokenizer with LLaDA's special tokens and chat template, config with auto_map, weights."""
+def write_checkpoint(d: Path, drop_weight: str | None = None, stand_in: bool = False) -> Path:
+    """Tokenizer with LLaDA's special tokens and chat template, config with auto_map, weights; `stand_in`:
+    the model boxes the question's last digit as its answer (for `python test_hex.py`, never a test)."""
     from safetensors.torch import save_file
     tokenizer = word_level_tokenizer(
         ["[UNK]", "<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
@@ -565,9 +574,13 @@ def write_checkpoint(d: Path, drop_weight: str | None = None) -> Path:
             "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"))
     tokenizer.save_pretrained(d)
     (d / "modeling_tiny.py").write_text(TINY_MODELING)
+    ids = tokenizer.convert_tokens_to_ids
+    script = dict(reasoning=ids("<reasoning>"), digits=ids([str(i) for i in range(10)]), eot=ids("<|endoftext|>"),
+                  before=ids(["<answer>", "\\boxed{"]), after=ids(["}", "</answer>", "<|eot_id|>"]))
     (d / "config.json").write_text(json.dumps(dict(
         model_type="llada", vocab_size=len(tokenizer), d_model=32, n_layers=2, n_heads=4, use_cache=False,
-        auto_map={"AutoConfig": "modeling_tiny.TinyConfig", "AutoModel": "modeling_tiny.TinyModel"})))
+        auto_map={"AutoConfig": "modeling_tiny.TinyConfig", "AutoModel": "modeling_tiny.TinyModel"},
+        **({"stand_in": script} if stand_in else {}))))
     weights = {f"net.{k}": v for k, v in H.TinyMaskPredictor(len(tokenizer), 32, 2, 4).state_dict().items()
                if k != drop_weight}
     save_file(weights, d / "model.safetensors")
@@ -1765,3 +1778,31 @@ def test_checkpoint_unreachable_hub_is_one_line_within_seconds(tmp_path):
         assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
         assert time.time() - start < 30 and "Retry" not in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_checkpoint_offline_demo_reads_and_scores_answers(tmp_path, capsys):
+    offline_demo(tmp_path)
+    out = capsys.readouterr().out
+    assert "not a result" in out and re.search(r"HEX \(hex\) +50\.00%", out)
+    summary = json.loads((tmp_path / "run.summary.json").read_text())
+    assert summary["methods"]["hex"]["correct"] == 3 and (tmp_path / "run.png").is_file()
+
+
+def offline_demo(folder: Path = HERE / "results" / "offline-demo") -> None:
+    """`python test_hex.py`: run_gsm8k.py end to end, offline, in about a minute: a tiny LLaDA-format checkpoint
+    and six GSM8K-format questions written to `folder`, a run of every method (SC too), its summary and PNG.
+    The model is a labelled stand-in, not a result: it boxes the last digit of the question as its answer, so
+    it is right on the three questions whose answer that is, and the summary shows answers read and scored."""
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = write_checkpoint(folder / "tiny-llada-stand-in", stand_in=True)
+    questions = [("How many apples ? 7", 7), ("3 + 4 = ?", 7), ("How many apples ? 2 + 2 = 4", 4),
+                 ("the answer is 9", 9), ("How many ? 5 + 1", 6), ("2 + 1 = ?", 3)]
+    data = write_rows(folder / "gsm8k.jsonl", [{"question": q, "answer": f"#### {a}"} for q, a in questions])
+    print(f"Offline demo in {folder}: a tiny stand-in model that boxes the question's last digit (not a result)")
+    R.main(["--model", str(checkpoint), "--data", str(data), "--output", str(folder / "run.jsonl"), "--no-resume",
+            "--gen-length", "32", "--steps", "16", "--block-lengths", "4", "8", "16", "--sc-block-length", "8",
+            "--methods", *R.METHODS, "--samples-per-block", "2", "--temperature", "0.7"])
+
+
+if __name__ == "__main__":
+    offline_demo()
