@@ -1,20 +1,17 @@
 """Evaluate a masked diffusion LLM on the paper's benchmarks: one-block baselines, every block schedule, HEX.
 
-    python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct                          # GSM8K, one GPU
-    python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --task math500           # or arc-c, truthfulqa
+    python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct [--task math500|arc-c|truthfulqa]
     python run_gsm8k.py --model Dream-org/Dream-v0-Instruct-7B                     # the Dream family
     python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --methods hex sc         # HEX against self-consistency
     torchrun --nproc_per_node 8 run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct      # several GPUs
     python run_gsm8k.py --output results/RUN.jsonl --rescore                       # re-read answers, no model
 
-The authors' protocol (their HEX/eval code, built on d1): zero-shot, each task's own system prompt and
-`<reasoning>` prefix, gen_length 256, steps 128, block lengths 8..128. Every method of a question is
-decoded in one lockstep batch (`steps` forward calls). Answers are read by the authors' rules (default)
-and a robust reading, both stored. Each finished question is appended to a JSONL file at once; the same
-command resumes. Beside it: the settings, the summary and a PNG. The file follows the work: 1. the
-authors' prompts and answer rules; 2. robust rules; 3. the task table and data; 4. model families and
-loading; 5. decoding a batch into records; 6. scoring and the summary; 7. the figure; 8. run files;
-9. the command line; 10. main.
+The authors' protocol (their HEX/eval code, built on d1): zero-shot, each task's system prompt and
+`<reasoning>` prefix, gen_length 256, steps 128, block lengths 8..128. Every method of a question is decoded
+in one lockstep batch (`steps` forward calls); answers are read by the authors' rules and a robust reading.
+Each finished question is appended to a JSONL file at once and the same command resumes. In the order of
+the work: 1. the authors' prompts and answer rules; 2. robust rules; 3. tasks and data; 4. model families;
+5. decoding into records; 6. scoring and the summary; 7. the figure; 8. run files; 9. the command line; 10. main.
 """
 from __future__ import annotations
 
@@ -46,13 +43,13 @@ from hex import MaskPredictorOutput, Schedule, decode, majority_vote, steps_per_
 
 RULES = ("authors", "robust")
 BASELINES = ("topk_margin", "low_confidence", "random")  # one block of gen_length; the name is the remasking
-METHODS = ("hex", "sc", *BASELINES)
-VOTING = ("hex", "sc")  # methods that vote over several candidates
-PAPER_NAMES = {"hex": "HEX", "sc": "Self-consistency", "topk_margin": "Top-K margin", "low_confidence": "Top-K",
-               "random": "Random"}
+METHODS = ("hex", "sc", *BASELINES)  # sc: self-consistency, the control (one schedule, sampled)
+PAPER_NAMES = dict(hex="HEX", sc="Self-consistency", topk_margin="Top-K margin", low_confidence="Top-K",
+                   random="Random")
 SC_TEMPERATURE = 0.7  # self-consistency's temperature when --temperature is 0 (this project's choice)
 END_TOKENS = ("<|endoftext|>", "<|eot_id|>", "<|im_end|>")  # end-of-text and end-of-turn (LLaDA, Qwen/Dream)
 COLLAPSE_THRESHOLD = 0.5  # a collapsed candidate: no readable answer, and over half its answer end-of-text
+ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 class UsageError(Exception):
@@ -104,97 +101,70 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _answer_tag(text: str) -> str | None:
+    return match.group(1) if (match := ANSWER_TAG.search(text)) else None
 
-# GSM8K, the authors' rule: numbers --------------------------------------------------------------
 
 def gsm8k_answer_authors(text: str) -> float | None:
-    """The authors' GSM8K rule, quirks included: the first non-empty `\\boxed{...}` (non-greedy, so
-    `\\boxed{1,000}` reads 1.0) as a float, else its first number; failing that, the number in
-    `<answer>...</answer>` (the whole content as a float, else its last number)."""
-    for content in re.findall(r"\\boxed{(.*?)}", text):
-        content = content.strip()
-        if not content or re.fullmatch(r"\.+", content):
-            continue
-        try:
-            return _finite(float(content))
-        except ValueError:
-            numbers = re.findall(r"-?\d+\.?\d*", content)
-            if numbers:
-                return _finite(float(numbers[0]))
-    match = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
-    if match and match.group(1).strip():
-        inner = match.group(1).strip()
+    """The authors' GSM8K rule: the first non-empty `\\boxed{...}` (non-greedy: `\\boxed{1,000}` reads 1.0)
+    as a float, else its first number; failing that, `<answer>` as a float, else its last number."""
+    for content in (c.strip() for c in re.findall(r"\\boxed{(.*?)}", text)):
+        if content and not re.fullmatch(r"\.+", content):
+            try:
+                return _finite(float(content))
+            except ValueError:
+                if numbers := re.findall(r"-?\d+\.?\d*", content):
+                    return _finite(float(numbers[0]))
+    if inner := (_answer_tag(text) or "").strip():
         try:
             return _finite(float(inner))
         except ValueError:
-            numbers = re.findall(r"-?\d+\.?\d*", inner)
-            return _finite(float(numbers[-1])) if numbers else None
+            return _finite(float(numbers[-1])) if (numbers := re.findall(r"-?\d+\.?\d*", inner)) else None
     return None
 
 
 def gsm8k_gold_authors(row: dict) -> float | None:
-    """d1's GSM8K reference: digits and commas after `####`. It has no minus sign, so a negative
-    reference reads as None and that question can never be scored right (two test questions)."""
+    """d1's GSM8K reference: digits and commas after `####`; no minus sign, so a negative reference is None."""
     match = re.search(r"####\s*\$?([\d,]+(?:\.\d+)?)", row["answer"])
     return float(match.group(1).replace(",", "")) if match else None
 
 
-# MATH500, ARC-C, TruthfulQA, the authors' rule: the last box, Hendrycks' is_equiv ---------------
-
 def last_box_authors(text: str) -> str | None:
-    """The authors' (d1's) `remove_boxed(last_boxed_only_string(text))`, quirks included: a
-    `\\boxed ` form reads up to the next `$`; otherwise the last `\\boxed`'s brace-balanced group
-    without its `\\boxed{` wrapper; a `\\fbox{...}` (only when no `\\boxed` exists) keeps its wrapper;
-    no box at all gives the whole text; an unclosed box gives None."""
+    """d1's `remove_boxed(last_boxed_only_string(text))`: a `\\boxed ` form reads to the next `$`; else the last
+    `\\boxed`'s brace-balanced group without its wrapper (a `\\fbox{...}`, only when no `\\boxed` exists, keeps
+    its); no box gives the whole text; an unclosed box None."""
     if "\\boxed " in text:
         return text.split("\\boxed ")[-1].split("$")[0]
-    start = text.rfind("\\boxed")
-    if start < 0:
-        start = text.rfind("\\fbox")
-        if start < 0:
-            return text
+    if (start := text.rfind("\\boxed") if "\\boxed" in text else text.rfind("\\fbox")) < 0:
+        return text
     depth = 0
     for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                box = text[start:i + 1]
-                return box[len("\\boxed{"):-1] if box.startswith("\\boxed{") else box
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if text[i] == "}" and depth == 0:
+            box = text[start:i + 1]
+            return box[len("\\boxed{"):-1] if box.startswith("\\boxed{") else box
     return None
 
 
 def boxed_answer_authors(text: str) -> str | None:
-    """The authors' `parse_math_answers` (MATH500, ARC-C and TruthfulQA alike): the last box; when it
-    is empty or unclosed, the stripped text inside `<answer>...</answer>`. Special tokens stay in."""
+    """The authors' `parse_math_answers` (MATH500, ARC-C, TruthfulQA): the last box; when it is empty or
+    unclosed, the stripped `<answer>` text. Special tokens stay in."""
     answer = last_box_authors(text)
-    if not answer:
-        match = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
-        if match:
-            answer = match.group(1).strip()
-    return answer
+    return (inner.strip() if not answer and (inner := _answer_tag(text)) is not None else answer)
 
 
 def _fix_fracs(s: str) -> str:
     parts = s.split("\\frac")
     out = parts[0]
     for part in parts[1:]:
-        out += "\\frac"
-        if part[0] == "{":  # an empty part raises, as theirs does, and is_equiv falls back
-            out += part
-        elif len(part) < 2:
+        if part[0] != "{" and len(part) < 2:  # an empty part raises, as theirs does, and is_equiv falls back
             return s
-        elif part[1] != "{":
-            out += "{" + part[0] + "}{" + part[1] + "}" + part[2:]
-        else:
-            out += "{" + part[0] + "}" + part[1:]
+        out += "\\frac" + (part if part[0] == "{" else "{" + part[0] + "}{" + part[1] + "}" + part[2:]
+                           if part[1] != "{" else "{" + part[0] + "}" + part[1:])
     return out
 
 
 def _fix_sqrt(s: str) -> str:
-    if "\\sqrt" not in s:
-        return s
     parts = s.split("\\sqrt")
     return parts[0] + "".join("\\sqrt" + (p if p[0] == "{" else "{" + p[0] + "}" + p[1:]) for p in parts[1:])
 
@@ -207,21 +177,19 @@ def _fix_a_slash_b(s: str) -> str:
 
 
 def strip_string(s: str) -> str:
-    """Hendrycks' MATH normalisation as in the authors' code, step for step (it may raise; their
-    is_equiv then compares the raw strings)."""
-    s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
-    s = s.replace("tfrac", "frac").replace("dfrac", "frac").replace("\\left", "").replace("\\right", "")
-    s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\$", "")
+    """Hendrycks' MATH normalisation as in the authors' code, step for step (it may raise: their is_equiv
+    then compares the raw strings)."""
+    s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\").replace("tfrac", "frac").replace("dfrac", "frac")
+    s = s.replace("\\left", "").replace("\\right", "").replace("^{\\circ}", "").replace("^\\circ", "")
+    s = s.replace("\\$", "")
     if "\\text{ " in s:  # units on the right
-        units = s.split("\\text{ ")
-        if len(units) != 2:
+        if len(units := s.split("\\text{ ")) != 2:
             raise ValueError("more than one unit")
         s = units[0]
     s = s.replace("\\%", "").replace(" .", " 0.").replace("{.", "{0.")
     if not s:
         return s
-    if s[0] == ".":
-        s = "0" + s
+    s = "0" + s if s[0] == "." else s
     if len(s.split("=")) == 2 and len(s.split("=")[0]) <= 2:
         s = s.split("=")[1]
     s = _fix_fracs(_fix_sqrt(s).replace(" ", ""))
@@ -243,52 +211,43 @@ def is_equiv_authors(answer: Any, gold: Any) -> bool:
         return answer == gold
 
 
-
-# 2. Robust rules (this project's reading, beside the authors') ----------------------------------------
-
-# GSM8K, the robust rule ---------------------------------------------------------------------------
+# 2. Robust rules: this project's reading, beside the authors' ------------------------------------
 
 def _numbers(text: str) -> list[float]:
     """Numbers in text, reading `1,000`, `$18`, `\\$18`, `-5`, `−5`, `.5`, `\\frac{1}{2}` and units."""
     text = text.replace("−", "-").replace("\\$", " ").replace("$", " ").replace("\\%", " ")
-    text = re.sub(r"\\d?frac\{(-?[\d.]+)\}\{([\d.]+)\}",
-                  lambda m: str(float(m[1]) / float(m[2])) if float(m[2]) else m[0], text)
-    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)
-    return [float(n) for n in re.findall(r"-?(?:\d+(?:\.\d+)?|\.\d+)", text)]
+    text = re.sub(r"\\d?frac\{(-?[\d.]+)\}\{([\d.]+)\}", lambda m: str(float(m[1]) / float(m[2])) if float(m[2])
+                  else m[0], text)
+    return [float(n) for n in re.findall(r"-?(?:\d+(?:\.\d+)?|\.\d+)", re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text))]
 
 
 def _boxed(text: str) -> list[str]:
-    """Contents of every `\\boxed{...}` or `\\fbox{...}`, nested braces balanced (an unclosed box
-    runs to the end of the text)."""
+    """Contents of every `\\boxed{...}` or `\\fbox{...}`, braces balanced (an unclosed box runs to the end)."""
     contents = []
     for start in (m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)):
         depth, i = 1, start
         while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
+            depth, i = depth + {"{": 1, "}": -1}.get(text[i], 0), i + 1
         contents.append(text[start:i - 1] if depth == 0 else text[start:])
     return contents
 
 
 def _without_special_tokens(text: str) -> str:
-    """Drop `<|...|>` tokens (LLaDA's end-of-text, end-of-turn...), kept in the decoded text as the authors keep them."""
+    """Drop `<|...|>` tokens (end-of-text, end-of-turn...), which the decoded text keeps as the authors keep them."""
     return re.sub(r"<\|[^<>|]{1,64}\|>", " ", text)
 
 
 def gsm8k_answer_robust(text: str) -> float | None:
-    """The authors' order of evidence (first real `\\boxed{}`, then `<answer>`), read robustly, then a
-    final "The answer is N" (or "#### N") line."""
+    """The authors' order of evidence (first real `\\boxed{}`, then `<answer>`), read robustly, then a final
+    "The answer is N" (or "#### N") line."""
     text = _without_special_tokens(text)
     for content in _boxed(text):
         if content.strip().strip(".") and (numbers := _numbers(content)):
             return _finite(numbers[0])
-    match = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
-    if match and (numbers := _numbers(match.group(1))):
+    if numbers := _numbers(_answer_tag(text) or ""):
         return _finite(numbers[-1])
     lines = re.findall(r"(?:answer is|answer:|####)\s*:?\s*([^\n]*)", text, re.IGNORECASE)
-    if lines and (numbers := _numbers(lines[-1])):
-        return _finite(numbers[0])
-    return None
+    return _finite(numbers[0]) if lines and (numbers := _numbers(lines[-1])) else None
 
 
 def gsm8k_gold_robust(row: dict) -> float:
@@ -298,35 +257,27 @@ def gsm8k_gold_robust(row: dict) -> float:
     return float(row["answer"].rsplit("####", 1)[1].strip().replace(",", "").replace("$", ""))
 
 
-def same_number(answer: float | None, gold: float | None) -> bool:
-    return answer is not None and gold is not None and answer == gold
+def same_answer(answer: Any, gold: Any) -> bool:
+    return answer is not None and answer == gold
 
-
-# MATH500, the robust rule: a normalised last box, equivalence by math-verify --------------------
 
 def normalize_math(s: str) -> str:
-    """A LaTeX-safe normal form for voting: `\\dfrac` and `\\frac12` as `\\frac{1}{2}`; no
-    `\\left`/`\\right`, spacing commands, degrees, `\\%`, `$`, trailing units or `x =` prefix;
-    `\\text{}` unwrapped."""
-    s = s.strip().strip("$").strip()
-    s = re.sub(r"\\[dt]frac", r"\\frac", s)
+    """A LaTeX-safe normal form for voting: `\\dfrac` and `\\frac12` as `\\frac{1}{2}`; no `\\left`/`\\right`,
+    spacing commands, degrees, `\\%`, `$`, trailing units or `x =` prefix; `\\text{}` unwrapped."""
+    s = re.sub(r"\\[dt]frac", r"\\frac", s.strip().strip("$").strip())
     s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", re.sub(r"\\sqrt\s*(\d)", r"\\sqrt{\1}", s))
-    s = re.sub(r"\\left(?![a-zA-Z])|\\right(?![a-zA-Z])|\\[!,;:]", "", s)
-    s = re.sub(r"\^\{?\\circ\}?|\\%|%|\\\$", "", s)
+    s = re.sub(r"\^\{?\\circ\}?|\\%|%|\\\$", "", re.sub(r"\\left(?![a-zA-Z])|\\right(?![a-zA-Z])|\\[!,;:]", "", s))
     s = re.sub(r"(?<=\d)\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z ]+\}\s*$", "", s)
-    s = re.sub(r"\\(?:text|mbox|mathrm|textbf)\{([^{}]*)\}", r"\1", s)
-    s = re.sub(r"^[a-zA-Z]\s*=\s*(?=\S)", "", s)
+    s = re.sub(r"^[a-zA-Z]\s*=\s*(?=\S)", "", re.sub(r"\\(?:text|mbox|mathrm|textbf)\{([^{}]*)\}", r"\1", s))
     return re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
 
 
 def math_answer_robust(text: str) -> str | None:
     """The last non-empty box, else the `<answer>` content; never the whole text. Normalised."""
     text = _without_special_tokens(text)
-    boxes = [b for b in _boxed(text) if b.strip().strip(".")]
-    if boxes:
+    if boxes := [b for b in _boxed(text) if b.strip().strip(".")]:
         return normalize_math(boxes[-1]) or None
-    match = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
-    return (normalize_math(match.group(1)) or None) if match else None
+    return (normalize_math(inner) or None) if (inner := _answer_tag(text)) is not None else None
 
 
 SYMBOLIC_LIMIT = 100  # characters: longer answers are compared as normal forms only
@@ -336,21 +287,16 @@ BASE_SUBSCRIPT = re.compile(r"(?<![\w\\])\d[0-9A-F]*_\{?(\d{1,2})\}?")  # 2516_8
 
 @functools.lru_cache(maxsize=65536)
 def math_equal(answer: str | None, gold: str | None) -> bool:
-    """Equal normal forms, or equal mathematics by math-verify (`0.5` = `\\frac12`, `x+1` = `1+x`).
-
-    Deterministic: the same two strings get the same verdict on any machine and load. math-verify's
-    wall-clock timeouts (5 s by default, after which it says "not equal") are turned off; instead
-    what it is given is bounded by its form: at most SYMBOLIC_LIMIT characters, and no power tower,
-    three-digit exponent, factorial of a two-digit number or 31-digit number (BEYOND_REACH). Beyond
-    that, only equal normal forms count. A number written in another base (`2516_8`) equals only the
-    same number in the same base."""
+    """Equal normal forms, or equal mathematics by math-verify (`0.5` = `\\frac12`, `x+1` = `1+x`). The same
+    strings get the same verdict on any machine and load: math-verify's wall-clock timeouts (after which it
+    says "not equal") are off, and what it is given is bounded by form instead (SYMBOLIC_LIMIT characters, no
+    BEYOND_REACH: power towers, 3-digit exponents, n! of 2 digits, 31 digits); beyond, only equal normal
+    forms count. A number in another base (`2516_8`) equals only itself."""
     if answer is None or gold is None:
         return False
     a, g = (re.sub(r"_\{(\d+)\}", r"_\1", s.replace(" ", "")) for s in (answer, gold))
-    if a == g:
-        return True
-    if BASE_SUBSCRIPT.search(a) or BASE_SUBSCRIPT.search(g):
-        return False
+    if a == g or BASE_SUBSCRIPT.search(a) or BASE_SUBSCRIPT.search(g):
+        return a == g
     if any(len(s) > SYMBOLIC_LIMIT or BEYOND_REACH.search(s) for s in (a, g)):
         return False
     from math_verify import parse, verify
@@ -362,8 +308,6 @@ def math_equal(answer: str | None, gold: str | None) -> bool:
         return False
 
 
-# ARC-C and TruthfulQA, the robust rule: one option label ---------------------------------------
-
 def _option(s: str) -> str | None:
     """The option label a short answer names: `B`, `(B)`, `B.`, `B) text`, `b`, `\\text{B}`, `Option B`."""
     s = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", s).strip().strip("$*").strip()
@@ -373,25 +317,14 @@ def _option(s: str) -> str | None:
 
 
 def choice_answer_robust(text: str) -> str | None:
-    """The option in the last box, else in `<answer>`, else after a final "answer is"."""
+    """The option in the last box naming one, else in `<answer>`, else after a final "answer is"."""
     text = _without_special_tokens(text)
-    for content in reversed(_boxed(text)):
-        if (label := _option(content)) is not None:
-            return label
-    match = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
-    if match and (label := _option(match.group(1))) is not None:
-        return label
     phrases = re.findall(r"answer is:?\s*([^\n]{1,20})", text, re.IGNORECASE)
-    return _option(phrases[-1]) if phrases else None
+    candidates = [*reversed(_boxed(text)), _answer_tag(text) or "", phrases[-1] if phrases else ""]
+    return next((label for c in candidates if (label := _option(c)) is not None), None)
 
 
-def same_label(answer: str | None, gold: str | None) -> bool:
-    return answer is not None and answer == gold
-
-
-
-
-# 3. The task table and the data -------------------------------------------------------------------
+# 3. The task table and the data ---------------------------------------------------------------------
 
 def _arc_gold(row: dict) -> str:
     if row["answerKey"].strip() not in [str(label).strip() for label in row["choices"]["label"]]:
@@ -400,7 +333,7 @@ def _arc_gold(row: dict) -> str:
 
 
 def _truthfulqa_gold(row: dict) -> str:
-    if not (isinstance(row["label"], int) and 0 <= row["label"] < len(row["choices"]) <= 26) or row["label"] is True:
+    if type(row["label"]) is not int or not 0 <= row["label"] < len(row["choices"]) <= 26:
         raise KeyError("label")
     return chr(65 + row["label"])
 
@@ -413,12 +346,12 @@ def _truthfulqa_order(n: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Task:
-    """One benchmark: where its rows come from, how a row becomes a prompt and a reference, and each
-    answer rule's extractor and comparator (`extract[rule](text)`, `equal[rule](answer, gold)`)."""
+    """One benchmark: where its rows come from, how a row becomes a prompt and a reference, and each answer
+    rule's extractor and comparator (`extract[rule](text)`, `equal[rule](answer, gold)`)."""
     name: str
     title: str
-    hub: tuple[str, str | None, str]    # datasets.load_dataset(path, config, split=split)
-    fields: str                          # the row format, for messages
+    hub: tuple[str, str | None, str]  # datasets.load_dataset(path, config, split=split)
+    fields: str                        # the row format, for messages
     system_prompt: str
     question: Callable[[dict], str]
     gold: dict[str, Callable[[dict], Any]]
@@ -427,34 +360,29 @@ class Task:
     order: Callable[[int], list[int]] | None = None  # the authors' row order, when not the file's
 
 
+BOXED = dict(extract={"authors": boxed_answer_authors, "robust": choice_answer_robust},
+             equal={"authors": is_equiv_authors, "robust": same_answer})
 TASKS: dict[str, Task] = {
-    "gsm8k": Task(
-        "gsm8k", "GSM8K", ("openai/gsm8k", "main", "test"), "string fields 'question' and 'answer' (GSM8K's)",
-        GSM8K_PROMPT, question=lambda row: row["question"],
-        gold={"authors": gsm8k_gold_authors, "robust": gsm8k_gold_robust},
-        extract={"authors": gsm8k_answer_authors, "robust": gsm8k_answer_robust},
-        equal={"authors": same_number, "robust": same_number}),
-    "math500": Task(
-        "math500", "MATH500", ("HuggingFaceH4/MATH-500", None, "test"), "string fields 'problem' and 'answer' "
-        "(MATH-500's)", MATH500_PROMPT, question=lambda row: row["problem"],
-        gold={"authors": lambda row: row["answer"], "robust": lambda row: normalize_math(row["answer"])},
-        extract={"authors": boxed_answer_authors, "robust": math_answer_robust},
-        equal={"authors": is_equiv_authors, "robust": math_equal}),
-    "arc-c": Task(
-        "arc-c", "ARC-C", ("allenai/ai2_arc", "ARC-Challenge", "test"), "'question', 'answerKey' and 'choices' "
-        "{'text': [...], 'label': [...]} (ai2_arc's)", ARC_C_PROMPT,
-        question=lambda row: multiple_choice(row["question"], row["choices"]["label"], row["choices"]["text"]),
-        gold={"authors": _arc_gold, "robust": lambda row: _arc_gold(row).upper()},
-        extract={"authors": boxed_answer_authors, "robust": choice_answer_robust},
-        equal={"authors": is_equiv_authors, "robust": same_label}),
-    "truthfulqa": Task(
-        "truthfulqa", "TruthfulQA", ("EleutherAI/truthful_qa_mc", "multiple_choice", "validation"),
-        "'question', 'choices' (a list of options) and 'label' (the right option's index)", TRUTHFULQA_PROMPT,
-        question=lambda row: multiple_choice(row["question"], [chr(65 + i) for i in range(len(row["choices"]))],
-                                             row["choices"]),
-        gold={"authors": _truthfulqa_gold, "robust": _truthfulqa_gold},
-        extract={"authors": boxed_answer_authors, "robust": choice_answer_robust},
-        equal={"authors": is_equiv_authors, "robust": same_label}, order=_truthfulqa_order),
+    "gsm8k": Task("gsm8k", "GSM8K", ("openai/gsm8k", "main", "test"), "string fields 'question' and 'answer' "
+                  "(GSM8K's)", GSM8K_PROMPT, lambda row: row["question"],
+                  gold={"authors": gsm8k_gold_authors, "robust": gsm8k_gold_robust},
+                  extract={"authors": gsm8k_answer_authors, "robust": gsm8k_answer_robust},
+                  equal={"authors": same_answer, "robust": same_answer}),
+    "math500": Task("math500", "MATH500", ("HuggingFaceH4/MATH-500", None, "test"), "string fields 'problem' and "
+                    "'answer' (MATH-500's)", MATH500_PROMPT, lambda row: row["problem"],
+                    gold={"authors": lambda row: row["answer"], "robust": lambda row: normalize_math(row["answer"])},
+                    extract={"authors": boxed_answer_authors, "robust": math_answer_robust},
+                    equal={"authors": is_equiv_authors, "robust": math_equal}),
+    "arc-c": Task("arc-c", "ARC-C", ("allenai/ai2_arc", "ARC-Challenge", "test"), "'question', 'answerKey' and "
+                  "'choices' {'text': [...], 'label': [...]} (ai2_arc's)", ARC_C_PROMPT,
+                  lambda row: multiple_choice(row["question"], row["choices"]["label"], row["choices"]["text"]),
+                  gold={"authors": _arc_gold, "robust": lambda row: _arc_gold(row).upper()}, **BOXED),
+    "truthfulqa": Task("truthfulqa", "TruthfulQA", ("EleutherAI/truthful_qa_mc", "multiple_choice", "validation"),
+                       "'question', 'choices' (a list of options) and 'label' (the right option's index)",
+                       TRUTHFULQA_PROMPT, lambda row: multiple_choice(
+                           row["question"], [chr(65 + i) for i in range(len(row["choices"]))], row["choices"]),
+                       gold={"authors": _truthfulqa_gold, "robust": _truthfulqa_gold}, **BOXED,
+                       order=_truthfulqa_order),
 }
 
 
@@ -471,10 +399,9 @@ def _rule(rule: str) -> str:
 
 
 def build_prompt(tokenizer, task: str | Task, row: dict) -> list[int]:
-    """The authors' prompt: the task's system text, a blank line and the question as one user turn; the
-    chat template with the generation prompt; then `<reasoning>`. The template writes the BOS token."""
-    task = _task(task)
-    chat = [{"role": "user", "content": task.system_prompt + "\n\n" + task.question(row)}]
+    """The authors' prompt: the task's system text, a blank line and the question as one user turn, in the
+    chat template with the generation prompt, then `<reasoning>`. The template writes the BOS token."""
+    chat = [{"role": "user", "content": _task(task).system_prompt + "\n\n" + _task(task).question(row)}]
     text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + "<reasoning>"
     return tokenizer(text, add_special_tokens=False).input_ids
 
@@ -485,8 +412,8 @@ def parse_gold(task: str | Task, row: dict, rule: str = "authors") -> Any:
 
 
 def extract_answer(task: str | Task, text: str, rule: str = "authors") -> Any:
-    """The answer a decoded text gives under `rule` ("authors": their parser, quirks included; "robust":
-    this project's reading). None when nothing can be read."""
+    """The answer a decoded text gives under `rule` ("authors": their parser, quirks included; "robust": this
+    project's reading); None when nothing can be read."""
     return _task(task).extract[_rule(rule)](text)
 
 
@@ -500,7 +427,7 @@ def row_problem(task: Task, row: Any) -> str | None:
     if not isinstance(row, dict):
         return "is not a JSON object (JSONL: one object per line)"
     try:
-        if isinstance(task.question(row), str) and all(rule(row) or True for rule in task.gold.values()):
+        if isinstance(task.question(row), str) and [rule(row) for rule in task.gold.values()]:
             return None
     except ValueError as error:
         return str(error)
@@ -510,13 +437,23 @@ def row_problem(task: Task, row: Any) -> str | None:
 
 
 def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
-    """The task's rows in the dataset's own format and the data's identity (source, fingerprint, rows):
-    a local JSONL or parquet file, else the split through the `datasets` library."""
+    """The task's rows in the dataset's own format and the data's identity (source, fingerprint, rows): a
+    local JSONL or parquet file, else the split through the `datasets` library."""
     if path is None:
-        (numbered, source), where = _hub_rows(task), "row"
+        name, config, split = task.hub
+        try:
+            from datasets import load_dataset
+            dataset = load_dataset(name, config, split=split)
+        except Exception as error:  # noqa: BLE001 -- no datasets, no network, no cache: say how to go on
+            raise UsageError(f"could not load {name} ({config or 'default'}, {split}) through `datasets` "
+                             f"({type(error).__name__}: {' '.join(str(error).split())[:200]}). Pass a local copy with "
+                             f"--data FILE, a JSONL or parquet file of its rows, made where the hub is reachable with "
+                             f"load_dataset({name!r}, {config!r}, split={split!r}).to_json('{task.name}.jsonl')"
+                             ) from None
+        numbered, where = list(enumerate(map(dict, dataset), start=1)), "row"
+        source = {"source": f"hub:{name}/{config or 'default'}/{split}", "fingerprint": dataset._fingerprint}
     else:
-        file = Path(path).expanduser()
-        if not file.is_file():
+        if not (file := Path(path).expanduser()).is_file():
             raise UsageError(f"--data {path}: " + ("is a folder; pass the task's JSONL or parquet file"
                                                      if file.is_dir() else "no such file"))
         data, where = file.read_bytes(), "row" if file.suffix == ".parquet" else "line"
@@ -528,22 +465,6 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
     if not numbered:
         raise UsageError(f"--data {path}: holds no rows")
     return [row for _, row in numbered], {**source, "rows": len(numbered)}
-
-
-def _hub_rows(task: Task) -> tuple[list[tuple[int, dict]], dict]:
-    """The split's numbered rows through `datasets`, and its source and fingerprint."""
-    name, config, split = task.hub
-    try:
-        from datasets import load_dataset
-        dataset = load_dataset(name, config, split=split)
-    except Exception as error:  # noqa: BLE001 -- no datasets, no network, no cache: say how to go on
-        raise UsageError(
-            f"could not load {name} ({config or 'default'}, {split}) through `datasets` ({type(error).__name__}: "
-            f"{str(error)[:200]}). Pass a local copy with --data FILE: a JSONL or parquet file of the split's rows, "
-            f"e.g. made where the hub is reachable with load_dataset({name!r}, {config!r}, split={split!r})"
-            f".to_json('{task.name}.jsonl')") from None
-    source = {"source": f"hub:{name}/{config or 'default'}/{split}", "fingerprint": dataset._fingerprint}
-    return list(enumerate((dict(r) for r in dataset), start=1)), source
 
 
 def _parquet_rows(path: str) -> list[tuple[int, Any]]:
@@ -564,16 +485,16 @@ def _jsonl_rows(path: str, data: bytes) -> list[tuple[int, Any]]:
     except UnicodeDecodeError:
         raise UsageError(f"--data {path}: not a UTF-8 text file (JSONL) or a .parquet file") from None
     numbered = []
-    for number, line in ((n, line) for n, line in enumerate(lines, start=1) if line.strip()):
+    for number, line in enumerate(lines, start=1):
         try:
-            numbered.append((number, json.loads(line)))
+            numbered += [(number, json.loads(line))] if line.strip() else []
         except json.JSONDecodeError as error:
-            raise UsageError(f"--data {path}, line {number}: not valid JSON ({error.msg}); --data takes "
-                             "JSONL, one JSON object per line") from None
+            raise UsageError(f"--data {path}, line {number}: not valid JSON ({error.msg}); --data takes JSONL, one "
+                             "JSON object per line") from None
     return numbered
 
 
-# 4. Model families and loading -------------------------------------------------------------------
+# 4. Model families: each checkpoint's own model file, fitted to this transformers, as a mask predictor --
 
 def _transformers_version() -> tuple[int, int]:
     import transformers
@@ -581,8 +502,8 @@ def _transformers_version() -> tuple[int, int]:
 
 
 def fit_llada_code(model_class: type, config) -> type:
-    """LLaDA's own model file predates transformers 5: under 5.x, a subclass with the three fixes it needs,
-    each only where the class lacks it; under 4.x, the class."""
+    """LLaDA's own model file predates transformers 5: under 5.x, a subclass with the three fixes it needs, each
+    only where the class lacks it (post_init, tie_weights' arguments, config.use_cache); under 4.x, the class."""
     if _transformers_version() < (5, 0):
         return model_class
     if not hasattr(config, "use_cache"):
@@ -592,53 +513,45 @@ def fit_llada_code(model_class: type, config) -> type:
         if not hasattr(self, "all_tied_weights_keys"):  # 5.x needs post_init(); LLaDA's never calls it
             self.post_init()
     namespace = {"__init__": __init__}
-    parameters = inspect.signature(model_class.tie_weights).parameters.values()
-    if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-        def tie_weights(self, *args, **kwargs):  # 5.x passes missing_keys= and recompute_mapping=
-            return model_class.tie_weights(self)
-        namespace["tie_weights"] = tie_weights
+    if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(model_class.tie_weights).parameters.values()):
+        namespace["tie_weights"] = lambda self, *args, **kwargs: model_class.tie_weights(self)  # 5.x passes some
     return type(model_class.__name__, (model_class,), namespace)
 
 
 def _default_rope(config, device=None, seq_len=None, **kwargs) -> tuple[torch.Tensor, float]:
     """1 / theta^(2i / head_dim), no scaling: what transformers 4.x registered as ROPE_INIT_FUNCTIONS["default"]."""
     dim = int(config.hidden_size // config.num_attention_heads * getattr(config, "partial_rotary_factor", 1.0))
-    exponents = torch.arange(0, dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float) / dim
-    return 1.0 / config.rope_theta ** exponents, 1.0
+    return 1.0 / config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device, torch.float) / dim), 1.0
 
 
 def fit_dream_code(model_class: type, config) -> type:
     """Dream's own model file, fitted where it fails: its `from_pretrained` override returns the model alone,
     losing `output_loading_info` (4.x and 5.x): PreTrainedModel's own is used; its rotary embedding asks
-    ROPE_INIT_FUNCTIONS for "default", gone in 5.x: Dream's module gets it. See also `refill_rotary`."""
+    ROPE_INIT_FUNCTIONS for "default", gone in 5.x: Dream's module (only) gets it. See also `refill_rotary`."""
     from transformers import PreTrainedModel
     module = sys.modules[model_class.__module__]
-    rope = getattr(module, "ROPE_INIT_FUNCTIONS", None)
-    if rope is not None and "default" not in rope:
-        module.ROPE_INIT_FUNCTIONS = {**rope, "default": _default_rope}  # Dream's module only
-    if model_class.from_pretrained.__func__ is PreTrainedModel.from_pretrained.__func__:
-        return model_class  # no override
-    return type(model_class.__name__, (model_class,),
-                {"from_pretrained": classmethod(PreTrainedModel.from_pretrained.__func__)})
+    if (rope := getattr(module, "ROPE_INIT_FUNCTIONS", None)) is not None and "default" not in rope:
+        module.ROPE_INIT_FUNCTIONS = {**rope, "default": _default_rope}
+    own = PreTrainedModel.from_pretrained.__func__
+    return model_class if model_class.from_pretrained.__func__ is own else type(
+        model_class.__name__, (model_class,), {"from_pretrained": classmethod(own)})
 
 
 def refill_rotary(model: nn.Module) -> nn.Module:
     """Under 5.x a rotary embedding's non-persistent `inv_freq` buffer comes back unset from loading (no error,
     wrong logits): recompute it with the module's own rope function (under 4.x it is right already)."""
-    if _transformers_version() >= (5, 0):
-        for module in model.modules():
-            if isinstance(getattr(module, "inv_freq", None), torch.Tensor) and hasattr(module, "rope_init_fn"):
-                inv_freq, module.attention_scaling = module.rope_init_fn(module.config, module.inv_freq.device,
-                                                                         **getattr(module, "rope_kwargs", {}))
-                module.inv_freq = inv_freq.to(module.inv_freq.device)
-                module.original_inv_freq = module.inv_freq
+    for module in model.modules() if _transformers_version() >= (5, 0) else []:
+        if isinstance(getattr(module, "inv_freq", None), torch.Tensor) and hasattr(module, "rope_init_fn"):
+            inv_freq, module.attention_scaling = module.rope_init_fn(module.config, module.inv_freq.device,
+                                                                     **getattr(module, "rope_kwargs", {}))
+            module.inv_freq = module.original_inv_freq = inv_freq.to(module.inv_freq.device)
     return model
 
 
 class DreamMaskPredictor(nn.Module):
-    """A Dream-family model as hex.py's mask predictor. Dream is adapted from an autoregressive model
-    (Qwen2.5): its logits at position i predict token i + 1, so they are shifted back one place, as Dream's
-    sampler does. A padded batch gets Dream's 4-D mask (B, 1, T, T) and position ids of real tokens only."""
+    """A Dream-family model as hex.py's mask predictor. Dream is adapted from an autoregressive model (Qwen2.5):
+    its logits at position i predict token i + 1, so they are shifted back one place, as Dream's sampler does.
+    A padded batch gets Dream's 4-D mask (B, 1, T, T) and position ids of real tokens only."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -652,22 +565,21 @@ class DreamMaskPredictor(nn.Module):
             logits = self.model(x).logits
         else:
             real = attention_mask.bool()  # (B, T)
-            positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(~real, 1)
             pairs = real[:, None, :, None] & real[:, None, None, :]  # (B, 1, T, T): both tokens real
+            positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(~real, 1)
             logits = self.model(x, attention_mask=pairs, position_ids=positions).logits
         return MaskPredictorOutput(torch.cat([logits[:, :1], logits[:, :-1]], dim=1))
 
 
 @dataclass(frozen=True)
 class Family:
-    """A masked diffusion family: its own model file (trust_remote_code), fitted and wrapped for hex.py."""
     name: str
-    fit: Callable[[type, Any], type]             # the remote model class, fitted to this transformers
-    wrap: Callable[[nn.Module], nn.Module]       # the loaded model, as hex.py's mask predictor
-    checkpoints: str                             # for messages and README
+    fit: Callable[[type, Any], type]        # the remote model class, fitted to this transformers
+    wrap: Callable[[nn.Module], nn.Module]  # the loaded model, as hex.py's mask predictor
+    checkpoints: str                        # for messages
 
 
-FAMILIES = {  # by the config's model_type (lower case)
+FAMILIES = {  # by the config's model_type, lower case
     "llada": Family("LLaDA", fit_llada_code, lambda model: model, "LLaDA-8B-Instruct, LLaDA-1.5"),
     "dream": Family("Dream", fit_dream_code, lambda model: DreamMaskPredictor(refill_rotary(model)),
                     "Dream-v0-Instruct-7B"),
@@ -676,19 +588,21 @@ FAMILIES = {  # by the config's model_type (lower case)
 
 def model_family(config, name: str) -> Family:
     """The family of a checkpoint, from its config's model_type (never from its name)."""
-    kind = str(getattr(config, "model_type", "") or "")
-    if kind.lower() not in FAMILIES:
+    if (kind := str(getattr(config, "model_type", "") or "")).lower() not in FAMILIES:
         known = ", ".join(f"{f.name} ({key!r}: {f.checkpoints})" for key, f in FAMILIES.items())
         raise UsageError(f"--model {name}: model_type {kind!r} is not a supported masked diffusion family; "
                          f"supported: {known}")
     return FAMILIES[kind.lower()]
 
 
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:300]
+
+
 def load_tokenizer(name: str):
     """The checkpoint's tokenizer and config (seconds: checked before the weights load)."""
     from transformers import AutoConfig, AutoTokenizer
-    path = Path(name).expanduser()
-    if path.is_file():
+    if (path := Path(name).expanduser()).is_file():
         raise UsageError(f"--model {name}: is a file; pass the checkpoint's folder (config.json, tokenizer and "
                          "weights) or a hub id")
     if name.startswith((".", "/", "~")) and not path.is_dir():
@@ -697,46 +611,40 @@ def load_tokenizer(name: str):
         return (AutoTokenizer.from_pretrained(name, trust_remote_code=True),
                 AutoConfig.from_pretrained(name, trust_remote_code=True))
     except (OSError, ValueError) as error:
-        raise UsageError(f"--model {name}: cannot load its tokenizer or config ({' '.join(str(error).split())[:300]})") from None
+        raise UsageError(f"--model {name}: cannot load its tokenizer or config ({_one_line(error)})") from None
 
 
 def load_model(name: str, config, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """The checkpoint as hex.py's mask predictor, through its own code fitted to this transformers, every
-    weight accounted for."""
+    """The checkpoint as hex.py's mask predictor, through its own code fitted to this transformers; a weight
+    the checkpoint lacks is refused (it would be random)."""
     from transformers import AutoModel
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
-    family = model_family(config, name)
-    auto_map = getattr(config, "auto_map", None) or {}
+    family, auto_map = model_family(config, name), getattr(config, "auto_map", None) or {}
     try:
-        if "AutoModel" in auto_map:
-            model_class = family.fit(get_class_from_dynamic_module(auto_map["AutoModel"], name), config)
-        else:
-            model_class = AutoModel
-        dtype_key = "dtype" if _transformers_version() >= (4, 56) else "torch_dtype"
-        model, info = model_class.from_pretrained(name, config=config, trust_remote_code=True,
-                                                  output_loading_info=True, **{dtype_key: dtype})
+        model_class = (family.fit(get_class_from_dynamic_module(auto_map["AutoModel"], name), config)
+                       if "AutoModel" in auto_map else AutoModel)
+        dtype_key = "dtype" if _transformers_version() >= (4, 56) else "torch_dtype"  # renamed in 4.56
+        model, info = model_class.from_pretrained(name, config=config, trust_remote_code=True, output_loading_info=True,
+                                                  **{dtype_key: dtype})
     except (OSError, ValueError) as error:
-        raise UsageError(f"--model {name}: cannot load its weights ({' '.join(str(error).split())[:300]})") from None
-    if info.get("missing_keys"):
-        missing = sorted(info["missing_keys"])
+        raise UsageError(f"--model {name}: cannot load its weights ({_one_line(error)})") from None
+    if missing := sorted(info.get("missing_keys") or []):
         raise UsageError(f"--model {name}: the checkpoint has no weights for {len(missing)} parameter(s) "
-                         f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); they would be random")
+                         f"({', '.join(missing[:5])}{', ...' * (len(missing) > 5)}); they would be random")
     return family.wrap(model).to(device).eval()
 
 
 def find_mask_id(tokenizer, config) -> int:
     """The [MASK] id: the tokenizer's mask token, LLaDA's `<|mdm_mask|>`, Dream's `<|mask|>`, or the config's."""
-    if tokenizer.mask_token_id is not None:
-        return tokenizer.mask_token_id
-    for token in ("<|mdm_mask|>", "<|mask|>"):
-        if token in tokenizer.get_vocab():
-            return tokenizer.convert_tokens_to_ids(token)
-    if getattr(config, "mask_token_id", None) is not None:
-        return config.mask_token_id
-    raise UsageError("cannot tell the mask token id from the tokenizer or config: pass --mask-id")
+    vocab = tokenizer.get_vocab()
+    found = [tokenizer.mask_token_id, *(vocab.get(t) for t in ("<|mdm_mask|>", "<|mask|>")),
+             getattr(config, "mask_token_id", None)]
+    if (mask_id := next((i for i in found if i is not None), None)) is None:
+        raise UsageError("cannot tell the mask token id from the tokenizer or config: pass --mask-id")
+    return mask_id
 
 
-# 5. Decoding a batch of questions into records -----------------------------------------------------
+# 5. Decoding a batch of questions into records -------------------------------------------------------
 
 class Candidate(TypedDict):
     """One decoded answer of a question: an entry of a record's `candidates`."""
@@ -768,22 +676,19 @@ def commit_order(candidate: Candidate) -> list[int]:
 
 
 def candidate_plan(settings: dict) -> list[tuple[str, int, Schedule]]:
-    """Every candidate of a question as (method, sample, schedule): HEX's experts (low-confidence remasking
-    at --temperature), self-consistency's samples of one schedule, then each one-block baseline."""
-    plan, methods = [], settings["methods"]
-    if "hex" in methods:
-        plan += [("hex", s, Schedule(b, "low_confidence", settings["temperature"]))
-                 for s in range(settings["samples_per_block"]) for b in settings["block_lengths"]]
-    if "sc" in methods:
-        plan += [("sc", s, Schedule(settings["sc_block_length"], "low_confidence", settings["sc_temperature"]))
-                 for s in range(settings["sc_samples"])]
+    """Every candidate of a question as (method, sample, schedule): HEX's experts (low-confidence remasking at
+    --temperature), self-consistency's samples of one schedule, then each one-block baseline."""
+    methods = settings["methods"]
+    plan = [("hex", s, Schedule(b, "low_confidence", settings["temperature"])) for s in
+            range(settings["samples_per_block"]) for b in settings["block_lengths"] if "hex" in methods]
+    plan += [("sc", s, Schedule(settings["sc_block_length"], "low_confidence", settings["sc_temperature"]))
+             for s in range(settings["sc_samples"]) if "sc" in methods]
     return plan + [(m, 0, Schedule(settings["gen_length"], m)) for m in methods if m in BASELINES]
 
 
 def end_of_text_ids(tokenizer) -> list[int]:
     """The tokens that end or pad an answer: EOS, pad, and whichever of END_TOKENS the tokenizer has."""
-    vocab = tokenizer.get_vocab()
-    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} | {vocab.get(t) for t in END_TOKENS}
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} | {tokenizer.get_vocab().get(t) for t in END_TOKENS}
     return sorted(i for i in ids if i is not None)
 
 
@@ -791,19 +696,17 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
     """Left-padded (B, L) ids, and an attention mask only when some prompt is actually padded."""
     width = max(map(len, prompts))
     ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
-    if all(len(p) == width for p in prompts):
-        return ids, None
-    return ids, torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return ids, None if bool(mask.all()) else mask
 
 
 def decode_batch(model, tokenizer, task: Task, batch: list[dict], settings: dict, mask_id: int,
                  device: torch.device) -> list[Record]:
-    """Every candidate of every method of a batch of questions in one lockstep decode (`steps` forward calls
-    in all): one record per question. Each method draws from its own stream, seeded by the batch's first
-    question, so adding or dropping a method changes no other method's candidates."""
-    prompts = [build_prompt(tokenizer, task, p["row"]) for p in batch]
-    ids, attention = left_pad(prompts, next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id)
-                                             if i is not None), 0), device)
+    """Every candidate of every method of a batch of questions in one lockstep decode (`steps` forward calls in
+    all): a record per question. Each method draws from its own stream, seeded by the batch's first question,
+    so adding or dropping a method changes no other method's candidates."""
+    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    ids, attention = left_pad([build_prompt(tokenizer, task, p["row"]) for p in batch], pad_id, device)
     streams = {m: torch.Generator(device).manual_seed(settings["seed"] + 10**6 * METHODS.index(m) + batch[0]["id"])
                for m in settings["methods"]}
     plan, calls, G = candidate_plan(settings), [], settings["gen_length"]
@@ -817,26 +720,22 @@ def decode_batch(model, tokenizer, task: Task, batch: list[dict], settings: dict
         torch.cuda.synchronize(device)
     seconds, answers = (time.perf_counter() - start) / len(batch), out.sequences[:, :, -G:]  # (B, K, G)
     is_end = torch.isin(answers, torch.tensor(end_of_text_ids(tokenizer), device=answers.device)).tolist()
-    records = []
-    for q, problem in enumerate(batch):
-        candidates = []
-        for k, (method, sample, schedule) in enumerate(plan):
-            text = tokenizer.decode(answers[q, k].tolist(), skip_special_tokens=False)  # as the authors decode
-            candidates.append(Candidate(
-                method=method, block_length=schedule.block_length, sample=sample, text=text,
-                answers={r: task.extract[r](text) for r in RULES}, score=float(out.scores[q, k]),
-                end_of_text="".join("_" if e else "." for e in is_end[q][k]), commit_order=out.commit_steps[q, k].tolist()))
-        records.append(Record(id=problem["id"], question=task.question(problem["row"]), candidates=candidates,
-                              gold={r: task.gold[r](problem["row"]) for r in RULES}, forward_calls=len(calls) / len(batch),
-                              seconds=round(seconds, 3), batch_size=len(batch)))
-    return records
+    texts = [[tokenizer.decode(a, skip_special_tokens=False) for a in row] for row in answers.tolist()]  # as theirs
+    return [Record(id=p["id"], question=task.question(p["row"]), gold={r: task.gold[r](p["row"]) for r in RULES},
+                   candidates=[Candidate(method=m, block_length=s.block_length, sample=n, text=texts[q][k],
+                                         answers={r: task.extract[r](texts[q][k]) for r in RULES},
+                                         score=float(out.scores[q, k]), commit_order=out.commit_steps[q, k].tolist(),
+                                         end_of_text="".join("_" if e else "." for e in is_end[q][k]))
+                               for k, (m, n, s) in enumerate(plan)],
+                   forward_calls=len(calls) / len(batch), seconds=round(seconds, 3), batch_size=len(batch))
+            for q, p in enumerate(batch)]
 
 
-# 6. Scoring: the vote, the figures of the paper, the controls, the summary -------------------------
+# 6. Scoring: the vote, the paper's figures, the controls, the summary -----------------------------------
 
 def method_answers(candidates: list[Candidate], rule: str, tie_break: str) -> dict[str, tuple[Any, bool]]:
-    """Each method's answer under `rule` and whether its vote tied: HEX and SC take the majority vote over
-    their candidates (the authors' vote and tie rule); a one-block baseline's single candidate votes alone."""
+    """Each method's answer under `rule` and whether its vote tied: HEX and SC take the majority vote over their
+    candidates (the authors' vote and tie rule); a one-block baseline's single candidate votes alone."""
     by_method: dict[str, list[Candidate]] = {}
     for c in candidates:
         by_method.setdefault(c["method"], []).append(c)
@@ -847,9 +746,9 @@ def method_answers(candidates: list[Candidate], rule: str, tie_break: str) -> di
 def verdicts(task: Task, record: Record, rule: str, tie_break: str) -> tuple[dict, list[bool]]:
     """Under `rule`: per method (answer, tie, right), and per candidate whether it is right."""
     gold = record["gold"][rule]
-    voted = {m: (a, tie, is_correct(task, a, gold, rule))
-             for m, (a, tie) in method_answers(record["candidates"], rule, tie_break).items()}
-    return voted, [is_correct(task, c["answers"][rule], gold, rule) for c in record["candidates"]]
+    return ({m: (a, tie, is_correct(task, a, gold, rule))
+             for m, (a, tie) in method_answers(record["candidates"], rule, tie_break).items()},
+            [is_correct(task, c["answers"][rule], gold, rule) for c in record["candidates"]])
 
 
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -872,8 +771,8 @@ def paired_difference(first: list[bool], second: list[bool], z: float = 1.96) ->
 
 
 def collapsed(candidate: Candidate) -> bool:
-    """The paper's [AfterEoT] collapse: the robust rule reads no answer and over half of the answer region
-    is end-of-text (a complete answer followed by padding is not a collapse)."""
+    """The paper's [AfterEoT] collapse: the robust rule reads no answer and over half of the answer region is
+    end-of-text (a complete answer followed by padding is not a collapse)."""
     ends = candidate["end_of_text"]
     return candidate["answers"]["robust"] is None and ends.count("_") > COLLAPSE_THRESHOLD * len(ends)
 
@@ -886,75 +785,67 @@ def eot_first_share(candidate: Candidate) -> float:
     return sum(candidate["end_of_text"][i] == "_" for i in first) / len(first)
 
 
-def eot_figures(candidates: list[Candidate]) -> dict:
-    return dict(collapse_rate=sum(map(collapsed, candidates)) / len(candidates),
-                eot_first_share=sum(map(eot_first_share, candidates)) / len(candidates))
-
-
-def votes_curve(task: Task, records: list[Record], method: str, rule: str, tie_break: str,
-                per_sample: int, samples: int) -> list[dict]:
+def votes_curve(task: Task, records: list[Record], method: str, rule: str, tie_break: str, per_sample: int,
+                samples: int) -> list[dict]:
     """Accuracy and tie rate of `method`'s vote over its first s samples, s = 1..samples (per_sample votes each)."""
     curve = []
-    for s in range(1, samples + 1):
-        voted = [method_answers([c for c in r["candidates"] if c["method"] == method and c["sample"] < s],
-                                rule, tie_break)[method] for r in records]
-        right = sum(is_correct(task, a, r["gold"][rule], rule) for (a, _), r in zip(voted, records))
-        curve.append(dict(votes=s * per_sample, accuracy=right / len(records),
-                          tie_rate=sum(tie for _, tie in voted) / len(records)))
-    return curve if samples > 1 else []
+    for s in range(1, samples + 1) if samples > 1 else []:
+        voted = [method_answers([c for c in r["candidates"] if c["method"] == method and c["sample"] < s], rule,
+                                tie_break)[method] for r in records]
+        right = [is_correct(task, a, r["gold"][rule], rule) for (a, _), r in zip(voted, records)]
+        curve.append(dict(votes=s * per_sample, accuracy=fmean(right), tie_rate=fmean(tie for _, tie in voted)))
+    return curve
 
 
 def agreement(records: list[Record], oks: list[list[bool]], rule: str) -> dict:
-    """Expert diversity: for each pair of groups (each HEX block length; SC's samples as one group), the share
-    of candidate pairs of a question, one from each group (never a candidate with itself), that give the same
+    """Expert diversity: for each pair of groups (each HEX block length; SC's samples as one group), the share of
+    candidate pairs of a question, one from each group (never a candidate with itself), that give the same
     readable answer, and the share where exactly one of the two is right; averaged over questions."""
     blocks = sorted({c["block_length"] for r in records for c in r["candidates"] if c["method"] == "hex"})
     groups = [(f"block {b}", lambda c, b=b: c["method"] == "hex" and c["block_length"] == b) for b in blocks]
-    if any(c["method"] == "sc" for r in records for c in r["candidates"]):
-        groups.append(("SC", lambda c: c["method"] == "sc"))
+    groups += [("SC", lambda c: c["method"] == "sc")] * any(c["method"] == "sc" for c in records[0]["candidates"])
     agree, one_right = ([[None] * len(groups) for _ in groups] for _ in range(2))  # None: no such pairs
-    for i, (_, first) in enumerate(groups):
-        for j, (_, second) in enumerate(groups):
-            same, single = [], []
-            for record, ok in zip(records, oks):
-                answers, cs = [c["answers"][rule] for c in record["candidates"]], record["candidates"]
-                pairs = [(x, y) for x, c in enumerate(cs) if first(c) for y, d in enumerate(cs) if second(d) and x != y]
-                if pairs:
-                    same.append(fmean(answers[x] is not None and answers[x] == answers[y] for x, y in pairs))
-                    single.append(fmean(ok[x] != ok[y] for x, y in pairs))
-            if same:
-                agree[i][j], one_right[i][j] = fmean(same), fmean(single)
+    for (i, (_, first)), (j, (_, second)) in ((a, b) for a in enumerate(groups) for b in enumerate(groups)):
+        same, single = [], []
+        for record, ok in zip(records, oks):
+            answers, cs = [c["answers"][rule] for c in record["candidates"]], record["candidates"]
+            pairs = [(x, y) for x, c in enumerate(cs) if first(c) for y, d in enumerate(cs) if second(d) and x != y]
+            if pairs:
+                same.append(fmean(answers[x] is not None and answers[x] == answers[y] for x, y in pairs))
+                single.append(fmean(ok[x] != ok[y] for x, y in pairs))
+        if same:
+            agree[i][j], one_right[i][j] = fmean(same), fmean(single)
     return dict(groups=[label for label, _ in groups], agree=agree, exactly_one_right=one_right)
 
 
 def summarize(records: list[Record], settings: dict, rule: str, methods: list[str] | None = None) -> dict:
     """Every reported figure under `rule` (the other rule's accuracy beside), from the records alone; only
-    `methods` (default: the run's)."""
-    task, other, n, tie_break = TASKS[settings["task"]], RULES[1 - RULES.index(rule)], len(records), settings["tie_break"]
+    `methods` (default: the run's) in the methods table."""
+    task, other, tie_break = TASKS[settings["task"]], RULES[1 - RULES.index(rule)], settings["tie_break"]
     judged = {r: [verdicts(task, record, r, tie_break) for record in records] for r in RULES}
-    oks = [ok for _, ok in judged[rule]]
-    table = {}
+    oks, table, experts = [ok for _, ok in judged[rule]], {}, {}
     for m in [m for m in settings["methods"] if m in (methods or settings["methods"])]:
         right = [v[m][2] for v, _ in judged[rule]]
         mine = [[(c, o) for c, o in zip(r["candidates"], ok) if c["method"] == m] for r, ok in zip(records, oks)]
-        table[m] = dict(paper_name=PAPER_NAMES[m], accuracy=fmean(right), ci95=wilson(sum(right), n),
+        table[m] = dict(paper_name=PAPER_NAMES[m], accuracy=fmean(right), ci95=wilson(sum(right), len(right)),
                         correct=sum(right), other_rule_accuracy=fmean(v[m][2] for v, _ in judged[other]),
-                        tie_rate=fmean(v[m][1] for v, _ in judged[rule]), oracle=fmean(any(o for _, o in q) for q in mine),
-                        **eot_figures([c for q in mine for c, _ in q]))
-    experts = {}
+                        tie_rate=fmean(v[m][1] for v, _ in judged[rule]),
+                        oracle=fmean(any(o for _, o in q) for q in mine),
+                        collapse_rate=fmean(collapsed(c) for q in mine for c, _ in q),
+                        eot_first_share=fmean(eot_first_share(c) for q in mine for c, _ in q))
     for b in sorted({c["block_length"] for r in records for c in r["candidates"] if c["method"] == "hex"}):
         mine = [(c, o, r) for r, ok in zip(records, oks) for c, o in zip(r["candidates"], ok)
                 if c["method"] == "hex" and c["block_length"] == b]
-        hits = sum(o for _, o, _ in mine)
-        experts[b] = dict(accuracy=hits / len(mine), ci95=wilson(hits, len(mine)), candidates=len(mine),
-                          other_rule_accuracy=fmean(is_correct(task, c["answers"][other], r["gold"][other], other)
-                                                    for c, _, r in mine), **eot_figures([c for c, _, _ in mine]))
-    return dict(task=settings["task"], questions=n, answer_rule=rule, other_rule=other, methods=table,
+        experts[b] = dict(accuracy=fmean(o for _, o, _ in mine), ci95=wilson(sum(o for _, o, _ in mine), len(mine)),
+                          candidates=len(mine), other_rule_accuracy=fmean(
+                              is_correct(task, c["answers"][other], r["gold"][other], other) for c, _, r in mine),
+                          collapse_rate=fmean(collapsed(c) for c, _, _ in mine),
+                          eot_first_share=fmean(eot_first_share(c) for c, _, _ in mine))
+    curve = lambda m, per, n: votes_curve(task, records, m, rule, tie_break, per, n) if m in table else []
+    return dict(task=settings["task"], questions=len(records), answer_rule=rule, other_rule=other, methods=table,
                 block_lengths=experts, paired=paired_comparisons(records, judged[rule], table, experts),
-                hex_vs_votes=votes_curve(task, records, "hex", rule, tie_break, len(settings["block_lengths"]),
-                                         settings["samples_per_block"]) if "hex" in table else [],
-                sc_vs_votes=votes_curve(task, records, "sc", rule, tie_break, 1, settings["sc_samples"])
-                if "sc" in table else [], agreement=agreement(records, oks, rule),
+                hex_vs_votes=curve("hex", len(settings["block_lengths"]), settings["samples_per_block"]),
+                sc_vs_votes=curve("sc", 1, settings["sc_samples"]), agreement=agreement(records, oks, rule),
                 forward_calls_per_question=fmean(r["forward_calls"] for r in records),
                 seconds_per_question=fmean(r["seconds"] for r in records), settings=settings)
 
@@ -964,23 +855,21 @@ def paired_comparisons(records: list[Record], judged: list, table: dict, experts
     claim and its control, over the same questions."""
     if "hex" not in table:
         return {}
-    hex_right = [v["hex"][2] for v, _ in judged]
-    out = {"HEX - SC": paired_difference(hex_right, [v["sc"][2] for v, _ in judged])} if "sc" in table else {}
-    best = max(experts, key=lambda b: (experts[b]["accuracy"], -b))
+    hex_right, best = [v["hex"][2] for v, _ in judged], max(experts, key=lambda b: (experts[b]["accuracy"], -b))
     expert = [next(o for c, o in zip(r["candidates"], ok) if c["method"] == "hex" and c["block_length"] == best
                    and c["sample"] == 0) for r, (_, ok) in zip(records, judged)]
-    return {**out, f"HEX - best expert (block {best})": paired_difference(hex_right, expert)}
+    return ({"HEX - SC": paired_difference(hex_right, [v["sc"][2] for v, _ in judged])} if "sc" in table else {}) | {
+        f"HEX - best expert (block {best})": paired_difference(hex_right, expert)}
 
 
 def protocol(settings: dict) -> str:
     """The run's protocol in one line, as the paper states it."""
     k, text = settings["samples_per_block"], f"gen_length {settings['gen_length']}, steps {settings['steps']}"
     if "hex" in settings["methods"]:
-        ties = {"first": "ties to the answer seen first (the authors' rule)",
-                "likelihood": "ties to the higher likelihood score"}[settings["tie_break"]]
-        text += (f", HEX block lengths {' '.join(map(str, settings['block_lengths']))}, temperature "
-                 f"{settings['temperature']:g}, {k} sample{'s' * (k > 1)} per block length "
-                 f"({k * len(settings['block_lengths'])} votes), {ties}")
+        ties = dict(first="the answer seen first (the authors' rule)", likelihood="the higher likelihood score")
+        blocks = settings["block_lengths"]
+        text += (f", HEX block lengths {' '.join(map(str, blocks))}, temperature {settings['temperature']:g}, {k} "
+                 f"sample{'s' * (k > 1)} per block length ({k * len(blocks)} votes), ties to {ties[settings['tie_break']]}")
     if "sc" in settings["methods"]:
         text += (f"; SC block length {settings['sc_block_length']}, temperature {settings['sc_temperature']:g}, "
                  f"{settings['sc_samples']} samples")
@@ -993,40 +882,36 @@ def summary_table(summary: dict) -> str:
     rule, other, settings = summary["answer_rule"], summary["other_rule"], summary["settings"]
     lines = [f"{TASKS[summary['task']].title}, {summary['questions']} questions; {protocol(settings)}",
              f"answers read by the {rule} rule ({other} rule beside)",
-             f"{'method':<30}{'accuracy':>9}  {'95% interval':<18}{other:>9}{'tie rate':>10}{'oracle':>9}"
-             f"{'collapse':>10}{'EoT-first':>10}"]
-    rows = [(f"{v['paper_name']} ({m})", v, m in VOTING) for m, v in summary["methods"].items()]
+             f"{'method':<30}{'accuracy':>9}  {'95% interval':<18}{other:>9}{'tie rate':>10}{'oracle':>9}{'collapse':>10}"
+             f"{'EoT-first':>10}"]
+    rows = [(f"{v['paper_name']} ({m})", v, m in ("hex", "sc")) for m, v in summary["methods"].items()]
     for label, v, votes in rows + [(f"  HEX expert, block {b}", v, False) for b, v in summary["block_lengths"].items()]:
         lines.append(f"{label:<30}{pct(v['accuracy']):>9}  [{pct(v['ci95'][0])}, {pct(v['ci95'][1])}]"
                      f"{pct(v['other_rule_accuracy']):>9}{pct(v['tie_rate']) if votes else '':>10}"
-                     f"{pct(v['oracle']) if votes else '':>9}{pct(v['collapse_rate']):>10}{pct(v['eot_first_share']):>10}")
-    for name in ("hex", "sc"):
-        for v in summary[f"{name}_vs_votes"]:
-            lines.append(f"{PAPER_NAMES[name]} with {v['votes']:>3} votes: accuracy {pct(v['accuracy'])}, "
-                         f"tie rate {pct(v['tie_rate'])}")
-    for name, p in summary["paired"].items():
-        lines.append(f"{name}: {100 * p['difference']:+.2f} points [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}]"
-                     f" (paired 95%); only HEX right {p['only_first']}, only the other {p['only_second']}, both "
-                     f"{p['both']}, neither {p['neither']}")
-    table = summary["agreement"]
-    if len(table["groups"]) > 1:
+                     f"{pct(v['oracle']) if votes else '':>9}{pct(v['collapse_rate']):>10}"
+                     f"{pct(v['eot_first_share']):>10}")
+    lines += [f"{PAPER_NAMES[m]} with {v['votes']:>3} votes: accuracy {pct(v['accuracy'])}, tie rate "
+              f"{pct(v['tie_rate'])}" for m in ("hex", "sc") for v in summary[f"{m}_vs_votes"]]
+    lines += [f"{name}: {100 * p['difference']:+.2f} points [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}] "
+              f"(paired 95%); only HEX right {p['only_first']}, only the other {p['only_second']}, both {p['both']}, "
+              f"neither {p['neither']}" for name, p in summary["paired"].items()]
+    if len((table := summary["agreement"])["groups"]) > 1:
         lines.append("expert agreement: same readable answer / exactly one right, per pair of candidates\n  "
                      + " " * 9 + "".join(f"{g:>17}" for g in table["groups"]))
         lines += [f"  {g:<9}" + "".join(f"{pct(a).strip() + ' / ' + pct(o).strip():>17}" for a, o in zip(agree, one))
                   for g, agree, one in zip(table["groups"], table["agree"], table["exactly_one_right"])]
-    lines.append("oracle: some candidate is right; collapse: no readable answer (robust rule) and over "
+    lines.append(f"oracle: some candidate is right; collapse: no readable answer (robust rule) and over "
                  f"{COLLAPSE_THRESHOLD:.0%} end-of-text (the [AfterEoT] collapse);\nEoT-first: end-of-text among the "
-                 "first quarter of committed answer tokens (Fig. 2); HEX and SC: no figure of SC is published")
+                 "first quarter of committed answer tokens (Fig. 2); no figure of SC is published")
     lines += [f"run on {e['device_name']} ({settings['dtype']}, torch {e['torch']}, transformers {e['transformers']}, "
               f"{e['world_size']} process(es), mask id {e['mask_id']})" for e in settings.get("environments", [])]
     lines += [f"rescored without the model on {r['at']} (answers re-read by the rules of that time)"
               for r in settings.get("rescored", [])]
-    lines.append(f"{summary['forward_calls_per_question']:.1f} forward calls and "
-                 f"{summary['seconds_per_question']:.2f} s per question")
-    return "\n".join(lines)
+    return "\n".join(lines + [f"{summary['forward_calls_per_question']:.1f} forward calls and "
+                              f"{summary['seconds_per_question']:.2f} s per question"])
 
 
-# 7. The figure, drawn from the records alone -------------------------------------------------------
+# 7. The figure, drawn from the records alone -----------------------------------------------------------
 
 PAPER_ACCURACY = {  # LLaDA-8B-Instruct, gen_length 256, steps 128 (the paper's table)
     "gsm8k": dict(hex=82.18, topk_margin=24.72, low_confidence=22.52, random=50.87),
@@ -1038,97 +923,78 @@ PAPER_GSM8K_VOTES = [(5, 82.18, 4.1), (10, 85.75, 4.3), (15, 87.19, 2.4), (20, 8
                      (30, 88.10, 1.05)]  # (votes, accuracy %, tie rate %), read off the paper's plot
 
 
-def paper_protocol(settings: dict) -> bool:
-    """Whether a run follows the protocol of the paper's table (gen 256, steps 128, blocks 8..128)."""
-    return (settings["gen_length"], settings["steps"], settings["block_lengths"]) == (256, 128, [8, 16, 32, 64, 128])
-
-
 def write_figures(summary: dict, records: list[Record], path: Path) -> None:
-    """One PNG: accuracy per method and per HEX expert with 95% intervals (the paper's bars); accuracy and tie
-    rate against votes for HEX and SC (its scaling plot); the step that committed each answer position of one
-    question (its Fig. 2); and how often the experts agree (their diversity)."""
+    """One PNG: accuracy per method and per HEX expert with 95% intervals (the paper's bars, its figures marked
+    where this run follows its protocol); accuracy and tie rate against votes for HEX and SC (its scaling
+    plot); the step that committed each answer position of one question (its Fig. 2); how often experts agree."""
     from matplotlib.figure import Figure  # no pyplot: no window, no global state
     settings = summary["settings"]
+    paper = (settings["gen_length"], settings["steps"], settings["block_lengths"]) == (256, 128, [8, 16, 32, 64, 128])
     fig = Figure(figsize=(14, 9), layout="constrained")
-    grid = fig.add_gridspec(2, 2)
+    axes = fig.subplots(2, 2)
     fig.suptitle(f"{TASKS[summary['task']].title}, {summary['questions']} questions, {summary['answer_rule']} rule\n"
                  f"{protocol(settings)}", fontsize=9)
-    _accuracy_bars(fig.add_subplot(grid[0, 0]), summary, paper_protocol(settings))
-    _votes_plot(fig.add_subplot(grid[0, 1]), summary, summary["task"] == "gsm8k" and paper_protocol(settings))
-    _commit_map(fig, fig.add_subplot(grid[1, 0]), records, settings["steps"])
-    _agreement_map(fig, fig.add_subplot(grid[1, 1]), summary["agreement"])
+    _accuracy_bars(axes[0, 0], summary, paper)
+    _votes_plot(axes[0, 1], summary, paper and summary["task"] == "gsm8k")
+    record = next((r for r in records if any(map(collapsed, r["candidates"]))), records[0])
+    rows = [c for c in record["candidates"] if c["sample"] == 0]
+    labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
+    _heatmap(fig, axes[1, 0], [c["commit_order"] for c in rows], labels, None, "viridis", "step",
+             f"Commit order, question {record['id']}: the step that committed each position (x: end-of-text)")
+    axes[1, 0].scatter(*zip(*[(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
+                            or [(math.nan, math.nan)]), marker="x", s=12, color="red")
+    if (table := summary["agreement"])["groups"]:
+        _heatmap(fig, axes[1, 1], [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]],
+                 table["groups"], table["groups"], "magma", "%", "Expert diversity: % of candidate pairs, same answer")
+    else:
+        axes[1, 1].set_axis_off()
     fig.savefig(path, dpi=100, format="png")
 
 
 def _accuracy_bars(ax, summary: dict, paper: bool) -> None:
-    bars = [(v["paper_name"], v, "tab:blue" if m == "hex" else "tab:purple" if m == "sc" else "tab:gray", m)
-            for m, v in summary["methods"].items()]
-    bars += [(f"block {b}", v, "tab:cyan", None) for b, v in summary["block_lengths"].items()]
+    bars = [(v["paper_name"], v, dict(hex="tab:blue", sc="tab:purple").get(m, "tab:gray"), m)
+            for m, v in summary["methods"].items()] + [(f"block {b}", v, "tab:cyan", None)
+                                                       for b, v in summary["block_lengths"].items()]
     heights = [100 * v["accuracy"] for _, v, _, _ in bars]
-    errors = [[100 * (v["accuracy"] - v["ci95"][0]) for _, v, _, _ in bars],
-              [100 * (v["ci95"][1] - v["accuracy"]) for _, v, _, _ in bars]]
-    ax.bar(range(len(bars)), heights, yerr=errors, color=[c for *_, c, _ in bars], edgecolor="black", capsize=4)
+    ax.bar(range(len(bars)), heights, color=[c for _, _, c, _ in bars], edgecolor="black", capsize=4,
+           yerr=[[h - 100 * v["ci95"][0] for h, (_, v, _, _) in zip(heights, bars)],
+                 [100 * v["ci95"][1] - h for h, (_, v, _, _) in zip(heights, bars)]])
     for i, h in enumerate(heights):  # the edge and the label keep a 0% bar visible
         ax.annotate(f"{h:.1f}%", (i, h), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
-    reported = [(i, PAPER_ACCURACY[summary["task"]][m]) for i, (*_, m) in enumerate(bars) if m in BASELINES + ("hex",)]
-    if paper and reported:
+    if paper and (reported := [(i, PAPER_ACCURACY[summary["task"]][m]) for i, (*_, m) in enumerate(bars)
+                               if m in PAPER_ACCURACY[summary["task"]]]):
+        protocol_of_hex = "5 votes, temperature 0" if summary["task"] == "gsm8k" else "its best, protocol not stated"
         ax.scatter(*zip(*reported), marker="_", s=600, color="tab:red", zorder=3,
-                   label="the paper's table (LLaDA-8B-Instruct; HEX: " + ("5 votes, temperature 0)" if summary["task"]
-                                                                         == "gsm8k" else "its best, protocol unstated)"))
+                   label=f"the paper's table (LLaDA-8B-Instruct; HEX: {protocol_of_hex})")
         ax.legend(loc="upper right", fontsize=8)
     ax.set_xticks(range(len(bars)), [label for label, *_ in bars], rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="accuracy (%), 95% interval", ylim=(0, 105))
-    ax.set_title("Methods and each HEX expert alone", fontsize=10)
+    ax.set(ylabel="accuracy (%), 95% interval", ylim=(0, 105), title="Methods and each HEX expert alone")
 
 
 def _votes_plot(ax, summary: dict, paper: bool) -> None:
-    for name, colour in (("hex", "tab:blue"), ("sc", "tab:purple")):
-        curve = summary[f"{name}_vs_votes"]
-        if curve:
+    for m, colour in (("hex", "tab:blue"), ("sc", "tab:purple")):
+        if curve := summary[f"{m}_vs_votes"]:
             votes = [v["votes"] for v in curve]
-            ax.plot(votes, [100 * v["accuracy"] for v in curve], "o-", color=colour, label=f"{PAPER_NAMES[name]} accuracy")
+            ax.plot(votes, [100 * v["accuracy"] for v in curve], "o-", color=colour, label=f"{PAPER_NAMES[m]} accuracy")
             ax.plot(votes, [100 * v["tie_rate"] for v in curve], "s--", color=colour, alpha=0.6,
-                    label=f"{PAPER_NAMES[name]} tie rate")
-    if not (summary["hex_vs_votes"] or summary["sc_vs_votes"]):
-        return ax.set_axis_off() or ax.set_title("one sample per schedule: no votes curve", fontsize=10)
-    if paper:
-        n, acc, tie = zip(*PAPER_GSM8K_VOTES)
-        ax.plot(n, acc, "o:", color="tab:red", alpha=0.5, label="HEX accuracy, paper (temperature not stated)")
-        ax.plot(n, tie, "s:", color="tab:red", alpha=0.3, label="HEX tie rate, paper")
-    ax.set(xlabel="votes (HEX: samples per block length x block lengths)", ylabel="%", ylim=(0, 105))
-    ax.legend(fontsize=8)
-    ax.set_title("Accuracy against the number of votes", fontsize=10)
+                    label=f"{PAPER_NAMES[m]} tie rate")
+    if paper and summary["hex_vs_votes"]:
+        n, accuracy, tie = zip(*PAPER_GSM8K_VOTES)
+        ax.plot(n, accuracy, "o:", color="tab:red", alpha=0.5, label="HEX accuracy, the paper (temperature not stated)")
+        ax.plot(n, tie, "s:", color="tab:red", alpha=0.3, label="HEX tie rate, the paper")
+    ax.set(xlabel="votes", ylabel="%", ylim=(0, 105), title="Accuracy against the number of votes (one sample "
+           "per schedule: none)" if not ax.lines else "Accuracy against the number of votes")
+    if ax.lines:
+        ax.legend(fontsize=8)
 
 
-def _commit_map(fig, ax, records: list[Record], steps: int) -> None:
-    """One candidate per method (HEX: sample 0 of each block length) of the first question with a collapsed
-    candidate, else the first question; colour: the step that committed each position."""
-    record = next((r for r in records if any(map(collapsed, r["candidates"]))), records[0])
-    rows = [c for c in record["candidates"] if c["sample"] == 0]
-    labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
-    image = ax.imshow([c["commit_order"] for c in rows], aspect="auto", cmap="viridis", vmin=0, vmax=steps - 1,
-                      interpolation="nearest")
-    ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
-    if ends:
-        ax.scatter(*zip(*ends), marker="x", s=12, linewidths=1, color="red")
-    ax.set_yticks(range(len(rows)), labels, fontsize=8)
-    ax.set_xlabel("answer position")
-    ax.set_title(f"Commit order, question {record['id']} (red x: end-of-text)", fontsize=10)
-    fig.colorbar(image, ax=ax, label="step", fraction=0.03)
-
-
-def _agreement_map(fig, ax, table: dict) -> None:
-    if len(table["groups"]) < 2:
-        return ax.set_axis_off() or ax.set_title("one expert: no agreement to show", fontsize=10)
-    values = [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]]
-    image = ax.imshow(values, cmap="magma", vmin=0, vmax=100)
-    for i, row in enumerate(values):
-        for j, a in enumerate(row):
-            ax.annotate("-" if math.isnan(a) else f"{a:.0f}", (j, i), ha="center", va="center", fontsize=8, color="grey")
-    ax.set_xticks(range(len(values)), table["groups"], fontsize=8)
-    ax.set_yticks(range(len(values)), table["groups"], fontsize=8)
-    ax.set_title("Expert diversity: % of candidate pairs with the same readable answer", fontsize=10)
-    fig.colorbar(image, ax=ax, label="%", fraction=0.03)
+def _heatmap(fig, ax, values: list, rows: list[str], columns: list[str] | None, cmap: str, unit: str, title: str):
+    image = ax.imshow(values, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    if columns:
+        ax.set_xticks(range(len(columns)), columns, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label=unit, fraction=0.03)
 
 
 # 8. Run files: records, settings, one writer, resuming ------------------------------------------------
@@ -1138,53 +1004,37 @@ COMPARED = ("task", "data", "model", "mask_id", "gen_length", "steps", "methods"
 
 
 def settings_conflict(old: dict, new: dict) -> list[str]:
-    """What differs between stored settings and a new run's (COMPARED), key by key. The same data under
-    another path is the same data; a subset of the stored methods is no difference."""
+    """What differs between stored settings and a new run's (COMPARED), key by key. The same data under another
+    path is the same data; a subset of the stored methods is no difference."""
     changed = []
-    for key in COMPARED:
-        before, now = old.get(key), new.get(key)
+    for key, before, now in ((key, old.get(key), new.get(key)) for key in COMPARED):
         if key == "data":  # the data is its content
-            before, now = (f"{d.get('source')} ({d.get('fingerprint')}, {d.get('rows')} rows)" for d in (before, now))
-            if before.split(" ", 1)[1] == now.split(" ", 1)[1]:
+            if (before["fingerprint"], before["rows"]) == (now["fingerprint"], now["rows"]):
                 continue
+            before, now = (f"{d['source']} ({d['fingerprint']}, {d['rows']} rows)" for d in (before, now))
         if before != now and not (key == "methods" and set(now) <= set(before)):
             changed.append(f"{key}: {before} there, {now} now")
     return changed
 
 
-def read_records(paths: list[Path]) -> dict[int, Record]:
-    """Finished questions by id. A torn last line (an interrupted write) is not a finished question."""
-    done = {}
-    for path in paths:
-        text = path.read_text(encoding="utf-8") if path.is_file() else ""
-        for number, line in enumerate(text[:text.rfind("\n") + 1].splitlines(), start=1):
-            try:
-                record = json.loads(line)
-                done[record["id"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UsageError(f"{path}, line {number}: not a record of this script; fix or remove it, "
-                                 "or use --no-resume") from None
-    return done
-
-
 def write_atomically(path: Path, content: str | Callable[[Path], None]) -> None:
-    """Write path through a temporary file beside it, so no reader sees half of it: the text, or what a
-    function writes to the temporary path it is given (a figure)."""
+    """Write path through a temporary file beside it, so no reader sees half of it: the text, or what a function
+    writes to the temporary path it is given (a figure)."""
     temporary = path.with_name(path.name + f".tmp{os.getpid()}")
     temporary.write_text(content, encoding="utf-8") if isinstance(content, str) else content(temporary)
     temporary.replace(path)
 
 
 class RunFiles:
-    """The files of one run, named after --output: the records (JSONL), the settings, the summary, the figure,
-    the lock and torchrun's part files. `open` makes the folders and takes the lock (an exclusive flock on
-    `<output>.lock`, released by the OS if the holder dies); `close` releases it and removes the folders a
-    failed start made, so a failed start leaves nothing. A folder that cannot be written is `read_only`."""
+    """The files of one run, named after --output: the records (JSONL), the settings, the summary, the figure, the
+    lock and torchrun's part files. `open` makes the folders and takes the lock (an exclusive flock on
+    `<output>.lock`, released by the OS if the holder dies); `close` releases it and removes the folders a failed
+    start made, so a failed start leaves nothing. A folder that cannot be written is `read_only`."""
 
     def __init__(self, output: Path):
-        self.output, self.settings, self.lock = output, output.with_suffix(".config.json"), output.with_name(output.name + ".lock")
-        self.summary, self.figure = output.with_suffix(".summary.json"), output.with_suffix(".png")
-        self.made, self.fd, self.read_only = [], None, None
+        self.output, self.lock, self.fd = output, output.with_name(output.name + ".lock"), None
+        self.settings, self.summary = output.with_suffix(".config.json"), output.with_suffix(".summary.json")
+        self.figure, self.made, self.read_only = output.with_suffix(".png"), [], None
 
     def open(self) -> None:
         self.made = [p for p in self.output.parents if not p.exists()][::-1]
@@ -1204,8 +1054,8 @@ class RunFiles:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise UsageError(f"{self.output} is being written by another run (it holds {self.lock}); "
-                                 "wait for it, or use another --output") from None
+                raise UsageError(f"{self.output} is being written by another run (it holds {self.lock}); wait for "
+                                 "it, or use another --output") from None
             try:  # the previous holder may have removed the file as we opened it: then try again
                 self.fd = fd if os.stat(self.lock).st_ino == os.fstat(fd).st_ino else os.close(fd)
             except FileNotFoundError:
@@ -1214,8 +1064,7 @@ class RunFiles:
     def close(self) -> None:
         if self.fd is not None:
             self.lock.unlink(missing_ok=True)
-            os.close(self.fd)
-            self.fd = None
+            self.fd = os.close(self.fd)
         for folder in reversed(self.made):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
@@ -1223,10 +1072,21 @@ class RunFiles:
     def parts(self) -> list[Path]:
         """The torchrun ranks' files of this output, exactly `<stem>.part<rank>.jsonl`."""
         pattern = re.compile(re.escape(self.output.stem) + r"\.part\d+\.jsonl")
-        return sorted(p for p in self.output.parent.glob(self.output.stem + ".part*.jsonl") if pattern.fullmatch(p.name))
+        return sorted(p for p in self.output.parent.glob(f"{self.output.stem}.part*.jsonl") if pattern.fullmatch(p.name))
 
     def records(self) -> dict[int, Record]:
-        return read_records([self.output, *self.parts()])
+        """Finished questions by id. A torn last line (an interrupted write) is not a finished question."""
+        done = {}
+        for path in [self.output, *self.parts()]:
+            text = path.read_text(encoding="utf-8") if path.is_file() else ""
+            for number, line in enumerate(text[:text.rfind("\n") + 1].splitlines(), start=1):
+                try:
+                    record = json.loads(line)
+                    done[record["id"]] = record
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise UsageError(f"{path}, line {number}: not a record of this script; fix or remove it, or use "
+                                     "--no-resume") from None
+        return done
 
     def stored_settings(self) -> dict:
         return json.loads(self.settings.read_text(encoding="utf-8"))
@@ -1234,18 +1094,20 @@ class RunFiles:
     def finished(self, settings: dict, requested: set[int], resume: bool) -> dict | None:
         """The stored settings when every question asked for is done (with these settings, or a subset of their
         methods), else None; results made with other settings, or that cannot be checked, are refused."""
+        free = next(p for n in range(2, 10**6) if not (p := self.output.with_name(f"{self.output.stem}-{n}.jsonl"))
+                    .exists() and not p.with_suffix(".config.json").exists())
         if resume and self.settings.is_file():
             old, done = self.stored_settings(), self.records().keys()
             if changed := settings_conflict(old, settings):
                 raise UsageError(f"{self.output} holds results made with other settings:\n  " + "\n  ".join(changed)
-                                 + f"\nthe results are left untouched; use --output {self.free_output()}, or "
-                                 "--no-resume to start them over")
+                                 + f"\nthe results are left untouched; use --output {free}, or --no-resume to start "
+                                 "them over")
             if requested <= done:
                 return old
             if settings["methods"] != old["methods"]:
                 raise UsageError(f"{self.output} was made with --methods {' '.join(old['methods'])} and has "
                                  f"{len(requested & done)} of the {len(requested)} questions asked for: rerun with "
-                                 f"those methods to finish it, or use --output {self.free_output()}")
+                                 f"those methods to finish it, or use --output {free}")
         elif resume and (self.output.exists() or self.parts()):
             raise UsageError(f"{self.output} exists but has no settings file ({self.settings.name}), so its records "
                              "cannot be checked; use another --output, or --no-resume to start over")
@@ -1253,34 +1115,24 @@ class RunFiles:
             raise UsageError(f"--output {self.output}: {self.read_only}; use another --output")
         return None
 
-    def free_output(self) -> Path:
-        """The first `<stem>-N.jsonl` beside the output that no run has used."""
-        return next(p for n in range(2, 10**6) if not (p := self.output.with_name(f"{self.output.stem}-{n}.jsonl"))
-                    .exists() and not p.with_suffix(".config.json").exists())
-
     def start(self, settings: dict, resume: bool, environment: dict) -> None:
-        """Write the settings, once every check has passed and the model has loaded (--no-resume deletes the
-        old files only now); the machine and what the model gave (mask id, end-of-text ids) are appended."""
-        if not resume:
-            for path in (self.output, self.settings, self.summary, self.figure, *self.parts()):
-                path.unlink(missing_ok=True)
+        """Write the settings once every check has passed and the model has loaded (--no-resume deletes the old
+        files only now), with this machine and what the model gave (mask id, end-of-text ids) appended."""
+        for path in (self.output, self.settings, self.summary, self.figure, *self.parts()) if not resume else ():
+            path.unlink(missing_ok=True)
         old = self.stored_settings() if self.settings.is_file() else {}
-        environments = old.get("environments", [])
-        write_atomically(self.settings, json.dumps({**settings, "environments": environments + [environment] * (
-            environment not in environments), **{k: old[k] for k in ("rescored",) if k in old}}, indent=1))
+        seen = old.get("environments", [])
+        write_atomically(self.settings, json.dumps({**settings, "environments": seen + [environment] * (
+            environment not in seen), **{k: old[k] for k in ("rescored",) if k in old}}, indent=1))
 
-    def write_records(self, records: dict[int, Record]) -> None:
-        """Replace the JSONL by these records, in id order, and drop torchrun's part files."""
-        write_atomically(self.output, "".join(json.dumps(records[k]) + "\n" for k in sorted(records)))
-        for path in self.parts():
-            path.unlink()
-
-    def merge_parts(self) -> dict[int, Record]:
-        """Every finished record, torchrun's part files merged into the one JSONL (where it can be written)."""
-        records = self.records()
-        if self.parts() and not self.read_only:
-            self.write_records(records)
-        return records
+    def merge_parts(self, records: dict[int, Record] | None = None) -> dict[int, Record]:
+        """Every finished record (or these), torchrun's part files merged into the one JSONL where it can be written."""
+        if records is not None or (self.parts() and not self.read_only):
+            records = self.records() if records is None else records
+            write_atomically(self.output, "".join(json.dumps(records[k]) + "\n" for k in sorted(records)))
+            for path in self.parts():
+                path.unlink()
+        return self.records() if records is None else records
 
 
 # 9. The command line ---------------------------------------------------------------------------------
@@ -1291,7 +1143,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--task", choices=list(TASKS), default="gsm8k")
     add("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="hub id or local folder")
     add("--device", default=None, help="cpu, cuda or cuda:N (default: this rank's GPU, else cpu)")
-    add("--dtype", default=None, choices=["bfloat16", "float16", "float32"], help="default: bfloat16 on CUDA, else float32")
+    add("--dtype", choices=["bfloat16", "float16", "float32"], help="default: bfloat16 on CUDA, else float32")
     add("--data", default=None, help="local JSONL or parquet file of the task's rows (default: the hub's split)")
     add("--limit", type=int, default=None, help="evaluate at most this many questions")
     add("--offset", type=int, default=0, help="skip this many questions first")
@@ -1304,7 +1156,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--samples-per-block", type=int, default=1, help="HEX samples per block length (needs --temperature > 0)")
     add("--temperature", type=float, default=0.0, help="HEX's sampling temperature")
     add("--sc-block-length", type=int, default=32, help="self-consistency's one schedule (default 32)")
-    add("--sc-samples", type=int, default=None, help="default: HEX's votes (block lengths x samples), equal cost")
+    add("--sc-samples", type=int, default=None, help="default: HEX's votes (block lengths x samples): equal cost")
     add("--sc-temperature", type=float, default=None, help=f"default: --temperature if > 0, else {SC_TEMPERATURE}")
     add("--answer-rule", choices=RULES, default="authors", help="the rule the summary leads with; both are stored")
     add("--tie-break", choices=["first", "likelihood"], default="first")
@@ -1337,25 +1189,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise UsageError(f"--samples-per-block {args.samples_per_block} at --temperature 0: temperature 0 is "
                          "deterministic, so every sample of a block length would be the same decode at "
                          f"{args.samples_per_block}x the cost; pass --temperature > 0 to sample, or drop it")
-    if args.steps is None:
-        if args.gen_length % 2:
-            raise UsageError(f"--gen-length {args.gen_length} is odd: pass --steps (the default is gen_length / 2)")
-        args.steps = args.gen_length // 2
+    if args.steps is None and args.gen_length % 2:
+        raise UsageError(f"--gen-length {args.gen_length} is odd: pass --steps (the default is gen_length / 2)")
+    args.steps = args.steps or args.gen_length // 2
     check_schedules(args)
-    if args.output is None:
-        args.output = (f"results/{args.task}-{Path(args.model.rstrip('/')).name}-g{args.gen_length}-s{args.steps}"
-                       f"-t{args.temperature:g}-x{args.samples_per_block}.jsonl")
+    args.output = args.output or (f"results/{args.task}-{Path(args.model.rstrip('/')).name}-g{args.gen_length}-s"
+                                  f"{args.steps}-t{args.temperature:g}-x{args.samples_per_block}.jsonl")
     return args
 
 
 def check_schedules(args: argparse.Namespace) -> None:
-    """Fill in the authors' block lengths and SC's defaults, and check that every schedule divides gen_length
-    and the steps, naming the flags the user passed."""
-    given = args.block_lengths is not None
+    """Fill in the authors' block lengths and SC's defaults, and check that every schedule divides gen_length and
+    the steps, naming the flags the user passed."""
+    if (given := args.block_lengths is not None) is False and args.gen_length % 32 and "hex" in args.methods:
+        raise UsageError(f"--gen-length {args.gen_length} is not a multiple of 32, so the authors' block lengths "
+                         "(gen_length/32 x 1, 2, 4, 8, 16) do not apply: pass --block-lengths")
     if not given:
-        if args.gen_length % 32 and "hex" in args.methods:
-            raise UsageError(f"--gen-length {args.gen_length} is not a multiple of 32, so the authors' block lengths "
-                             "(gen_length/32 x 1, 2, 4, 8, 16) do not apply: pass --block-lengths")
         args.block_lengths = [args.gen_length // 32 * m for m in (1, 2, 4, 8, 16)] if args.gen_length % 32 == 0 else []
     args.sc_samples = args.sc_samples or (len(args.block_lengths) or 5) * args.samples_per_block
     if args.sc_temperature is None:
@@ -1364,13 +1213,14 @@ def check_schedules(args: argparse.Namespace) -> None:
         raise UsageError(f"--sc-samples {args.sc_samples} at --sc-temperature 0: every sample would be the same "
                          "decode, and the vote a single answer; pass --sc-temperature > 0")
     blocks = " ".join(map(str, args.block_lengths))
-    checks = [(b, f"--block-lengths {blocks}" if given else f"the default block lengths {blocks} (gen_length/32 x "
-               "1, 2, 4, 8, 16)") for b in args.block_lengths * ("hex" in args.methods)]
-    for b, what in checks + [(args.sc_block_length, f"--sc-block-length {args.sc_block_length}")] * ("sc" in args.methods):
+    what = (f"--block-lengths {blocks}" if given
+            else f"the default block lengths {blocks} (gen_length/32 x 1, 2, 4, 8, 16)")
+    for b, flag in [(b, what) for b in args.block_lengths if "hex" in args.methods] + [
+            (args.sc_block_length, f"--sc-block-length {args.sc_block_length}")] * ("sc" in args.methods):
         try:
             steps_per_block(args.gen_length, args.steps, b)
         except ValueError as error:
-            raise UsageError(f"{what} with --gen-length {args.gen_length} --steps {args.steps}: {error}; pass block "
+            raise UsageError(f"{flag} with --gen-length {args.gen_length} --steps {args.steps}: {error}; pass block "
                              "lengths that divide --gen-length, or another --gen-length or --steps") from None
 
 
@@ -1384,13 +1234,9 @@ def resolve_device(requested: str | None) -> torch.device:
         raise UsageError(f"--device {requested}: not a device name (cpu, cuda, cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {requested}: this torch build has no usable CUDA GPU")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {requested}: only {torch.cuda.device_count()} GPU(s) here")
     try:
-        if device.type == "meta":
-            raise ValueError("meta tensors hold no data")
-        torch.empty(1, device=device)
-    except Exception as error:  # noqa: BLE001 -- e.g. mps on a torch built without it: any failure means unusable
+        torch.empty(1, device=device).cpu()  # meta tensors, cuda:9 of 8, mps in a torch built without it: all raise
+    except Exception as error:  # noqa: BLE001 -- whatever the reason, the device is unusable
         reason = (str(error).strip() or type(error).__name__).splitlines()[0][:120]
         raise UsageError(f"--device {requested}: not available in this torch build ({reason})") from None
     return device
@@ -1398,8 +1244,7 @@ def resolve_device(requested: str | None) -> torch.device:
 
 def check_output(text: str) -> Path:
     """--output as a results file that can exist: not a folder, under no file."""
-    output = Path(text).expanduser()
-    if output.is_dir():
+    if (output := Path(text).expanduser()).is_dir():
         raise UsageError(f"--output {text}: is a folder; name a results file, e.g. --output {output / 'run.jsonl'}")
     if not (nearest := next(p for p in output.parents if p.exists())).is_dir():
         raise UsageError(f"--output {text}: {nearest} is a file, not a folder")
@@ -1431,8 +1276,8 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 
 def evaluate(args: argparse.Namespace) -> dict | None:
-    """Check all that can be checked without the model, take the run's files, load the model, decode what is
-    not done yet (each question appended at once), report. Under torchrun, rank 0 owns the files."""
+    """Check all that can be checked without the model, take the run's files, load the model, decode what is not
+    done yet (each question appended at once), report. Under torchrun, rank 0 owns the files."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     device, task, files = resolve_device(args.device), TASKS[args.task], RunFiles(check_output(args.output))
     offline_unless_reachable(args)
@@ -1444,20 +1289,23 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     if world > 1:  # gloo only synchronises the ranks; no tensors are exchanged
         torch.distributed.init_process_group("gloo", timeout=timedelta(hours=48))
     try:
-        def open_files():
-            files.open()
-            return files.finished(settings, requested, args.resume)
-        if (finished := on_rank0(open_files, world, rank)) is not None:
-            print(f"all {len(requested)} questions asked for are done in {files.output}: its summary, without the model")
+        if (finished := on_rank0(lambda: files.open() or files.finished(settings, requested, args.resume),
+                                 world, rank)) is not None:
+            print(f"all {len(requested)} questions asked for are done in {files.output}: the summary, without the model")
             return report(finished, files, requested, args) if rank == 0 else None
         tokenizer, config = load_tokenizer(args.model)
-        mask_id = check_tokenizer(args, task, tokenizer, config, problems[0]["row"])
+        model_family(config, args.model)  # an unknown family is refused before the weights load
+        mask_id = args.mask_id if args.mask_id is not None else find_mask_id(tokenizer, config)
+        if not 0 <= mask_id < (vocab := getattr(config, "vocab_size", None) or len(tokenizer)):
+            raise UsageError(f"--mask-id {mask_id} is outside the model's vocabulary (size {vocab})")
+        if tokenizer.chat_template is None:
+            raise UsageError(f"--model {args.model}: its tokenizer has no chat template (instruct checkpoints have one)")
         model = load_model(args.model, config, device, getattr(torch, settings["dtype"]))
-        environment = dict(device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                           torch=torch.__version__, transformers=__import__("transformers").__version__,
-                           world_size=world, mask_id=mask_id, end_of_text_ids=end_of_text_ids(tokenizer))
-        on_rank0(lambda: files.start(settings, args.resume, environment), world, rank)
-        decode_questions(model, tokenizer, task, problems, settings, mask_id, device, files, args.answer_rule)
+        on_rank0(lambda: files.start(settings, args.resume, dict(
+            device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", torch=torch.__version__,
+            transformers=__import__("transformers").__version__, world_size=world, mask_id=mask_id,
+            end_of_text_ids=end_of_text_ids(tokenizer))), world, rank)
+        decode_questions(model, tokenizer, task, problems, settings, mask_id, device, files)
         return report(files.stored_settings(), files, requested, args) if rank == 0 else None
     finally:
         files.close()
@@ -1465,10 +1313,18 @@ def evaluate(args: argparse.Namespace) -> dict | None:
             torch.distributed.destroy_process_group()
 
 
+def run_settings(args: argparse.Namespace, data: dict, device: torch.device) -> dict:
+    """What the user asked for, as the settings file keeps it; COMPARED on a rerun (not the batch size)."""
+    model = Path(args.model).expanduser()
+    return dict(task=args.task, data=data, model=str(model.resolve()) if model.is_dir() else args.model,
+                **{k: getattr(args, k) for k in COMPARED[3:-1]}, batch_size=args.batch_size,
+                dtype=args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+
+
 def offline_unless_reachable(args: argparse.Namespace) -> None:
     """When the data or the model is to come from the hub and the hub does not answer within 3 s, use
-    huggingface_hub's offline mode (its local cache only): a missing file is then one line at once, not a
-    minute of retries. Before `datasets` or `transformers` is imported, as they read it then."""
+    huggingface_hub's offline mode (its local cache only): a missing file is then one line at once, not a minute
+    of retries. Before `datasets` or `transformers` is imported, as they read it then."""
     if os.environ.get("HF_HUB_OFFLINE") or (args.data and Path(args.model).expanduser().is_dir()):
         return
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
@@ -1476,26 +1332,6 @@ def offline_unless_reachable(args: argparse.Namespace) -> None:
         socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)), timeout=3).close()
     except OSError:
         os.environ["HF_HUB_OFFLINE"] = "1"
-
-
-def run_settings(args: argparse.Namespace, data: dict, device: torch.device) -> dict:
-    """What the user asked for, as stored in the settings file; COMPARED on a rerun (not the batch size)."""
-    model = Path(args.model).expanduser()
-    return dict(task=args.task, data=data, model=str(model.resolve()) if model.is_dir() else args.model,
-                **{k: getattr(args, k) for k in COMPARED[3:-1]},
-                dtype=args.dtype or ("bfloat16" if device.type == "cuda" else "float32"), batch_size=args.batch_size)
-
-
-def check_tokenizer(args, task: Task, tokenizer, config, row: dict) -> int:
-    """The mask id, once the checkpoint's family, mask id and chat template pass (before the weights load)."""
-    model_family(config, args.model)
-    mask_id = args.mask_id if args.mask_id is not None else find_mask_id(tokenizer, config)
-    if not 0 <= mask_id < (vocab := getattr(config, "vocab_size", None) or len(tokenizer)):
-        raise UsageError(f"--mask-id {mask_id} is outside the model's vocabulary (size {vocab})")
-    if tokenizer.chat_template is None:
-        raise UsageError(f"--model {args.model}: its tokenizer has no chat template (an instruct checkpoint has one)")
-    build_prompt(tokenizer, task, row)
-    return mask_id
 
 
 def on_rank0(fn: Callable[[], Any], world: int, rank: int) -> Any:
@@ -1514,9 +1350,9 @@ def on_rank0(fn: Callable[[], Any], world: int, rank: int) -> Any:
 
 
 def decode_questions(model, tokenizer, task: Task, problems: list[dict], settings: dict, mask_id: int,
-                     device: torch.device, files: RunFiles, rule: str) -> None:
-    """This rank's questions not done yet, in batches, each record appended to this rank's file at once. The
-    progress bar counts the finished questions too, and so does its running accuracy."""
+                     device: torch.device, files: RunFiles) -> None:
+    """This rank's questions not done yet, in batches, each record appended to this rank's file at once (a torn
+    last line, from an interrupted write, cut first). The progress bar counts the finished questions too."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     done = files.records()
     if world > 1:
@@ -1524,29 +1360,22 @@ def decode_questions(model, tokenizer, task: Task, problems: list[dict], setting
     if rank == 0 and (finished := sum(p["id"] in done for p in problems)):
         print(f"resuming {files.output}: {finished} of {len(problems)} questions already done, "
               f"{len(problems) - finished} to go")
-    mine = problems[rank::world]
-    todo, correct = [p for p in mine if p["id"] not in done], {m: 0 for m in settings["methods"]}
-    for record in (done[p["id"]] for p in mine if p["id"] in done):
-        for m, (_, _, right) in verdicts(task, record, rule, settings["tie_break"])[0].items():
-            correct[m] += right
-    sink, count = files.output.with_suffix(f".part{rank}.jsonl") if world > 1 else files.output, len(mine) - len(todo)
+    mine, size = problems[rank::world], settings["batch_size"]
+    todo = [p for p in mine if p["id"] not in done]
+    sink = files.output.with_suffix(f".part{rank}.jsonl") if world > 1 else files.output
     if sink.is_file() and (text := sink.read_bytes()) and not text.endswith(b"\n"):
-        sink.write_bytes(text[:text.rfind(b"\n") + 1])  # cut an interrupted last line before appending
-    bar = tqdm(total=len(mine), initial=count, desc=task.title + f" rank {rank}" * (world > 1), disable=not todo)
+        sink.write_bytes(text[:text.rfind(b"\n") + 1])
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=task.title + f" rank {rank}" * (world > 1),
+               disable=not todo)
     try:
         with sink.open("a", encoding="utf-8") as out:
-            for i in range(0, len(todo), settings["batch_size"]):
-                for record in decode_batch(model, tokenizer, task, todo[i:i + settings["batch_size"]], settings,
-                                           mask_id, device):
+            for batch in (todo[i:i + size] for i in range(0, len(todo), size)):
+                for record in decode_batch(model, tokenizer, task, batch, settings, mask_id, device):
                     out.write(json.dumps(record) + "\n")
                     out.flush()
-                    count += 1
-                    for m, (_, _, right) in verdicts(task, record, rule, settings["tie_break"])[0].items():
-                        correct[m] += right
                     bar.update()
-                    bar.set_postfix({m: f"{100 * c / count:.1f}%" for m, c in correct.items()})
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"{count} of {len(mine)} questions are saved in {sink}") from None
+        raise KeyboardInterrupt(f"{bar.n} of {len(mine)} questions are saved in {sink}") from None
     finally:
         bar.close()
     if world > 1:
@@ -1577,21 +1406,19 @@ def report(settings: dict, files: RunFiles, requested: set[int], args: argparse.
 def rescore(args: argparse.Namespace) -> dict:
     """--rescore: re-read every stored candidate's text by the current answer rules and rewrite the records, the
     summary and the figure, without the model. The settings keep the run's own and note the rescoring."""
-    files = RunFiles(check_output(args.output))
-    if not files.settings.is_file():
+    if not (files := RunFiles(check_output(args.output))).settings.is_file():
         raise UsageError(f"--rescore: {files.output} has no settings file ({files.settings.name}): nothing to rescore")
     try:
         files.open()
         if files.read_only:
             raise UsageError(f"--rescore: {files.read_only}")
-        settings, records = files.stored_settings(), files.merge_parts()
-        if not records:
+        if not (records := files.records()):
             raise UsageError(f"--rescore: {files.output} holds no finished question")
-        task, changed = TASKS[settings["task"]], 0
+        settings, changed = files.stored_settings(), 0
         for candidate in (c for record in records.values() for c in record["candidates"]):
-            answers = {r: task.extract[r](candidate["text"]) for r in RULES}
+            answers = {r: TASKS[settings["task"]].extract[r](candidate["text"]) for r in RULES}
             changed, candidate["answers"] = changed + (answers != candidate["answers"]), answers
-        files.write_records(records)
+        files.merge_parts(records)
         settings["rescored"] = settings.get("rescored", []) + [
             dict(at=time.strftime("%Y-%m-%d %H:%M:%S %Z"), questions=len(records), answers_changed=changed)]
         write_atomically(files.settings, json.dumps(settings, indent=1))
