@@ -940,12 +940,14 @@ def write_figures(summary: dict, records: list[Record], path: Path) -> None:
     rows = [c for c in record["candidates"] if c["sample"] == 0]
     labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
     _heatmap(fig, axes[1, 0], [c["commit_order"] for c in rows], labels, None, "viridis", "step",
-             f"Commit order, question {record['id']}: the step that committed each position (x: end-of-text)")
+             f"Commit order, question {record['id']}: the step that committed each position (x: end-of-text)",
+             settings["steps"] - 1)
     axes[1, 0].scatter(*zip(*[(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
                             or [(math.nan, math.nan)]), marker="x", s=12, color="red")
     if (table := summary["agreement"])["groups"]:
         _heatmap(fig, axes[1, 1], [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]],
-                 table["groups"], table["groups"], "magma", "%", "Expert diversity: % of candidate pairs, same answer")
+                 table["groups"], table["groups"], "magma", "%", "Expert diversity: % of candidate pairs, same answer",
+                 100)
     else:
         axes[1, 1].set_axis_off()
     fig.savefig(path, dpi=100, format="png")
@@ -988,9 +990,12 @@ def _votes_plot(ax, summary: dict, paper: bool) -> None:
         ax.legend(fontsize=8)
 
 
-def _heatmap(fig, ax, values: list, rows: list[str], columns: list[str] | None, cmap: str, unit: str, title: str):
-    image = ax.imshow(values, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0)
+def _heatmap(fig, ax, values: list, rows: list[str], columns: list[str] | None, cmap: str, unit: str, title: str,
+             vmax: float):
+    image = ax.imshow(values, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0, vmax=vmax)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    for i, j, v in ((i, j, v) for i, row in enumerate(values) for j, v in enumerate(row) if columns and v == v):
+        ax.annotate(f"{v:.0f}", (j, i), ha="center", va="center", fontsize=8, color="grey")
     if columns:
         ax.set_xticks(range(len(columns)), columns, fontsize=8)
     ax.set_title(title, fontsize=10)
