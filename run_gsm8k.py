@@ -1296,8 +1296,10 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     try:
         if (finished := on_rank0(lambda: files.open() or files.finished(settings, requested, args.resume),
                                  world, rank)) is not None:
+            if rank > 0:
+                return None
             print(f"all {len(requested)} questions asked for are done in {files.output}: the summary, without the model")
-            return report(finished, files, requested, args) if rank == 0 else None
+            return report(finished, files, requested, args)
         tokenizer, config = load_tokenizer(args.model)
         model_family(config, args.model)  # an unknown family is refused before the weights load
         mask_id = args.mask_id if args.mask_id is not None else find_mask_id(tokenizer, config)
