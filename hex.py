@@ -127,6 +127,7 @@ def _denoise(model: Callable, x: torch.Tensor, attention_mask: torch.Tensor | No
     for r, (s, g) in enumerate(zip(schedules, generators)):  # (so a schedule with its own stream draws as alone)
         draws = s.temperature > 0 or s.remasking == "random"
         groups.setdefault((s.remasking, s.temperature, g if draws else None), []).append(r)
+    groups = {key: torch.tensor(rows, device=x.device) for key, rows in groups.items()}  # made once, not per step
     commit_step = torch.full((R, gen_length), -1, dtype=torch.long, device=x.device)
     for t in range(steps):
         logits = (model(x) if attention_mask is None else model(x, attention_mask=attention_mask)).logits
@@ -139,7 +140,6 @@ def _denoise(model: Callable, x: torch.Tensor, attention_mask: torch.Tensor | No
         confidence = torch.full((R, gen_length), -math.inf, dtype=torch.float64, device=x.device)
         prediction = answer.clone()
         for (remasking, temperature, generator), group in groups.items():
-            group = torch.tensor(group, device=x.device)
             r, cols = candidate[group].nonzero(as_tuple=True)
             x0, conf = x0_and_confidence(logits, group[r], cols + P, remasking=remasking,
                                          temperature=temperature, mask_id=mask_id, generator=generator)
