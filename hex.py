@@ -199,8 +199,7 @@ def _check_args(model, input_ids, attention_mask, gen_length, steps, mask_id, sc
 def answer_log_likelihood(first_logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
     """The authors' likelihood score: the first pass's log-softmax (prompt + all masks) at each final answer
     token, averaged over all gen_length positions. (B, G, V), (B, K, G) -> (B, K) float64, chunk by chunk."""
-    B, K, G = answers.shape
-    n = max(1, CHUNK_ELEMENTS // first_logits.shape[-1])
+    (B, K, G), n = answers.shape, max(1, CHUNK_ELEMENTS // first_logits.shape[-1])
     tokens = answers.transpose(1, 2).flatten(0, 1)  # (B * G, K)
     logp = [chunk.double().log_softmax(-1).gather(-1, t) for chunk, t in  # (n, K) each
             zip(first_logits.flatten(0, 1).split(n), tokens.split(n))]
@@ -387,6 +386,8 @@ def benchmark(model: nn.Module, prompt_length: int, mask_id: int, batch_sizes: S
     for way, B, groups in [("one lockstep batch", B, [schedules]) for B in batch_sizes] + [
             ("each schedule in turn", 1, [[s] for s in schedules])]:
         prompt, seconds = (torch.arange(B * prompt_length).view(B, -1) % mask_id).to(model.embed.weight.device), []
+        if cuda:  # the peak memory of this way alone
+            torch.cuda.reset_peak_memory_stats()
         for _ in range(repeats):
             calls[0], start = 0, time.perf_counter()
             for group in groups:
@@ -394,7 +395,7 @@ def benchmark(model: nn.Module, prompt_length: int, mask_id: int, batch_sizes: S
             seconds.append((cuda and torch.cuda.synchronize(), time.perf_counter() - start)[1])
         tokens, best[B, way] = B * len(schedules) * (prompt_length + 256) * 128, min(seconds)  # either way
         mfu = forward_flops(sum(p.numel() for p in model.parameters()), tokens) / min(seconds) / peak_tflops / 1e12
-        memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"  # peak so far
+        memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
         lines.append(f"   {way:<24}{B:>3}{calls[0]:>15}{f'{min(seconds) / B:.2f}-{max(seconds) / B:.2f}':>15}"
                      f"{tokens / min(seconds):>10.0f}{f'{mfu:.0%}' if peak_tflops < math.inf else '-':>6}{memory:>10}")
     hook.remove()
@@ -406,8 +407,7 @@ def benchmark(model: nn.Module, prompt_length: int, mask_id: int, batch_sizes: S
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="HEX on a random model: commit order, a vote, a benchmark.")
-    parser.add_argument("--shape", choices=list(SHAPES), default="tiny",
-                        help="tiny (default: any device) or llada-8b (LLaDA-8B-Instruct's shape, bfloat16, CUDA)")
+    parser.add_argument("--shape", choices=list(SHAPES), default="tiny", help="llada-8b: LLaDA-8B's shape, bf16, CUDA")
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="questions per batch (default 1; llada-8b 1 2 4 8)")
     parser.add_argument("--repeats", type=int, help="timed runs per way (default 3; llada-8b 1)")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (CUDA default 989: H100/H200 SXM)")
