@@ -1099,26 +1099,29 @@ class RunFiles:
     def finished(self, settings: dict, requested: set[int], resume: bool) -> dict | None:
         """The stored settings when every question asked for is done (with these settings, or a subset of their
         methods), else None; results made with other settings, or that cannot be checked, are refused."""
-        free = next(p for n in range(2, 10**6) if not (p := self.output.with_name(f"{self.output.stem}-{n}.jsonl"))
-                    .exists() and not p.with_suffix(".config.json").exists())
         if resume and self.settings.is_file():
             old, done = self.stored_settings(), self.records().keys()
             if changed := settings_conflict(old, settings):
                 raise UsageError(f"{self.output} holds results made with other settings:\n  " + "\n  ".join(changed)
-                                 + f"\nthe results are left untouched; use --output {free}, or --no-resume to start "
+                                 + f"\nthe results are left untouched; use --output {self.free_output()}, or --no-resume to start "
                                  "them over")
             if requested <= done:
                 return old
             if settings["methods"] != old["methods"]:
                 raise UsageError(f"{self.output} was made with --methods {' '.join(old['methods'])} and has "
                                  f"{len(requested & done)} of the {len(requested)} questions asked for: rerun with "
-                                 f"those methods to finish it, or use --output {free}")
+                                 f"those methods to finish it, or use --output {self.free_output()}")
         elif resume and (self.output.exists() or self.parts()):
             raise UsageError(f"{self.output} exists but has no settings file ({self.settings.name}), so its records "
                              "cannot be checked; use another --output, or --no-resume to start over")
         if self.read_only:
             raise UsageError(f"--output {self.output}: {self.read_only}; use another --output")
         return None
+
+    def free_output(self) -> Path:
+        """The first `<stem>-N.jsonl` beside the output that no run has used (for a refusal to name)."""
+        return next(p for n in range(2, 10**6) if not (p := self.output.with_name(f"{self.output.stem}-{n}.jsonl"))
+                    .exists() and not p.with_suffix(".config.json").exists())
 
     def start(self, settings: dict, resume: bool, environment: dict) -> None:
         """Write the settings once every check has passed and the model has loaded (--no-resume deletes the old
@@ -1130,14 +1133,18 @@ class RunFiles:
         write_atomically(self.settings, json.dumps({**settings, "environments": seen + [environment] * (
             environment not in seen), **{k: old[k] for k in ("rescored",) if k in old}}, indent=1))
 
-    def merge_parts(self, records: dict[int, Record] | None = None) -> dict[int, Record]:
-        """Every finished record (or these), torchrun's part files merged into the one JSONL where it can be written."""
-        if records is not None or (self.parts() and not self.read_only):
-            records = self.records() if records is None else records
-            write_atomically(self.output, "".join(json.dumps(records[k]) + "\n" for k in sorted(records)))
-            for path in self.parts():
-                path.unlink()
-        return self.records() if records is None else records
+    def write_records(self, records: dict[int, Record]) -> None:
+        """Replace the JSONL by these records, in id order, and drop torchrun's part files."""
+        write_atomically(self.output, "".join(json.dumps(records[k]) + "\n" for k in sorted(records)))
+        for path in self.parts():
+            path.unlink()
+
+    def merge_parts(self) -> dict[int, Record]:
+        """Every finished record, torchrun's part files merged into the one JSONL (where it can be written)."""
+        records = self.records()
+        if self.parts() and not self.read_only:
+            self.write_records(records)
+        return records
 
 
 # 9. The command line ---------------------------------------------------------------------------------
@@ -1396,12 +1403,12 @@ def report(settings: dict, files: RunFiles, requested: set[int], args: argparse.
     ordered = [records[k] for k in sorted(records)]
     chosen = [r for r in ordered if r["id"] in requested]
     summary = summarize(chosen, settings, args.answer_rule, args.methods)
+    fewer = summary["methods"].keys() != set(settings["methods"])
     if not files.read_only:
-        whole = summarize(ordered, settings, args.answer_rule)
+        whole = summarize(ordered, settings, args.answer_rule) if fewer or len(chosen) < len(ordered) else summary
         write_atomically(files.summary, json.dumps(whole, indent=1))
         write_atomically(files.figure, lambda path: write_figures(whole, ordered, path))
     print(summary_table(summary))
-    fewer = summary["methods"].keys() != set(settings["methods"])
     if len(chosen) < len(records) or fewer:
         print(f"(the {len(chosen)} questions{' and methods' * fewer} asked for; the summary file and the figure cover "
               f"all {len(records)} finished questions{' and every method' * fewer})")
@@ -1425,7 +1432,7 @@ def rescore(args: argparse.Namespace) -> dict:
         for candidate in (c for record in records.values() for c in record["candidates"]):
             answers = {r: TASKS[settings["task"]].extract[r](candidate["text"]) for r in RULES}
             changed, candidate["answers"] = changed + (answers != candidate["answers"]), answers
-        files.merge_parts(records)
+        files.write_records(records)
         settings["rescored"] = settings.get("rescored", []) + [
             dict(at=time.strftime("%Y-%m-%d %H:%M:%S %Z"), questions=len(records), answers_changed=changed)]
         write_atomically(files.settings, json.dumps(settings, indent=1))
