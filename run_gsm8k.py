@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import product
 from pathlib import Path
 from statistics import fmean
 from typing import Any, Callable, TypedDict
@@ -360,8 +361,8 @@ class Task:
     order: Callable[[int], list[int]] | None = None  # the authors' row order, when not the file's
 
 
-BOXED = dict(extract={"authors": boxed_answer_authors, "robust": choice_answer_robust},
-             equal={"authors": is_equiv_authors, "robust": same_answer})
+CHOICE_RULES = dict(extract={"authors": boxed_answer_authors, "robust": choice_answer_robust},
+                    equal={"authors": is_equiv_authors, "robust": same_answer})  # ARC-C and TruthfulQA
 TASKS: dict[str, Task] = {
     "gsm8k": Task("gsm8k", "GSM8K", ("openai/gsm8k", "main", "test"), "string fields 'question' and 'answer' "
                   "(GSM8K's)", GSM8K_PROMPT, lambda row: row["question"],
@@ -376,12 +377,12 @@ TASKS: dict[str, Task] = {
     "arc-c": Task("arc-c", "ARC-C", ("allenai/ai2_arc", "ARC-Challenge", "test"), "'question', 'answerKey' and "
                   "'choices' {'text': [...], 'label': [...]} (ai2_arc's)", ARC_C_PROMPT,
                   lambda row: multiple_choice(row["question"], row["choices"]["label"], row["choices"]["text"]),
-                  gold={"authors": _arc_gold, "robust": lambda row: _arc_gold(row).upper()}, **BOXED),
+                  gold={"authors": _arc_gold, "robust": lambda row: _arc_gold(row).upper()}, **CHOICE_RULES),
     "truthfulqa": Task("truthfulqa", "TruthfulQA", ("EleutherAI/truthful_qa_mc", "multiple_choice", "validation"),
                        "'question', 'choices' (a list of options) and 'label' (the right option's index)",
                        TRUTHFULQA_PROMPT, lambda row: multiple_choice(
                            row["question"], [chr(65 + i) for i in range(len(row["choices"]))], row["choices"]),
-                       gold={"authors": _truthfulqa_gold, "robust": _truthfulqa_gold}, **BOXED,
+                       gold={"authors": _truthfulqa_gold, "robust": _truthfulqa_gold}, **CHOICE_RULES,
                        order=_truthfulqa_order),
 }
 
@@ -805,12 +806,12 @@ def agreement(records: list[Record], oks: list[list[bool]], rule: str) -> dict:
     groups = [(f"block {b}", lambda c, b=b: c["method"] == "hex" and c["block_length"] == b) for b in blocks]
     groups += [("SC", lambda c: c["method"] == "sc")] * any(c["method"] == "sc" for c in records[0]["candidates"])
     agree, one_right = ([[None] * len(groups) for _ in groups] for _ in range(2))  # None: no such pairs
-    for (i, (_, first)), (j, (_, second)) in ((a, b) for a in enumerate(groups) for b in enumerate(groups)):
+    members = [[[x for x, c in enumerate(r["candidates"]) if belongs(c)] for r in records] for _, belongs in groups]
+    for i, j in product(range(len(groups)), repeat=2):
         same, single = [], []
-        for record, ok in zip(records, oks):
-            answers, cs = [c["answers"][rule] for c in record["candidates"]], record["candidates"]
-            pairs = [(x, y) for x, c in enumerate(cs) if first(c) for y, d in enumerate(cs) if second(d) and x != y]
-            if pairs:
+        for record, ok, xs, ys in zip(records, oks, members[i], members[j]):  # xs, ys: the two groups' candidates
+            answers = [c["answers"][rule] for c in record["candidates"]]
+            if pairs := [(x, y) for x in xs for y in ys if x != y]:
                 same.append(fmean(answers[x] is not None and answers[x] == answers[y] for x, y in pairs))
                 single.append(fmean(ok[x] != ok[y] for x, y in pairs))
         if same:
@@ -834,11 +835,10 @@ def summarize(records: list[Record], settings: dict, rule: str, methods: list[st
                         collapse_rate=fmean(collapsed(c) for q in mine for c, _ in q),
                         eot_first_share=fmean(eot_first_share(c) for q in mine for c, _ in q))
     for b in sorted({c["block_length"] for r in records for c in r["candidates"] if c["method"] == "hex"}):
-        mine = [(c, o, r) for r, ok in zip(records, oks) for c, o in zip(r["candidates"], ok)
-                if c["method"] == "hex" and c["block_length"] == b]
+        mine = [(c, o, p) for r, ok, (_, other_ok) in zip(records, oks, judged[other])  # p: right by the other rule
+                for c, o, p in zip(r["candidates"], ok, other_ok) if c["method"] == "hex" and c["block_length"] == b]
         experts[b] = dict(accuracy=fmean(o for _, o, _ in mine), ci95=wilson(sum(o for _, o, _ in mine), len(mine)),
-                          candidates=len(mine), other_rule_accuracy=fmean(
-                              is_correct(task, c["answers"][other], r["gold"][other], other) for c, _, r in mine),
+                          candidates=len(mine), other_rule_accuracy=fmean(p for _, _, p in mine),
                           collapse_rate=fmean(collapsed(c) for c, _, _ in mine),
                           eot_first_share=fmean(eot_first_share(c) for c, _, _ in mine))
     curve = lambda m, per, n: votes_curve(task, records, m, rule, tie_break, per, n) if m in table else []
