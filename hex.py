@@ -380,7 +380,7 @@ def benchmark(model: nn.Module, prompt_length: int, mask_id: int, batch_sizes: S
     lockstep batch, and at B = 1 the authors' way, one schedule after another: forward calls, seconds per
     question (min-max of `repeats`), tokens/s, model FLOPs utilisation, peak GPU memory."""
     schedules = [Schedule(b) for b in (8, 16, 32, 64, 128)] + [Schedule(256, r) for r in REMASKING]
-    cuda, calls, best = torch.cuda.is_available(), [0], {}
+    cuda, calls, best, parameters = torch.cuda.is_available(), [0], {}, sum(p.numel() for p in model.parameters())
     hook = model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     lines = [f"   {'way':<24}{'B':>3}{'forward calls':>15}{'s / question':>15}{'tokens/s':>10}{'MFU':>6}{'GPU':>10}"]
     for way, B, groups in [("one lockstep batch", B, [schedules]) for B in batch_sizes] + [
@@ -394,7 +394,7 @@ def benchmark(model: nn.Module, prompt_length: int, mask_id: int, batch_sizes: S
                 decode(model, prompt, schedules=group, gen_length=256, steps=128, mask_id=mask_id)
             seconds.append((cuda and torch.cuda.synchronize(), time.perf_counter() - start)[1])
         tokens, best[B, way] = B * len(schedules) * (prompt_length + 256) * 128, min(seconds)  # either way
-        mfu = forward_flops(sum(p.numel() for p in model.parameters()), tokens) / min(seconds) / peak_tflops / 1e12
+        mfu = forward_flops(parameters, tokens) / min(seconds) / peak_tflops / 1e12
         memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
         lines.append(f"   {way:<24}{B:>3}{calls[0]:>15}{f'{min(seconds) / B:.2f}-{max(seconds) / B:.2f}':>15}"
                      f"{tokens / min(seconds):>10.0f}{f'{mfu:.0%}' if peak_tflops < math.inf else '-':>6}{memory:>10}")

@@ -437,6 +437,11 @@ def row_problem(task: Task, row: Any) -> str | None:
     return f"needs {task.fields}"
 
 
+def _one_line(error: Exception, limit: int = 300) -> str:
+    """An error's message as one line (library messages span several), cut to `limit` characters."""
+    return " ".join(str(error).split())[:limit]
+
+
 def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
     """The task's rows in the dataset's own format and the data's identity (source, fingerprint, rows): a
     local JSONL or parquet file, else the split through the `datasets` library."""
@@ -447,7 +452,7 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
             dataset = load_dataset(name, config, split=split)
         except Exception as error:  # noqa: BLE001 -- no datasets, no network, no cache: say how to go on
             raise UsageError(f"could not load {name} ({config or 'default'}, {split}) through `datasets` "
-                             f"({type(error).__name__}: {' '.join(str(error).split())[:200]}). Pass a local copy with "
+                             f"({type(error).__name__}: {_one_line(error, 200)}). Pass a local copy with "
                              f"--data FILE, a JSONL or parquet file of its rows, made where the hub is reachable with "
                              f"load_dataset({name!r}, {config!r}, split={split!r}).to_json('{task.name}.jsonl')"
                              ) from None
@@ -594,10 +599,6 @@ def model_family(config, name: str) -> Family:
         raise UsageError(f"--model {name}: model_type {kind!r} is not a supported masked diffusion family; "
                          f"supported: {known}")
     return FAMILIES[kind.lower()]
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())[:300]
 
 
 def load_tokenizer(name: str):
