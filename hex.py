@@ -7,6 +7,7 @@ answer into blocks of `block_length` tokens, denoised left to right. Each block 
 2. one denoising step; 3. `decode` (any schedules in one lockstep batch) and `generate`; 4. `hex_generate`;
 5. `majority_vote`; 6. `TinyMaskPredictor`; 7. `python hex.py [--shape llada-8b]`: a demo and a benchmark.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ CHUNK_ELEMENTS = 2**21  # float64 scratch per chunk of positions (16 MiB): never
 
 # 1. The schedule --------------------------------------------------------------------------------
 
+
 def _integer(name: str, value, minimum: int = 1) -> int:
     """value as an int (numpy integers too), or a TypeError/ValueError that names the argument."""
     if not hasattr(type(value), "__index__"):
@@ -42,6 +44,7 @@ def _integer(name: str, value, minimum: int = 1) -> int:
 class Schedule:
     """How one candidate is decoded. HEX's experts are Schedule(b), b in 8..128 (the block length is the hidden
     expert); the paper's baselines Schedule(gen_length, r), r in "topk_margin", "low_confidence" (Top-K), "random"."""
+
     block_length: int
     remasking: str = "low_confidence"
     temperature: float = 0.0
@@ -62,8 +65,10 @@ def steps_per_block(gen_length: int, steps: int, block_length: int) -> int:
     if gen_length % block_length:
         raise ValueError(f"block_length={block_length!r} must be a positive divisor of gen_length={gen_length}")
     if steps % (num_blocks := gen_length // block_length):
-        raise ValueError(f"steps={steps} must be a multiple of the number of blocks "
-                         f"(gen_length / block_length = {gen_length}/{block_length} = {num_blocks})")
+        raise ValueError(
+            f"steps={steps} must be a multiple of the number of blocks "
+            f"(gen_length / block_length = {gen_length}/{block_length} = {num_blocks})"
+        )
     return steps // num_blocks
 
 
@@ -83,9 +88,17 @@ def semi_ar_plan(block_length: int, gen_length: int, steps: int) -> tuple[list[i
 
 # 2. One denoising step --------------------------------------------------------------------------
 
-def x0_and_confidence(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, *,
-                      remasking: str, temperature: float, mask_id: int,
-                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+
+def x0_and_confidence(
+    logits: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    *,
+    remasking: str,
+    temperature: float,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x0 at the N positions (rows, cols) of logits (R, T, V): the argmax at temperature 0, else a
     Gumbel-max sample of softmax(logits / temperature), never the mask token; and its confidence by
     `remasking`: "low_confidence" (the paper's Top-K) p(x0) under the untempered softmax, "topk_margin"
@@ -115,8 +128,17 @@ def most_confident(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(order).scatter_(-1, order, ranks) < k[:, None]
 
 
-def _denoise(model: Callable, x: torch.Tensor, attention_mask: torch.Tensor | None, schedules: list[Schedule],
-             generators: list, gen_length: int, steps: int, mask_id: int, keep_first_logits_every: int):
+def _denoise(
+    model: Callable,
+    x: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    schedules: list[Schedule],
+    generators: list,
+    gen_length: int,
+    steps: int,
+    mask_id: int,
+    keep_first_logits_every: int,
+):
     """Denoise canvas x (R, P + G) in place, row r by schedules[r]: per step one forward pass, candidates are the
     masked positions of a row's open block, committed tokens stay. Returns x, commit steps (R, G), first logits."""
     R, P = x.shape[0], x.shape[1] - gen_length
@@ -141,8 +163,15 @@ def _denoise(model: Callable, x: torch.Tensor, attention_mask: torch.Tensor | No
         prediction = answer.clone()
         for (remasking, temperature, generator), group in groups.items():
             r, cols = candidate[group].nonzero(as_tuple=True)
-            x0, conf = x0_and_confidence(logits, group[r], cols + P, remasking=remasking,
-                                         temperature=temperature, mask_id=mask_id, generator=generator)
+            x0, conf = x0_and_confidence(
+                logits,
+                group[r],
+                cols + P,
+                remasking=remasking,
+                temperature=temperature,
+                mask_id=mask_id,
+                generator=generator,
+            )
             confidence[group[r], cols], prediction[group[r], cols] = conf, x0
         del logits  # never hold two steps' logits at once
         commit = most_confident(confidence, k[:, t])
@@ -153,12 +182,13 @@ def _denoise(model: Callable, x: torch.Tensor, attention_mask: torch.Tensor | No
 
 # 3. Decoding any set of schedules in one lockstep batch ----------------------------------------
 
+
 @dataclass
 class HexOutput:
-    sequences: torch.Tensor     # (B, K, L + gen_length): prompt and answer of every candidate
-    scores: torch.Tensor        # (B, K) float64: mean log-prob of the answer under the first pass
+    sequences: torch.Tensor  # (B, K, L + gen_length): prompt and answer of every candidate
+    scores: torch.Tensor  # (B, K) float64: mean log-prob of the answer under the first pass
     commit_steps: torch.Tensor  # (B, K, gen_length): the step that committed each answer position
-    schedules: list[Schedule]   # (K,): candidate k of every prompt was decoded by schedules[k]
+    schedules: list[Schedule]  # (K,): candidate k of every prompt was decoded by schedules[k]
 
     @property
     def block_lengths(self) -> list[int]:
@@ -201,47 +231,91 @@ def answer_log_likelihood(first_logits: torch.Tensor, answers: torch.Tensor) -> 
     token, averaged over all gen_length positions. (B, G, V), (B, K, G) -> (B, K) float64, chunk by chunk."""
     (B, K, G), n = answers.shape, max(1, CHUNK_ELEMENTS // first_logits.shape[-1])
     tokens = answers.transpose(1, 2).flatten(0, 1)  # (B * G, K)
-    logp = [chunk.double().log_softmax(-1).gather(-1, t) for chunk, t in  # (n, K) each
-            zip(first_logits.flatten(0, 1).split(n), tokens.split(n))]
+    logp = [
+        chunk.double().log_softmax(-1).gather(-1, t)
+        for chunk, t in zip(first_logits.flatten(0, 1).split(n), tokens.split(n))  # (n, K) each
+    ]
     return torch.cat(logp).view(B, G, K).mean(1)
 
 
 @torch.no_grad()
-def decode(model: Callable, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-           schedules: Sequence[Schedule], gen_length: int = 256, steps: int = 128, mask_id: int = MASK_ID,
-           generator: torch.Generator | Sequence[torch.Generator | None] | None = None) -> HexOutput:
+def decode(
+    model: Callable,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    schedules: Sequence[Schedule],
+    gen_length: int = 256,
+    steps: int = 128,
+    mask_id: int = MASK_ID,
+    generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
+) -> HexOutput:
     """Decode every prompt with every schedule: B x K candidates advancing as one batch, in `steps` forward
     calls whatever K. model(x[, attention_mask=...]).logits is (B, T, V); input_ids (B, L) are left padded
     where attention_mask (B, L) is 0. At temperature 0 candidate k equals schedules[k] run alone; a schedule
     given its own `generator` (one stream, or one per schedule) draws what it draws alone at any temperature."""
     gen_length, steps, mask_id, schedules, generators = _check_args(
-        model, input_ids, attention_mask, gen_length, steps, mask_id, schedules, generator)
+        model, input_ids, attention_mask, gen_length, steps, mask_id, schedules, generator
+    )
     B, K = len(input_ids), len(schedules)
     x = F.pad(input_ids, (0, gen_length), value=mask_id).repeat_interleave(K, dim=0)  # [prompt | masks]
     if attention_mask is not None:
         attention_mask = F.pad(attention_mask.to(x.device), (0, gen_length), value=1).repeat_interleave(K, dim=0)
-    x, commit_step, first_logits = _denoise(model, x, attention_mask, schedules * B, generators * B,
-                                            gen_length, steps, mask_id, K)
+    x, commit_step, first_logits = _denoise(
+        model, x, attention_mask, schedules * B, generators * B, gen_length, steps, mask_id, K
+    )
     sequences = x.view(B, K, -1)
-    return HexOutput(sequences, answer_log_likelihood(first_logits, sequences[:, :, -gen_length:]),
-                     commit_step.view(B, K, -1), schedules)
+    return HexOutput(
+        sequences,
+        answer_log_likelihood(first_logits, sequences[:, :, -gen_length:]),
+        commit_step.view(B, K, -1),
+        schedules,
+    )
 
 
-def generate(model: Callable, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-             gen_length: int = 256, steps: int = 128, block_length: int = 32,
-             remasking: str = "low_confidence", temperature: float = 0.0, mask_id: int = MASK_ID,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+def generate(
+    model: Callable,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    gen_length: int = 256,
+    steps: int = 128,
+    block_length: int = 32,
+    remasking: str = "low_confidence",
+    temperature: float = 0.0,
+    mask_id: int = MASK_ID,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """LLaDA's semi-AR sampler, one schedule: (B, L + gen_length). Top-K margin: block_length=gen_length."""
-    return decode(model, input_ids, attention_mask, schedules=[Schedule(block_length, remasking, temperature)],
-                  gen_length=gen_length, steps=steps, mask_id=mask_id, generator=generator).sequences[:, 0]
+    return decode(
+        model,
+        input_ids,
+        attention_mask,
+        schedules=[Schedule(block_length, remasking, temperature)],
+        gen_length=gen_length,
+        steps=steps,
+        mask_id=mask_id,
+        generator=generator,
+    ).sequences[:, 0]
 
 
 # 4. HEX: every hidden expert in lockstep ---------------------------------------------------------
 
-def hex_generate(model: Callable, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 *, block_lengths: Sequence[int] = (8, 16, 32, 64, 128), samples_per_block: int = 1,
-                 gen_length: int = 256, steps: int = 128, remasking: str = "low_confidence", temperature: float = 0.0,
-                 mask_id: int = MASK_ID, generator: torch.Generator | None = None) -> HexOutput:
+
+def hex_generate(
+    model: Callable,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    block_lengths: Sequence[int] = (8, 16, 32, 64, 128),
+    samples_per_block: int = 1,
+    gen_length: int = 256,
+    steps: int = 128,
+    remasking: str = "low_confidence",
+    temperature: float = 0.0,
+    mask_id: int = MASK_ID,
+    generator: torch.Generator | None = None,
+) -> HexOutput:
     """The HEX ensemble: K = samples_per_block x len(block_lengths) candidates per prompt in `steps` forward
     calls; candidate s * len(block_lengths) + j is sample s of block_lengths[j] (at temperature 0, its generate)."""
     if not hasattr(block_lengths, "__iter__"):
@@ -250,14 +324,24 @@ def hex_generate(model: Callable, input_ids: torch.Tensor, attention_mask: torch
     if not experts:
         raise ValueError("block_lengths must name at least one block length, e.g. (8, 16, 32, 64, 128)")
     experts *= _integer("samples_per_block", samples_per_block)
-    return decode(model, input_ids, attention_mask, schedules=experts, gen_length=gen_length, steps=steps,
-                  mask_id=mask_id, generator=generator)
+    return decode(
+        model,
+        input_ids,
+        attention_mask,
+        schedules=experts,
+        gen_length=gen_length,
+        steps=steps,
+        mask_id=mask_id,
+        generator=generator,
+    )
 
 
 # 5. The vote -------------------------------------------------------------------------------------
 
-def majority_vote(answers: Sequence[Hashable | None], scores: Sequence[float] | None = None,
-                  tie_break: str = "first") -> tuple[Hashable | None, bool]:
+
+def majority_vote(
+    answers: Sequence[Hashable | None], scores: Sequence[float] | None = None, tie_break: str = "first"
+) -> tuple[Hashable | None, bool]:
     """HEX's answer: the most frequent non-None answer, and whether it tied with another (all None:
     (None, False)). tie_break="first" keeps the tied answer seen first (the authors' rule: block lengths
     ascend, so the smallest block wins); "likelihood" the one whose best candidate scores highest."""
@@ -276,6 +360,7 @@ def majority_vote(answers: Sequence[Hashable | None], scores: Sequence[float] | 
 
 
 # 6. A LLaDA-like mask predictor, randomly initialised --------------------------------------------
+
 
 @dataclass
 class MaskPredictorOutput:  # what a transformers model returns, as far as decoding needs
@@ -297,7 +382,10 @@ class TinyBlock(nn.Module):
     def forward(self, h, cos, sin, key_mask):
         B, T, D = h.shape
         q, k, v = self.qkv(self.attn_norm(h)).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
-        rotate = lambda z: torch.cat([-z[..., z.shape[-1] // 2:], z[..., :z.shape[-1] // 2]], -1)
+
+        def rotate(z):
+            return torch.cat([-z[..., z.shape[-1] // 2 :], z[..., : z.shape[-1] // 2]], -1)
+
         q, k = q * cos + rotate(q) * sin, k * cos + rotate(k) * sin  # (B, H, T, D / H)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # bidirectional
         h = h + self.proj(att.transpose(1, 2).reshape(B, T, D))
@@ -309,14 +397,23 @@ class TinyMaskPredictor(nn.Module):
     """A seeded random LLaDA-like mask predictor of any size (SHAPES): model(x, attention_mask).logits. Padding
     is hidden and rotary positions count real tokens, so a left-padded prompt gives its logits alone."""
 
-    def __init__(self, vocab_size: int = 1024, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
-                 seed: int = 0, mlp_hidden: int | None = None, **factory):  # factory: device=, dtype=
+    def __init__(
+        self,
+        vocab_size: int = 1024,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        seed: int = 0,
+        mlp_hidden: int | None = None,
+        **factory,
+    ):  # factory: device=, dtype=
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.embed = nn.Embedding(vocab_size, d_model, **factory)
-            self.blocks = nn.ModuleList(TinyBlock(d_model, n_heads, mlp_hidden or 4 * d_model, **factory)
-                                        for _ in range(n_layers))
+            self.blocks = nn.ModuleList(
+                TinyBlock(d_model, n_heads, mlp_hidden or 4 * d_model, **factory) for _ in range(n_layers)
+            )
             self.norm = nn.RMSNorm(d_model, **factory)
             self.lm_head = nn.Linear(d_model, vocab_size, bias=False, **factory)  # untied, as LLaDA's
         self.head_dim = d_model // n_heads
@@ -348,34 +445,44 @@ def forward_flops(parameters: int, tokens: int) -> int:
 
 # 7. python hex.py: commit order on a stand-in, a vote, and a benchmark ---------------------------
 
+
 def demonstrate(model: nn.Module, mask_id: int, eot_id: int) -> None:
     """Commit order and the [AfterEoT] mechanism on a stand-in instruct model, then a vote."""
     G, T, blocks, glyphs = 64, 32, (4, 8, 16, 32), "0123456789abcdefghijklmnopqrstuv"  # glyphs[t]: step t
     prompt = (torch.arange(16)[None] * 3 % mask_id).to(model.embed.weight.device)
     schedules = [Schedule(b) for b in blocks] + [Schedule(G), Schedule(G, "topk_margin")]
     labels = [f"HEX block_length {b}" for b in blocks] + [f"Top-K, 1 block of {G}", f"Top-K margin, 1 block of {G}"]
+
     def stand_in(module, args, out):  # a forward hook: end-of-text raised over the answer's second half
-        out.logits[:, 16 + G // 2:, eot_id] += 8.0
+        out.logits[:, 16 + G // 2 :, eot_id] += 8.0
+
     hook = model.register_forward_hook(stand_in)
     out = decode(model, prompt, schedules=schedules, gen_length=G, steps=T, mask_id=mask_id)
     hook.remove()
-    print(f"1. Commit order and [AfterEoT], a demonstration, not a result: a tiny random model stands in for an\n"
-          f"   instruct model, its end-of-text logit (token {eot_id}) raised by 8 over the answer's second half.\n"
-          f"   gen_length {G}, steps {T}, HEX block lengths {' '.join(map(str, blocks))}. A glyph per answer "
-          "position: the step that committed it\n   (0-9, a-v: v is step 31); under it, '_' marks end-of-text.")
+    print(
+        f"1. Commit order and [AfterEoT], a demonstration, not a result: a tiny random model stands in for an\n"
+        f"   instruct model, its end-of-text logit (token {eot_id}) raised by 8 over the answer's second half.\n"
+        f"   gen_length {G}, steps {T}, HEX block lengths {' '.join(map(str, blocks))}. A glyph per answer "
+        "position: the step that committed it\n   (0-9, a-v: v is step 31); under it, '_' marks end-of-text."
+    )
     for label, tokens, step in zip(labels, out.sequences[0, :, -G:], out.commit_steps[0]):
         early = int(((step < 8) & (tokens == eot_id)).sum())
-        print(f"   {label:<28} {''.join(glyphs[s] for s in step.tolist())}  steps 0-7 commit {early} end-of-text\n"
-              f"   {'':<28} {''.join('_' if t == eot_id else '.' for t in tokens.tolist())}")
-    answers = out.sequences[0, :len(blocks), -G:].T.tolist()  # (G, K): per position, each expert's token
+        print(
+            f"   {label:<28} {''.join(glyphs[s] for s in step.tolist())}  steps 0-7 commit {early} end-of-text\n"
+            f"   {'':<28} {''.join('_' if t == eot_id else '.' for t in tokens.tolist())}"
+        )
+    answers = out.sequences[0, : len(blocks), -G:].T.tolist()  # (G, K): per position, each expert's token
     column = next((i for i, c in enumerate(answers) if 1 < len(set(c)) < len(c)), 0)
-    print(f"\n2. The vote, each expert's token at position {column} standing in for its answer:\n   "
-          f"{', '.join(f'block {b}: {a}' for b, a in zip(blocks, answers[column]))}\n   majority_vote -> "
-          "%s, tie: %s (a tie goes to the answer seen first, the authors' rule)" % majority_vote(answers[column]))
+    print(
+        f"\n2. The vote, each expert's token at position {column} standing in for its answer:\n   "
+        f"{', '.join(f'block {b}: {a}' for b, a in zip(blocks, answers[column]))}\n   majority_vote -> "
+        "%s, tie: %s (a tie goes to the answer seen first, the authors' rule)" % majority_vote(answers[column])
+    )
 
 
-def benchmark(model: nn.Module, prompt_length: int, mask_id: int, batch_sizes: Sequence[int], repeats: int,
-              peak_tflops: float) -> list[str]:
+def benchmark(
+    model: nn.Module, prompt_length: int, mask_id: int, batch_sizes: Sequence[int], repeats: int, peak_tflops: float
+) -> list[str]:
     """Every method of B questions (5 HEX experts, 3 one-block baselines; gen_length 256, steps 128) in one
     lockstep batch, and at B = 1 the authors' way, one schedule after another: forward calls, seconds per
     question (min-max of `repeats`), tokens/s, model FLOPs utilisation, peak GPU memory."""
@@ -384,7 +491,8 @@ def benchmark(model: nn.Module, prompt_length: int, mask_id: int, batch_sizes: S
     hook = model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     lines = [f"   {'way':<24}{'B':>3}{'forward calls':>15}{'s / question':>15}{'tokens/s':>10}{'MFU':>6}{'GPU':>10}"]
     for way, B, groups in [("one lockstep batch", B, [schedules]) for B in batch_sizes] + [
-            ("each schedule in turn", 1, [[s] for s in schedules])]:
+        ("each schedule in turn", 1, [[s] for s in schedules])
+    ]:
         prompt, seconds = (torch.arange(B * prompt_length).view(B, -1) % mask_id).to(model.embed.weight.device), []
         if cuda:  # the peak memory of this way alone
             torch.cuda.reset_peak_memory_stats()
@@ -396,13 +504,17 @@ def benchmark(model: nn.Module, prompt_length: int, mask_id: int, batch_sizes: S
         tokens, best[B, way] = B * len(schedules) * (prompt_length + 256) * 128, min(seconds)  # either way
         mfu = forward_flops(parameters, tokens) / min(seconds) / peak_tflops / 1e12
         memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
-        lines.append(f"   {way:<24}{B:>3}{calls[0]:>15}{f'{min(seconds) / B:.2f}-{max(seconds) / B:.2f}':>15}"
-                     f"{tokens / min(seconds):>10.0f}{f'{mfu:.0%}' if peak_tflops < math.inf else '-':>6}{memory:>10}")
+        lines.append(
+            f"   {way:<24}{B:>3}{calls[0]:>15}{f'{min(seconds) / B:.2f}-{max(seconds) / B:.2f}':>15}"
+            f"{tokens / min(seconds):>10.0f}{f'{mfu:.0%}' if peak_tflops < math.inf else '-':>6}{memory:>10}"
+        )
     hook.remove()
     ratio = best[1, "each schedule in turn"] / best.get((1, "one lockstep batch"), math.nan)
-    return lines + [f"   at B = 1 one batch is {max(ratio, 1 / ratio):.2f}x {'faster' if ratio >= 1 else 'slower'} "
-                    f"than each schedule in turn (best of {repeats}): the same tokens and FLOPs in 8x fewer,\n"
-                    "   8x wider calls; a CPU is compute-bound (8 rows cost ~8x one), so it gains little there."]
+    return lines + [
+        f"   at B = 1 one batch is {max(ratio, 1 / ratio):.2f}x {'faster' if ratio >= 1 else 'slower'} "
+        f"than each schedule in turn (best of {repeats}): the same tokens and FLOPs in 8x fewer,\n"
+        "   8x wider calls; a CPU is compute-bound (8 rows cost ~8x one), so it gains little there."
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -419,11 +531,23 @@ def main(argv: list[str] | None = None) -> None:
     mask_id, prompt_length, repeats = (1023, 16, args.repeats or 3) if tiny else (MASK_ID, 200, args.repeats or 1)
     if tiny:
         demonstrate(model, mask_id, eot_id=1000)
-    print(f"\n3. Benchmark, shape {args.shape} ({sum(p.numel() for p in model.parameters()):.3g} parameters) on "
-          f"{torch.cuda.get_device_name() if cuda else f'cpu, {torch.get_num_threads()} thread(s)'}, prompt "
-          f"{prompt_length} tokens, gen_length 256, steps 128, {repeats} run(s):")
-    print("\n".join(benchmark(model, prompt_length, mask_id, args.batch_sizes or ([1] if tiny else [1, 2, 4, 8]),
-                               max(1, repeats), args.peak_tflops or (989.0 if cuda else math.inf))))  # inf: no MFU
+    print(
+        f"\n3. Benchmark, shape {args.shape} ({sum(p.numel() for p in model.parameters()):.3g} parameters) on "
+        f"{torch.cuda.get_device_name() if cuda else f'cpu, {torch.get_num_threads()} thread(s)'}, prompt "
+        f"{prompt_length} tokens, gen_length 256, steps 128, {repeats} run(s):"
+    )
+    print(
+        "\n".join(
+            benchmark(
+                model,
+                prompt_length,
+                mask_id,
+                args.batch_sizes or ([1] if tiny else [1, 2, 4, 8]),
+                max(1, repeats),
+                args.peak_tflops or (989.0 if cuda else math.inf),
+            )
+        )
+    )  # inf: no MFU
 
 
 if __name__ == "__main__":

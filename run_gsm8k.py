@@ -13,6 +13,7 @@ Each finished question is appended to a JSONL file at once and the same command 
 the work: 1. the authors' prompts and answer rules; 2. robust rules; 3. tasks and data; 4. model families;
 5. decoding into records; 6. scoring and the summary; 7. the figure; 8. run files; 9. the command line; 10. main.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ from hex import MaskPredictorOutput, Schedule, decode, majority_vote, steps_per_
 RULES = ("authors", "robust")
 BASELINES = ("topk_margin", "low_confidence", "random")  # one block of gen_length; the name is the remasking
 METHODS = ("hex", "sc", *BASELINES)  # sc: self-consistency, the control (one schedule, sampled)
-PAPER_NAMES = dict(hex="HEX", sc="Self-consistency", topk_margin="Top-K margin", low_confidence="Top-K",
-                   random="Random")
+PAPER_NAMES = dict(
+    hex="HEX", sc="Self-consistency", topk_margin="Top-K margin", low_confidence="Top-K", random="Random"
+)
 SC_TEMPERATURE = 0.7  # self-consistency's temperature when --temperature is 0 (this project's choice)
 END_TOKENS = ("<|endoftext|>", "<|eot_id|>", "<|im_end|>")  # end-of-text and end-of-turn (LLaDA, Qwen/Dream)
 COLLAPSE_THRESHOLD = 0.5  # a collapsed candidate: no readable answer, and over half its answer end-of-text
@@ -59,23 +61,14 @@ class UsageError(Exception):
 
 # 1. The authors' prompts and answer rules (verbatim from their code, quirks annotated) -------------
 
-GSM8K_PROMPT = """You are a math expert. You will be given a question to solve. Solve it step by step. Wrap the final answer in a \\boxed{}. 
-Respond in the following format:
-<reasoning>
-Your reasoning here
-</reasoning>
-<answer>
-\\boxed{...}
-</answer>"""  # note the space after "\boxed{}."
-MATH500_PROMPT = """You are a math expert. You will be given a question to solve. Solve it step by step. Wrap the final answer in a \\boxed{}.
-Respond in the following format:
-<reasoning>
-Your reasoning here
-</reasoning>
-<answer>
-\\boxed{...}
-</answer>" 
-"""  # their quirks: no space after "\boxed{}.", and a stray `" ` line after </answer>
+FORMAT = (
+    "Respond in the following format:\n"
+    "<reasoning>\nYour reasoning here\n</reasoning>\n<answer>\n\\boxed{...}\n</answer>"
+)
+MATH_EXPERT = "You are a math expert. You will be given a question to solve. Solve it step by step. "
+GSM8K_PROMPT = MATH_EXPERT + "Wrap the final answer in a \\boxed{}. \n" + FORMAT  # note the space after "\boxed{}."
+MATH500_PROMPT = MATH_EXPERT + "Wrap the final answer in a \\boxed{}.\n" + FORMAT + '" \n'
+# MATH500's quirks: no space after "\boxed{}.", and a stray `" ` line after </answer>
 CHOICE_INSTRUCTIONS = """Think step by step, but output only ONE final choice.
 Wrap ONLY the final choice letter in a \\boxed{}.
 
@@ -86,10 +79,14 @@ Your reasoning here
 <answer>
 \\boxed{...}
 </answer>"""  # the part HEX's ARC-C and TruthfulQA prompts share, after their first line
-ARC_C_PROMPT = ("You are a science and reasoning expert. You will be given a multiple-choice question with "
-                "options labeled A, B, C, D (and sometimes E).\n" + CHOICE_INSTRUCTIONS)
-TRUTHFULQA_PROMPT = ("You are a careful, factual reasoning assistant. You will be given a multiple-choice "
-                     "question with options labeled A, B, C, D.\n" + CHOICE_INSTRUCTIONS)
+ARC_C_PROMPT = (
+    "You are a science and reasoning expert. You will be given a multiple-choice question with "
+    "options labeled A, B, C, D (and sometimes E).\n" + CHOICE_INSTRUCTIONS
+)
+TRUTHFULQA_PROMPT = (
+    "You are a careful, factual reasoning assistant. You will be given a multiple-choice "
+    "question with options labeled A, B, C, D.\n" + CHOICE_INSTRUCTIONS
+)
 
 
 def multiple_choice(stem: str, labels: list, texts: list) -> str:
@@ -142,8 +139,8 @@ def last_box_authors(text: str) -> str | None:
     for i in range(start, len(text)):
         depth += {"{": 1, "}": -1}.get(text[i], 0)
         if text[i] == "}" and depth == 0:
-            box = text[start:i + 1]
-            return box[len("\\boxed{"):-1] if box.startswith("\\boxed{") else box
+            box = text[start : i + 1]
+            return box[len("\\boxed{") : -1] if box.startswith("\\boxed{") else box
     return None
 
 
@@ -151,7 +148,7 @@ def boxed_answer_authors(text: str) -> str | None:
     """The authors' `parse_math_answers` (MATH500, ARC-C, TruthfulQA): the last box; when it is empty or
     unclosed, the stripped `<answer>` text. Special tokens stay in."""
     answer = last_box_authors(text)
-    return (inner.strip() if not answer and (inner := _answer_tag(text)) is not None else answer)
+    return inner.strip() if not answer and (inner := _answer_tag(text)) is not None else answer
 
 
 def _fix_fracs(s: str) -> str:
@@ -160,8 +157,13 @@ def _fix_fracs(s: str) -> str:
     for part in parts[1:]:
         if part[0] != "{" and len(part) < 2:  # an empty part raises, as theirs does, and is_equiv falls back
             return s
-        out += "\\frac" + (part if part[0] == "{" else "{" + part[0] + "}{" + part[1] + "}" + part[2:]
-                           if part[1] != "{" else "{" + part[0] + "}" + part[1:])
+        out += "\\frac" + (
+            part
+            if part[0] == "{"
+            else "{" + part[0] + "}{" + part[1] + "}" + part[2:]
+            if part[1] != "{"
+            else "{" + part[0] + "}" + part[1:]
+        )
     return out
 
 
@@ -214,11 +216,13 @@ def is_equiv_authors(answer: Any, gold: Any) -> bool:
 
 # 2. Robust rules: this project's reading, beside the authors' ------------------------------------
 
+
 def _numbers(text: str) -> list[float]:
     """Numbers in text, reading `1,000`, `$18`, `\\$18`, `-5`, `−5`, `.5`, `\\frac{1}{2}` and units."""
     text = text.replace("−", "-").replace("\\$", " ").replace("$", " ").replace("\\%", " ")
-    text = re.sub(r"\\d?frac\{(-?[\d.]+)\}\{([\d.]+)\}", lambda m: str(float(m[1]) / float(m[2])) if float(m[2])
-                  else m[0], text)
+    text = re.sub(
+        r"\\d?frac\{(-?[\d.]+)\}\{([\d.]+)\}", lambda m: str(float(m[1]) / float(m[2])) if float(m[2]) else m[0], text
+    )
     return [float(n) for n in re.findall(r"-?(?:\d+(?:\.\d+)?|\.\d+)", re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text))]
 
 
@@ -229,7 +233,7 @@ def _boxed(text: str) -> list[str]:
         depth, i = 1, start
         while i < len(text) and depth:
             depth, i = depth + {"{": 1, "}": -1}.get(text[i], 0), i + 1
-        contents.append(text[start:i - 1] if depth == 0 else text[start:])
+        contents.append(text[start : i - 1] if depth == 0 else text[start:])
     return contents
 
 
@@ -301,6 +305,7 @@ def math_equal(answer: str | None, gold: str | None) -> bool:
     if any(len(s) > SYMBOLIC_LIMIT or BEYOND_REACH.search(s) for s in (a, g)):
         return False
     from math_verify import parse, verify
+
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout is disabled" notice: bounded above
     try:
         expected, found = parse(f"${gold}$", parsing_timeout=None), parse(f"${answer}$", parsing_timeout=None)
@@ -327,6 +332,7 @@ def choice_answer_robust(text: str) -> str | None:
 
 # 3. The task table and the data ---------------------------------------------------------------------
 
+
 def _arc_gold(row: dict) -> str:
     if row["answerKey"].strip() not in [str(label).strip() for label in row["choices"]["label"]]:
         raise ValueError(f"answerKey {row['answerKey']!r} is not one of the labels {row['choices']['label']}")
@@ -342,6 +348,7 @@ def _truthfulqa_gold(row: dict) -> str:
 def _truthfulqa_order(n: int) -> list[int]:
     """The authors iterate TruthfulQA in a numpy-seed-42 permutation (it matters only for slices)."""
     import numpy
+
     return numpy.random.RandomState(42).choice(n, n, replace=False).tolist()
 
 
@@ -349,10 +356,11 @@ def _truthfulqa_order(n: int) -> list[int]:
 class Task:
     """One benchmark: where its rows come from, how a row becomes a prompt and a reference, and each answer
     rule's extractor and comparator (`extract[rule](text)`, `equal[rule](answer, gold)`)."""
+
     name: str
     title: str
     hub: tuple[str, str | None, str]  # datasets.load_dataset(path, config, split=split)
-    fields: str                        # the row format, for messages
+    fields: str  # the row format, for messages
     system_prompt: str
     question: Callable[[dict], str]
     gold: dict[str, Callable[[dict], Any]]
@@ -361,29 +369,56 @@ class Task:
     order: Callable[[int], list[int]] | None = None  # the authors' row order, when not the file's
 
 
-CHOICE_RULES = dict(extract={"authors": boxed_answer_authors, "robust": choice_answer_robust},
-                    equal={"authors": is_equiv_authors, "robust": same_answer})  # ARC-C and TruthfulQA
+CHOICE_RULES = dict(
+    extract={"authors": boxed_answer_authors, "robust": choice_answer_robust},
+    equal={"authors": is_equiv_authors, "robust": same_answer},
+)  # ARC-C and TruthfulQA
 TASKS: dict[str, Task] = {
-    "gsm8k": Task("gsm8k", "GSM8K", ("openai/gsm8k", "main", "test"), "string fields 'question' and 'answer' "
-                  "(GSM8K's)", GSM8K_PROMPT, lambda row: row["question"],
-                  gold={"authors": gsm8k_gold_authors, "robust": gsm8k_gold_robust},
-                  extract={"authors": gsm8k_answer_authors, "robust": gsm8k_answer_robust},
-                  equal={"authors": same_answer, "robust": same_answer}),
-    "math500": Task("math500", "MATH500", ("HuggingFaceH4/MATH-500", None, "test"), "string fields 'problem' and "
-                    "'answer' (MATH-500's)", MATH500_PROMPT, lambda row: row["problem"],
-                    gold={"authors": lambda row: row["answer"], "robust": lambda row: normalize_math(row["answer"])},
-                    extract={"authors": boxed_answer_authors, "robust": math_answer_robust},
-                    equal={"authors": is_equiv_authors, "robust": math_equal}),
-    "arc-c": Task("arc-c", "ARC-C", ("allenai/ai2_arc", "ARC-Challenge", "test"), "'question', 'answerKey' and "
-                  "'choices' {'text': [...], 'label': [...]} (ai2_arc's)", ARC_C_PROMPT,
-                  lambda row: multiple_choice(row["question"], row["choices"]["label"], row["choices"]["text"]),
-                  gold={"authors": _arc_gold, "robust": lambda row: _arc_gold(row).upper()}, **CHOICE_RULES),
-    "truthfulqa": Task("truthfulqa", "TruthfulQA", ("EleutherAI/truthful_qa_mc", "multiple_choice", "validation"),
-                       "'question', 'choices' (a list of options) and 'label' (the right option's index)",
-                       TRUTHFULQA_PROMPT, lambda row: multiple_choice(
-                           row["question"], [chr(65 + i) for i in range(len(row["choices"]))], row["choices"]),
-                       gold={"authors": _truthfulqa_gold, "robust": _truthfulqa_gold}, **CHOICE_RULES,
-                       order=_truthfulqa_order),
+    "gsm8k": Task(
+        "gsm8k",
+        "GSM8K",
+        ("openai/gsm8k", "main", "test"),
+        "string fields 'question' and 'answer' (GSM8K's)",
+        GSM8K_PROMPT,
+        lambda row: row["question"],
+        gold={"authors": gsm8k_gold_authors, "robust": gsm8k_gold_robust},
+        extract={"authors": gsm8k_answer_authors, "robust": gsm8k_answer_robust},
+        equal={"authors": same_answer, "robust": same_answer},
+    ),
+    "math500": Task(
+        "math500",
+        "MATH500",
+        ("HuggingFaceH4/MATH-500", None, "test"),
+        "string fields 'problem' and 'answer' (MATH-500's)",
+        MATH500_PROMPT,
+        lambda row: row["problem"],
+        gold={"authors": lambda row: row["answer"], "robust": lambda row: normalize_math(row["answer"])},
+        extract={"authors": boxed_answer_authors, "robust": math_answer_robust},
+        equal={"authors": is_equiv_authors, "robust": math_equal},
+    ),
+    "arc-c": Task(
+        "arc-c",
+        "ARC-C",
+        ("allenai/ai2_arc", "ARC-Challenge", "test"),
+        "'question', 'answerKey' and 'choices' {'text': [...], 'label': [...]} (ai2_arc's)",
+        ARC_C_PROMPT,
+        lambda row: multiple_choice(row["question"], row["choices"]["label"], row["choices"]["text"]),
+        gold={"authors": _arc_gold, "robust": lambda row: _arc_gold(row).upper()},
+        **CHOICE_RULES,
+    ),
+    "truthfulqa": Task(
+        "truthfulqa",
+        "TruthfulQA",
+        ("EleutherAI/truthful_qa_mc", "multiple_choice", "validation"),
+        "'question', 'choices' (a list of options) and 'label' (the right option's index)",
+        TRUTHFULQA_PROMPT,
+        lambda row: multiple_choice(
+            row["question"], [chr(65 + i) for i in range(len(row["choices"]))], row["choices"]
+        ),
+        gold={"authors": _truthfulqa_gold, "robust": _truthfulqa_gold},
+        **CHOICE_RULES,
+        order=_truthfulqa_order,
+    ),
 }
 
 
@@ -449,19 +484,23 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
         name, config, split = task.hub
         try:
             from datasets import load_dataset
+
             dataset = load_dataset(name, config, split=split)
         except Exception as error:  # noqa: BLE001 -- no datasets, no network, no cache: say how to go on
-            raise UsageError(f"could not load {name} ({config or 'default'}, {split}) through `datasets` "
-                             f"({type(error).__name__}: {_one_line(error, 200)}). Pass a local copy with "
-                             f"--data FILE, a JSONL or parquet file of its rows, made where the hub is reachable with "
-                             f"load_dataset({name!r}, {config!r}, split={split!r}).to_json('{task.name}.jsonl')"
-                             ) from None
+            raise UsageError(
+                f"could not load {name} ({config or 'default'}, {split}) through `datasets` "
+                f"({type(error).__name__}: {_one_line(error, 200)}). Pass a local copy with "
+                f"--data FILE, a JSONL or parquet file of its rows, made where the hub is reachable with "
+                f"load_dataset({name!r}, {config!r}, split={split!r}).to_json('{task.name}.jsonl')"
+            ) from None
         numbered, where = list(enumerate(map(dict, dataset), start=1)), "row"
         source = {"source": f"hub:{name}/{config or 'default'}/{split}", "fingerprint": dataset._fingerprint}
     else:
         if not (file := Path(path).expanduser()).is_file():
-            raise UsageError(f"--data {path}: " + ("is a folder; pass the task's JSONL or parquet file"
-                                                     if file.is_dir() else "no such file"))
+            raise UsageError(
+                f"--data {path}: "
+                + ("is a folder; pass the task's JSONL or parquet file" if file.is_dir() else "no such file")
+            )
         data, where = file.read_bytes(), "row" if file.suffix == ".parquet" else "line"
         source = {"source": str(file.resolve()), "fingerprint": "sha256:" + hashlib.sha256(data).hexdigest()}
         numbered = _parquet_rows(path) if where == "row" else _jsonl_rows(path, data)
@@ -476,6 +515,7 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
 def _parquet_rows(path: str) -> list[tuple[int, Any]]:
     try:
         import pyarrow.parquet
+
         return list(enumerate(pyarrow.parquet.read_table(path).to_pylist(), start=1))
     except Exception as error:  # noqa: BLE001 -- a damaged or foreign file
         raise UsageError(f"--data {path}: not a readable parquet file ({error})") from None
@@ -484,8 +524,10 @@ def _parquet_rows(path: str) -> list[tuple[int, Any]]:
 def _jsonl_rows(path: str, data: bytes) -> list[tuple[int, Any]]:
     """(line number, value) of every non-blank line of a JSONL file."""
     if data.lstrip().startswith(b"["):
-        raise UsageError(f"--data {path}: holds a JSON array; --data takes JSONL, one JSON object per line "
-                         "(e.g. `jq -c '.[]' FILE > rows.jsonl`), or a parquet file")
+        raise UsageError(
+            f"--data {path}: holds a JSON array; --data takes JSONL, one JSON object per line "
+            "(e.g. `jq -c '.[]' FILE > rows.jsonl`), or a parquet file"
+        )
     try:
         lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError:
@@ -495,15 +537,19 @@ def _jsonl_rows(path: str, data: bytes) -> list[tuple[int, Any]]:
         try:
             numbered += [(number, json.loads(line))] if line.strip() else []
         except json.JSONDecodeError as error:
-            raise UsageError(f"--data {path}, line {number}: not valid JSON ({error.msg}); --data takes JSONL, one "
-                             "JSON object per line") from None
+            raise UsageError(
+                f"--data {path}, line {number}: not valid JSON ({error.msg}); --data takes JSONL, one "
+                "JSON object per line"
+            ) from None
     return numbered
 
 
 # 4. Model families: each checkpoint's own model file, fitted to this transformers, as a mask predictor --
 
+
 def _transformers_version() -> tuple[int, int]:
     import transformers
+
     return tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
 
 
@@ -514,10 +560,12 @@ def fit_llada_code(model_class: type, config) -> type:
         return model_class
     if not hasattr(config, "use_cache"):
         config.use_cache = False  # 5.x no longer keeps use_cache on the config; LLaDA's forward reads it
+
     def __init__(self, *args, **kwargs):
         model_class.__init__(self, *args, **kwargs)
         if not hasattr(self, "all_tied_weights_keys"):  # 5.x needs post_init(); LLaDA's never calls it
             self.post_init()
+
     namespace = {"__init__": __init__}
     if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(model_class.tie_weights).parameters.values()):
         namespace["tie_weights"] = lambda self, *args, **kwargs: model_class.tie_weights(self)  # 5.x passes some
@@ -535,12 +583,16 @@ def fit_dream_code(model_class: type, config) -> type:
     losing `output_loading_info` (4.x and 5.x): PreTrainedModel's own is used; its rotary embedding asks
     ROPE_INIT_FUNCTIONS for "default", gone in 5.x: Dream's module (only) gets it. See also `refill_rotary`."""
     from transformers import PreTrainedModel
+
     module = sys.modules[model_class.__module__]
     if (rope := getattr(module, "ROPE_INIT_FUNCTIONS", None)) is not None and "default" not in rope:
         module.ROPE_INIT_FUNCTIONS = {**rope, "default": _default_rope}
     own = PreTrainedModel.from_pretrained.__func__
-    return model_class if model_class.from_pretrained.__func__ is own else type(
-        model_class.__name__, (model_class,), {"from_pretrained": classmethod(own)})
+    return (
+        model_class
+        if model_class.from_pretrained.__func__ is own
+        else type(model_class.__name__, (model_class,), {"from_pretrained": classmethod(own)})
+    )
 
 
 def refill_rotary(model: nn.Module) -> nn.Module:
@@ -548,8 +600,9 @@ def refill_rotary(model: nn.Module) -> nn.Module:
     wrong logits): recompute it with the module's own rope function (under 4.x it is right already)."""
     for module in model.modules() if _transformers_version() >= (5, 0) else []:
         if isinstance(getattr(module, "inv_freq", None), torch.Tensor) and hasattr(module, "rope_init_fn"):
-            inv_freq, module.attention_scaling = module.rope_init_fn(module.config, module.inv_freq.device,
-                                                                     **getattr(module, "rope_kwargs", {}))
+            inv_freq, module.attention_scaling = module.rope_init_fn(
+                module.config, module.inv_freq.device, **getattr(module, "rope_kwargs", {})
+            )
             module.inv_freq = module.original_inv_freq = inv_freq.to(module.inv_freq.device)
     return model
 
@@ -580,15 +633,16 @@ class DreamMaskPredictor(nn.Module):
 @dataclass(frozen=True)
 class Family:
     name: str
-    fit: Callable[[type, Any], type]        # the remote model class, fitted to this transformers
+    fit: Callable[[type, Any], type]  # the remote model class, fitted to this transformers
     wrap: Callable[[nn.Module], nn.Module]  # the loaded model, as hex.py's mask predictor
-    checkpoints: str                        # for messages
+    checkpoints: str  # for messages
 
 
 FAMILIES = {  # by the config's model_type, lower case
     "llada": Family("LLaDA", fit_llada_code, lambda model: model, "LLaDA-8B-Instruct, LLaDA-1.5"),
-    "dream": Family("Dream", fit_dream_code, lambda model: DreamMaskPredictor(refill_rotary(model)),
-                    "Dream-v0-Instruct-7B"),
+    "dream": Family(
+        "Dream", fit_dream_code, lambda model: DreamMaskPredictor(refill_rotary(model)), "Dream-v0-Instruct-7B"
+    ),
 }
 
 
@@ -596,22 +650,27 @@ def model_family(config, name: str) -> Family:
     """The family of a checkpoint, from its config's model_type (never from its name)."""
     if (kind := str(getattr(config, "model_type", "") or "")).lower() not in FAMILIES:
         known = ", ".join(f"{f.name} ({key!r}: {f.checkpoints})" for key, f in FAMILIES.items())
-        raise UsageError(f"--model {name}: model_type {kind!r} is not a supported masked diffusion family; "
-                         f"supported: {known}")
+        raise UsageError(
+            f"--model {name}: model_type {kind!r} is not a supported masked diffusion family; supported: {known}"
+        )
     return FAMILIES[kind.lower()]
 
 
 def load_tokenizer(name: str):
     """The checkpoint's tokenizer and config (seconds: checked before the weights load)."""
     from transformers import AutoConfig, AutoTokenizer
+
     if (path := Path(name).expanduser()).is_file():
-        raise UsageError(f"--model {name}: is a file; pass the checkpoint's folder (config.json, tokenizer and "
-                         "weights) or a hub id")
+        raise UsageError(
+            f"--model {name}: is a file; pass the checkpoint's folder (config.json, tokenizer and weights) or a hub id"
+        )
     if name.startswith((".", "/", "~")) and not path.is_dir():
         raise UsageError(f"--model {name}: no such folder")
     try:
-        return (AutoTokenizer.from_pretrained(name, trust_remote_code=True),
-                AutoConfig.from_pretrained(name, trust_remote_code=True))
+        return (
+            AutoTokenizer.from_pretrained(name, trust_remote_code=True),
+            AutoConfig.from_pretrained(name, trust_remote_code=True),
+        )
     except (OSError, ValueError) as error:
         raise UsageError(f"--model {name}: cannot load its tokenizer or config ({_one_line(error)})") from None
 
@@ -621,26 +680,36 @@ def load_model(name: str, config, device: torch.device, dtype: torch.dtype) -> n
     the checkpoint lacks is refused (it would be random)."""
     from transformers import AutoModel
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
     family, auto_map = model_family(config, name), getattr(config, "auto_map", None) or {}
     try:
-        model_class = (family.fit(get_class_from_dynamic_module(auto_map["AutoModel"], name), config)
-                       if "AutoModel" in auto_map else AutoModel)
+        model_class = (
+            family.fit(get_class_from_dynamic_module(auto_map["AutoModel"], name), config)
+            if "AutoModel" in auto_map
+            else AutoModel
+        )
         dtype_key = "dtype" if _transformers_version() >= (4, 56) else "torch_dtype"  # renamed in 4.56
-        model, info = model_class.from_pretrained(name, config=config, trust_remote_code=True, output_loading_info=True,
-                                                  **{dtype_key: dtype})
+        model, info = model_class.from_pretrained(
+            name, config=config, trust_remote_code=True, output_loading_info=True, **{dtype_key: dtype}
+        )
     except (OSError, ValueError) as error:
         raise UsageError(f"--model {name}: cannot load its weights ({_one_line(error)})") from None
     if missing := sorted(info.get("missing_keys") or []):
-        raise UsageError(f"--model {name}: the checkpoint has no weights for {len(missing)} parameter(s) "
-                         f"({', '.join(missing[:5])}{', ...' * (len(missing) > 5)}); they would be random")
+        raise UsageError(
+            f"--model {name}: the checkpoint has no weights for {len(missing)} parameter(s) "
+            f"({', '.join(missing[:5])}{', ...' * (len(missing) > 5)}); they would be random"
+        )
     return family.wrap(model).to(device).eval()
 
 
 def find_mask_id(tokenizer, config) -> int:
     """The [MASK] id: the tokenizer's mask token, LLaDA's `<|mdm_mask|>`, Dream's `<|mask|>`, or the config's."""
     vocab = tokenizer.get_vocab()
-    found = [tokenizer.mask_token_id, *(vocab.get(t) for t in ("<|mdm_mask|>", "<|mask|>")),
-             getattr(config, "mask_token_id", None)]
+    found = [
+        tokenizer.mask_token_id,
+        *(vocab.get(t) for t in ("<|mdm_mask|>", "<|mask|>")),
+        getattr(config, "mask_token_id", None),
+    ]
     if (mask_id := next((i for i in found if i is not None), None)) is None:
         raise UsageError("cannot tell the mask token id from the tokenizer or config: pass --mask-id")
     return mask_id
@@ -648,28 +717,31 @@ def find_mask_id(tokenizer, config) -> int:
 
 # 5. Decoding a batch of questions into records -------------------------------------------------------
 
+
 class Candidate(TypedDict):
     """One decoded answer of a question: an entry of a record's `candidates`."""
-    method: str              # "hex", "sc" or a one-block baseline's remasking rule (METHODS)
+
+    method: str  # "hex", "sc" or a one-block baseline's remasking rule (METHODS)
     block_length: int
-    sample: int              # HEX: the sample of its block length; SC: its sample; a baseline: 0
-    text: str                # the decoded answer, special tokens kept (as the authors decode)
+    sample: int  # HEX: the sample of its block length; SC: its sample; a baseline: 0
+    text: str  # the decoded answer, special tokens kept (as the authors decode)
     answers: dict[str, Any]  # the answer each rule (RULES) reads from the text; None: nothing readable
-    score: float             # mean log-prob under the first forward pass (the likelihood tie-break)
-    end_of_text: str         # per answer position: "_" an end-of-text token, "." any other
+    score: float  # mean log-prob under the first forward pass (the likelihood tie-break)
+    end_of_text: str  # per answer position: "_" an end-of-text token, "." any other
     commit_order: list[int]  # per answer position: the step that committed it
 
 
 class Record(TypedDict):
     """One finished question, a line of the results JSONL. Votes and verdicts are not stored: they are
     recomputed from the candidates (`method_answers`), so a summary never disagrees with its records."""
-    id: int                  # the row's index in the data
+
+    id: int  # the row's index in the data
     question: str
-    gold: dict[str, Any]     # the reference as each rule reads it
+    gold: dict[str, Any]  # the reference as each rule reads it
     candidates: list[Candidate]
-    forward_calls: float     # the batch's forward calls per question
-    seconds: float           # the batch's decoding seconds per question
-    batch_size: int          # questions decoded together, left padded (numerics may shift slightly)
+    forward_calls: float  # the batch's forward calls per question
+    seconds: float  # the batch's decoding seconds per question
+    batch_size: int  # questions decoded together, left padded (numerics may shift slightly)
 
 
 def commit_order(candidate: Candidate) -> list[int]:
@@ -681,10 +753,17 @@ def candidate_plan(settings: dict) -> list[tuple[str, int, Schedule]]:
     """Every candidate of a question as (method, sample, schedule): HEX's experts (low-confidence remasking at
     --temperature), self-consistency's samples of one schedule, then each one-block baseline."""
     methods = settings["methods"]
-    plan = [("hex", s, Schedule(b, "low_confidence", settings["temperature"])) for s in
-            range(settings["samples_per_block"]) for b in settings["block_lengths"] if "hex" in methods]
-    plan += [("sc", s, Schedule(settings["sc_block_length"], "low_confidence", settings["sc_temperature"]))
-             for s in range(settings["sc_samples"]) if "sc" in methods]
+    plan = [
+        ("hex", s, Schedule(b, "low_confidence", settings["temperature"]))
+        for s in range(settings["samples_per_block"])
+        for b in settings["block_lengths"]
+        if "hex" in methods
+    ]
+    plan += [
+        ("sc", s, Schedule(settings["sc_block_length"], "low_confidence", settings["sc_temperature"]))
+        for s in range(settings["sc_samples"])
+        if "sc" in methods
+    ]
     return plan + [(m, 0, Schedule(settings["gen_length"], m)) for m in methods if m in BASELINES]
 
 
@@ -702,20 +781,31 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
     return ids, None if bool(mask.all()) else mask
 
 
-def decode_batch(model, tokenizer, task: Task, batch: list[dict], settings: dict, mask_id: int,
-                 device: torch.device) -> list[Record]:
+def decode_batch(
+    model, tokenizer, task: Task, batch: list[dict], settings: dict, mask_id: int, device: torch.device
+) -> list[Record]:
     """Every candidate of every method of a batch of questions in one lockstep decode (`steps` forward calls in
     all): a record per question. Each method draws from its own stream, seeded by the batch's first question,
     so adding or dropping a method changes no other method's candidates."""
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     ids, attention = left_pad([build_prompt(tokenizer, task, p["row"]) for p in batch], pad_id, device)
-    streams = {m: torch.Generator(device).manual_seed(settings["seed"] + 10**6 * METHODS.index(m) + batch[0]["id"])
-               for m in settings["methods"]}
+    streams = {
+        m: torch.Generator(device).manual_seed(settings["seed"] + 10**6 * METHODS.index(m) + batch[0]["id"])
+        for m in settings["methods"]
+    }
     plan, calls, G = candidate_plan(settings), [], settings["gen_length"]
     hook, start = model.register_forward_pre_hook(lambda *_: calls.append(1)), time.perf_counter()
     try:
-        out = decode(model, ids, attention, schedules=[s for _, _, s in plan], gen_length=G, steps=settings["steps"],
-                     mask_id=mask_id, generator=[streams[m] for m, _, _ in plan])
+        out = decode(
+            model,
+            ids,
+            attention,
+            schedules=[s for _, _, s in plan],
+            gen_length=G,
+            steps=settings["steps"],
+            mask_id=mask_id,
+            generator=[streams[m] for m, _, _ in plan],
+        )
     finally:
         hook.remove()
     if device.type == "cuda":
@@ -723,17 +813,34 @@ def decode_batch(model, tokenizer, task: Task, batch: list[dict], settings: dict
     seconds, answers = (time.perf_counter() - start) / len(batch), out.sequences[:, :, -G:]  # (B, K, G)
     is_end = torch.isin(answers, torch.tensor(end_of_text_ids(tokenizer), device=answers.device)).tolist()
     texts = [[tokenizer.decode(a, skip_special_tokens=False) for a in row] for row in answers.tolist()]  # as theirs
-    return [Record(id=p["id"], question=task.question(p["row"]), gold={r: task.gold[r](p["row"]) for r in RULES},
-                   candidates=[Candidate(method=m, block_length=s.block_length, sample=n, text=texts[q][k],
-                                         answers={r: task.extract[r](texts[q][k]) for r in RULES},
-                                         score=float(out.scores[q, k]), commit_order=out.commit_steps[q, k].tolist(),
-                                         end_of_text="".join("_" if e else "." for e in is_end[q][k]))
-                               for k, (m, n, s) in enumerate(plan)],
-                   forward_calls=len(calls) / len(batch), seconds=round(seconds, 3), batch_size=len(batch))
-            for q, p in enumerate(batch)]
+    return [
+        Record(
+            id=p["id"],
+            question=task.question(p["row"]),
+            gold={r: task.gold[r](p["row"]) for r in RULES},
+            candidates=[
+                Candidate(
+                    method=m,
+                    block_length=s.block_length,
+                    sample=n,
+                    text=texts[q][k],
+                    answers={r: task.extract[r](texts[q][k]) for r in RULES},
+                    score=float(out.scores[q, k]),
+                    commit_order=out.commit_steps[q, k].tolist(),
+                    end_of_text="".join("_" if e else "." for e in is_end[q][k]),
+                )
+                for k, (m, n, s) in enumerate(plan)
+            ],
+            forward_calls=len(calls) / len(batch),
+            seconds=round(seconds, 3),
+            batch_size=len(batch),
+        )
+        for q, p in enumerate(batch)
+    ]
 
 
 # 6. Scoring: the vote, the paper's figures, the controls, the summary -----------------------------------
+
 
 def method_answers(candidates: list[Candidate], rule: str, tie_break: str) -> dict[str, tuple[Any, bool]]:
     """Each method's answer under `rule` and whether its vote tied: HEX and SC take the majority vote over their
@@ -741,16 +848,22 @@ def method_answers(candidates: list[Candidate], rule: str, tie_break: str) -> di
     by_method: dict[str, list[Candidate]] = {}
     for c in candidates:
         by_method.setdefault(c["method"], []).append(c)
-    return {m: majority_vote([c["answers"][rule] for c in cs], [c["score"] for c in cs], tie_break)
-            for m, cs in by_method.items()}
+    return {
+        m: majority_vote([c["answers"][rule] for c in cs], [c["score"] for c in cs], tie_break)
+        for m, cs in by_method.items()
+    }
 
 
 def verdicts(task: Task, record: Record, rule: str, tie_break: str) -> tuple[dict, list[bool]]:
     """Under `rule`: per method (answer, tie, right), and per candidate whether it is right."""
     gold = record["gold"][rule]
-    return ({m: (a, tie, is_correct(task, a, gold, rule))
-             for m, (a, tie) in method_answers(record["candidates"], rule, tie_break).items()},
-            [is_correct(task, c["answers"][rule], gold, rule) for c in record["candidates"]])
+    return (
+        {
+            m: (a, tie, is_correct(task, a, gold, rule))
+            for m, (a, tie) in method_answers(record["candidates"], rule, tie_break).items()
+        },
+        [is_correct(task, c["answers"][rule], gold, rule) for c in record["candidates"]],
+    )
 
 
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -768,8 +881,9 @@ def paired_difference(first: list[bool], second: list[bool], z: float = 1.96) ->
     n, both = len(first), sum(x and y for x, y in zip(first, second))
     b, c = sum(x and not y for x, y in zip(first, second)), sum(y and not x for x, y in zip(first, second))
     d, half = (b - c) / n, z * math.sqrt(max(0.0, b + c - (b - c) ** 2 / n)) / n
-    return dict(difference=d, ci95=(d - half, d + half), only_first=b, only_second=c, both=both,
-                neither=n - b - c - both)
+    return dict(
+        difference=d, ci95=(d - half, d + half), only_first=b, only_second=c, both=both, neither=n - b - c - both
+    )
 
 
 def collapsed(candidate: Candidate) -> bool:
@@ -783,17 +897,22 @@ def eot_first_share(candidate: Candidate) -> float:
     """The mechanism of the paper's Fig. 2: the share of end-of-text among the first quarter of the answer's
     tokens in commit order (ties by position)."""
     steps = candidate["commit_order"]
-    first = sorted(range(len(steps)), key=lambda i: (steps[i], i))[:max(1, len(steps) // 4)]
+    first = sorted(range(len(steps)), key=lambda i: (steps[i], i))[: max(1, len(steps) // 4)]
     return sum(candidate["end_of_text"][i] == "_" for i in first) / len(first)
 
 
-def votes_curve(task: Task, records: list[Record], method: str, rule: str, tie_break: str, per_sample: int,
-                samples: int) -> list[dict]:
+def votes_curve(
+    task: Task, records: list[Record], method: str, rule: str, tie_break: str, per_sample: int, samples: int
+) -> list[dict]:
     """Accuracy and tie rate of `method`'s vote over its first s samples, s = 1..samples (per_sample votes each)."""
     curve = []
     for s in range(1, samples + 1) if samples > 1 else []:
-        voted = [method_answers([c for c in r["candidates"] if c["method"] == method and c["sample"] < s], rule,
-                                tie_break)[method] for r in records]
+        voted = [
+            method_answers([c for c in r["candidates"] if c["method"] == method and c["sample"] < s], rule, tie_break)[
+                method
+            ]
+            for r in records
+        ]
         right = [is_correct(task, a, r["gold"][rule], rule) for (a, _), r in zip(voted, records)]
         curve.append(dict(votes=s * per_sample, accuracy=fmean(right), tie_rate=fmean(tie for _, tie in voted)))
     return curve
@@ -829,26 +948,51 @@ def summarize(records: list[Record], settings: dict, rule: str, methods: list[st
     for m in [m for m in settings["methods"] if m in (methods or settings["methods"])]:
         right = [v[m][2] for v, _ in judged[rule]]
         mine = [[(c, o) for c, o in zip(r["candidates"], ok) if c["method"] == m] for r, ok in zip(records, oks)]
-        table[m] = dict(paper_name=PAPER_NAMES[m], accuracy=fmean(right), ci95=wilson(sum(right), len(right)),
-                        correct=sum(right), other_rule_accuracy=fmean(v[m][2] for v, _ in judged[other]),
-                        tie_rate=fmean(v[m][1] for v, _ in judged[rule]),
-                        oracle=fmean(any(o for _, o in q) for q in mine),
-                        collapse_rate=fmean(collapsed(c) for q in mine for c, _ in q),
-                        eot_first_share=fmean(eot_first_share(c) for q in mine for c, _ in q))
+        table[m] = dict(
+            paper_name=PAPER_NAMES[m],
+            accuracy=fmean(right),
+            ci95=wilson(sum(right), len(right)),
+            correct=sum(right),
+            other_rule_accuracy=fmean(v[m][2] for v, _ in judged[other]),
+            tie_rate=fmean(v[m][1] for v, _ in judged[rule]),
+            oracle=fmean(any(o for _, o in q) for q in mine),
+            collapse_rate=fmean(collapsed(c) for q in mine for c, _ in q),
+            eot_first_share=fmean(eot_first_share(c) for q in mine for c, _ in q),
+        )
     for b in sorted({c["block_length"] for r in records for c in r["candidates"] if c["method"] == "hex"}):
-        mine = [(c, o, p) for r, ok, (_, other_ok) in zip(records, oks, judged[other])  # p: right by the other rule
-                for c, o, p in zip(r["candidates"], ok, other_ok) if c["method"] == "hex" and c["block_length"] == b]
-        experts[b] = dict(accuracy=fmean(o for _, o, _ in mine), ci95=wilson(sum(o for _, o, _ in mine), len(mine)),
-                          candidates=len(mine), other_rule_accuracy=fmean(p for _, _, p in mine),
-                          collapse_rate=fmean(collapsed(c) for c, _, _ in mine),
-                          eot_first_share=fmean(eot_first_share(c) for c, _, _ in mine))
-    curve = lambda m, per, n: votes_curve(task, records, m, rule, tie_break, per, n) if m in table else []
-    return dict(task=settings["task"], questions=len(records), answer_rule=rule, other_rule=other, methods=table,
-                block_lengths=experts, paired=paired_comparisons(records, judged[rule], table, experts),
-                hex_vs_votes=curve("hex", len(settings["block_lengths"]), settings["samples_per_block"]),
-                sc_vs_votes=curve("sc", 1, settings["sc_samples"]), agreement=agreement(records, oks, rule),
-                forward_calls_per_question=fmean(r["forward_calls"] for r in records),
-                seconds_per_question=fmean(r["seconds"] for r in records), settings=settings)
+        mine = [
+            (c, o, p)
+            for r, ok, (_, other_ok) in zip(records, oks, judged[other])  # p: right by the other rule
+            for c, o, p in zip(r["candidates"], ok, other_ok)
+            if c["method"] == "hex" and c["block_length"] == b
+        ]
+        experts[b] = dict(
+            accuracy=fmean(o for _, o, _ in mine),
+            ci95=wilson(sum(o for _, o, _ in mine), len(mine)),
+            candidates=len(mine),
+            other_rule_accuracy=fmean(p for _, _, p in mine),
+            collapse_rate=fmean(collapsed(c) for c, _, _ in mine),
+            eot_first_share=fmean(eot_first_share(c) for c, _, _ in mine),
+        )
+
+    def curve(m, per, n):
+        return votes_curve(task, records, m, rule, tie_break, per, n) if m in table else []
+
+    return dict(
+        task=settings["task"],
+        questions=len(records),
+        answer_rule=rule,
+        other_rule=other,
+        methods=table,
+        block_lengths=experts,
+        paired=paired_comparisons(records, judged[rule], table, experts),
+        hex_vs_votes=curve("hex", len(settings["block_lengths"]), settings["samples_per_block"]),
+        sc_vs_votes=curve("sc", 1, settings["sc_samples"]),
+        agreement=agreement(records, oks, rule),
+        forward_calls_per_question=fmean(r["forward_calls"] for r in records),
+        seconds_per_question=fmean(r["seconds"] for r in records),
+        settings=settings,
+    )
 
 
 def paired_comparisons(records: list[Record], judged: list, table: dict, experts: dict) -> dict:
@@ -857,10 +1001,17 @@ def paired_comparisons(records: list[Record], judged: list, table: dict, experts
     if "hex" not in table:
         return {}
     hex_right, best = [v["hex"][2] for v, _ in judged], max(experts, key=lambda b: (experts[b]["accuracy"], -b))
-    expert = [next(o for c, o in zip(r["candidates"], ok) if c["method"] == "hex" and c["block_length"] == best
-                   and c["sample"] == 0) for r, (_, ok) in zip(records, judged)]
+    expert = [
+        next(
+            o
+            for c, o in zip(r["candidates"], ok)
+            if c["method"] == "hex" and c["block_length"] == best and c["sample"] == 0
+        )
+        for r, (_, ok) in zip(records, judged)
+    ]
     return ({"HEX - SC": paired_difference(hex_right, [v["sc"][2] for v, _ in judged])} if "sc" in table else {}) | {
-        f"HEX - best expert (block {best})": paired_difference(hex_right, expert)}
+        f"HEX - best expert (block {best})": paired_difference(hex_right, expert)
+    }
 
 
 def protocol(settings: dict) -> str:
@@ -869,47 +1020,83 @@ def protocol(settings: dict) -> str:
     if "hex" in settings["methods"]:
         ties = dict(first="the answer seen first (the authors' rule)", likelihood="the higher likelihood score")
         blocks = settings["block_lengths"]
-        text += (f", HEX block lengths {' '.join(map(str, blocks))}, temperature {settings['temperature']:g}, {k} "
-                 f"sample{'s' * (k > 1)} per block length ({k * len(blocks)} votes), ties to {ties[settings['tie_break']]}")
+        text += (
+            f", HEX block lengths {' '.join(map(str, blocks))}, temperature {settings['temperature']:g}, {k} "
+            f"sample{'s' * (k > 1)} per block length ({k * len(blocks)} votes), ties to {ties[settings['tie_break']]}"
+        )
     if "sc" in settings["methods"]:
-        text += (f"; SC block length {settings['sc_block_length']}, temperature {settings['sc_temperature']:g}, "
-                 f"{settings['sc_samples']} samples")
+        text += (
+            f"; SC block length {settings['sc_block_length']}, temperature {settings['sc_temperature']:g}, "
+            f"{settings['sc_samples']} samples"
+        )
     return text
 
 
 def summary_table(summary: dict) -> str:
     """The summary as plain text, in the paper's words."""
-    pct = lambda x: "      -" if x is None else f"{100 * x:6.2f}%"
+
+    def pct(x):
+        return "      -" if x is None else f"{100 * x:6.2f}%"
+
     rule, other, settings = summary["answer_rule"], summary["other_rule"], summary["settings"]
-    lines = [f"{TASKS[summary['task']].title}, {summary['questions']} questions; {protocol(settings)}",
-             f"answers read by the {rule} rule ({other} rule beside)",
-             f"{'method':<30}{'accuracy':>9}  {'95% interval':<18}{other:>9}{'tie rate':>10}{'oracle':>9}{'collapse':>10}"
-             f"{'EoT-first':>10}"]
+    lines = [
+        f"{TASKS[summary['task']].title}, {summary['questions']} questions; {protocol(settings)}",
+        f"answers read by the {rule} rule ({other} rule beside)",
+        f"{'method':<30}{'accuracy':>9}  {'95% interval':<18}{other:>9}{'tie rate':>10}{'oracle':>9}{'collapse':>10}"
+        f"{'EoT-first':>10}",
+    ]
     rows = [(f"{v['paper_name']} ({m})", v, m in ("hex", "sc")) for m, v in summary["methods"].items()]
-    for label, v, votes in rows + [(f"  HEX expert, block {b}", v, False) for b, v in summary["block_lengths"].items()]:
-        lines.append(f"{label:<30}{pct(v['accuracy']):>9}  [{pct(v['ci95'][0])}, {pct(v['ci95'][1])}]"
-                     f"{pct(v['other_rule_accuracy']):>9}{pct(v['tie_rate']) if votes else '':>10}"
-                     f"{pct(v['oracle']) if votes else '':>9}{pct(v['collapse_rate']):>10}"
-                     f"{pct(v['eot_first_share']):>10}")
-    lines += [f"{PAPER_NAMES[m]} with {v['votes']:>3} votes: accuracy {pct(v['accuracy'])}, tie rate "
-              f"{pct(v['tie_rate'])}" for m in ("hex", "sc") for v in summary[f"{m}_vs_votes"]]
-    lines += [f"{name}: {100 * p['difference']:+.2f} points [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}] "
-              f"(paired 95%); only HEX right {p['only_first']}, only the other {p['only_second']}, both {p['both']}, "
-              f"neither {p['neither']}" for name, p in summary["paired"].items()]
+    for label, v, votes in rows + [
+        (f"  HEX expert, block {b}", v, False) for b, v in summary["block_lengths"].items()
+    ]:
+        lines.append(
+            f"{label:<30}{pct(v['accuracy']):>9}  [{pct(v['ci95'][0])}, {pct(v['ci95'][1])}]"
+            f"{pct(v['other_rule_accuracy']):>9}{pct(v['tie_rate']) if votes else '':>10}"
+            f"{pct(v['oracle']) if votes else '':>9}{pct(v['collapse_rate']):>10}"
+            f"{pct(v['eot_first_share']):>10}"
+        )
+    lines += [
+        f"{PAPER_NAMES[m]} with {v['votes']:>3} votes: accuracy {pct(v['accuracy'])}, tie rate {pct(v['tie_rate'])}"
+        for m in ("hex", "sc")
+        for v in summary[f"{m}_vs_votes"]
+    ]
+    lines += [
+        f"{name}: {100 * p['difference']:+.2f} points [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}] "
+        f"(paired 95%); only HEX right {p['only_first']}, only the other {p['only_second']}, both {p['both']}, "
+        f"neither {p['neither']}"
+        for name, p in summary["paired"].items()
+    ]
     if len((table := summary["agreement"])["groups"]) > 1:
-        lines.append("expert agreement: same readable answer / exactly one right, per pair of candidates\n  "
-                     + " " * 9 + "".join(f"{g:>17}" for g in table["groups"]))
-        lines += [f"  {g:<9}" + "".join(f"{pct(a).strip() + ' / ' + pct(o).strip():>17}" for a, o in zip(agree, one))
-                  for g, agree, one in zip(table["groups"], table["agree"], table["exactly_one_right"])]
-    lines.append(f"oracle: some candidate is right; collapse: no readable answer (robust rule) and over "
-                 f"{COLLAPSE_THRESHOLD:.0%} end-of-text (the [AfterEoT] collapse);\nEoT-first: end-of-text among the "
-                 "first quarter of committed answer tokens (Fig. 2); no figure of SC is published")
-    lines += [f"run on {e['device_name']} ({settings['dtype']}, torch {e['torch']}, transformers {e['transformers']}, "
-              f"{e['world_size']} process(es), mask id {e['mask_id']})" for e in settings.get("environments", [])]
-    lines += [f"rescored without the model on {r['at']} (answers re-read by the rules of that time)"
-              for r in settings.get("rescored", [])]
-    return "\n".join(lines + [f"{summary['forward_calls_per_question']:.1f} forward calls and "
-                              f"{summary['seconds_per_question']:.2f} s per question"])
+        lines.append(
+            "expert agreement: same readable answer / exactly one right, per pair of candidates\n  "
+            + " " * 9
+            + "".join(f"{g:>17}" for g in table["groups"])
+        )
+        lines += [
+            f"  {g:<9}" + "".join(f"{pct(a).strip() + ' / ' + pct(o).strip():>17}" for a, o in zip(agree, one))
+            for g, agree, one in zip(table["groups"], table["agree"], table["exactly_one_right"])
+        ]
+    lines.append(
+        f"oracle: some candidate is right; collapse: no readable answer (robust rule) and over "
+        f"{COLLAPSE_THRESHOLD:.0%} end-of-text (the [AfterEoT] collapse);\nEoT-first: end-of-text among the "
+        "first quarter of committed answer tokens (Fig. 2); no figure of SC is published"
+    )
+    lines += [
+        f"run on {e['device_name']} ({settings['dtype']}, torch {e['torch']}, transformers {e['transformers']}, "
+        f"{e['world_size']} process(es), mask id {e['mask_id']})"
+        for e in settings.get("environments", [])
+    ]
+    lines += [
+        f"rescored without the model on {r['at']} (answers re-read by the rules of that time)"
+        for r in settings.get("rescored", [])
+    ]
+    return "\n".join(
+        lines
+        + [
+            f"{summary['forward_calls_per_question']:.1f} forward calls and "
+            f"{summary['seconds_per_question']:.2f} s per question"
+        ]
+    )
 
 
 # 7. The figure, drawn from the records alone -----------------------------------------------------------
@@ -920,8 +1107,14 @@ PAPER_ACCURACY = {  # LLaDA-8B-Instruct, gen_length 256, steps 128 (the paper's 
     "arc-c": dict(hex=87.80, topk_margin=54.18, low_confidence=47.87, random=70.05),
     "truthfulqa": dict(hex=57.46, topk_margin=28.36, low_confidence=29.82, random=42.40),
 }
-PAPER_GSM8K_VOTES = [(5, 82.18, 4.1), (10, 85.75, 4.3), (15, 87.19, 2.4), (20, 87.79, 2.5), (25, 88.10, 1.35),
-                     (30, 88.10, 1.05)]  # (votes, accuracy %, tie rate %), read off the paper's plot
+PAPER_GSM8K_VOTES = [
+    (5, 82.18, 4.1),
+    (10, 85.75, 4.3),
+    (15, 87.19, 2.4),
+    (20, 87.79, 2.5),
+    (25, 88.10, 1.35),
+    (30, 88.10, 1.05),
+]  # (votes, accuracy %, tie rate %), read off the paper's plot
 
 
 def write_figures(summary: dict, records: list[Record], path: Path) -> None:
@@ -929,46 +1122,93 @@ def write_figures(summary: dict, records: list[Record], path: Path) -> None:
     where this run follows its protocol); accuracy and tie rate against votes for HEX and SC (its scaling
     plot); the step that committed each answer position of one question (its Fig. 2); how often experts agree."""
     from matplotlib.figure import Figure  # no pyplot: no window, no global state
+
     settings = summary["settings"]
     paper = (settings["gen_length"], settings["steps"], settings["block_lengths"]) == (256, 128, [8, 16, 32, 64, 128])
     fig = Figure(figsize=(14, 9), layout="constrained")
     axes = fig.subplots(2, 2)
-    fig.suptitle(f"{TASKS[summary['task']].title}, {summary['questions']} questions, {summary['answer_rule']} rule\n"
-                 f"{protocol(settings)}", fontsize=9)
+    fig.suptitle(
+        f"{TASKS[summary['task']].title}, {summary['questions']} questions, {summary['answer_rule']} rule\n"
+        f"{protocol(settings)}",
+        fontsize=9,
+    )
     _accuracy_bars(axes[0, 0], summary, paper)
     _votes_plot(axes[0, 1], summary, paper and summary["task"] == "gsm8k")
     record = next((r for r in records if any(map(collapsed, r["candidates"]))), records[0])
     rows = [c for c in record["candidates"] if c["sample"] == 0]
     labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
-    _heatmap(fig, axes[1, 0], [c["commit_order"] for c in rows], labels, None, "viridis", "step",
-             f"Commit order, question {record['id']}: the step that committed each position (x: end-of-text)",
-             settings["steps"] - 1)
-    axes[1, 0].scatter(*zip(*[(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
-                            or [(math.nan, math.nan)]), marker="x", s=12, color="red")
+    _heatmap(
+        fig,
+        axes[1, 0],
+        [c["commit_order"] for c in rows],
+        labels,
+        None,
+        "viridis",
+        "step",
+        f"Commit order, question {record['id']}: the step that committed each position (x: end-of-text)",
+        settings["steps"] - 1,
+    )
+    axes[1, 0].scatter(
+        *zip(
+            *[(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
+            or [(math.nan, math.nan)]
+        ),
+        marker="x",
+        s=12,
+        color="red",
+    )
     if (table := summary["agreement"])["groups"]:
-        _heatmap(fig, axes[1, 1], [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]],
-                 table["groups"], table["groups"], "magma", "%", "Expert diversity: % of candidate pairs, same answer",
-                 100)
+        _heatmap(
+            fig,
+            axes[1, 1],
+            [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]],
+            table["groups"],
+            table["groups"],
+            "magma",
+            "%",
+            "Expert diversity: % of candidate pairs, same answer",
+            100,
+        )
     else:
         axes[1, 1].set_axis_off()
     fig.savefig(path, dpi=100, format="png")
 
 
 def _accuracy_bars(ax, summary: dict, paper: bool) -> None:
-    bars = [(v["paper_name"], v, dict(hex="tab:blue", sc="tab:purple").get(m, "tab:gray"), m)
-            for m, v in summary["methods"].items()] + [(f"block {b}", v, "tab:cyan", None)
-                                                       for b, v in summary["block_lengths"].items()]
+    bars = [
+        (v["paper_name"], v, dict(hex="tab:blue", sc="tab:purple").get(m, "tab:gray"), m)
+        for m, v in summary["methods"].items()
+    ] + [(f"block {b}", v, "tab:cyan", None) for b, v in summary["block_lengths"].items()]
     heights = [100 * v["accuracy"] for _, v, _, _ in bars]
-    ax.bar(range(len(bars)), heights, color=[c for _, _, c, _ in bars], edgecolor="black", capsize=4,
-           yerr=[[h - 100 * v["ci95"][0] for h, (_, v, _, _) in zip(heights, bars)],
-                 [100 * v["ci95"][1] - h for h, (_, v, _, _) in zip(heights, bars)]])
+    ax.bar(
+        range(len(bars)),
+        heights,
+        color=[c for _, _, c, _ in bars],
+        edgecolor="black",
+        capsize=4,
+        yerr=[
+            [h - 100 * v["ci95"][0] for h, (_, v, _, _) in zip(heights, bars)],
+            [100 * v["ci95"][1] - h for h, (_, v, _, _) in zip(heights, bars)],
+        ],
+    )
     for i, h in enumerate(heights):  # the edge and the label keep a 0% bar visible
         ax.annotate(f"{h:.1f}%", (i, h), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
-    if paper and (reported := [(i, PAPER_ACCURACY[summary["task"]][m]) for i, (*_, m) in enumerate(bars)
-                               if m in PAPER_ACCURACY[summary["task"]]]):
+    if paper and (
+        reported := [
+            (i, PAPER_ACCURACY[summary["task"]][m])
+            for i, (*_, m) in enumerate(bars)
+            if m in PAPER_ACCURACY[summary["task"]]
+        ]
+    ):
         protocol_of_hex = "5 votes, temperature 0" if summary["task"] == "gsm8k" else "its best, protocol not stated"
-        ax.scatter(*zip(*reported), marker="_", s=600, color="tab:red", zorder=3,
-                   label=f"the paper's table (LLaDA-8B-Instruct; HEX: {protocol_of_hex})")
+        ax.scatter(
+            *zip(*reported),
+            marker="_",
+            s=600,
+            color="tab:red",
+            zorder=3,
+            label=f"the paper's table (LLaDA-8B-Instruct; HEX: {protocol_of_hex})",
+        )
         ax.legend(loc="upper right", fontsize=8)
     ax.set_xticks(range(len(bars)), [label for label, *_ in bars], rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="accuracy (%), 95% interval", ylim=(0, 105), title="Methods and each HEX expert alone")
@@ -978,21 +1218,38 @@ def _votes_plot(ax, summary: dict, paper: bool) -> None:
     for m, colour in (("hex", "tab:blue"), ("sc", "tab:purple")):
         if curve := summary[f"{m}_vs_votes"]:
             votes = [v["votes"] for v in curve]
-            ax.plot(votes, [100 * v["accuracy"] for v in curve], "o-", color=colour, label=f"{PAPER_NAMES[m]} accuracy")
-            ax.plot(votes, [100 * v["tie_rate"] for v in curve], "s--", color=colour, alpha=0.6,
-                    label=f"{PAPER_NAMES[m]} tie rate")
+            ax.plot(
+                votes, [100 * v["accuracy"] for v in curve], "o-", color=colour, label=f"{PAPER_NAMES[m]} accuracy"
+            )
+            ax.plot(
+                votes,
+                [100 * v["tie_rate"] for v in curve],
+                "s--",
+                color=colour,
+                alpha=0.6,
+                label=f"{PAPER_NAMES[m]} tie rate",
+            )
     if paper and summary["hex_vs_votes"]:
         n, accuracy, tie = zip(*PAPER_GSM8K_VOTES)
-        ax.plot(n, accuracy, "o:", color="tab:red", alpha=0.5, label="HEX accuracy, the paper (temperature not stated)")
+        ax.plot(
+            n, accuracy, "o:", color="tab:red", alpha=0.5, label="HEX accuracy, the paper (temperature not stated)"
+        )
         ax.plot(n, tie, "s:", color="tab:red", alpha=0.3, label="HEX tie rate, the paper")
-    ax.set(xlabel="votes", ylabel="%", ylim=(0, 105), title="Accuracy against the number of votes (one sample "
-           "per schedule: none)" if not ax.lines else "Accuracy against the number of votes")
+    ax.set(
+        xlabel="votes",
+        ylabel="%",
+        ylim=(0, 105),
+        title="Accuracy against the number of votes (one sample per schedule: none)"
+        if not ax.lines
+        else "Accuracy against the number of votes",
+    )
     if ax.lines:
         ax.legend(fontsize=8)
 
 
-def _heatmap(fig, ax, values: list, rows: list[str], columns: list[str] | None, cmap: str, unit: str, title: str,
-             vmax: float):
+def _heatmap(
+    fig, ax, values: list, rows: list[str], columns: list[str] | None, cmap: str, unit: str, title: str, vmax: float
+):
     image = ax.imshow(values, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0, vmax=vmax)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     for i, j, v in ((i, j, v) for i, row in enumerate(values) for j, v in enumerate(row) if columns and v == v):
@@ -1005,8 +1262,24 @@ def _heatmap(fig, ax, values: list, rows: list[str], columns: list[str] | None, 
 
 # 8. Run files: records, settings, one writer, resuming ------------------------------------------------
 
-COMPARED = ("task", "data", "model", "mask_id", "gen_length", "steps", "methods", "block_lengths", "samples_per_block",
-            "temperature", "sc_block_length", "sc_samples", "sc_temperature", "tie_break", "seed", "dtype")
+COMPARED = (
+    "task",
+    "data",
+    "model",
+    "mask_id",
+    "gen_length",
+    "steps",
+    "methods",
+    "block_lengths",
+    "samples_per_block",
+    "temperature",
+    "sc_block_length",
+    "sc_samples",
+    "sc_temperature",
+    "tie_break",
+    "seed",
+    "dtype",
+)
 
 
 def settings_conflict(old: dict, new: dict) -> list[str]:
@@ -1048,8 +1321,9 @@ class RunFiles:
             self.output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             self.close()
-            raise UsageError(f"--output {self.output}: cannot create the folder {self.output.parent} "
-                             f"({error.strerror})") from None
+            raise UsageError(
+                f"--output {self.output}: cannot create the folder {self.output.parent} ({error.strerror})"
+            ) from None
         while self.fd is None:
             try:
                 fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -1060,8 +1334,10 @@ class RunFiles:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise UsageError(f"{self.output} is being written by another run (it holds {self.lock}); wait for "
-                                 "it, or use another --output") from None
+                raise UsageError(
+                    f"{self.output} is being written by another run (it holds {self.lock}); wait for "
+                    "it, or use another --output"
+                ) from None
             try:  # the previous holder may have removed the file as we opened it: then try again
                 self.fd = fd if os.stat(self.lock).st_ino == os.fstat(fd).st_ino else os.close(fd)
             except FileNotFoundError:
@@ -1078,20 +1354,23 @@ class RunFiles:
     def parts(self) -> list[Path]:
         """The torchrun ranks' files of this output, exactly `<stem>.part<rank>.jsonl`."""
         pattern = re.compile(re.escape(self.output.stem) + r"\.part\d+\.jsonl")
-        return sorted(p for p in self.output.parent.glob(f"{self.output.stem}.part*.jsonl") if pattern.fullmatch(p.name))
+        return sorted(
+            p for p in self.output.parent.glob(f"{self.output.stem}.part*.jsonl") if pattern.fullmatch(p.name)
+        )
 
     def records(self) -> dict[int, Record]:
         """Finished questions by id. A torn last line (an interrupted write) is not a finished question."""
         done = {}
         for path in [self.output, *self.parts()]:
             text = path.read_text(encoding="utf-8") if path.is_file() else ""
-            for number, line in enumerate(text[:text.rfind("\n") + 1].splitlines(), start=1):
+            for number, line in enumerate(text[: text.rfind("\n") + 1].splitlines(), start=1):
                 try:
                     record = json.loads(line)
                     done[record["id"]] = record
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise UsageError(f"{path}, line {number}: not a record of this script; fix or remove it, or use "
-                                     "--no-resume") from None
+                    raise UsageError(
+                        f"{path}, line {number}: not a record of this script; fix or remove it, or use --no-resume"
+                    ) from None
         return done
 
     def stored_settings(self) -> dict:
@@ -1103,26 +1382,37 @@ class RunFiles:
         if resume and self.settings.is_file():
             old, done = self.stored_settings(), self.records().keys()
             if changed := settings_conflict(old, settings):
-                raise UsageError(f"{self.output} holds results made with other settings:\n  " + "\n  ".join(changed)
-                                 + f"\nthe results are left untouched; use --output {self.free_output()}, or --no-resume to start "
-                                 "them over")
+                raise UsageError(
+                    f"{self.output} holds results made with other settings:\n  "
+                    + "\n  ".join(changed)
+                    + f"\nthe results are left untouched; use --output {self.free_output()}, or --no-resume to start "
+                    "them over"
+                )
             if requested <= done:
                 return old
             if settings["methods"] != old["methods"]:
-                raise UsageError(f"{self.output} was made with --methods {' '.join(old['methods'])} and has "
-                                 f"{len(requested & done)} of the {len(requested)} questions asked for: rerun with "
-                                 f"those methods to finish it, or use --output {self.free_output()}")
+                raise UsageError(
+                    f"{self.output} was made with --methods {' '.join(old['methods'])} and has "
+                    f"{len(requested & done)} of the {len(requested)} questions asked for: rerun with "
+                    f"those methods to finish it, or use --output {self.free_output()}"
+                )
         elif resume and (self.output.exists() or self.parts()):
-            raise UsageError(f"{self.output} exists but has no settings file ({self.settings.name}), so its records "
-                             "cannot be checked; use another --output, or --no-resume to start over")
+            raise UsageError(
+                f"{self.output} exists but has no settings file ({self.settings.name}), so its records "
+                "cannot be checked; use another --output, or --no-resume to start over"
+            )
         if self.read_only:
             raise UsageError(f"--output {self.output}: {self.read_only}; use another --output")
         return None
 
     def free_output(self) -> Path:
         """The first `<stem>-N.jsonl` beside the output that no run has used (for a refusal to name)."""
-        return next(p for n in range(2, 10**6) if not (p := self.output.with_name(f"{self.output.stem}-{n}.jsonl"))
-                    .exists() and not p.with_suffix(".config.json").exists())
+        return next(
+            p
+            for n in range(2, 10**6)
+            if not (p := self.output.with_name(f"{self.output.stem}-{n}.jsonl")).exists()
+            and not p.with_suffix(".config.json").exists()
+        )
 
     def start(self, settings: dict, resume: bool, environment: dict) -> None:
         """Write the settings once every check has passed and the model has loaded (--no-resume deletes the old
@@ -1131,8 +1421,17 @@ class RunFiles:
             path.unlink(missing_ok=True)
         old = self.stored_settings() if self.settings.is_file() else {}
         seen = old.get("environments", [])
-        write_atomically(self.settings, json.dumps({**settings, "environments": seen + [environment] * (
-            environment not in seen), **{k: old[k] for k in ("rescored",) if k in old}}, indent=1))
+        write_atomically(
+            self.settings,
+            json.dumps(
+                {
+                    **settings,
+                    "environments": seen + [environment] * (environment not in seen),
+                    **{k: old[k] for k in ("rescored",) if k in old},
+                },
+                indent=1,
+            ),
+        )
 
     def write_records(self, records: dict[int, Record]) -> None:
         """Replace the JSONL by these records, in id order, and drop torchrun's part files."""
@@ -1150,6 +1449,7 @@ class RunFiles:
 
 # 9. The command line ---------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -1163,8 +1463,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gen-length", type=int, default=256)
     add("--steps", type=int, default=None, help="default: gen_length / 2")
     add("--mask-id", type=int, default=None, help="default: from the tokenizer or config")
-    add("--methods", nargs="+", default=[m for m in METHODS if m != "sc"], metavar="METHOD",
-        help=f"any of {', '.join(METHODS)} (default: all but sc, the self-consistency control)")
+    add(
+        "--methods",
+        nargs="+",
+        default=[m for m in METHODS if m != "sc"],
+        metavar="METHOD",
+        help=f"any of {', '.join(METHODS)} (default: all but sc, the self-consistency control)",
+    )
     add("--block-lengths", type=int, nargs="+", default=None, help="HEX's; default: gen_length/32 x (1 2 4 8 16)")
     add("--samples-per-block", type=int, default=1, help="HEX samples per block length (needs --temperature > 0)")
     add("--temperature", type=float, default=0.0, help="HEX's sampling temperature")
@@ -1176,10 +1481,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch-size", type=int, default=1, help="questions per forward call (left padded)")
     add("--seed", type=int, default=0)
     add("--output", default=None, help="JSONL path; default under results/")
-    add("--resume", action=argparse.BooleanOptionalAction, default=True,
-        help="skip questions already in --output (default); --no-resume starts over")
-    add("--rescore", action="store_true", help="re-read the stored texts of --output by the current answer rules "
-        "and rewrite its summary and figure, without the model")
+    add(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="skip questions already in --output (default); --no-resume starts over",
+    )
+    add(
+        "--rescore",
+        action="store_true",
+        help="re-read the stored texts of --output by the current answer rules "
+        "and rewrite its summary and figure, without the model",
+    )
     return parser
 
 
@@ -1199,15 +1512,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if (value := getattr(args, name)) is not None and not 0 <= value < math.inf:
             raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
     if "hex" in args.methods and args.samples_per_block > 1 and args.temperature == 0:
-        raise UsageError(f"--samples-per-block {args.samples_per_block} at --temperature 0: temperature 0 is "
-                         "deterministic, so every sample of a block length would be the same decode at "
-                         f"{args.samples_per_block}x the cost; pass --temperature > 0 to sample, or drop it")
+        raise UsageError(
+            f"--samples-per-block {args.samples_per_block} at --temperature 0: temperature 0 is "
+            "deterministic, so every sample of a block length would be the same decode at "
+            f"{args.samples_per_block}x the cost; pass --temperature > 0 to sample, or drop it"
+        )
     if args.steps is None and args.gen_length % 2:
         raise UsageError(f"--gen-length {args.gen_length} is odd: pass --steps (the default is gen_length / 2)")
     args.steps = args.steps or args.gen_length // 2
     check_schedules(args)
-    args.output = args.output or (f"results/{args.task}-{Path(args.model.rstrip('/')).name}-g{args.gen_length}-s"
-                                  f"{args.steps}-t{args.temperature:g}-x{args.samples_per_block}.jsonl")
+    args.output = args.output or (
+        f"results/{args.task}-{Path(args.model.rstrip('/')).name}-g{args.gen_length}-s"
+        f"{args.steps}-t{args.temperature:g}-x{args.samples_per_block}.jsonl"
+    )
     return args
 
 
@@ -1215,26 +1532,36 @@ def check_schedules(args: argparse.Namespace) -> None:
     """Fill in the authors' block lengths and SC's defaults, and check that every schedule divides gen_length and
     the steps, naming the flags the user passed."""
     if (given := args.block_lengths is not None) is False and args.gen_length % 32 and "hex" in args.methods:
-        raise UsageError(f"--gen-length {args.gen_length} is not a multiple of 32, so the authors' block lengths "
-                         "(gen_length/32 x 1, 2, 4, 8, 16) do not apply: pass --block-lengths")
+        raise UsageError(
+            f"--gen-length {args.gen_length} is not a multiple of 32, so the authors' block lengths "
+            "(gen_length/32 x 1, 2, 4, 8, 16) do not apply: pass --block-lengths"
+        )
     if not given:
         args.block_lengths = [args.gen_length // 32 * m for m in (1, 2, 4, 8, 16)] if args.gen_length % 32 == 0 else []
     args.sc_samples = args.sc_samples or (len(args.block_lengths) or 5) * args.samples_per_block
     if args.sc_temperature is None:
         args.sc_temperature = args.temperature if args.temperature > 0 else SC_TEMPERATURE
     if "sc" in args.methods and args.sc_samples > 1 and args.sc_temperature == 0:
-        raise UsageError(f"--sc-samples {args.sc_samples} at --sc-temperature 0: every sample would be the same "
-                         "decode, and the vote a single answer; pass --sc-temperature > 0")
+        raise UsageError(
+            f"--sc-samples {args.sc_samples} at --sc-temperature 0: every sample would be the same "
+            "decode, and the vote a single answer; pass --sc-temperature > 0"
+        )
     blocks = " ".join(map(str, args.block_lengths))
-    what = (f"--block-lengths {blocks}" if given
-            else f"the default block lengths {blocks} (gen_length/32 x 1, 2, 4, 8, 16)")
+    what = (
+        f"--block-lengths {blocks}"
+        if given
+        else f"the default block lengths {blocks} (gen_length/32 x 1, 2, 4, 8, 16)"
+    )
     for b, flag in [(b, what) for b in args.block_lengths if "hex" in args.methods] + [
-            (args.sc_block_length, f"--sc-block-length {args.sc_block_length}")] * ("sc" in args.methods):
+        (args.sc_block_length, f"--sc-block-length {args.sc_block_length}")
+    ] * ("sc" in args.methods):
         try:
             steps_per_block(args.gen_length, args.steps, b)
         except ValueError as error:
-            raise UsageError(f"{flag} with --gen-length {args.gen_length} --steps {args.steps}: {error}; pass block "
-                             "lengths that divide --gen-length, or another --gen-length or --steps") from None
+            raise UsageError(
+                f"{flag} with --gen-length {args.gen_length} --steps {args.steps}: {error}; pass block "
+                "lengths that divide --gen-length, or another --gen-length or --steps"
+            ) from None
 
 
 def resolve_device(requested: str | None) -> torch.device:
@@ -1266,6 +1593,7 @@ def check_output(text: str) -> Path:
 
 # 10. main: parse, data, settings, already finished?, tokenizer, model, loop, report --------------------
 
+
 def main(argv: list[str] | None = None) -> dict | None:
     """Run the evaluation (or --rescore); a usage error ends with one line on stderr and exit status 1."""
     args = None
@@ -1283,8 +1611,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise SystemExit(130) from None
     except BrokenPipeError:  # e.g. `| head`: the files are complete; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
-        print("run_gsm8k.py: standard output was closed early (a broken pipe); the results files are complete",
-              file=sys.stderr)
+        print(
+            "run_gsm8k.py: standard output was closed early (a broken pipe); the results files are complete",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
 
 
@@ -1296,17 +1626,20 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     offline_unless_reachable(args)
     rows, data = load_rows(task, args.data)
     problems = [{"id": i, "row": rows[i]} for i in (task.order(len(rows)) if task.order else range(len(rows)))]
-    if not (problems := problems[args.offset:][:args.limit]):
+    if not (problems := problems[args.offset :][: args.limit]):
         raise UsageError(f"--offset {args.offset} is past the {len(rows)} rows of {data['source']}")
     settings, requested = run_settings(args, data, device), {p["id"] for p in problems}
     if world > 1:  # gloo only synchronises the ranks; no tensors are exchanged
         torch.distributed.init_process_group("gloo", timeout=timedelta(hours=48))
     try:
-        if (finished := on_rank0(lambda: files.open() or files.finished(settings, requested, args.resume),
-                                 world, rank)) is not None:
+        if (
+            finished := on_rank0(lambda: files.open() or files.finished(settings, requested, args.resume), world, rank)
+        ) is not None:
             if rank > 0:
                 return None
-            print(f"all {len(requested)} questions asked for are done in {files.output}: the summary, without the model")
+            print(
+                f"all {len(requested)} questions asked for are done in {files.output}: the summary, without the model"
+            )
             return report(finished, files, requested, args)
         tokenizer, config = load_tokenizer(args.model)
         model_family(config, args.model)  # an unknown family is refused before the weights load
@@ -1314,12 +1647,26 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         if not 0 <= mask_id < (vocab := getattr(config, "vocab_size", None) or len(tokenizer)):
             raise UsageError(f"--mask-id {mask_id} is outside the model's vocabulary (size {vocab})")
         if tokenizer.chat_template is None:
-            raise UsageError(f"--model {args.model}: its tokenizer has no chat template (instruct checkpoints have one)")
+            raise UsageError(
+                f"--model {args.model}: its tokenizer has no chat template (instruct checkpoints have one)"
+            )
         model = load_model(args.model, config, device, getattr(torch, settings["dtype"]))
-        on_rank0(lambda: files.start(settings, args.resume, dict(
-            device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", torch=torch.__version__,
-            transformers=__import__("transformers").__version__, world_size=world, mask_id=mask_id,
-            end_of_text_ids=end_of_text_ids(tokenizer))), world, rank)
+        on_rank0(
+            lambda: files.start(
+                settings,
+                args.resume,
+                dict(
+                    device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                    torch=torch.__version__,
+                    transformers=__import__("transformers").__version__,
+                    world_size=world,
+                    mask_id=mask_id,
+                    end_of_text_ids=end_of_text_ids(tokenizer),
+                ),
+            ),
+            world,
+            rank,
+        )
         decode_questions(model, tokenizer, task, problems, settings, mask_id, device, files)
         return report(files.stored_settings(), files, requested, args) if rank == 0 else None
     finally:
@@ -1331,9 +1678,14 @@ def evaluate(args: argparse.Namespace) -> dict | None:
 def run_settings(args: argparse.Namespace, data: dict, device: torch.device) -> dict:
     """What the user asked for, as the settings file keeps it; COMPARED on a rerun (not the batch size)."""
     model = Path(args.model).expanduser()
-    return dict(task=args.task, data=data, model=str(model.resolve()) if model.is_dir() else args.model,
-                **{k: getattr(args, k) for k in COMPARED[3:-1]}, batch_size=args.batch_size,
-                dtype=args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    return dict(
+        task=args.task,
+        data=data,
+        model=str(model.resolve()) if model.is_dir() else args.model,
+        **{k: getattr(args, k) for k in COMPARED[3:-1]},
+        batch_size=args.batch_size,
+        dtype=args.dtype or ("bfloat16" if device.type == "cuda" else "float32"),
+    )
 
 
 def offline_unless_reachable(args: argparse.Namespace) -> None:
@@ -1364,8 +1716,16 @@ def on_rank0(fn: Callable[[], Any], world: int, rank: int) -> Any:
     return result[0][1]
 
 
-def decode_questions(model, tokenizer, task: Task, problems: list[dict], settings: dict, mask_id: int,
-                     device: torch.device, files: RunFiles) -> None:
+def decode_questions(
+    model,
+    tokenizer,
+    task: Task,
+    problems: list[dict],
+    settings: dict,
+    mask_id: int,
+    device: torch.device,
+    files: RunFiles,
+) -> None:
     """This rank's questions not done yet, in batches, each record appended to this rank's file at once (a torn
     last line, from an interrupted write, cut first). The progress bar counts the finished questions too."""
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
@@ -1373,18 +1733,24 @@ def decode_questions(model, tokenizer, task: Task, problems: list[dict], setting
     if world > 1:
         torch.distributed.barrier()  # every rank has read before any rank writes
     if rank == 0 and (finished := sum(p["id"] in done for p in problems)):
-        print(f"resuming {files.output}: {finished} of {len(problems)} questions already done, "
-              f"{len(problems) - finished} to go")
+        print(
+            f"resuming {files.output}: {finished} of {len(problems)} questions already done, "
+            f"{len(problems) - finished} to go"
+        )
     mine, size = problems[rank::world], settings["batch_size"]
     todo = [p for p in mine if p["id"] not in done]
     sink = files.output.with_suffix(f".part{rank}.jsonl") if world > 1 else files.output
     if sink.is_file() and (text := sink.read_bytes()) and not text.endswith(b"\n"):
-        sink.write_bytes(text[:text.rfind(b"\n") + 1])
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=task.title + f" rank {rank}" * (world > 1),
-               disable=not todo)
+        sink.write_bytes(text[: text.rfind(b"\n") + 1])
+    bar = tqdm(
+        total=len(mine),
+        initial=len(mine) - len(todo),
+        desc=task.title + f" rank {rank}" * (world > 1),
+        disable=not todo,
+    )
     try:
         with sink.open("a", encoding="utf-8") as out:
-            for batch in (todo[i:i + size] for i in range(0, len(todo), size)):
+            for batch in (todo[i : i + size] for i in range(0, len(todo), size)):
                 for record in decode_batch(model, tokenizer, task, batch, settings, mask_id, device):
                     out.write(json.dumps(record) + "\n")
                     out.flush()
@@ -1411,10 +1777,18 @@ def report(settings: dict, files: RunFiles, requested: set[int], args: argparse.
         write_atomically(files.figure, lambda path: write_figures(whole, ordered, path))
     print(summary_table(summary))
     if len(chosen) < len(records) or fewer:
-        print(f"(the {len(chosen)} questions{' and methods' * fewer} asked for; the summary file and the figure cover "
-              f"all {len(records)} finished questions{' and every method' * fewer})")
-    print(f"records: {files.output}\n" + (f"{files.read_only}: the summary and figure were not rewritten"
-                                          if files.read_only else f"summary: {files.summary}\nfigure:  {files.figure}"))
+        print(
+            f"(the {len(chosen)} questions{' and methods' * fewer} asked for; the summary file and the figure cover "
+            f"all {len(records)} finished questions{' and every method' * fewer})"
+        )
+    print(
+        f"records: {files.output}\n"
+        + (
+            f"{files.read_only}: the summary and figure were not rewritten"
+            if files.read_only
+            else f"summary: {files.summary}\nfigure:  {files.figure}"
+        )
+    )
     return summary
 
 
@@ -1435,7 +1809,8 @@ def rescore(args: argparse.Namespace) -> dict:
             changed, candidate["answers"] = changed + (answers != candidate["answers"]), answers
         files.write_records(records)
         settings["rescored"] = settings.get("rescored", []) + [
-            dict(at=time.strftime("%Y-%m-%d %H:%M:%S %Z"), questions=len(records), answers_changed=changed)]
+            dict(at=time.strftime("%Y-%m-%d %H:%M:%S %Z"), questions=len(records), answers_changed=changed)
+        ]
         write_atomically(files.settings, json.dumps(settings, indent=1))
         print(f"rescored {len(records)} questions without the model: {changed} candidate answer(s) changed")
         args.methods = settings["methods"]

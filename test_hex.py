@@ -1,4 +1,5 @@
 """Tests for hex.py: CPU only, no network. Run: python -m pytest -q"""
+
 import contextlib
 import math
 import os
@@ -7,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 import torch
 import torch.nn as nn
@@ -51,7 +51,7 @@ class FixedLogits(nn.Module):
         if self.logits.dim() == 1:
             out[:] = self.logits
         else:
-            out[:, -self.logits.shape[0]:] = self.logits  # the last G positions: the answer
+            out[:, -self.logits.shape[0] :] = self.logits  # the last G positions: the answer
         return H.MaskPredictorOutput(out)
 
 
@@ -64,7 +64,7 @@ def reference_generate(model, prompt, gen_length, steps, block_length, remasking
     spb = steps // num_blocks
     for nb in range(num_blocks):
         block_end = P + (nb + 1) * block_length
-        n = (x[:, P + nb * block_length:block_end] == mask_id).sum(1)
+        n = (x[:, P + nb * block_length : block_end] == mask_id).sum(1)
         for i in range(spb):
             mask_index = x == mask_id
             logits = model(x).logits
@@ -94,7 +94,7 @@ def check_trajectory(seen, final, prompt_len, gen_length, steps, block_lengths):
     assert (seen[0][:, prompt_len:] == MASK).all() and not (final == MASK).any()
     for t in range(steps):
         before, after = states[t][:, prompt_len:], states[t + 1][:, prompt_len:]
-        committed = (before != MASK)
+        committed = before != MASK
         assert torch.equal(after[committed], before[committed]), "a committed token changed"
         new = committed.logical_not() & (after != MASK)
         for r, b in enumerate(block_lengths):
@@ -106,6 +106,7 @@ def check_trajectory(seen, final, prompt_len, gen_length, steps, block_lengths):
 
 
 # The schedule -------------------------------------------------------------------------------------
+
 
 def test_num_transfer_tokens_spreads_remainder_over_first_steps():
     assert H.num_transfer_tokens(10, 4) == [3, 3, 2, 2]
@@ -121,33 +122,43 @@ def test_paper_schedules_commit_two_tokens_per_step():
 
 # The sampler --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("remasking", ["low_confidence", "topk_margin"])
 @pytest.mark.parametrize("block_length,steps", [(4, 18), (8, 12), (24, 8)])
 def test_generate_matches_authors_sampler(model, remasking, block_length, steps):
     prompt = prompts()
-    ours = H.generate(model, prompt, gen_length=24, steps=steps, block_length=block_length,
-                      remasking=remasking, mask_id=MASK)
+    ours = H.generate(
+        model, prompt, gen_length=24, steps=steps, block_length=block_length, remasking=remasking, mask_id=MASK
+    )
     with torch.no_grad():
         theirs = reference_generate(model, prompt, 24, steps, block_length, remasking)
     assert torch.equal(ours, theirs)
 
 
-@pytest.mark.parametrize("remasking,temperature", [("low_confidence", 0.0), ("topk_margin", 0.0),
-                                                   ("random", 0.0), ("low_confidence", 0.8)])
+@pytest.mark.parametrize(
+    "remasking,temperature", [("low_confidence", 0.0), ("topk_margin", 0.0), ("random", 0.0), ("low_confidence", 0.8)]
+)
 @pytest.mark.parametrize("block_length,steps", [(4, 12), (4, 36), (12, 6), (24, 5)])
 def test_generate_trajectory_invariants(model, remasking, temperature, block_length, steps):
     recorder, prompt = Recorder(model), prompts()
-    out = H.generate(recorder, prompt, gen_length=24, steps=steps, block_length=block_length,
-                     remasking=remasking, temperature=temperature, mask_id=MASK,
-                     generator=torch.Generator().manual_seed(1))
+    out = H.generate(
+        recorder,
+        prompt,
+        gen_length=24,
+        steps=steps,
+        block_length=block_length,
+        remasking=remasking,
+        temperature=temperature,
+        mask_id=MASK,
+        generator=torch.Generator().manual_seed(1),
+    )
     check_trajectory(recorder.seen, out, prompt.shape[1], 24, steps, [block_length] * len(prompt))
 
 
 def test_leftmost_position_wins_equal_confidences():
     logits = torch.zeros(VOCAB, dtype=torch.float64)
     logits[5] = 3.0  # every position predicts token 5 with the same confidence
-    out = H.hex_generate(FixedLogits(logits), prompts(1), block_lengths=(8,), gen_length=8, steps=8,
-                         mask_id=MASK)
+    out = H.hex_generate(FixedLogits(logits), prompts(1), block_lengths=(8,), gen_length=8, steps=8, mask_id=MASK)
     assert out.commit_steps[0, 0].tolist() == list(range(8))
     assert (out.sequences[0, 0, -8:] == 5).all()
 
@@ -160,13 +171,19 @@ def test_topk_margin_ranks_by_p1_minus_p2_not_p1():
     model = FixedLogits(probs.log())
     order = {}
     for remasking in ("low_confidence", "topk_margin"):
-        out = H.hex_generate(model, prompts(1), block_lengths=(2,), gen_length=2, steps=2,
-                             remasking=remasking, mask_id=MASK)
+        out = H.hex_generate(
+            model, prompts(1), block_lengths=(2,), gen_length=2, steps=2, remasking=remasking, mask_id=MASK
+        )
         order[remasking] = out.commit_steps[0, 0].tolist()
     assert order == {"low_confidence": [0, 1], "topk_margin": [1, 0]}
-    _, conf = H.x0_and_confidence(model(torch.zeros(1, 2, dtype=torch.long)).logits,
-                                  torch.tensor([0, 0]), torch.tensor([0, 1]), remasking="topk_margin",
-                                  temperature=0.0, mask_id=MASK)
+    _, conf = H.x0_and_confidence(
+        model(torch.zeros(1, 2, dtype=torch.long)).logits,
+        torch.tensor([0, 0]),
+        torch.tensor([0, 1]),
+        remasking="topk_margin",
+        temperature=0.0,
+        mask_id=MASK,
+    )
     p = probs / probs.sum(-1, keepdim=True)
     assert torch.allclose(conf, p[:, 0] - p.topk(2).values[:, 1])
 
@@ -174,10 +191,16 @@ def test_topk_margin_ranks_by_p1_minus_p2_not_p1():
 def test_sampled_x0_is_scored_by_the_untempered_softmax():
     logits = torch.randn(1, 40, VOCAB, generator=torch.Generator().manual_seed(0))
     rows, cols = torch.zeros(40, dtype=torch.long), torch.arange(40)
-    x0, conf = H.x0_and_confidence(logits, rows, cols, remasking="low_confidence", temperature=2.0,
-                                   mask_id=MASK, generator=torch.Generator().manual_seed(0))
-    greedy, _ = H.x0_and_confidence(logits, rows, cols, remasking="low_confidence", temperature=0.0,
-                                    mask_id=MASK)
+    x0, conf = H.x0_and_confidence(
+        logits,
+        rows,
+        cols,
+        remasking="low_confidence",
+        temperature=2.0,
+        mask_id=MASK,
+        generator=torch.Generator().manual_seed(0),
+    )
+    greedy, _ = H.x0_and_confidence(logits, rows, cols, remasking="low_confidence", temperature=0.0, mask_id=MASK)
     assert not torch.equal(x0, greedy)  # sampled, not argmax
     assert torch.allclose(conf, logits[0].double().softmax(-1).gather(-1, x0[:, None]).squeeze(-1))
 
@@ -198,14 +221,14 @@ def test_left_padding_with_attention_mask_changes_nothing(model):
     padded = H.generate(model, batch, attention, **kw)
     assert torch.equal(padded[0, 3:], H.generate(model, short, **kw)[0])
     assert torch.equal(padded[1], H.generate(model, long, **kw)[0])
-    hexed = H.hex_generate(model, batch, attention, block_lengths=(4, 16), gen_length=16, steps=8,
-                           mask_id=MASK)
+    hexed = H.hex_generate(model, batch, attention, block_lengths=(4, 16), gen_length=16, steps=8, mask_id=MASK)
     alone = H.hex_generate(model, short, block_lengths=(4, 16), gen_length=16, steps=8, mask_id=MASK)
     assert torch.equal(hexed.sequences[0, :, 3:], alone.sequences[0])
     assert torch.allclose(hexed.scores[0], alone.scores[0])
 
 
 # HEX in lockstep ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("remasking", ["low_confidence", "topk_margin"])
 def test_hex_rows_equal_generate_per_schedule(model, remasking):
@@ -219,8 +242,9 @@ def test_hex_rows_equal_generate_per_schedule(model, remasking):
 
 def every_method(gen_length, temperature=0.0, blocks=(4, 8, 16)):
     """HEX's experts and the paper's three one-block baselines, as run_gsm8k decodes a question."""
-    return ([H.Schedule(b, temperature=temperature) for b in blocks]
-            + [H.Schedule(gen_length, rule) for rule in ("topk_margin", "low_confidence", "random")])
+    return [H.Schedule(b, temperature=temperature) for b in blocks] + [
+        H.Schedule(gen_length, rule) for rule in ("topk_margin", "low_confidence", "random")
+    ]
 
 
 def streams(n, seed=0):
@@ -229,14 +253,23 @@ def streams(n, seed=0):
 
 def test_decode_every_method_in_one_batch_equals_each_run_alone(model):
     recorder, prompt, schedules = Recorder(model), prompts(2), every_method(16)
-    out = H.decode(recorder, prompt, schedules=schedules, gen_length=16, steps=8, mask_id=MASK,
-                   generator=streams(len(schedules)))
+    out = H.decode(
+        recorder, prompt, schedules=schedules, gen_length=16, steps=8, mask_id=MASK, generator=streams(len(schedules))
+    )
     assert len(recorder.seen) == 8, "steps forward calls for every method together"
     assert out.sequences.shape == (2, 6, 6 + 16) and out.schedules == schedules
     check_trajectory(recorder.seen, out.sequences.flatten(0, 1), 6, 16, 8, [s.block_length for s in schedules] * 2)
     for k, (s, g) in enumerate(zip(schedules, streams(len(schedules)))):
-        alone = H.generate(model, prompt, gen_length=16, steps=8, block_length=s.block_length,
-                           remasking=s.remasking, mask_id=MASK, generator=g)
+        alone = H.generate(
+            model,
+            prompt,
+            gen_length=16,
+            steps=8,
+            block_length=s.block_length,
+            remasking=s.remasking,
+            mask_id=MASK,
+            generator=g,
+        )
         assert torch.equal(out.sequences[:, k], alone), s
     lone = H.decode(model, prompt, schedules=schedules[4:5], gen_length=16, steps=8, mask_id=MASK)
     assert torch.equal(out.commit_steps[:, 4:5], lone.commit_steps) and torch.allclose(out.scores[:, 4:5], lone.scores)
@@ -249,8 +282,9 @@ def test_decode_a_schedule_with_its_own_stream_draws_what_it_draws_alone(model):
     hex_stream, *baseline_streams = streams(4)
     schedules = every_method(16, temperature=0.8)
     out = H.decode(model, prompts(2), schedules=schedules, generator=[hex_stream] * 3 + baseline_streams, **kw)
-    hex_alone = H.hex_generate(model, prompts(2), block_lengths=(4, 8, 16), temperature=0.8,
-                               generator=streams(1)[0], **kw)
+    hex_alone = H.hex_generate(
+        model, prompts(2), block_lengths=(4, 8, 16), temperature=0.8, generator=streams(1)[0], **kw
+    )
     assert torch.equal(out.sequences[:, :3], hex_alone.sequences)
     random_alone = H.generate(model, prompts(2), block_length=16, remasking="random", generator=streams(4)[3], **kw)
     assert torch.equal(out.sequences[:, 5], random_alone)
@@ -258,24 +292,30 @@ def test_decode_a_schedule_with_its_own_stream_draws_what_it_draws_alone(model):
     assert torch.equal(fewer.sequences, out.sequences[:, :4])
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(schedules=[]), TypeError, "must be a non-empty sequence of hex.Schedule"),
-    (dict(schedules=[8, 16]), TypeError, "must be a non-empty sequence of hex.Schedule"),
-    (dict(generator=streams(3)), ValueError, "generator: 3 generators for 2 schedules"),
-    (dict(generator=[0, 1]), TypeError, "generator=[0, 1] must be a torch.Generator, None, or a list of them"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(schedules=[]), TypeError, "must be a non-empty sequence of hex.Schedule"),
+        (dict(schedules=[8, 16]), TypeError, "must be a non-empty sequence of hex.Schedule"),
+        (dict(generator=streams(3)), ValueError, "generator: 3 generators for 2 schedules"),
+        (dict(generator=[0, 1]), TypeError, "generator=[0, 1] must be a torch.Generator, None, or a list of them"),
+    ],
+)
 def test_decode_names_bad_arguments(model, kwargs, error, match):
     kw = dict(schedules=[H.Schedule(4), H.Schedule(16, "random")], gen_length=16, steps=8, mask_id=MASK) | kwargs
     with pytest.raises(error, match=re.escape(match)):
         H.decode(model, prompts(1), **kw)
 
 
-@pytest.mark.parametrize("args,error,match", [
-    ((0,), ValueError, "block_length=0 must be an int >= 1"),
-    ((8, "greedy"), ValueError, "remasking='greedy' must be one of"),
-    ((8, "random", -1), ValueError, "temperature=-1 must be a finite number >= 0"),
-    ((8, "random", None), TypeError, "temperature=None must be a real number"),
-])
+@pytest.mark.parametrize(
+    "args,error,match",
+    [
+        ((0,), ValueError, "block_length=0 must be an int >= 1"),
+        ((8, "greedy"), ValueError, "remasking='greedy' must be one of"),
+        ((8, "random", -1), ValueError, "temperature=-1 must be a finite number >= 0"),
+        ((8, "random", None), TypeError, "temperature=None must be a real number"),
+    ],
+)
 def test_schedule_names_bad_fields(args, error, match):
     with pytest.raises(error, match=re.escape(match)):
         H.Schedule(*args)
@@ -283,8 +323,17 @@ def test_schedule_names_bad_fields(args, error, match):
 
 def test_hex_trajectory_invariants_and_forward_calls(model):
     recorder, prompt, blocks = Recorder(model), prompts(2), (4, 8, 24)
-    out = H.hex_generate(recorder, prompt, block_lengths=blocks, samples_per_block=2, gen_length=24,
-                         steps=12, temperature=0.7, mask_id=MASK, generator=torch.Generator().manual_seed(0))
+    out = H.hex_generate(
+        recorder,
+        prompt,
+        block_lengths=blocks,
+        samples_per_block=2,
+        gen_length=24,
+        steps=12,
+        temperature=0.7,
+        mask_id=MASK,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert len(recorder.seen) == 12  # steps forward calls, not K x steps
     check_trajectory(recorder.seen, out.sequences.flatten(0, 1), 6, 24, 12, list(blocks) * 2 * 2)
     assert torch.equal(out.commit_steps.flatten(0, 1) >= 0, torch.ones(12, 24, dtype=torch.bool))
@@ -318,14 +367,18 @@ def test_scores_are_mean_first_pass_log_prob_of_final_answer(model):
 
 # Bad input ----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(block_length=5), "block_length"),
-    (dict(steps=6), "steps"),
-    (dict(steps=2), "steps"),
-    (dict(remasking="greedy"), "remasking"),
-    (dict(temperature=-0.1), "temperature"),
-    (dict(attention_mask=torch.ones(2, 3, dtype=torch.long)), "attention_mask"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(block_length=5), "block_length"),
+        (dict(steps=6), "steps"),
+        (dict(steps=2), "steps"),
+        (dict(remasking="greedy"), "remasking"),
+        (dict(temperature=-0.1), "temperature"),
+        (dict(attention_mask=torch.ones(2, 3, dtype=torch.long)), "attention_mask"),
+    ],
+)
 def test_generate_rejects_bad_input(model, kwargs, match):
     kw = dict(gen_length=16, steps=8, block_length=4, mask_id=MASK) | kwargs
     with pytest.raises(ValueError, match=match):
@@ -346,6 +399,7 @@ def test_models_without_an_embedding_to_ask_are_checked_after_the_first_forward(
     class NoEmbedding(FixedLogits):
         def get_input_embeddings(self):
             raise NotImplementedError  # what transformers' default does for custom models
+
     model = NoEmbedding(torch.zeros(VOCAB))
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
         H.generate(model, prompts(1), gen_length=8, steps=4, block_length=4, mask_id=VOCAB + 10)
@@ -357,21 +411,30 @@ def test_numpy_numbers_are_accepted(model):
     kw["generator"] = torch.Generator().manual_seed(0)
     b = H.generate(model, prompts(1), block_length=4, temperature=0.5, **kw)
     assert torch.equal(a, b)
-    out = H.hex_generate(model, prompts(1), block_lengths=np.array([4, 8]), gen_length=np.int32(16),
-                         steps=np.int64(8), mask_id=np.int64(MASK))
+    out = H.hex_generate(
+        model,
+        prompts(1),
+        block_lengths=np.array([4, 8]),
+        gen_length=np.int32(16),
+        steps=np.int64(8),
+        mask_id=np.int64(MASK),
+    )
     assert out.block_lengths == [4, 8] and all(type(b) is int for b in out.block_lengths)
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(block_lengths=4), TypeError, "block_lengths=4 must be a sequence of ints"),
-    (dict(input_ids=torch.zeros(0, 5, dtype=torch.long)), ValueError, "input_ids holds no prompts"),
-    (dict(temperature="hot"), TypeError, "temperature='hot' must be a real number"),
-    (dict(temperature=math.inf), ValueError, "temperature=inf must be a finite number"),
-    (dict(gen_length=16.0), TypeError, "gen_length=16.0 must be an int"),
-    (dict(steps=True), ValueError, "steps=True must be an int >= 1"),
-    (dict(samples_per_block=0), ValueError, "samples_per_block=0 must be an int >= 1"),
-    (dict(mask_id=-1), ValueError, "mask_id=-1 must be an int >= 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(block_lengths=4), TypeError, "block_lengths=4 must be a sequence of ints"),
+        (dict(input_ids=torch.zeros(0, 5, dtype=torch.long)), ValueError, "input_ids holds no prompts"),
+        (dict(temperature="hot"), TypeError, "temperature='hot' must be a real number"),
+        (dict(temperature=math.inf), ValueError, "temperature=inf must be a finite number"),
+        (dict(gen_length=16.0), TypeError, "gen_length=16.0 must be an int"),
+        (dict(steps=True), ValueError, "steps=True must be an int >= 1"),
+        (dict(samples_per_block=0), ValueError, "samples_per_block=0 must be an int >= 1"),
+        (dict(mask_id=-1), ValueError, "mask_id=-1 must be an int >= 0"),
+    ],
+)
 def test_hex_generate_names_bad_arguments(model, kwargs, error, match):
     kw = dict(input_ids=prompts(1), block_lengths=(4,), gen_length=16, steps=8, mask_id=MASK) | kwargs
     with pytest.raises(error, match=re.escape(match)):
@@ -380,8 +443,9 @@ def test_hex_generate_names_bad_arguments(model, kwargs, error, match):
 
 def test_mask_id_outside_vocabulary_is_rejected():
     with pytest.raises(ValueError, match="mask_id"):
-        H.generate(FixedLogits(torch.zeros(VOCAB)), prompts(1), gen_length=8, steps=4, block_length=4,
-                   mask_id=VOCAB + 10)
+        H.generate(
+            FixedLogits(torch.zeros(VOCAB)), prompts(1), gen_length=8, steps=4, block_length=4, mask_id=VOCAB + 10
+        )
 
 
 def test_prompt_containing_mask_and_wrong_types_are_rejected(model):
@@ -391,17 +455,21 @@ def test_prompt_containing_mask_and_wrong_types_are_rejected(model):
         H.generate(model, [[1, 2]], gen_length=8, steps=4, block_length=4, mask_id=MASK)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(block_lengths=()), "block_lengths"),
-    (dict(block_lengths=(4, 6)), "block_length"),
-    (dict(samples_per_block=0), "samples_per_block"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(block_lengths=()), "block_lengths"),
+        (dict(block_lengths=(4, 6)), "block_length"),
+        (dict(samples_per_block=0), "samples_per_block"),
+    ],
+)
 def test_hex_generate_rejects_bad_input(model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         H.hex_generate(model, prompts(1), **(dict(block_lengths=(4,), gen_length=16, steps=8, mask_id=MASK) | kwargs))
 
 
 # The vote -----------------------------------------------------------------------------------------
+
 
 def test_majority_vote():
     assert H.majority_vote([3, 4, 4, None, 3, 4]) == (4, False)
@@ -420,6 +488,7 @@ def test_majority_vote():
 
 
 # The tiny model -----------------------------------------------------------------------------------
+
 
 def test_tiny_model_is_seeded_without_touching_global_rng():
     state = torch.random.get_rng_state()
@@ -451,14 +520,20 @@ def test_demo_teaches_commit_order_after_eot_vote_and_lockstep(capsys):
     assert all(p[32:] == "_" * 32 for p in pictures[1::2]), "the stand-in fills the tail with end-of-text"
     early = [int(n) for n in re.findall(r"steps 0-7 commit (\d+) end-of-text", out)]
     assert early[:4] == [0] * 4 and early[4] > 0 and early[5] > 0, "one block commits the tail first; experts do not"
-    vote = re.search(r"block 4: (\d+), block 8: (\d+), block 16: (\d+), block 32: (\d+)\n"
-                     r"   majority_vote -> (\d+), tie: (True|False)", out)
+    vote = re.search(
+        r"block 4: (\d+), block 8: (\d+), block 16: (\d+), block 32: (\d+)\n"
+        r"   majority_vote -> (\d+), tie: (True|False)",
+        out,
+    )
     answers = [int(a) for a in vote.groups()[:4]]
     assert len(set(answers)) > 1, "the demo vote is not unanimous"
     assert (int(vote[5]), vote[6] == "True") == H.majority_vote(answers, tie_break="first")
     assert "not a result" in out
     rows = re.findall(r"(one lockstep batch|each schedule in turn) +1 +(\d+) +(\d+\.\d\d)-", out)
-    assert [(way, calls) for way, calls, _ in rows] == [("one lockstep batch", "128"), ("each schedule in turn", "1024")]
+    assert [(way, calls) for way, calls, _ in rows] == [
+        ("one lockstep batch", "128"),
+        ("each schedule in turn", "1024"),
+    ]
     ratio = float(re.search(r"one batch is (\d+\.\d\d)x (faster|slower)", out)[1])
     assert ratio >= 1.0, "the ratio is stated as 'faster' or 'slower', never below 1"
 
@@ -469,7 +544,7 @@ def test_llada_8b_shape_has_its_published_parameter_count_and_flops():
     parameters = sum(p.numel() for p in model.parameters())
     per_layer = 4 * 4096 * 4096 + 3 * 4096 * 12288 + 2 * 4096  # attention, SwiGLU, two norms
     assert parameters == 2 * 126464 * 4096 + 32 * per_layer + 4096 == 8_015_581_184  # untied embeddings
-    assert model.lm_head.weight.shape == (126464, 4096) and not model.lm_head.weight is model.embed.weight
+    assert model.lm_head.weight.shape == (126464, 4096) and model.lm_head.weight is not model.embed.weight
     assert H.forward_flops(parameters, 8 * 456) == 2 * 8_015_581_184 * 3648  # 8 rows of prompt 200 + 256
 
 
@@ -548,15 +623,21 @@ def word_level_tokenizer(specials: list[str], chat_words: str, chat_template: st
     '<|endoftext|>' is EOS and pad."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
     words = [str(i) for i in range(10)] + f"{chat_words} the answer is apples How many + = ? . A B C D".split()
     tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + words)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
-                                                 pre_tokenizers.Digits(individual_digits=True)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Digits(individual_digits=True)]
+    )
     named = {"[UNK]", "<|endoftext|>", *special_tokens.values()}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                        unk_token="[UNK]", additional_special_tokens=[t for t in specials
-                                                                                      if t not in named],
-                                        **special_tokens)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="[UNK]",
+        additional_special_tokens=[t for t in specials if t not in named],
+        **special_tokens,
+    )
     tokenizer.add_tokens(["<reasoning>", "</reasoning>", "<answer>", "</answer>", "\\boxed{", "}"])
     tokenizer.chat_template = chat_template
     return tokenizer
@@ -566,23 +647,54 @@ def write_checkpoint(d: Path, drop_weight: str | None = None, stand_in: bool = F
     """Tokenizer with LLaDA's special tokens and chat template, config with auto_map, weights; `stand_in`:
     the model boxes the question's last digit as its answer (for `python test_hex.py`, never a test)."""
     from safetensors.torch import save_file
+
     tokenizer = word_level_tokenizer(
-        ["[UNK]", "<|startoftext|>", "<|endoftext|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
-         "<|mdm_mask|>"], "user assistant", bos_token="<|startoftext|>", chat_template=(
+        [
+            "[UNK]",
+            "<|startoftext|>",
+            "<|endoftext|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+            "<|mdm_mask|>",
+        ],
+        "user assistant",
+        bos_token="<|startoftext|>",
+        chat_template=(
             "{% for m in messages %}{% if loop.index0 == 0 %}{{ bos_token }}{% endif %}<|start_header_id|>"
             "{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
-            "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"))
+            "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+        ),
+    )
     tokenizer.save_pretrained(d)
     (d / "modeling_tiny.py").write_text(TINY_MODELING)
     ids = tokenizer.convert_tokens_to_ids
-    script = dict(reasoning=ids("<reasoning>"), digits=ids([str(i) for i in range(10)]), eot=ids("<|endoftext|>"),
-                  before=ids(["<answer>", "\\boxed{"]), after=ids(["}", "</answer>", "<|eot_id|>"]))
-    (d / "config.json").write_text(json.dumps(dict(
-        model_type="llada", vocab_size=len(tokenizer), d_model=32, n_layers=2, n_heads=4, use_cache=False,
-        auto_map={"AutoConfig": "modeling_tiny.TinyConfig", "AutoModel": "modeling_tiny.TinyModel"},
-        **({"stand_in": script} if stand_in else {}))))
-    weights = {f"net.{k}": v for k, v in H.TinyMaskPredictor(len(tokenizer), 32, 2, 4).state_dict().items()
-               if k != drop_weight}
+    script = dict(
+        reasoning=ids("<reasoning>"),
+        digits=ids([str(i) for i in range(10)]),
+        eot=ids("<|endoftext|>"),
+        before=ids(["<answer>", "\\boxed{"]),
+        after=ids(["}", "</answer>", "<|eot_id|>"]),
+    )
+    (d / "config.json").write_text(
+        json.dumps(
+            dict(
+                model_type="llada",
+                vocab_size=len(tokenizer),
+                d_model=32,
+                n_layers=2,
+                n_heads=4,
+                use_cache=False,
+                auto_map={"AutoConfig": "modeling_tiny.TinyConfig", "AutoModel": "modeling_tiny.TinyModel"},
+                **({"stand_in": script} if stand_in else {}),
+            )
+        )
+    )
+    weights = {
+        f"net.{k}": v
+        for k, v in H.TinyMaskPredictor(len(tokenizer), 32, 2, 4).state_dict().items()
+        if k != drop_weight
+    }
     save_file(weights, d / "model.safetensors")
     return d
 
@@ -593,19 +705,46 @@ def checkpoint(tmp_path_factory):
 
 
 ROWS = {  # two rows per task, in each dataset's own format
-    "gsm8k": [{"question": "How many apples ? 3 + 4", "answer": "3 + 4 = 7\n#### 7"},
-              {"question": "the answer is ?", "answer": "#### -1,000"}],
-    "math500": [{"problem": "What is $1/2$ as a fraction ?", "answer": "\\frac{1}{2}", "subject": "Algebra",
-                 "level": 1, "unique_id": "test/algebra/1.json", "solution": "It is \\frac12."},
-                {"problem": "How many + ?", "answer": "10\\%", "subject": "Prealgebra", "level": 2,
-                 "unique_id": "test/prealgebra/2.json", "solution": "10%"}],
-    "arc-c": [{"id": "Mercury_1", "question": "Which is a gas ?",
-               "choices": {"text": ["rock", "air", "wood", "iron"], "label": ["A", "B", "C", "D"]},
-               "answerKey": "B"},
-              {"id": "Mercury_2", "question": "How many legs ?",
-               "choices": {"text": ["2", "4", "6", "8"], "label": ["1", "2", "3", "4"]}, "answerKey": "3"}],
-    "truthfulqa": [{"question": "Is the answer ?", "choices": ["yes", "no", "maybe", "never"], "label": 0},
-                   {"question": "How many apples ?", "choices": ["1", "2", "3", "4"], "label": 2}],
+    "gsm8k": [
+        {"question": "How many apples ? 3 + 4", "answer": "3 + 4 = 7\n#### 7"},
+        {"question": "the answer is ?", "answer": "#### -1,000"},
+    ],
+    "math500": [
+        {
+            "problem": "What is $1/2$ as a fraction ?",
+            "answer": "\\frac{1}{2}",
+            "subject": "Algebra",
+            "level": 1,
+            "unique_id": "test/algebra/1.json",
+            "solution": "It is \\frac12.",
+        },
+        {
+            "problem": "How many + ?",
+            "answer": "10\\%",
+            "subject": "Prealgebra",
+            "level": 2,
+            "unique_id": "test/prealgebra/2.json",
+            "solution": "10%",
+        },
+    ],
+    "arc-c": [
+        {
+            "id": "Mercury_1",
+            "question": "Which is a gas ?",
+            "choices": {"text": ["rock", "air", "wood", "iron"], "label": ["A", "B", "C", "D"]},
+            "answerKey": "B",
+        },
+        {
+            "id": "Mercury_2",
+            "question": "How many legs ?",
+            "choices": {"text": ["2", "4", "6", "8"], "label": ["1", "2", "3", "4"]},
+            "answerKey": "3",
+        },
+    ],
+    "truthfulqa": [
+        {"question": "Is the answer ?", "choices": ["yes", "no", "maybe", "never"], "label": 0},
+        {"question": "How many apples ?", "choices": ["1", "2", "3", "4"], "label": 2},
+    ],
 }
 
 
@@ -620,14 +759,52 @@ def data(tmp_path):
 
 
 def run(checkpoint, data, output, *extra):
-    return R.main(["--model", str(checkpoint), "--data", str(data), "--output", str(output),
-                   "--gen-length", "16", "--steps", "8", "--block-lengths", "4", "8", "16",
-                   "--samples-per-block", "2", "--temperature", "0.7", "--batch-size", "2", *extra])
+    return R.main(
+        [
+            "--model",
+            str(checkpoint),
+            "--data",
+            str(data),
+            "--output",
+            str(output),
+            "--gen-length",
+            "16",
+            "--steps",
+            "8",
+            "--block-lengths",
+            "4",
+            "8",
+            "16",
+            "--samples-per-block",
+            "2",
+            "--temperature",
+            "0.7",
+            "--batch-size",
+            "2",
+            *extra,
+        ]
+    )
 
 
 def command(checkpoint, data, output, *extra):
-    return [sys.executable, "run_gsm8k.py", "--model", str(checkpoint), "--data", str(data), "--output",
-            str(output), "--gen-length", "16", "--steps", "8", "--block-lengths", "4", "16", *extra]
+    return [
+        sys.executable,
+        "run_gsm8k.py",
+        "--model",
+        str(checkpoint),
+        "--data",
+        str(data),
+        "--output",
+        str(output),
+        "--gen-length",
+        "16",
+        "--steps",
+        "8",
+        "--block-lengths",
+        "4",
+        "16",
+        *extra,
+    ]
 
 
 def lines(path):
@@ -639,6 +816,7 @@ def files(directory):
 
 
 # The checkpoint loads on this transformers version ------------------------------------------------
+
 
 def test_checkpoint_loads_with_its_own_code_and_every_weight(checkpoint):
     tokenizer, config = R.load_tokenizer(str(checkpoint))
@@ -652,6 +830,7 @@ def test_checkpoint_loads_with_its_own_code_and_every_weight(checkpoint):
 
 def test_checkpoint_quirks_need_the_fixes_on_transformers_5(checkpoint):
     from transformers import AutoModel
+
     if R._transformers_version() < (5, 0):
         pytest.skip("transformers 4.x loads LLaDA-style code as it is")
     with pytest.raises(AttributeError, match="all_tied_weights_keys"):
@@ -662,8 +841,20 @@ def test_checkpoint_missing_weight_is_a_clear_error(tmp_path, capsys):
     broken = write_checkpoint(tmp_path / "broken", drop_weight="lm_head.weight")
     data = write_rows(tmp_path / "d.jsonl", ROWS["gsm8k"])
     with pytest.raises(SystemExit):
-        R.main(["--model", str(broken), "--data", str(data), "--output", str(tmp_path / "o.jsonl"),
-                "--gen-length", "16", "--block-lengths", "16"])
+        R.main(
+            [
+                "--model",
+                str(broken),
+                "--data",
+                str(data),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+                "--gen-length",
+                "16",
+                "--block-lengths",
+                "16",
+            ]
+        )
     err = capsys.readouterr().err
     assert "net.lm_head.weight" in err and "would be random" in err and "Traceback" not in err
     assert files(tmp_path) == ["broken", "d.jsonl"]
@@ -678,6 +869,7 @@ def test_checkpoint_load_passes_dtype_without_deprecation_warning(checkpoint, ca
 
 
 # Each task end to end -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("task", list(R.TASKS))
 def test_checkpoint_each_task_end_to_end(checkpoint, tmp_path, task, capsys):
@@ -703,14 +895,19 @@ def test_checkpoint_each_task_end_to_end(checkpoint, tmp_path, task, capsys):
     assert saved == json.loads(json.dumps(summary))
     for rule, other in (("authors", "robust"), ("robust", "authors")):
         recomputed = R.summarize(lines(output), saved["settings"], rule)
-        right = lambda m, x: [R.verdicts(R.TASKS[task], r, x, "first")[0][m][2] for r in records]
+
+        def right(m, x):
+            return [R.verdicts(R.TASKS[task], r, x, "first")[0][m][2] for r in records]
+
         for m, v in recomputed["methods"].items():
             assert v["accuracy"] == sum(right(m, rule)) / 2 and v["other_rule_accuracy"] == sum(right(m, other)) / 2
     assert json.loads(json.dumps(R.summarize(lines(output), saved["settings"], "authors"))) == saved
     out = capsys.readouterr().out
-    assert (f"{R.TASKS[task].title}, 2 questions; gen_length 16, steps 8, HEX block lengths 4 8 16, temperature 0.7, "
-            "2 samples per block length (6 votes), ties to the answer seen first (the authors' rule)\n"
-            "answers read by the authors rule (robust rule beside)") in out
+    assert (
+        f"{R.TASKS[task].title}, 2 questions; gen_length 16, steps 8, HEX block lengths 4 8 16, temperature 0.7, "
+        "2 samples per block length (6 votes), ties to the answer seen first (the authors' rule)\n"
+        "answers read by the authors rule (robust rule beside)"
+    ) in out
     for name in ("HEX (hex)", "Top-K margin (topk_margin)", "Top-K (low_confidence)", "Random (random)"):
         assert re.search(re.escape(name) + r" +\d+\.\d\d% +\[ *\d+\.\d\d%, +\d+\.\d\d%\]", out), name
     assert all(r["forward_calls"] == 8 / 2 for r in records), "both questions' methods in one batch: steps calls"
@@ -722,6 +919,7 @@ def test_checkpoint_each_task_end_to_end(checkpoint, tmp_path, task, capsys):
 def test_checkpoint_data_reads_parquet_like_jsonl(tmp_path):
     import pyarrow
     import pyarrow.parquet
+
     for task in ("gsm8k", "arc-c"):
         pyarrow.parquet.write_table(pyarrow.Table.from_pylist(ROWS[task]), tmp_path / f"{task}.parquet")
         rows, _ = R.load_rows(R.TASKS[task], str(tmp_path / f"{task}.parquet"))
@@ -729,6 +927,7 @@ def test_checkpoint_data_reads_parquet_like_jsonl(tmp_path):
 
 
 # Prompts and gold answers -------------------------------------------------------------------------
+
 
 class ShowTemplate:
     """A stand-in tokenizer that shows the chat text it was given."""
@@ -742,12 +941,15 @@ class ShowTemplate:
         return type("Encoding", (), {"input_ids": text})
 
 
-@pytest.mark.parametrize("task,question", [
-    ("gsm8k", "How many apples ? 3 + 4"),
-    ("math500", "What is $1/2$ as a fraction ?"),
-    ("arc-c", "Which is a gas ?\n\nOptions:\nA. rock\nB. air\nC. wood\nD. iron\n\nChoose ONE letter."),
-    ("truthfulqa", "Is the answer ?\n\nOptions:\nA. yes\nB. no\nC. maybe\nD. never\n\nChoose ONE letter."),
-])
+@pytest.mark.parametrize(
+    "task,question",
+    [
+        ("gsm8k", "How many apples ? 3 + 4"),
+        ("math500", "What is $1/2$ as a fraction ?"),
+        ("arc-c", "Which is a gas ?\n\nOptions:\nA. rock\nB. air\nC. wood\nD. iron\n\nChoose ONE letter."),
+        ("truthfulqa", "Is the answer ?\n\nOptions:\nA. yes\nB. no\nC. maybe\nD. never\n\nChoose ONE letter."),
+    ],
+)
 def test_prompt_text_per_task(task, question):
     text = R.build_prompt(ShowTemplate(), task, ROWS[task][0])
     assert text == "[" + R.TASKS[task].system_prompt + "\n\n" + question + "]<reasoning>"
@@ -780,52 +982,62 @@ def test_gold_per_task_and_rule():
 
 def test_truthfulqa_follows_the_authors_numpy_seed_42_order():
     import numpy
+
     numpy.random.seed(42)
     assert R.TASKS["truthfulqa"].order(684) == numpy.random.choice(684, 684, replace=False).tolist()
 
 
 # Answer rules -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,authors,robust", [
-    ("<reasoning>2+2</reasoning><answer>\\boxed{4}</answer>", 4.0, 4.0),
-    ("\\boxed{1,000}", 1.0, 1000.0),                           # the authors' non-greedy quirk
-    ("\\boxed{\\$18.50}", 18.5, 18.5),
-    ("\\boxed{-5}", -5.0, -5.0),
-    ("\\boxed{...} then \\boxed{12}", 12.0, 12.0),             # the prompt's placeholder is skipped
-    ("\\boxed{} <answer>so 3 and then 9</answer>", 9.0, 9.0),  # empty box: last number in <answer>
-    ("\\boxed{\\frac{3}{4}}", 3.0, 0.75),
-    ("\\boxed{18 \\text{ dollars}}", 18.0, 18.0),
-    ("She pays $1,250 in total.\nThe answer is 1,250", None, 1250.0),
-    ("The answer is −7.", None, -7.0),
-    ("<answer>\\boxed{5}</answer><|eot_id|><|endoftext|><|endoftext|>", 5.0, 5.0),
-    ("no number at all", None, None),
-])
+
+@pytest.mark.parametrize(
+    "text,authors,robust",
+    [
+        ("<reasoning>2+2</reasoning><answer>\\boxed{4}</answer>", 4.0, 4.0),
+        ("\\boxed{1,000}", 1.0, 1000.0),  # the authors' non-greedy quirk
+        ("\\boxed{\\$18.50}", 18.5, 18.5),
+        ("\\boxed{-5}", -5.0, -5.0),
+        ("\\boxed{...} then \\boxed{12}", 12.0, 12.0),  # the prompt's placeholder is skipped
+        ("\\boxed{} <answer>so 3 and then 9</answer>", 9.0, 9.0),  # empty box: last number in <answer>
+        ("\\boxed{\\frac{3}{4}}", 3.0, 0.75),
+        ("\\boxed{18 \\text{ dollars}}", 18.0, 18.0),
+        ("She pays $1,250 in total.\nThe answer is 1,250", None, 1250.0),
+        ("The answer is −7.", None, -7.0),
+        ("<answer>\\boxed{5}</answer><|eot_id|><|endoftext|><|endoftext|>", 5.0, 5.0),
+        ("no number at all", None, None),
+    ],
+)
 def test_gsm8k_answer_rules(text, authors, robust):
     assert R.extract_answer("gsm8k", text) == authors
     assert R.extract_answer("gsm8k", text, "robust") == robust
 
 
-@pytest.mark.parametrize("text,authors,robust", [
-    ("\\boxed{2} and later \\boxed{3}", "3", "3"),                     # the last box
-    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", "\\frac{1}{2}"),          # nested braces
-    ("\\boxed{\\dfrac{1}{2}}.", "\\dfrac{1}{2}", "\\frac{1}{2}"),
-    ("\\boxed{} <answer> 7 </answer>", "7", "7"),                      # empty box: <answer>
-    ("\\boxed{}", "", None),                                          # empty, no <answer>: "" is a vote
-    ("\\boxed{3 <answer>9</answer>", "9", "3 <answer>9</answer>"),     # unclosed box
-    ("no box here", "no box here", None),                             # the whole text (quirk)
-    ("<answer>12</answer>", "<answer>12</answer>", "12"),             # <answer> only: still the whole text
-    ("\\boxed{5}<|eot_id|><|endoftext|>", "5", "5"),                  # special tokens after the answer
-    ("so \\boxed 5$ is it", "5", None),                               # the `\boxed ` form reads to `$`
-    ("\\fbox{4}", "\\fbox{4}", "4"),                                  # \fbox keeps its wrapper (quirk)
-    ("\\boxed{x = 10\\%}", "x = 10\\%", "10"),
-])
+@pytest.mark.parametrize(
+    "text,authors,robust",
+    [
+        ("\\boxed{2} and later \\boxed{3}", "3", "3"),  # the last box
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", "\\frac{1}{2}"),  # nested braces
+        ("\\boxed{\\dfrac{1}{2}}.", "\\dfrac{1}{2}", "\\frac{1}{2}"),
+        ("\\boxed{} <answer> 7 </answer>", "7", "7"),  # empty box: <answer>
+        ("\\boxed{}", "", None),  # empty, no <answer>: "" is a vote
+        ("\\boxed{3 <answer>9</answer>", "9", "3 <answer>9</answer>"),  # unclosed box
+        ("no box here", "no box here", None),  # the whole text (quirk)
+        ("<answer>12</answer>", "<answer>12</answer>", "12"),  # <answer> only: still the whole text
+        ("\\boxed{5}<|eot_id|><|endoftext|>", "5", "5"),  # special tokens after the answer
+        ("so \\boxed 5$ is it", "5", None),  # the `\boxed ` form reads to `$`
+        ("\\fbox{4}", "\\fbox{4}", "4"),  # \fbox keeps its wrapper (quirk)
+        ("\\boxed{x = 10\\%}", "x = 10\\%", "10"),
+    ],
+)
 def test_math_answer_rules(text, authors, robust):
     assert R.extract_answer("math500", text) == authors
     assert R.extract_answer("math500", text, "robust") == robust
 
 
 def test_math_comparators():
-    eq = lambda a, g, rule="authors": R.is_correct("math500", a, g, rule)
+    def eq(a, g, rule="authors"):
+        return R.is_correct("math500", a, g, rule)
+
     assert eq("\\dfrac{1}{2}", "\\frac{1}{2}") and eq("0.5", "\\frac{1}{2}") and eq("1/2", "\\frac{1}{2}")
     assert eq("10", "10\\%") and eq("x=5", "5") and eq("\\left( 3, 4 \\right)", "(3,4)")
     assert eq("\\frac12", "\\frac{1}{2}") and eq("90^\\circ", "90")
@@ -840,15 +1052,21 @@ def test_robust_math_verdicts_are_deterministic_and_bounded(monkeypatch):
     """The same text gets the same verdict on any machine and load: no wall-clock timeout is armed
     (a slow, loaded machine would otherwise turn "equal" into "not equal"), and inputs that could
     run away never reach math-verify, by their form alone."""
-    import math_verify
     import signal
+
+    import math_verify
+
     monkeypatch.setattr(signal, "alarm", lambda seconds: pytest.fail(f"a {seconds} s wall-clock timeout was armed"))
     seen = []
     real_verify = math_verify.verify
-    monkeypatch.setattr(math_verify, "verify",
-                        lambda gold, found, **kw: seen.append(kw) or real_verify(gold, found, **kw))
+    monkeypatch.setattr(
+        math_verify, "verify", lambda gold, found, **kw: seen.append(kw) or real_verify(gold, found, **kw)
+    )
     R.math_equal.cache_clear()
-    eq = lambda a, g: R.is_correct("math500", a, g, "robust")
+
+    def eq(a, g):
+        return R.is_correct("math500", a, g, "robust")
+
     for _ in range(2):  # twice, the cache cleared in between: the same verdicts
         assert eq("0.50", "\\frac{1}{2}") and eq("1+2x", "2x+1") and eq("2^{10}", "1024") and not eq("\\pi", "3.14159")
         R.math_equal.cache_clear()
@@ -860,23 +1078,28 @@ def test_robust_math_verdicts_are_deterministic_and_bounded(monkeypatch):
 
 
 def test_a_number_in_another_base_is_not_that_number():
-    eq = lambda a, g: R.is_correct("math500", a, g, "robust")
+    def eq(a, g):
+        return R.is_correct("math500", a, g, "robust")
+
     assert not eq("2516", "2516_8") and not eq("2516_8", "2516") and not eq("1A_{16}", "26")
     assert eq("2516_{8}", "2516_8") and eq("2516_8", "2516_8")
     assert eq("x_1+1", "1+x_1"), "a variable's subscript is no base"
 
 
-@pytest.mark.parametrize("text,authors,robust", [
-    ("<answer>\\boxed{B}</answer>", "B", "B"),
-    ("\\boxed{(C)}", "(C)", "C"),
-    ("\\boxed{B. air}", "B. air", "B"),
-    ("\\boxed{b}", "b", "B"),
-    ("\\boxed{\\text{D}}", "\\text{D}", "D"),
-    ("\\boxed{A} no wait \\boxed{C}", "C", "C"),
-    ("\\boxed{3}", "3", "3"),                                     # ARC rows labelled 1-4
-    ("The answer is (B).", "The answer is (B).", "B"),
-    ("\\boxed{air}", "air", None),
-])
+@pytest.mark.parametrize(
+    "text,authors,robust",
+    [
+        ("<answer>\\boxed{B}</answer>", "B", "B"),
+        ("\\boxed{(C)}", "(C)", "C"),
+        ("\\boxed{B. air}", "B. air", "B"),
+        ("\\boxed{b}", "b", "B"),
+        ("\\boxed{\\text{D}}", "\\text{D}", "D"),
+        ("\\boxed{A} no wait \\boxed{C}", "C", "C"),
+        ("\\boxed{3}", "3", "3"),  # ARC rows labelled 1-4
+        ("The answer is (B).", "The answer is (B).", "B"),
+        ("\\boxed{air}", "air", None),
+    ],
+)
 def test_choice_answer_rules(text, authors, robust):
     for task in ("arc-c", "truthfulqa"):
         assert R.extract_answer(task, text) == authors
@@ -899,6 +1122,7 @@ def test_vote_over_raw_strings_under_the_authors_rule():
 
 # Every method in one batch, the [AfterEoT] figures, rescoring, the picture ------------------------
 
+
 def test_checkpoint_every_method_in_one_batch_equals_the_separate_runs(checkpoint):
     """At the defaults (gen 256, steps 128): 128 forward calls per question for all eight candidates,
     each equal token for token (float64) to HEX's lockstep run and each baseline's own run."""
@@ -910,12 +1134,15 @@ def test_checkpoint_every_method_in_one_batch_equals_the_separate_runs(checkpoin
     [record] = R.decode_batch(model, tokenizer, task, batch, settings, mask_id, torch.device("cpu"))
     assert record["forward_calls"] == 128 and len(record["candidates"]) == 8
     ids = torch.tensor([R.build_prompt(tokenizer, task, ROWS["gsm8k"][0])])
-    seeded = lambda m: torch.Generator().manual_seed(10**6 * R.METHODS.index(m) + 3)
+
+    def seeded(m):
+        return torch.Generator().manual_seed(10**6 * R.METHODS.index(m) + 3)
+
     kw = dict(gen_length=256, steps=128, mask_id=mask_id)
     alone = list(H.hex_generate(model, ids, generator=seeded("hex"), **kw).sequences[0])
     alone += [H.generate(model, ids, block_length=256, remasking=m, generator=seeded(m), **kw)[0] for m in R.BASELINES]
     for candidate, sequence in zip(record["candidates"], alone):
-        assert candidate["text"] == tokenizer.decode(sequence[ids.shape[1]:].tolist()), candidate["method"]
+        assert candidate["text"] == tokenizer.decode(sequence[ids.shape[1] :].tolist()), candidate["method"]
 
 
 class Scripted(nn.Module):
@@ -939,13 +1166,15 @@ def scripted_records(checkpoint, tokens):
     ends = R.end_of_text_ids(tokenizer)
     script = tokenizer.convert_tokens_to_ids(tokens)
     script += [tokenizer.eos_token_id] * (32 - len(script))
-    args = R.parse_args(["--model", str(checkpoint), "--gen-length", "32", "--steps", "16",
-                         "--block-lengths", "8", "16"])
+    args = R.parse_args(
+        ["--model", str(checkpoint), "--gen-length", "32", "--steps", "16", "--block-lengths", "8", "16"]
+    )
     settings = R.run_settings(args, {}, torch.device("cpu"))
     model = Scripted(script, ends, len(tokenizer))
     batch = [{"id": 0, "row": ROWS["gsm8k"][0]}]
-    records = R.decode_batch(model, tokenizer, R.TASKS["gsm8k"], batch, settings, R.find_mask_id(tokenizer, config),
-                             torch.device("cpu"))
+    records = R.decode_batch(
+        model, tokenizer, R.TASKS["gsm8k"], batch, settings, R.find_mask_id(tokenizer, config), torch.device("cpu")
+    )
     return records, R.summarize(records, settings, "authors")
 
 
@@ -1015,6 +1244,7 @@ def test_checkpoint_rescore_of_nothing_is_one_clear_line(tmp_path, capsys):
 
 def test_checkpoint_figure_draws_from_the_records_alone(checkpoint, data, tmp_path):
     from matplotlib.image import imread
+
     output = tmp_path / "f.jsonl"
     summary = run(checkpoint, data, output)
     picture = tmp_path / "again.png"
@@ -1110,25 +1340,40 @@ def test_checkpoint_failed_start_leaves_nothing_and_the_corrected_command_runs(c
     assert [r["id"] for r in lines(output)] == [0]
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--block-lengths", "5"], "block_length=5 must be a positive divisor"),
-    (["--steps", "0"], "--steps must be >= 1"),
-    (["--steps", "6"], "steps=6 must be a multiple"),
-    (["--gen-length", "40", "--block-lengths"], "not a multiple of 32"),
-    (["--device", "cuda"], "no usable CUDA GPU"),
-    (["--device", "tpu9"], "--device tpu9"),
-    (["--mask-id", "100000"], "outside the model's vocabulary"),
-    (["--offset", "4"], "--offset 4 is past the 4 rows"),
-    (["--temperature", "-1"], "--temperature"),
-    (["--task", "mmlu"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--block-lengths", "5"], "block_length=5 must be a positive divisor"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--steps", "6"], "steps=6 must be a multiple"),
+        (["--gen-length", "40", "--block-lengths"], "not a multiple of 32"),
+        (["--device", "cuda"], "no usable CUDA GPU"),
+        (["--device", "tpu9"], "--device tpu9"),
+        (["--mask-id", "100000"], "outside the model's vocabulary"),
+        (["--offset", "4"], "--offset 4 is past the 4 rows"),
+        (["--temperature", "-1"], "--temperature"),
+        (["--task", "mmlu"], "invalid choice"),
+    ],
+)
 def test_checkpoint_bad_arguments_give_one_message_and_no_files(checkpoint, data, tmp_path, capsys, extra, message):
     if extra[0] == "--device" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    argv = ["--model", str(checkpoint), "--data", str(data), "--output", str(tmp_path / "r" / "o.jsonl"),
-            "--gen-length", "16", "--block-lengths", "4", "16", *extra]
+    argv = [
+        "--model",
+        str(checkpoint),
+        "--data",
+        str(data),
+        "--output",
+        str(tmp_path / "r" / "o.jsonl"),
+        "--gen-length",
+        "16",
+        "--block-lengths",
+        "4",
+        "16",
+        *extra,
+    ]
     if extra[-1] == "--block-lengths":
-        argv = argv[:-len(extra)] + ["--gen-length", "40"]
+        argv = argv[: -len(extra)] + ["--gen-length", "40"]
         argv.remove("--block-lengths"), argv.remove("4"), argv.remove("16")
     with pytest.raises(SystemExit) as exit_:
         R.main(argv)
@@ -1138,14 +1383,17 @@ def test_checkpoint_bad_arguments_give_one_message_and_no_files(checkpoint, data
     assert files(tmp_path) == ["gsm8k.jsonl"]
 
 
-@pytest.mark.parametrize("content,message", [
-    ('{"question": "q", "answer": "#### 1"}\n\n{not json\n', "line 3: not valid JSON"),
-    ('{"question": "q", "answer": "no marker"}\n', "line 1: the answer has no '#### N' line"),
-    ('{"problem": "q", "answer": "1"}\n', "line 1: needs string fields 'question' and 'answer'"),
-    ('[1, 2]\n', "holds a JSON array; --data takes JSONL"),
-    ('3\n', "line 1: is not a JSON object (JSONL: one object per line)"),
-    ("", "holds no rows"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ('{"question": "q", "answer": "#### 1"}\n\n{not json\n', "line 3: not valid JSON"),
+        ('{"question": "q", "answer": "no marker"}\n', "line 1: the answer has no '#### N' line"),
+        ('{"problem": "q", "answer": "1"}\n', "line 1: needs string fields 'question' and 'answer'"),
+        ("[1, 2]\n", "holds a JSON array; --data takes JSONL"),
+        ("3\n", "line 1: is not a JSON object (JSONL: one object per line)"),
+        ("", "holds no rows"),
+    ],
+)
 def test_checkpoint_bad_data_files_give_line_numbers(checkpoint, tmp_path, capsys, content, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content)
@@ -1160,6 +1408,7 @@ def test_checkpoint_bad_data_files_give_line_numbers(checkpoint, tmp_path, capsy
 
 
 # Every user mistake: one line on stderr, before the model loads, nothing left behind --------------
+
 
 def one_line_error(capsys, argv, monkeypatch=None):
     """Run argv, expecting a usage error: returns its single stderr line."""
@@ -1219,8 +1468,22 @@ def test_checkpoint_read_only_archive(checkpoint, data, tmp_path, capsys, monkey
         summary = run(checkpoint, data, output, "--limit", "2")  # finished: the summary, printed, nothing written
         out = capsys.readouterr().out
         assert summary["questions"] == 2 and "cannot be written" in out and "were not rewritten" in out
-        err = one_line_error(capsys, command(checkpoint, data, output)[2:] + ["--samples-per-block", "2",
-                             "--temperature", "0.7", "--batch-size", "2", "--block-lengths", "4", "8", "16"])
+        err = one_line_error(
+            capsys,
+            command(checkpoint, data, output)[2:]
+            + [
+                "--samples-per-block",
+                "2",
+                "--temperature",
+                "0.7",
+                "--batch-size",
+                "2",
+                "--block-lengths",
+                "4",
+                "8",
+                "16",
+            ],
+        )
         assert f"--output {output}: {archive} cannot be written (" in err and "use another --output" in err
         nested = archive / "new" / "deeper" / "r.jsonl"
         err = one_line_error(capsys, command(checkpoint, data, nested)[2:])
@@ -1230,11 +1493,14 @@ def test_checkpoint_read_only_archive(checkpoint, data, tmp_path, capsys, monkey
         assert snapshot(archive) == before
 
 
-def test_checkpoint_device_this_torch_build_lacks_is_refused_before_loading(checkpoint, data, tmp_path, capsys,
-                                                                            monkeypatch):
+def test_checkpoint_device_this_torch_build_lacks_is_refused_before_loading(
+    checkpoint, data, tmp_path, capsys, monkeypatch
+):
     if torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
-    err = one_line_error(capsys, command(checkpoint, data, tmp_path / "o.jsonl")[2:] + ["--device", "mps"], monkeypatch)
+    err = one_line_error(
+        capsys, command(checkpoint, data, tmp_path / "o.jsonl")[2:] + ["--device", "mps"], monkeypatch
+    )
     assert "--device mps: not available in this torch build" in err
     assert files(tmp_path) == ["gsm8k.jsonl"]
 
@@ -1242,16 +1508,44 @@ def test_checkpoint_device_this_torch_build_lacks_is_refused_before_loading(chec
 def test_checkpoint_closed_standard_output_is_one_line_not_a_traceback(checkpoint, data, tmp_path):
     output = tmp_path / "o.jsonl"
     run(checkpoint, data, output, "--limit", "1")
-    process = subprocess.Popen([sys.executable, "run_gsm8k.py", "--model", str(checkpoint), "--data", str(data),
-                                "--output", str(output), "--limit", "1", "--gen-length", "16", "--steps", "8",
-                                "--block-lengths", "4", "8", "16", "--samples-per-block", "2", "--temperature",
-                                "0.7", "--batch-size", "2"],
-                               cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "run_gsm8k.py",
+            "--model",
+            str(checkpoint),
+            "--data",
+            str(data),
+            "--output",
+            str(output),
+            "--limit",
+            "1",
+            "--gen-length",
+            "16",
+            "--steps",
+            "8",
+            "--block-lengths",
+            "4",
+            "8",
+            "16",
+            "--samples-per-block",
+            "2",
+            "--temperature",
+            "0.7",
+            "--batch-size",
+            "2",
+        ],
+        cwd=HERE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     process.stdout.close()  # as `| head` does once it has its lines
     err = process.stderr.read()
     assert process.wait(timeout=120) == 1
-    assert err.strip() == ("run_gsm8k.py: standard output was closed early (a broken pipe); "
-                           "the results files are complete")
+    assert err.strip() == (
+        "run_gsm8k.py: standard output was closed early (a broken pipe); the results files are complete"
+    )
 
 
 def test_checkpoint_failed_start_removes_every_folder_it_made(checkpoint, data, tmp_path, capsys):
@@ -1259,8 +1553,9 @@ def test_checkpoint_failed_start_removes_every_folder_it_made(checkpoint, data, 
     assert files(tmp_path) == ["gsm8k.jsonl"]
 
 
-def test_checkpoint_a_smaller_limit_prints_its_questions_but_keeps_the_whole_summary(checkpoint, data, tmp_path,
-                                                                                      capsys):
+def test_checkpoint_a_smaller_limit_prints_its_questions_but_keeps_the_whole_summary(
+    checkpoint, data, tmp_path, capsys
+):
     output = tmp_path / "r.jsonl"
     whole = run(checkpoint, data, output)
     saved = output.with_suffix(".summary.json").read_text()
@@ -1272,14 +1567,20 @@ def test_checkpoint_a_smaller_limit_prints_its_questions_but_keeps_the_whole_sum
     assert "(the 2 questions asked for; the summary file and the figure cover all 4 finished questions)" in out
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--samples-per-block", "3"], "--samples-per-block 3 at --temperature 0: temperature 0 is deterministic"),
-    (["--gen-length", "32"], "the default block lengths 1 2 4 8 16 (gen_length/32 x 1, 2, 4, 8, 16) with "
-                             "--gen-length 32 --steps 16: steps=16 must be a multiple of the number of blocks"),
-    (["--block-lengths", "4", "--steps", "2", "--gen-length", "16"], "--block-lengths 4 with --gen-length 16"),
-    (["--block-lengths", "8", "16", "48"], "pass block lengths that divide --gen-length, or another --gen-length"),
-    (["--methods", "beam"], "--methods: unknown method(s) beam"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--samples-per-block", "3"], "--samples-per-block 3 at --temperature 0: temperature 0 is deterministic"),
+        (
+            ["--gen-length", "32"],
+            "the default block lengths 1 2 4 8 16 (gen_length/32 x 1, 2, 4, 8, 16) with "
+            "--gen-length 32 --steps 16: steps=16 must be a multiple of the number of blocks",
+        ),
+        (["--block-lengths", "4", "--steps", "2", "--gen-length", "16"], "--block-lengths 4 with --gen-length 16"),
+        (["--block-lengths", "8", "16", "48"], "pass block lengths that divide --gen-length, or another --gen-length"),
+        (["--methods", "beam"], "--methods: unknown method(s) beam"),
+    ],
+)
 def test_checkpoint_argument_mistakes_name_what_the_user_passed(checkpoint, data, tmp_path, capsys, extra, message):
     err = one_line_error(capsys, ["--model", checkpoint, "--data", data, "--output", tmp_path / "o.jsonl", *extra])
     assert message in err
@@ -1394,6 +1695,7 @@ class TinyDreamModel(PreTrainedModel):
 def tiny_dream_class():
     """The tiny Dream-format model class, built in-process, with a correct rotary buffer: the reference."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
     namespace = {}
     exec(compile(TINY_DREAM_MODELING, "tiny_dream_reference", "exec"), namespace)
     namespace["ROPE_INIT_FUNCTIONS"] = {**ROPE_INIT_FUNCTIONS, "default": R._default_rope}
@@ -1403,19 +1705,32 @@ def tiny_dream_class():
 def write_dream_checkpoint(d: Path) -> Path:
     """Tokenizer with Dream's special tokens and a Qwen-style chat template, config with auto_map, weights."""
     from safetensors.torch import save_file
+
     tokenizer = word_level_tokenizer(
         ["[UNK]", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>"],
-        "system user assistant You are a helpful", chat_template=(
+        "system user assistant You are a helpful",
+        chat_template=(
             "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\nYou are a "
             "helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"))
+            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+        ),
+    )
     tokenizer.save_pretrained(d)
     (d / "modeling_tiny_dream.py").write_text(TINY_DREAM_MODELING)
-    config = dict(model_type="Dream", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                  num_attention_heads=4, rope_theta=10000.0, mask_token_id=tokenizer.convert_tokens_to_ids("<|mask|>"),
-                  pad_token_id=tokenizer.pad_token_id,
-                  auto_map={"AutoConfig": "modeling_tiny_dream.TinyDreamConfig",
-                            "AutoModel": "modeling_tiny_dream.TinyDreamModel"})
+    config = dict(
+        model_type="Dream",
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        rope_theta=10000.0,
+        mask_token_id=tokenizer.convert_tokens_to_ids("<|mask|>"),
+        pad_token_id=tokenizer.pad_token_id,
+        auto_map={
+            "AutoConfig": "modeling_tiny_dream.TinyDreamConfig",
+            "AutoModel": "modeling_tiny_dream.TinyDreamModel",
+        },
+    )
     (d / "config.json").write_text(json.dumps(config))
     model_class, config_class = tiny_dream_class()
     with torch.random.fork_rng(devices=[]):
@@ -1434,6 +1749,7 @@ def dream_checkpoint(tmp_path_factory):
 def dream_reference(checkpoint, dtype=torch.float32):
     """The tiny Dream-format model built in-process from the checkpoint's weights (a correct rotary buffer)."""
     from safetensors.torch import load_file
+
     model_class, config_class = tiny_dream_class()
     config = json.loads((checkpoint / "config.json").read_text())
     model = model_class(config_class(**{k: v for k, v in config.items() if k not in ("model_type", "auto_map")}))
@@ -1473,6 +1789,7 @@ def test_checkpoint_dream_quirks_need_the_fixes(tmp_path):
     that 5.x leaves unset gives wrong logits without an error."""
     from transformers import AutoConfig
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
     dream_checkpoint = write_dream_checkpoint(tmp_path / "unfitted-dream")  # its own, not yet fitted module
     config = AutoConfig.from_pretrained(dream_checkpoint, trust_remote_code=True)
     raw_class = get_class_from_dynamic_module(config.auto_map["AutoModel"], str(dream_checkpoint))
@@ -1498,16 +1815,25 @@ def test_checkpoint_dream_quirks_need_the_fixes(tmp_path):
 
 @pytest.mark.parametrize("remasking", ["low_confidence", "topk_margin"])
 @pytest.mark.parametrize("block_length,steps", [(4, 12), (8, 9), (24, 6)])
-def test_checkpoint_dream_generate_matches_the_authors_sampler_on_shifted_logits(dream_checkpoint, remasking,
-                                                                                 block_length, steps):
+def test_checkpoint_dream_generate_matches_the_authors_sampler_on_shifted_logits(
+    dream_checkpoint, remasking, block_length, steps
+):
     tokenizer, config = R.load_tokenizer(str(dream_checkpoint))
     model = R.load_model(str(dream_checkpoint), config, torch.device("cpu"), torch.float64)
     mask_id = R.find_mask_id(tokenizer, config)
     prompt = torch.randint(0, mask_id, (2, 5), generator=torch.Generator().manual_seed(2))
-    ours = H.generate(model, prompt, gen_length=24, steps=steps, block_length=block_length, remasking=remasking,
-                      mask_id=mask_id)
-    theirs = reference_generate(ShiftedByHand(dream_reference(dream_checkpoint, torch.float64)), prompt, 24, steps,
-                                block_length, remasking, mask_id=mask_id)
+    ours = H.generate(
+        model, prompt, gen_length=24, steps=steps, block_length=block_length, remasking=remasking, mask_id=mask_id
+    )
+    theirs = reference_generate(
+        ShiftedByHand(dream_reference(dream_checkpoint, torch.float64)),
+        prompt,
+        24,
+        steps,
+        block_length,
+        remasking,
+        mask_id=mask_id,
+    )
     assert torch.equal(ours, theirs)
 
 
@@ -1521,7 +1847,7 @@ def test_checkpoint_dream_padded_batch_equals_each_prompt_alone(dream_checkpoint
     batch = H.hex_generate(model, ids, attention, **kw).sequences
     for row, prompt in enumerate((short, long)):
         alone = H.hex_generate(model, torch.tensor([prompt]), **kw).sequences[0]
-        assert torch.equal(batch[row, :, len(long) - len(prompt):], alone)
+        assert torch.equal(batch[row, :, len(long) - len(prompt) :], alone)
 
 
 @pytest.mark.parametrize("task", list(R.TASKS))
@@ -1545,6 +1871,7 @@ def test_checkpoint_dream_each_task_end_to_end(dream_checkpoint, tmp_path, task,
 
 def test_checkpoint_unknown_family_is_one_clear_line(checkpoint, data, tmp_path, capsys):
     import shutil
+
     other = tmp_path / "bert-like"
     shutil.copytree(checkpoint, other)
     config = json.loads((other / "config.json").read_text())
@@ -1589,8 +1916,9 @@ def test_checkpoint_summary_numbers_stay_in_range():
 
 
 def test_checkpoint_no_scaling_rows_with_one_sample(checkpoint, data, tmp_path, capsys):
-    summary = run(checkpoint, data, tmp_path / "o.jsonl", "--limit", "1", "--samples-per-block", "1",
-                  "--methods", "hex")
+    summary = run(
+        checkpoint, data, tmp_path / "o.jsonl", "--limit", "1", "--samples-per-block", "1", "--methods", "hex"
+    )
     assert summary["hex_vs_votes"] == [] and "votes:" not in capsys.readouterr().out
 
 
@@ -1617,8 +1945,9 @@ def saved(output):
 def test_checkpoint_second_writer_is_refused_and_each_question_is_written_once(checkpoint, tmp_path):
     first, cmd, output = start_long_run(checkpoint, tmp_path)
     wait_until(lambda: saved(output) >= 1 or first.poll() is not None)
-    second = subprocess.run(cmd, cwd=HERE, env={**os.environ, "PYTHONPATH": str(HERE)}, capture_output=True,
-                            text=True, timeout=120)
+    second = subprocess.run(
+        cmd, cwd=HERE, env={**os.environ, "PYTHONPATH": str(HERE)}, capture_output=True, text=True, timeout=120
+    )
     assert first.poll() is None, "the first run ended before the second started"
     assert second.returncode == 1 and "being written by another run" in second.stderr
     assert "Traceback" not in second.stderr
@@ -1635,8 +1964,9 @@ def test_checkpoint_kill_9_then_rerun_loses_at_most_the_question_in_flight(check
     victim.communicate()
     assert 3 <= saved(output) < 30
     finished = saved(output)
-    result = subprocess.run(cmd, cwd=HERE, env={**os.environ, "PYTHONPATH": str(HERE)}, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        cmd, cwd=HERE, env={**os.environ, "PYTHONPATH": str(HERE)}, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert sorted(r["id"] for r in lines(output)) == list(range(30))
     assert f"{finished}/30" in result.stderr  # the progress bar starts at the questions already done
@@ -1653,23 +1983,57 @@ def test_checkpoint_ctrl_c_says_how_many_are_saved(checkpoint, tmp_path):
 
 
 def test_checkpoint_torchrun_two_ranks_match_one_process_and_resume(checkpoint, data, tmp_path):
-    common = ["--model", str(checkpoint), "--data", str(data), "--gen-length", "16", "--steps", "8",
-              "--block-lengths", "4", "16", "--methods", "hex", "random"]
+    common = [
+        "--model",
+        str(checkpoint),
+        "--data",
+        str(data),
+        "--gen-length",
+        "16",
+        "--steps",
+        "8",
+        "--block-lengths",
+        "4",
+        "16",
+        "--methods",
+        "hex",
+        "random",
+    ]
     R.main([*common, "--output", str(tmp_path / "one.jsonl")])
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "run_gsm8k.py", *common, "--output", str(tmp_path / "two.jsonl")]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "run_gsm8k.py",
+        *common,
+        "--output",
+        str(tmp_path / "two.jsonl"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(HERE)}
-    result = subprocess.run([*torchrun, "--limit", "3"], capture_output=True, text=True, timeout=300, cwd=HERE, env=env)
+    result = subprocess.run(
+        [*torchrun, "--limit", "3"], capture_output=True, text=True, timeout=300, cwd=HERE, env=env
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     result = subprocess.run(torchrun, capture_output=True, text=True, timeout=300, cwd=HERE, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert files(tmp_path) == sorted(["gsm8k.jsonl"] + [  # no parts or locks left
-        f"{n}.{ext}" for n in ("one", "two") for ext in ("jsonl", "config.json", "summary.json", "png")])
-    drop = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    assert files(tmp_path) == sorted(
+        ["gsm8k.jsonl"]
+        + [  # no parts or locks left
+            f"{n}.{ext}" for n in ("one", "two") for ext in ("jsonl", "config.json", "summary.json", "png")
+        ]
+    )
+
+    def drop(records):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
     assert drop(lines(tmp_path / "two.jsonl")) == drop(lines(tmp_path / "one.jsonl"))
 
 
 # HEX against self-consistency, and a newcomer's follow-ups ------------------------------------------
+
 
 def test_paired_difference_interval_and_counts_by_hand():
     first, second = [True, True, False, False, True], [True, False, True, False, False]
@@ -1682,16 +2046,31 @@ def test_paired_difference_interval_and_counts_by_hand():
 
 def hand_record(answers: dict, gold: float) -> dict:
     """A record made by hand: {(method, block_length, sample): answer}."""
-    candidates = [dict(method=m, block_length=b, sample=s, text="", answers={"authors": a, "robust": a}, score=0.0,
-                       end_of_text=".", commit_order=[0]) for (m, b, s), a in answers.items()]
+    candidates = [
+        dict(
+            method=m,
+            block_length=b,
+            sample=s,
+            text="",
+            answers={"authors": a, "robust": a},
+            score=0.0,
+            end_of_text=".",
+            commit_order=[0],
+        )
+        for (m, b, s), a in answers.items()
+    ]
     return dict(id=0, question="", gold={"authors": gold, "robust": gold}, candidates=candidates)
 
 
 def test_agreement_matrix_by_hand():
-    records = [hand_record({("hex", 4, 0): 1.0, ("hex", 8, 0): 1.0, ("sc", 32, 0): 2.0, ("sc", 32, 1): 1.0}, 1.0),
-               hand_record({("hex", 4, 0): 3.0, ("hex", 8, 0): None, ("sc", 32, 0): 3.0, ("sc", 32, 1): 3.0}, 5.0)]
-    oks = [[R.is_correct("gsm8k", c["answers"]["authors"], r["gold"]["authors"]) for c in r["candidates"]]
-           for r in records]
+    records = [
+        hand_record({("hex", 4, 0): 1.0, ("hex", 8, 0): 1.0, ("sc", 32, 0): 2.0, ("sc", 32, 1): 1.0}, 1.0),
+        hand_record({("hex", 4, 0): 3.0, ("hex", 8, 0): None, ("sc", 32, 0): 3.0, ("sc", 32, 1): 3.0}, 5.0),
+    ]
+    oks = [
+        [R.is_correct("gsm8k", c["answers"]["authors"], r["gold"]["authors"]) for c in r["candidates"]]
+        for r in records
+    ]
     table = R.agreement(records, oks, "authors")
     assert table["groups"] == ["block 4", "block 8", "SC"]
     agree, one = table["agree"], table["exactly_one_right"]
@@ -1702,17 +2081,40 @@ def test_agreement_matrix_by_hand():
 
 
 def sc_settings(checkpoint, *extra):
-    return R.run_settings(R.parse_args(["--model", str(checkpoint), "--gen-length", "16", "--steps", "8",
-                                        "--block-lengths", "4", "16", "--temperature", "0.7", "--sc-block-length", "16", *extra]),
-                          {}, torch.device("cpu"))
+    return R.run_settings(
+        R.parse_args(
+            [
+                "--model",
+                str(checkpoint),
+                "--gen-length",
+                "16",
+                "--steps",
+                "8",
+                "--block-lengths",
+                "4",
+                "16",
+                "--temperature",
+                "0.7",
+                "--sc-block-length",
+                "16",
+                *extra,
+            ]
+        ),
+        {},
+        torch.device("cpu"),
+    )
 
 
 def test_checkpoint_sc_has_its_own_stream_and_changes_no_other_method(checkpoint):
     tokenizer, config = R.load_tokenizer(str(checkpoint))
     model = R.load_model(str(checkpoint), config, torch.device("cpu"), torch.float64)
     mask_id, batch = R.find_mask_id(tokenizer, config), [{"id": 1, "row": ROWS["gsm8k"][0]}]
-    decode = lambda settings: R.decode_batch(model, tokenizer, R.TASKS["gsm8k"], batch, settings, mask_id,
-                                             torch.device("cpu"))[0]["candidates"]
+
+    def decode(settings):
+        return R.decode_batch(model, tokenizer, R.TASKS["gsm8k"], batch, settings, mask_id, torch.device("cpu"))[0][
+            "candidates"
+        ]
+
     with_sc = sc_settings(checkpoint, "--methods", "hex", "sc", "random", "--samples-per-block", "2")
     assert with_sc["sc_samples"] == 4 and with_sc["sc_temperature"] == 0.7 and with_sc["sc_block_length"] == 16
     first, again = decode(with_sc), decode(with_sc)
@@ -1724,8 +2126,22 @@ def test_checkpoint_sc_has_its_own_stream_and_changes_no_other_method(checkpoint
 
 
 def test_checkpoint_sc_never_votes_over_identical_samples(checkpoint, data, tmp_path, capsys):
-    err = one_line_error(capsys, ["--model", checkpoint, "--data", data, "--output", tmp_path / "o.jsonl",
-                                  "--methods", "hex", "sc", "--sc-temperature", "0"])
+    err = one_line_error(
+        capsys,
+        [
+            "--model",
+            checkpoint,
+            "--data",
+            data,
+            "--output",
+            tmp_path / "o.jsonl",
+            "--methods",
+            "hex",
+            "sc",
+            "--sc-temperature",
+            "0",
+        ],
+    )
     assert "--sc-samples 5 at --sc-temperature 0: every sample would be the same decode" in err
     args = R.parse_args(["--methods", "hex", "sc"])  # the paper's HEX at temperature 0: SC samples at its own
     assert (args.sc_temperature, args.sc_samples, args.sc_block_length) == (R.SC_TEMPERATURE, 5, 32)
@@ -1740,14 +2156,21 @@ def test_checkpoint_hex_against_sc_in_one_run(checkpoint, data, tmp_path, capsys
     assert all(r["forward_calls"] == 8 / 2 for r in records), "SC joins the lockstep batch: steps calls per batch"
     assert sum(c["method"] == "sc" for c in records[0]["candidates"]) == 6, "as many SC samples as HEX votes"
     paired = summary["paired"]["HEX - SC"]
-    right = lambda m: [R.verdicts(R.TASKS["gsm8k"], r, "authors", "first")[0][m][2] for r in records]
+
+    def right(m):
+        return [R.verdicts(R.TASKS["gsm8k"], r, "authors", "first")[0][m][2] for r in records]
+
     assert paired == R.paired_difference(right("hex"), right("sc"))
     assert [v["votes"] for v in summary["sc_vs_votes"]] == list(range(1, 7))
     assert [v["votes"] for v in summary["hex_vs_votes"]] == [3, 6]
     assert summary["agreement"]["groups"] == ["block 4", "block 8", "block 16", "SC"]
     assert summary["methods"]["sc"]["oracle"] >= summary["methods"]["sc"]["accuracy"]
     out = capsys.readouterr().out
-    assert "Self-consistency (sc)" in out and "HEX - SC: " in out and "SC block length 8, temperature 0.7, 6 samples" in out
+    assert (
+        "Self-consistency (sc)" in out
+        and "HEX - SC: " in out
+        and "SC block length 8, temperature 0.7, 6 samples" in out
+    )
     assert "Self-consistency with   6 votes" in out and "expert agreement" in out
     saved = json.loads(output.with_suffix(".summary.json").read_text())
     assert saved == json.loads(json.dumps(R.summarize(records, saved["settings"], "authors")))
@@ -1773,8 +2196,14 @@ def test_checkpoint_unreachable_hub_is_one_line_within_seconds(tmp_path):
     env.pop("HF_HUB_OFFLINE", None)
     for extra in ([], ["--data", str(write_rows(tmp_path / "d.jsonl", ROWS["gsm8k"]))]):
         start = time.time()
-        result = subprocess.run([sys.executable, "run_gsm8k.py", "--output", str(tmp_path / "r" / "o.jsonl"), *extra],
-                                cwd=HERE, env=env, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "run_gsm8k.py", "--output", str(tmp_path / "r" / "o.jsonl"), *extra],
+            cwd=HERE,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
         assert time.time() - start < 30 and "Retry" not in result.stderr
     assert not (tmp_path / "r").exists()
@@ -1795,13 +2224,43 @@ def offline_demo(folder: Path = HERE / "results" / "offline-demo") -> None:
     it is right on the three questions whose answer that is, and the summary shows answers read and scored."""
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = write_checkpoint(folder / "tiny-llada-stand-in", stand_in=True)
-    questions = [("How many apples ? 7", 7), ("3 + 4 = ?", 7), ("How many apples ? 2 + 2 = 4", 4),
-                 ("the answer is 9", 9), ("How many ? 5 + 1", 6), ("2 + 1 = ?", 3)]
+    questions = [
+        ("How many apples ? 7", 7),
+        ("3 + 4 = ?", 7),
+        ("How many apples ? 2 + 2 = 4", 4),
+        ("the answer is 9", 9),
+        ("How many ? 5 + 1", 6),
+        ("2 + 1 = ?", 3),
+    ]
     data = write_rows(folder / "gsm8k.jsonl", [{"question": q, "answer": f"#### {a}"} for q, a in questions])
     print(f"Offline demo in {folder}: a tiny stand-in model that boxes the question's last digit (not a result)")
-    R.main(["--model", str(checkpoint), "--data", str(data), "--output", str(folder / "run.jsonl"), "--no-resume",
-            "--gen-length", "32", "--steps", "16", "--block-lengths", "4", "8", "16", "--sc-block-length", "8",
-            "--methods", *R.METHODS, "--samples-per-block", "2", "--temperature", "0.7"])
+    R.main(
+        [
+            "--model",
+            str(checkpoint),
+            "--data",
+            str(data),
+            "--output",
+            str(folder / "run.jsonl"),
+            "--no-resume",
+            "--gen-length",
+            "32",
+            "--steps",
+            "16",
+            "--block-lengths",
+            "4",
+            "8",
+            "16",
+            "--sc-block-length",
+            "8",
+            "--methods",
+            *R.METHODS,
+            "--samples-per-block",
+            "2",
+            "--temperature",
+            "0.7",
+        ]
+    )
 
 
 if __name__ == "__main__":
