@@ -17,6 +17,7 @@ import operator
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Hashable, Sequence
 
 import torch
@@ -189,10 +190,6 @@ class HexOutput:
     scores: torch.Tensor  # (B, K) float64: mean log-prob of the answer under the first pass
     commit_steps: torch.Tensor  # (B, K, gen_length): the step that committed each answer position
     schedules: list[Schedule]  # (K,): candidate k of every prompt was decoded by schedules[k]
-
-    @property
-    def block_lengths(self) -> list[int]:
-        return [s.block_length for s in self.schedules]
 
 
 def _check_args(model, input_ids, attention_mask, gen_length, steps, mask_id, schedules, generator):
@@ -438,75 +435,53 @@ SHAPES = {  # TinyMaskPredictor sizes; llada-8b: LLaDA-8B-Instruct's published s
 }
 
 
-def forward_flops(parameters: int, tokens: int) -> int:
-    """Model FLOPs of one forward pass: 2 x parameters x tokens (a multiply and an add per weight)."""
-    return 2 * parameters * tokens
+def forward_flops(model: TinyMaskPredictor, batch: int, length: int) -> int:
+    """Model FLOPs of one forward pass over (batch, length) tokens (Kaplan et al. 2020; PaLM's MFU appendix):
+    2 x the non-embedding parameters per token (the output head is a matmul, the input embedding a lookup),
+    plus attention's scores and values, 2 x 2 x layers x length x d_model per token."""
+    matmuls = sum(p.numel() for p in model.parameters()) - model.embed.weight.numel()
+    attention = 4 * len(model.blocks) * length * model.embed.embedding_dim
+    return batch * length * (2 * matmuls + attention)
 
 
-# 7. python hex.py: commit order on a stand-in, a vote, and a benchmark ---------------------------
-
-
-def demonstrate(model: nn.Module, mask_id: int, eot_id: int) -> None:
-    """Commit order and the [AfterEoT] mechanism on a stand-in instruct model, then a vote."""
-    G, T, blocks, glyphs = 64, 32, (4, 8, 16, 32), "0123456789abcdefghijklmnopqrstuv"  # glyphs[t]: step t
-    prompt = (torch.arange(16)[None] * 3 % mask_id).to(model.embed.weight.device)
-    schedules = [Schedule(b) for b in blocks] + [Schedule(G), Schedule(G, "topk_margin")]
-    labels = [f"HEX block_length {b}" for b in blocks] + [f"Top-K, 1 block of {G}", f"Top-K margin, 1 block of {G}"]
-
-    def stand_in(module, args, out):  # a forward hook: end-of-text raised over the answer's second half
-        out.logits[:, 16 + G // 2 :, eot_id] += 8.0
-
-    hook = model.register_forward_hook(stand_in)
-    out = decode(model, prompt, schedules=schedules, gen_length=G, steps=T, mask_id=mask_id)
-    hook.remove()
-    print(
-        f"1. Commit order and [AfterEoT], a demonstration, not a result: a tiny random model stands in for an\n"
-        f"   instruct model, its end-of-text logit (token {eot_id}) raised by 8 over the answer's second half.\n"
-        f"   gen_length {G}, steps {T}, HEX block lengths {' '.join(map(str, blocks))}. A glyph per answer "
-        "position: the step that committed it\n   (0-9, a-v: v is step 31); under it, '_' marks end-of-text."
-    )
-    for label, tokens, step in zip(labels, out.sequences[0, :, -G:], out.commit_steps[0]):
-        early = int(((step < 8) & (tokens == eot_id)).sum())
-        print(
-            f"   {label:<28} {''.join(glyphs[s] for s in step.tolist())}  steps 0-7 commit {early} end-of-text\n"
-            f"   {'':<28} {''.join('_' if t == eot_id else '.' for t in tokens.tolist())}"
-        )
-    answers = out.sequences[0, : len(blocks), -G:].T.tolist()  # (G, K): per position, each expert's token
-    column = next((i for i, c in enumerate(answers) if 1 < len(set(c)) < len(c)), 0)
-    print(
-        f"\n2. The vote, each expert's token at position {column} standing in for its answer:\n   "
-        f"{', '.join(f'block {b}: {a}' for b, a in zip(blocks, answers[column]))}\n   majority_vote -> "
-        "%s, tie: %s (a tie goes to the answer seen first, the authors' rule)" % majority_vote(answers[column])
-    )
+# 7. python hex.py: a benchmark --------------------------------------
 
 
 def benchmark(
     model: nn.Module, prompt_length: int, mask_id: int, batch_sizes: Sequence[int], repeats: int, peak_tflops: float
 ) -> list[str]:
     """Every method of B questions (5 HEX experts, 3 one-block baselines; gen_length 256, steps 128) in one
-    lockstep batch, and at B = 1 the authors' way, one schedule after another: forward calls, seconds per
-    question (min-max of `repeats`), tokens/s, model FLOPs utilisation, peak GPU memory."""
+    lockstep batch, and at B = 1 the authors' way, one schedule after another, each way warmed up untimed:
+    forward calls, seconds per question (min-max of `repeats`), tokens/s, MFU, peak GPU memory."""
     schedules = [Schedule(b) for b in (8, 16, 32, 64, 128)] + [Schedule(256, r) for r in REMASKING]
-    cuda, calls, best, parameters = torch.cuda.is_available(), [0], {}, sum(p.numel() for p in model.parameters())
-    hook = model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    cuda = torch.cuda.is_available()
+    calls = []
+    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    ways = [("one lockstep batch", B, [schedules]) for B in batch_sizes]
+    ways.append(("each schedule in turn", 1, [[s] for s in schedules]))
     lines = [f"   {'way':<24}{'B':>3}{'forward calls':>15}{'s / question':>15}{'tokens/s':>10}{'MFU':>6}{'GPU':>10}"]
-    for way, B, groups in [("one lockstep batch", B, [schedules]) for B in batch_sizes] + [
-        ("each schedule in turn", 1, [[s] for s in schedules])
-    ]:
-        prompt, seconds = (torch.arange(B * prompt_length).view(B, -1) % mask_id).to(model.embed.weight.device), []
+    best = {}
+    for way, B, groups in ways:
+        prompt = (torch.arange(B * prompt_length).view(B, -1) % mask_id).to(model.embed.weight.device)
+        seconds = []
         if cuda:  # the peak memory of this way alone
             torch.cuda.reset_peak_memory_stats()
-        for _ in range(repeats):
-            calls[0], start = 0, time.perf_counter()
+        for repeat in range(repeats + 1):  # repeat 0 warms up, untimed
+            calls.clear()
+            start = time.perf_counter()
             for group in groups:
                 decode(model, prompt, schedules=group, gen_length=256, steps=128, mask_id=mask_id)
-            seconds.append((cuda and torch.cuda.synchronize(), time.perf_counter() - start)[1])
-        tokens, best[B, way] = B * len(schedules) * (prompt_length + 256) * 128, min(seconds)  # either way
-        mfu = forward_flops(parameters, tokens) / min(seconds) / peak_tflops / 1e12
+            if cuda:
+                torch.cuda.synchronize()
+            seconds += [time.perf_counter() - start] * (repeat > 0)
+        best[B, way] = min(seconds)
+        tokens = B * len(schedules) * (prompt_length + 256) * 128  # either way
+        flops = forward_flops(model, B * len(schedules), prompt_length + 256) * 128
+        mfu = f"{flops / best[B, way] / peak_tflops / 1e12:.0%}" if peak_tflops < math.inf else "-"
         memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
+        per_question = f"{min(seconds) / B:.2f}-{max(seconds) / B:.2f}"
         lines.append(
-            f"   {way:<24}{B:>3}{calls[0]:>15}{f'{min(seconds) / B:.2f}-{max(seconds) / B:.2f}':>15}"
-            f"{tokens / min(seconds):>10.0f}{f'{mfu:.0%}' if peak_tflops < math.inf else '-':>6}{memory:>10}"
+            f"   {way:<24}{B:>3}{len(calls):>15}{per_question:>15}{tokens / best[B, way]:>10.0f}{mfu:>6}{memory:>10}"
         )
     hook.remove()
     ratio = best[1, "each schedule in turn"] / best.get((1, "one lockstep batch"), math.nan)
@@ -517,37 +492,256 @@ def benchmark(
     ]
 
 
+# 8. Intervals a reviewer would compute: over questions, honest at small n --------------------------
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion of n questions, inside [0, 1]."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = correct / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n)))
+
+
+def paired_difference(first: Sequence[bool], second: Sequence[bool], z: float = 1.96) -> dict:
+    """Accuracy of `first` minus `second` on the same n questions (fractions) and Agresti & Min's (2005) 95%
+    interval: the paired Wald interval after adding 1/2 to each of the four cells, so it keeps its width when
+    no question is discordant; clamped to [-1, 1]."""
+    cells = Counter(zip(map(bool, first), map(bool, second)))
+    n = len(first)
+    b = cells[True, False]  # only first right
+    c = cells[False, True]  # only second right
+    centre = (b - c) / (n + 2)
+    half = z * math.sqrt(b + c + 1 - (b - c) ** 2 / (n + 2)) / (n + 2)
+    interval = (max(-1.0, centre - half), min(1.0, centre + half))
+    return dict(
+        difference=(b - c) / n,
+        ci95=interval,
+        only_first=b,
+        only_second=c,
+        both=cells[True, True],
+        neither=cells[False, False],
+    )
+
+
+def cross_fitted(right: dict[Hashable, Sequence[bool]]) -> tuple[list[bool], list[Hashable]]:
+    """The best of several methods without the winner's curse (two-fold cross-fitting): each question is scored
+    by the method most often right on the questions of the other parity (ties to the first). The pooled
+    verdicts, and the method chosen for the even and for the odd questions."""
+    chosen = [max(right, key=lambda m: sum(right[m][1 - parity :: 2])) for parity in (0, 1)]
+    n = len(right[chosen[0]])
+    return [right[chosen[i % 2]][i] for i in range(n)], chosen
+
+
+# 9. The paper in miniature: a masked diffusion model trained here, on a task with hidden length ---------
+
+PAD = 0  # the chain task's vocabulary: four special tokens, digits, 100 filler words, step tokens S_1..S_14
+MINI_MASK = 1
+EOT = 2
+ANS = 3
+DIGIT = 4
+FILLER = 14
+STEP = 114  # S_j is STEP + j - 1
+MINI_BLOCK_LENGTHS = (4, 8, 16, 32, 64)  # gen_length 64: block 64 is one block, the paper's Top-K baseline
+MINI_SCHEDULES = [Schedule(b) for b in MINI_BLOCK_LENGTHS] + [Schedule(64, "topk_margin")]
+MINI_LABELS = ["block 4", "block 8", "block 16", "block 32", "one block, Top-K", "one block, Top-K margin"]
+
+
+def chain_examples(n: int, generator: torch.Generator, visible_length: bool = False):
+    """n examples: prompts (n, 14), items x_j in 1..3 as digits; responses (n, 64); chain lengths k (n,),
+    uniform over 4..14: k is the first j >= 4 whose running sum s_j = (s_{j-1} + x_j) mod 10 is 0. A response
+    writes, for j = 1..k, S_j, one or two random filler words and s_j; then ANS, S_k; then end-of-text to the
+    end. Every prompt lists 14 items, so k is known only once the chain is written, unless visible_length
+    (the control): then the items after x_k are PAD."""
+    lengths = torch.randint(4, 15, (n,), generator=generator)
+    items = torch.zeros(n, 14, dtype=torch.long)
+    todo = torch.arange(n)
+    while len(todo):  # rejection: redraw until each chain stops at its k
+        items[todo] = torch.randint(1, 4, (len(todo), 14), generator=generator)
+        stops = (items[todo].cumsum(1) % 10 == 0) & (torch.arange(14) >= 3)
+        k = torch.where(stops.any(1), stops.long().argmax(1) + 1, 0)
+        todo = todo[k != lengths[todo]]
+    words = torch.randint(FILLER, STEP, (n, 14, 2), generator=generator).tolist()
+    counts = torch.randint(1, 3, (n, 14), generator=generator).tolist()
+    sums = (items.cumsum(1) % 10 + DIGIT).tolist()
+    responses = torch.full((n, 64), EOT)
+    for i, k in enumerate(lengths.tolist()):
+        tokens = [ANS, STEP + k - 1]
+        for j in reversed(range(k)):
+            tokens = [STEP + j, *words[i][j][: counts[i][j]], sums[i][j], *tokens]
+        responses[i, : len(tokens)] = torch.tensor(tokens)
+    prompts = items + DIGIT
+    if visible_length:
+        prompts = prompts.masked_fill(torch.arange(14) >= lengths[:, None], PAD)
+    return prompts, responses, lengths
+
+
+def chain_answer(answers: torch.Tensor) -> torch.Tensor:
+    """(..., G) answers -> (...) the chain length stated after the first ANS, or 0 where none is readable."""
+    stated = F.pad(answers[..., 1:], (0, 1)) - STEP + 1  # what each position's successor states
+    value = stated.gather(-1, (answers == ANS).long().argmax(-1, keepdim=True)).squeeze(-1)
+    return torch.where((answers == ANS).any(-1) & (value >= 1) & (value <= 14), value, 0)
+
+
+def masked_diffusion_loss(
+    model: nn.Module, prompts: torch.Tensor, responses: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """LLaDA's training objective in its SFT form (the paper's models, Sec. 2): per example t ~ U(0, 1), each
+    response token masked with probability t, the cross-entropy of the masked tokens weighted by 1 / t and
+    averaged over the response (end-of-text padding included); the prompt is never masked."""
+    t = torch.rand(len(responses), 1, generator=generator).clamp(min=1e-3)  # (B, 1)
+    masked = torch.rand(responses.shape, generator=generator) < t  # (B, G)
+    x = torch.cat([prompts, responses.masked_fill(masked, MINI_MASK)], dim=1)
+    logits = model(x).logits[:, prompts.shape[1] :]  # (B, G, V)
+    loss = F.cross_entropy(logits.transpose(1, 2), responses, reduction="none")  # (B, G)
+    return (loss * masked / t).mean()
+
+
+def miniature_model(seed: int) -> TinyMaskPredictor:
+    """A 4-layer TinyMaskPredictor of 1.1M parameters over the chain task's 128 tokens."""
+    return TinyMaskPredictor(vocab_size=128, d_model=128, n_layers=4, n_heads=4, seed=seed).eval()
+
+
+def train_miniature(steps: int, seed: int, visible_length: bool, held_out: torch.Tensor) -> TinyMaskPredictor:
+    """AdamW at 2e-3 with 100 warm-up steps and a cosine decay to 5%; batches of 64 fresh examples, never a
+    held-out prompt."""
+    model = miniature_model(seed).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+
+    def learning_rate(step: int) -> float:  # a factor of 2e-3
+        return min((step + 1) / 100, 0.05 + 0.475 * (1 + math.cos(math.pi * step / steps)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    unseen = {tuple(p) for p in held_out.tolist()}
+    start = time.perf_counter()
+    for step in range(steps):
+        prompts, responses, _ = chain_examples(64, generator, visible_length)
+        keep = torch.tensor([tuple(p) not in unseen for p in prompts.tolist()])
+        loss = masked_diffusion_loss(model, prompts[keep], responses[keep], generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        print(f"\r   training: step {step + 1}/{steps}, loss {loss:.3f}, {time.perf_counter() - start:.0f} s", end="")
+    print()
+    return model.eval()
+
+
+def miniature_figures(answers: torch.Tensor, commit_steps: torch.Tensor, lengths: torch.Tensor) -> dict:
+    """The paper's table in miniature from decodes (N, K, G) by MINI_SCHEDULES and the true lengths (N,): per
+    method, accuracy and its 95% Wilson interval over questions, accuracy on short (k <= 8) and on long chains;
+    per decoding rule the share of end-of-text among its first 16 commits and of chains cut short (the last
+    step written before ANS or end-of-text is below k); HEX (blocks 4-64, ties to the smaller block) and the
+    oracle; HEX minus the block chosen on the other half of the questions, paired."""
+    stated = chain_answer(answers)  # (N, K)
+    votes = torch.tensor([majority_vote([a or None for a in row[:5]])[0] or 0 for row in stated.tolist()])
+    right = torch.cat([stated, votes[:, None]], 1) == lengths[:, None]
+    right = torch.cat([right, right[:, :5].any(1, keepdim=True)], 1).double()  # (N, K + 2): HEX, the oracle
+    first = commit_steps.argsort(dim=-1, stable=True)[..., :16]
+    eot_first = (answers.gather(-1, first) == EOT).double().mean((0, 2))
+    before_end = ((answers == EOT) | (answers == ANS)).cumsum(-1) == 0
+    written = torch.where(before_end & (answers >= STEP), answers - STEP + 1, 0).amax(-1)  # (N, K)
+    long = lengths > 8
+    columns = [
+        right.mean(0),
+        right[~long].mean(0),
+        right[long].mean(0),
+        eot_first,
+        (written.T < lengths).double().mean(1),
+    ]
+    rows = {}
+    for k, label in enumerate(MINI_LABELS + ["HEX", "oracle"]):
+        rows[label] = [float(c[k]) for c in columns if k < len(c)]
+        rows[label][1:1] = wilson(int(right[:, k].sum()), len(right))
+    chosen_right, chosen = cross_fitted(dict(zip(MINI_BLOCK_LENGTHS, right.T.tolist())))
+    return dict(rows=rows, hex_minus_chosen=paired_difference(right[:, -2].tolist(), chosen_right), chosen=chosen)
+
+
+def miniature_table(figures: dict) -> str:
+    """The figures as a Markdown table, in percent, and HEX against the cross-fitted block."""
+    lines = ["| method | accuracy [95%] | k <= 8 | k > 8 | EoT-first | cut short |", "|---|---|---|---|---|---|"]
+    for label, row in figures["rows"].items():
+        cells = [f"{100 * x:.1f}" for x in row] + ["-", "-"]
+        lines.append(f"| {label} | {cells[0]} [{cells[1]}, {cells[2]}] | {' | '.join(cells[3:7])} |")
+    p = figures["hex_minus_chosen"]
+    lines.append(
+        f"HEX minus the block chosen on the other half of the prompts (blocks {figures['chosen']}): "
+        f"{100 * p['difference']:+.1f} points [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}], paired "
+        f"(Agresti-Min); only HEX right {p['only_first']}, only the block {p['only_second']}"
+    )
+    return "\n".join(lines)
+
+
+def commit_order(labels: list[str], answers: torch.Tensor, commit_steps: torch.Tensor, eot_id: int) -> str:
+    """One question's decodes (K, G): per answer position the step that committed it (0-9, a-v for steps
+    10-31), and under it '_' where that token is end-of-text."""
+    lines = []
+    for label, tokens, steps in zip(labels, answers.tolist(), commit_steps.tolist()):
+        lines.append(f"   {label:<24} {''.join('0123456789abcdefghijklmnopqrstuv'[s] for s in steps)}")
+        lines.append(f"   {'':<24} {''.join('_' if t == eot_id else '.' for t in tokens)}")
+    return "\n".join(lines)
+
+
+def miniature(seed: int, visible_length: bool, steps: int = 2000, questions: int = 400) -> dict:
+    """python hex.py --miniature: train (or load the cached weights), decode the held-out prompts with every
+    method in one lockstep batch, print the table and the commit order of one collapsed long chain."""
+    prompts, _, lengths = chain_examples(questions, torch.Generator().manual_seed(2510), visible_length)
+    path = Path("results", "miniature", f"seed{seed}{'-visible' * visible_length}.pt")
+    if path.exists():
+        model = miniature_model(seed)
+        model.load_state_dict(torch.load(path))
+        print(f"   the trained weights from {path}")
+    else:
+        model = train_miniature(steps, seed, visible_length, held_out=prompts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    out = decode(model, prompts, schedules=MINI_SCHEDULES, gen_length=64, steps=32, mask_id=MINI_MASK)
+    answers = out.sequences[..., -64:]  # (questions, K, 64)
+    figures = miniature_figures(answers, out.commit_steps, lengths)
+    q = int(((chain_answer(answers[:, 4]) != lengths) & (lengths > 8)).long().argmax())  # a collapsed long chain
+    print(
+        f"   {questions} held-out prompts ({int((lengths > 8).sum())} with k > 8), gen_length 64, steps 32, "
+        f"temperature 0\n{miniature_table(figures)}\n\n   Commit order of held-out prompt {q} (k = {lengths[q]}): "
+        f"the step that committed each position, '_' end-of-text\n"
+        f"{commit_order(MINI_LABELS, answers[q], out.commit_steps[q], EOT)}"
+    )
+    return figures
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="HEX on a random model: commit order, a vote, a benchmark.")
+    parser = argparse.ArgumentParser(description="HEX's one-batch benchmark, or --miniature: the paper on a CPU.")
     parser.add_argument("--shape", choices=list(SHAPES), default="tiny", help="llada-8b: LLaDA-8B's shape, bf16, CUDA")
     parser.add_argument("--batch-sizes", type=int, nargs="+", help="questions per batch (default 1; llada-8b 1 2 4 8)")
     parser.add_argument("--repeats", type=int, help="timed runs per way (default 3; llada-8b 1)")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (CUDA default 989: H100/H200 SXM)")
-    args, cuda = parser.parse_args(argv), torch.cuda.is_available()
+    parser.add_argument(
+        "--miniature", action="store_true", help="train a tiny dLLM on a chain task: the paper's table"
+    )
+    parser.add_argument("--visible-length", action="store_true", help="--miniature's control: the prompt shows k")
+    parser.add_argument("--seed", type=int, default=1, help="--miniature's training seed (default 1)")
+    args = parser.parse_args(argv)
+    if args.miniature:
+        miniature(args.seed, args.visible_length)
+        return
+    cuda = torch.cuda.is_available()
     if args.shape != "tiny" and not cuda:
         raise SystemExit(f"hex.py: error: --shape {args.shape} needs a CUDA GPU (16 GB in bfloat16); tiny runs here")
-    tiny, device = args.shape == "tiny", torch.device("cuda" if cuda else "cpu")
+    tiny = args.shape == "tiny"
+    device = torch.device("cuda" if cuda else "cpu")
     model = TinyMaskPredictor(**SHAPES[args.shape], device=device, dtype=None if tiny else torch.bfloat16).eval()
-    mask_id, prompt_length, repeats = (1023, 16, args.repeats or 3) if tiny else (MASK_ID, 200, args.repeats or 1)
-    if tiny:
-        demonstrate(model, mask_id, eot_id=1000)
+    prompt_length = 16 if tiny else 200
+    repeats = max(1, args.repeats or (3 if tiny else 1))
     print(
-        f"\n3. Benchmark, shape {args.shape} ({sum(p.numel() for p in model.parameters()):.3g} parameters) on "
+        f"Benchmark, shape {args.shape} ({sum(p.numel() for p in model.parameters()):.3g} parameters) on "
         f"{torch.cuda.get_device_name() if cuda else f'cpu, {torch.get_num_threads()} thread(s)'}, prompt "
-        f"{prompt_length} tokens, gen_length 256, steps 128, {repeats} run(s):"
+        f"{prompt_length} tokens, gen_length 256, steps 128, {repeats} run(s) after a warm-up:"
     )
-    print(
-        "\n".join(
-            benchmark(
-                model,
-                prompt_length,
-                mask_id,
-                args.batch_sizes or ([1] if tiny else [1, 2, 4, 8]),
-                max(1, repeats),
-                args.peak_tflops or (989.0 if cuda else math.inf),
-            )
-        )
-    )  # inf: no MFU
+    batch_sizes = args.batch_sizes or ([1] if tiny else [1, 2, 4, 8])
+    peak = args.peak_tflops or (989.0 if cuda else math.inf)  # inf: no MFU
+    print("\n".join(benchmark(model, prompt_length, 1023 if tiny else MASK_ID, batch_sizes, repeats, peak)))
 
 
 if __name__ == "__main__":

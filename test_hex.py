@@ -508,32 +508,15 @@ def test_tiny_model_attention_is_bidirectional(model):
         assert not torch.allclose(model(x).logits[0, 0], model(y).logits[0, 0])
 
 
-def test_demo_teaches_commit_order_after_eot_vote_and_lockstep(capsys):
+def test_benchmark_counts_calls_warms_up_and_says_faster_or_slower(capsys):
     H.main(["--repeats", "1"])
     out = capsys.readouterr().out
-    assert "gen_length 64, steps 32" in out and "block lengths 4 8 16 32" in out and "v is step 31" in out
-    picture_lines = [line for line in out.splitlines() if re.search(r" [0-9a-v_.]{64}( |$)", line)]
-    columns = {re.search(r"[0-9a-v_.]{64}", line).start() for line in picture_lines}
-    assert len(picture_lines) == 2 * 6 and len(columns) == 1, "every picture starts at the same column"
-    pictures = [re.search(r"[0-9a-v_.]{64}", line).group() for line in picture_lines]
-    assert pictures[0][:4] in ("0011", "1100")  # block length 4: the first block fills in steps 0 and 1
-    assert all(p[32:] == "_" * 32 for p in pictures[1::2]), "the stand-in fills the tail with end-of-text"
-    early = [int(n) for n in re.findall(r"steps 0-7 commit (\d+) end-of-text", out)]
-    assert early[:4] == [0] * 4 and early[4] > 0 and early[5] > 0, "one block commits the tail first; experts do not"
-    vote = re.search(
-        r"block 4: (\d+), block 8: (\d+), block 16: (\d+), block 32: (\d+)\n"
-        r"   majority_vote -> (\d+), tie: (True|False)",
-        out,
-    )
-    answers = [int(a) for a in vote.groups()[:4]]
-    assert len(set(answers)) > 1, "the demo vote is not unanimous"
-    assert (int(vote[5]), vote[6] == "True") == H.majority_vote(answers, tie_break="first")
-    assert "not a result" in out
+    assert "gen_length 256, steps 128, 1 run(s) after a warm-up" in out
     rows = re.findall(r"(one lockstep batch|each schedule in turn) +1 +(\d+) +(\d+\.\d\d)-", out)
     assert [(way, calls) for way, calls, _ in rows] == [
         ("one lockstep batch", "128"),
         ("each schedule in turn", "1024"),
-    ]
+    ], "the warm-up run is not counted"
     ratio = float(re.search(r"one batch is (\d+\.\d\d)x (faster|slower)", out)[1])
     assert ratio >= 1.0, "the ratio is stated as 'faster' or 'slower', never below 1"
 
@@ -545,7 +528,9 @@ def test_llada_8b_shape_has_its_published_parameter_count_and_flops():
     per_layer = 4 * 4096 * 4096 + 3 * 4096 * 12288 + 2 * 4096  # attention, SwiGLU, two norms
     assert parameters == 2 * 126464 * 4096 + 32 * per_layer + 4096 == 8_015_581_184  # untied embeddings
     assert model.lm_head.weight.shape == (126464, 4096) and model.lm_head.weight is not model.embed.weight
-    assert H.forward_flops(parameters, 8 * 456) == 2 * 8_015_581_184 * 3648  # 8 rows of prompt 200 + 256
+    non_embedding = 8_015_581_184 - 126464 * 4096  # the output head counts, the input lookup does not
+    attention = 2 * 2 * 32 * 456 * 4096  # QK^T and AV per token: 2 x 2 x layers x context x d_model
+    assert H.forward_flops(model, 8, 456) == 8 * 456 * (2 * non_embedding + attention)  # 8 rows of 200 + 256
 
 
 def test_llada_8b_benchmark_without_cuda_is_one_line(capsys, monkeypatch):
@@ -553,6 +538,180 @@ def test_llada_8b_benchmark_without_cuda_is_one_line(capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         H.main(["--shape", "llada-8b"])
     assert "needs a CUDA GPU" in str(exit_.value.code) and "\n" not in str(exit_.value.code)
+
+
+# Intervals and the cross-fitted expert -------------------------------------------------------------
+
+
+def agresti_min(b, c, n, z=1.96):
+    """Agresti & Min (2005) by hand: the paired Wald interval on the table with 1/2 added to every cell."""
+    b, c, n = b + 0.5, c + 0.5, n + 2
+    d = (b - c) / n
+    half = z * math.sqrt((b + c) / n - d * d) / math.sqrt(n)
+    return max(-1.0, d - half), min(1.0, d + half)
+
+
+@pytest.mark.parametrize("n", [1, 5, 100])
+@pytest.mark.parametrize("kind", ["none", "some", "only"])
+def test_paired_interval_keeps_its_width_and_its_range(n, kind):
+    discordant = dict(none=0, some=max(1, n // 5), only=n)[kind]
+    first = [True] * n
+    second = [i >= discordant for i in range(n)]  # the first `discordant` questions: only `first` right
+    p = H.paired_difference(first, second)
+    assert p["difference"] == discordant / n
+    assert (p["only_first"], p["only_second"], p["both"], p["neither"]) == (discordant, 0, n - discordant, 0)
+    assert p["ci95"] == pytest.approx(agresti_min(discordant, 0, n))
+    low, high = p["ci95"]
+    assert -1.0 <= low < high <= 1.0
+    assert high - low > 0.02, "no discordant question is no certainty"
+    if n == 5 and kind == "none":
+        assert high - low > 0.5, "five questions cannot pin a difference down"
+    if kind == "only" and n == 1:
+        assert high == 1.0 and low < 0.5, "the interval stays in the possible range"
+    mirrored = H.paired_difference(second, first)
+    assert mirrored["ci95"] == pytest.approx((-high, -low))
+
+
+def test_wilson_over_questions_keeps_its_width_at_the_ends():
+    low, high = H.wilson(6, 6)
+    assert high == 1.0 and 0.5 < low < 0.7  # 6/6 right: 61% to 100%
+    assert H.wilson(0, 6)[0] == 0.0
+    assert all(0.0 <= x <= 1.0 for n in (1, 2, 7) for k in range(n + 1) for x in H.wilson(k, n))
+
+
+def test_cross_fitting_does_not_flatter_a_lucky_expert():
+    # A is right on every even question and on question 1 (5 of 8), B on every odd one (4 of 8). Chosen on the
+    # same questions, A looks 62.5% right; chosen on the other half, each half is scored by the expert that
+    # is best elsewhere and worst here: 1 of 8.
+    right = {"A": [True, True, True, False, True, False, True, False], "B": [i % 2 == 1 for i in range(8)]}
+    verdicts, chosen = H.cross_fitted(right)
+    assert chosen == ["B", "A"]  # the even questions are scored by the best on the odd ones, and back
+    assert verdicts == [False, True, False, False, False, False, False, False]
+
+
+# The paper in miniature ----------------------------------------------------------------------------------
+
+
+def test_chain_task_lengths_answers_and_padding():
+    prompts, responses, lengths = H.chain_examples(300, torch.Generator().manual_seed(0))
+    assert prompts.shape == (300, 14) and responses.shape == (300, 64)
+    assert set(lengths.tolist()) == set(range(4, 15)), "every chain length 4..14 occurs"
+    assert max(Counter(lengths.tolist()).values()) < 50, "chain lengths are about uniform"
+    for prompt, response, k in zip(prompts.tolist(), responses.tolist(), lengths.tolist()):
+        items = [x - H.DIGIT for x in prompt]
+        assert all(1 <= x <= 3 for x in items)
+        sums = [sum(items[: j + 1]) % 10 for j in range(14)]
+        assert sums[k - 1] == 0 and all(s for s in sums[3 : k - 1]), "k: the first j >= 4 with s_j = 0"
+        end = response.index(H.ANS)
+        assert response[end + 1] == H.STEP + k - 1 and set(response[end + 2 :]) == {H.EOT}, "ANS S_k, then EOT"
+        chain = response[:end]
+        steps = [i for i, t in enumerate(chain) if t >= H.STEP]
+        assert [chain[i] - H.STEP + 1 for i in steps] == list(range(1, k + 1))
+        gaps = [b - a for a, b in zip(steps, steps[1:] + [len(chain)])]
+        assert set(gaps) <= {3, 4}, "S_j, one or two filler words, s_j"
+        assert [chain[i + g - 1] - H.DIGIT for i, g in zip(steps, gaps)] == sums[:k]
+    assert (H.chain_answer(responses) == lengths).all()
+    visible, _, same = H.chain_examples(300, torch.Generator().manual_seed(0), visible_length=True)
+    assert (same == lengths).all()
+    assert ((visible == H.PAD) == (torch.arange(14) >= lengths[:, None])).all(), "the control shows k"
+
+
+def test_chain_answer_reads_the_step_after_the_first_ans():
+    G = 8
+    answers = torch.full((4, G), H.EOT)
+    answers[0, :2] = torch.tensor([H.ANS, H.STEP + 6])  # states 7
+    answers[1, :4] = torch.tensor([H.ANS, H.FILLER, H.ANS, H.STEP])  # the first ANS states nothing readable
+    answers[2, -1] = H.ANS  # nothing after it
+    assert H.chain_answer(answers).tolist() == [7, 0, 0, 0]
+
+
+def test_masked_diffusion_loss_by_hand():
+    V = 128
+    prompts = torch.tensor([[4, 5, 6], [7, 8, 9]])
+    responses = torch.tensor([[10, 11, 12, 13], [14, 15, 16, 17]])
+    seen = []
+
+    def uniform(x):  # every token has probability 1 / V: a masked token's cross-entropy is log V
+        seen.append(x)
+        return H.MaskPredictorOutput(torch.zeros(*x.shape, V))
+
+    loss = H.masked_diffusion_loss(uniform, prompts, responses, torch.Generator().manual_seed(0))
+    draws = torch.Generator().manual_seed(0)
+    t = torch.rand(2, 1, generator=draws).clamp(min=1e-3)
+    masked = torch.rand(2, 4, generator=draws) < t
+    assert masked.any() and not masked.all(), "the hand-made case masks some tokens, not all"
+    assert (seen[0][:, :3] == prompts).all(), "the prompt is never masked"
+    assert ((seen[0][:, 3:] == H.MINI_MASK) == masked).all()
+    assert loss.item() == pytest.approx((masked * math.log(V) / t).sum().item() / 8)
+
+
+def test_a_few_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    batch = H.chain_examples(256, torch.Generator().manual_seed(9))[:2]
+    held_out = batch[0][:4]
+
+    def loss_of(model):
+        with torch.no_grad():
+            return H.masked_diffusion_loss(model, *batch, torch.Generator().manual_seed(1)).item()
+
+    before = loss_of(H.miniature_model(0))
+    after = loss_of(H.train_miniature(12, 0, False, held_out=held_out))
+    assert after < before - 0.5
+
+
+def test_miniature_caches_the_trained_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    first = H.miniature(seed=0, visible_length=False, steps=2, questions=8)
+    assert (tmp_path / "results/miniature/seed0.pt").is_file()
+    trained = H.miniature_model(0)
+    trained.load_state_dict(torch.load(tmp_path / "results/miniature/seed0.pt"))
+    again = H.miniature(seed=0, visible_length=False, steps=2, questions=8)
+    out = capsys.readouterr().out
+    assert out.count("training: step 2/2") == 1 and "the trained weights from" in out
+    assert again == first
+    x = torch.randint(0, 128, (2, 30), generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(trained(x).logits, H.miniature_model(0)(x).logits), "the weights were trained"
+    reloaded = H.miniature_model(0)
+    reloaded.load_state_dict(torch.load(tmp_path / "results/miniature/seed0.pt"))
+    assert torch.equal(trained(x).logits, reloaded(x).logits)
+
+
+def test_miniature_table_from_hand_made_decodes():
+    _, responses, lengths = H.chain_examples(4, torch.Generator().manual_seed(5))
+    lengths[:] = torch.tensor([5, 6, 10, 12])  # two short chains, two long ones
+    answers = torch.full((4, 6, 64), H.EOT)
+    for q, k in enumerate(lengths.tolist()):
+        chain = [t for j in range(k) for t in (H.STEP + j, H.FILLER, H.DIGIT)] + [H.ANS, H.STEP + k - 1]
+        short = chain[: 3 * (k - 2)] + [H.ANS, H.STEP + k - 3]  # a chain cut short: two steps missing
+        for m in range(6):
+            cut = (m == 4 and q >= 2) or (m == 5) or (m == 0 and q == 0) or (m == 1 and q == 1)
+            tokens = short if cut else chain
+            answers[q, m, : len(tokens)] = torch.tensor(tokens)
+    commit_steps = torch.arange(64).expand(4, 6, 64).clone() // 2  # left to right, two a step
+    commit_steps[:, 4:] = commit_steps[:, 4:].flip(-1)  # the one-block rules commit right to left
+    figures = H.miniature_figures(answers, commit_steps, lengths)
+    rows = figures["rows"]
+    # block 4 wrong on q0, block 8 on q1; one-block Top-K wrong on the long ones, Top-K margin everywhere
+    assert rows["block 4"][0] == rows["block 8"][0] == 0.75 and rows["block 16"][0] == 1.0
+    assert rows["block 4"][3:5] == [0.5, 1.0] and rows["one block, Top-K"][3:5] == [1.0, 0.0]
+    assert rows["one block, Top-K margin"][0] == 0.0
+    assert rows["block 4"][1:3] == list(H.wilson(3, 4)), "an interval over the 4 questions"
+    assert rows["block 16"][5:] == [0.0, 0.0] and rows["one block, Top-K"][5:] == [1.0, 0.5]
+    assert rows["one block, Top-K margin"][6] == 1.0 and rows["block 4"][6] == 0.25
+    assert rows["HEX"][0] == 1.0 and rows["oracle"][0] == 1.0 and len(rows["HEX"]) == 5
+    # even questions: the best block on the odd ones (4, tied with 16, goes first), wrong on question 0;
+    # odd questions: the best on the even ones (8), wrong on question 1. Block 16, never wrong, is not chosen.
+    assert figures["chosen"] == [4, 8]
+    assert figures["hex_minus_chosen"] == H.paired_difference([True] * 4, [False, False, True, True])
+    table = H.miniature_table(figures)
+    assert "| block 4 | 75.0 [" in table and "| HEX | 100.0 [" in table and "| - | - |" in table
+
+
+def test_commit_order_picture_from_hand_made_steps():
+    answers = torch.tensor([[7, 7, H.EOT, H.EOT], [H.EOT, 7, 7, H.EOT]])
+    steps = torch.tensor([[0, 1, 10, 31], [0, 0, 1, 1]])
+    lines = H.commit_order(["a", "b"], answers, steps, H.EOT).splitlines()
+    assert [line.split()[-1] for line in lines] == ["01av", "..__", "0011", "_.._"]
 
 
 # run_gsm8k.py: a tiny LLaDA-format checkpoint on disk -----------------------------------------
