@@ -235,8 +235,8 @@ def test_hex_rows_equal_generate_per_schedule(model, remasking):
     prompt, blocks = prompts(2), (4, 8, 16, 32)
     kw = dict(gen_length=32, steps=16, remasking=remasking, mask_id=MASK)
     out = H.hex_generate(model, prompt, block_lengths=blocks, samples_per_block=2, **kw)
-    assert out.sequences.shape == (2, 8, 6 + 32) and out.block_lengths == list(blocks) * 2
-    for k, b in enumerate(out.block_lengths):
+    assert out.sequences.shape == (2, 8, 6 + 32) and [s.block_length for s in out.schedules] == list(blocks) * 2
+    for k, b in enumerate(s.block_length for s in out.schedules):
         assert torch.equal(out.sequences[:, k], H.generate(model, prompt, block_length=b, **kw)), b
 
 
@@ -419,7 +419,8 @@ def test_numpy_numbers_are_accepted(model):
         steps=np.int64(8),
         mask_id=np.int64(MASK),
     )
-    assert out.block_lengths == [4, 8] and all(type(b) is int for b in out.block_lengths)
+    assert [s.block_length for s in out.schedules] == [4, 8]
+    assert all(type(s.block_length) is int for s in out.schedules)
 
 
 @pytest.mark.parametrize(
