@@ -3,9 +3,11 @@
 A masked diffusion LLM (LLaDA-8B-Instruct) starts from an answer of [MASK] tokens and, over `steps`
 denoising steps, commits the masked positions it is most sure of. Semi-autoregressive decoding cuts the
 answer into blocks of `block_length` tokens, denoised left to right. Each block length is a hidden
-"expert"; HEX decodes with several and takes a majority vote. In the order of the idea: 1. schedules;
+"expert"; HEX decodes with several and takes a majority vote. In the order of the idea: 1. `Schedule`;
 2. one denoising step; 3. `decode` (any schedules in one lockstep batch) and `generate`; 4. `hex_generate`;
-5. `majority_vote`; 6. `TinyMaskPredictor`; 7. `python hex.py [--shape llada-8b]`: a demo and a benchmark.
+5. `majority_vote`; 6. `TinyMaskPredictor`; 7. `python hex.py [--shape llada-8b]`: the one-batch benchmark;
+8. intervals over questions; 9. `python hex.py --miniature`: a masked diffusion model trained on this machine
+shows the paper's collapse and HEX's gain; 10. argument checks.
 """
 
 from __future__ import annotations
@@ -29,16 +31,7 @@ REMASKING = ("low_confidence", "topk_margin", "random")
 CHUNK_ELEMENTS = 2**21  # float64 scratch per chunk of positions (16 MiB): never a (N, V) float64
 
 
-# 1. The schedule --------------------------------------------------------------------------------
-
-
-def _integer(name: str, value, minimum: int = 1) -> int:
-    """value as an int (numpy integers too), or a TypeError/ValueError that names the argument."""
-    if not hasattr(type(value), "__index__"):
-        raise TypeError(f"{name}={value!r} must be an int")
-    if isinstance(value, bool) or operator.index(value) < minimum:
-        raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
-    return operator.index(value)
+# 1. The schedule: which positions a step may commit, and how many ----------------------------------------
 
 
 @dataclass(frozen=True)
@@ -83,11 +76,12 @@ def semi_ar_plan(block_length: int, gen_length: int, steps: int) -> tuple[list[i
     """Per step t: the open block's index and how many tokens t commits. LLaDA's generate loops
     `for num_block in range(num_blocks): for i in range(steps_per_block):`; this is that plan flattened
     over t = num_block * steps_per_block + i, so rows with different block lengths advance in lockstep."""
-    spb, num_blocks = steps_per_block(gen_length, steps, block_length), gen_length // block_length
+    spb = steps_per_block(gen_length, steps, block_length)
+    num_blocks = gen_length // block_length
     return [b for b in range(num_blocks) for _ in range(spb)], num_transfer_tokens(block_length, spb) * num_blocks
 
 
-# 2. One denoising step --------------------------------------------------------------------------
+# 2. One denoising step: predict x0, score it, commit the most confident ----------------------------------
 
 
 def x0_and_confidence(
@@ -104,9 +98,12 @@ def x0_and_confidence(
     Gumbel-max sample of softmax(logits / temperature), never the mask token; and its confidence by
     `remasking`: "low_confidence" (the paper's Top-K) p(x0) under the untempered softmax, "topk_margin"
     p(top-1) - p(top-2), "random" uniform noise. Float64 as the authors, a chunk of positions at a time."""
-    out, n, no_mask = [], max(1, CHUNK_ELEMENTS // logits.shape[-1]), torch.tensor([mask_id], device=logits.device)
+    out = []
+    n = max(1, CHUNK_ELEMENTS // logits.shape[-1])  # positions per chunk
+    no_mask = torch.tensor([mask_id], device=logits.device)
     for r, c in zip(rows.split(n), cols.split(n)):
-        chunk = scores = logits[r, c].double()  # (n, V)
+        chunk = logits[r, c].double()  # (n, V)
+        scores = chunk
         if temperature > 0:  # argmax(l - T log(-log u)) == argmax(exp(l) / (-log u)^T), the authors' form
             u = torch.rand(chunk.shape, generator=generator, device=chunk.device, dtype=torch.float64)
             scores = chunk - temperature * torch.log(-torch.log(u))
@@ -129,59 +126,7 @@ def most_confident(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(order).scatter_(-1, order, ranks) < k[:, None]
 
 
-def _denoise(
-    model: Callable,
-    x: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    schedules: list[Schedule],
-    generators: list,
-    gen_length: int,
-    steps: int,
-    mask_id: int,
-    keep_first_logits_every: int,
-):
-    """Denoise canvas x (R, P + G) in place, row r by schedules[r]: per step one forward pass, candidates are the
-    masked positions of a row's open block, committed tokens stay. Returns x, commit steps (R, G), first logits."""
-    R, P = x.shape[0], x.shape[1] - gen_length
-    plans = [semi_ar_plan(s.block_length, gen_length, steps) for s in schedules]
-    open_index, k = (torch.tensor(list(p), device=x.device) for p in zip(*plans))  # (R, steps) each
-    block = (torch.arange(gen_length) // torch.tensor([[s.block_length] for s in schedules])).to(x.device)  # (R, G)
-    groups = {}  # rows scored together: by rule, temperature and the stream they draw from, if they draw
-    for r, (s, g) in enumerate(zip(schedules, generators)):  # (so a schedule with its own stream draws as alone)
-        draws = s.temperature > 0 or s.remasking == "random"
-        groups.setdefault((s.remasking, s.temperature, g if draws else None), []).append(r)
-    groups = {key: torch.tensor(rows, device=x.device) for key, rows in groups.items()}  # made once, not per step
-    commit_step = torch.full((R, gen_length), -1, dtype=torch.long, device=x.device)
-    for t in range(steps):
-        logits = (model(x) if attention_mask is None else model(x, attention_mask=attention_mask)).logits
-        if t == 0:  # the first pass, shared by every schedule: the likelihood score's logits
-            if not 0 <= mask_id < logits.shape[-1]:
-                raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (size {logits.shape[-1]})")
-            first_logits = logits[::keep_first_logits_every, P:].clone()  # (R / K, gen_length, V)
-        answer = x[:, P:]  # (R, gen_length) view
-        candidate = (answer == mask_id) & (block == open_index[:, t, None])
-        confidence = torch.full((R, gen_length), -math.inf, dtype=torch.float64, device=x.device)
-        prediction = answer.clone()
-        for (remasking, temperature, generator), group in groups.items():
-            r, cols = candidate[group].nonzero(as_tuple=True)
-            x0, conf = x0_and_confidence(
-                logits,
-                group[r],
-                cols + P,
-                remasking=remasking,
-                temperature=temperature,
-                mask_id=mask_id,
-                generator=generator,
-            )
-            confidence[group[r], cols], prediction[group[r], cols] = conf, x0
-        del logits  # never hold two steps' logits at once
-        commit = most_confident(confidence, k[:, t])
-        answer[commit] = prediction[commit]
-        commit_step[commit] = t
-    return x, commit_step, first_logits
-
-
-# 3. Decoding any set of schedules in one lockstep batch ----------------------------------------
+# 3. Decoding any set of schedules in one lockstep batch --------------------------------------------------
 
 
 @dataclass
@@ -190,49 +135,6 @@ class HexOutput:
     scores: torch.Tensor  # (B, K) float64: mean log-prob of the answer under the first pass
     commit_steps: torch.Tensor  # (B, K, gen_length): the step that committed each answer position
     schedules: list[Schedule]  # (K,): candidate k of every prompt was decoded by schedules[k]
-
-
-def _check_args(model, input_ids, attention_mask, gen_length, steps, mask_id, schedules, generator):
-    """Every argument check of `decode`, before any forward pass; returns the arguments as used."""
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.long or input_ids.dim() != 2:
-        raise TypeError("input_ids must be a 2-D torch.long tensor of shape (batch, prompt_length)")
-    if len(input_ids) == 0:
-        raise ValueError("input_ids holds no prompts: its shape must be (batch >= 1, prompt_length)")
-    if attention_mask is not None and getattr(attention_mask, "shape", None) != input_ids.shape:
-        raise ValueError(f"attention_mask must be a tensor of input_ids' shape {tuple(input_ids.shape)}")
-    gen_length, steps = _integer("gen_length", gen_length), _integer("steps", steps)
-    mask_id = _integer("mask_id", mask_id, minimum=0)
-    try:  # a model without an input embedding to ask is checked after its first forward pass
-        vocab = model.get_input_embeddings().num_embeddings
-    except (AttributeError, NotImplementedError):
-        vocab = math.inf
-    if mask_id >= vocab:
-        raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (size {vocab})")
-    if (input_ids == mask_id).any():
-        raise ValueError(f"input_ids contain mask_id={mask_id}: the prompt must be fully unmasked")
-    schedules = list(schedules)
-    if not schedules or not all(isinstance(s, Schedule) for s in schedules):
-        raise TypeError(f"schedules={schedules!r} must be a non-empty sequence of hex.Schedule")
-    for s in schedules:
-        steps_per_block(gen_length, steps, s.block_length)
-    generators = list(generator) if isinstance(generator, (list, tuple)) else [generator] * len(schedules)
-    if len(generators) != len(schedules):
-        raise ValueError(f"generator: {len(generators)} generators for {len(schedules)} schedules; pass one or K")
-    if not all(g is None or isinstance(g, torch.Generator) for g in generators):
-        raise TypeError(f"generator={generator!r} must be a torch.Generator, None, or a list of them")
-    return gen_length, steps, mask_id, schedules, generators
-
-
-def answer_log_likelihood(first_logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-    """The authors' likelihood score: the first pass's log-softmax (prompt + all masks) at each final answer
-    token, averaged over all gen_length positions. (B, G, V), (B, K, G) -> (B, K) float64, chunk by chunk."""
-    (B, K, G), n = answers.shape, max(1, CHUNK_ELEMENTS // first_logits.shape[-1])
-    tokens = answers.transpose(1, 2).flatten(0, 1)  # (B * G, K)
-    logp = [
-        chunk.double().log_softmax(-1).gather(-1, t)
-        for chunk, t in zip(first_logits.flatten(0, 1).split(n), tokens.split(n))  # (n, K) each
-    ]
-    return torch.cat(logp).view(B, G, K).mean(1)
 
 
 @torch.no_grad()
@@ -254,7 +156,8 @@ def decode(
     gen_length, steps, mask_id, schedules, generators = _check_args(
         model, input_ids, attention_mask, gen_length, steps, mask_id, schedules, generator
     )
-    B, K = len(input_ids), len(schedules)
+    B = len(input_ids)
+    K = len(schedules)
     x = F.pad(input_ids, (0, gen_length), value=mask_id).repeat_interleave(K, dim=0)  # [prompt | masks]
     if attention_mask is not None:
         attention_mask = F.pad(attention_mask.to(x.device), (0, gen_length), value=1).repeat_interleave(K, dim=0)
@@ -270,33 +173,92 @@ def decode(
     )
 
 
+def _denoise(
+    model: Callable,
+    x: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    schedules: list[Schedule],
+    generators: list,
+    gen_length: int,
+    steps: int,
+    mask_id: int,
+    rows_per_prompt: int,
+):
+    """Denoise canvas x (R, P + G) in place, row r by schedules[r]: per step one forward pass, candidates are the
+    masked positions of a row's open block, committed tokens stay. Returns x, commit steps (R, G), and the first
+    pass's answer logits of one row per prompt (every row of a prompt sees the same first canvas)."""
+    R = x.shape[0]
+    P = x.shape[1] - gen_length
+    plans = [semi_ar_plan(s.block_length, gen_length, steps) for s in schedules]
+    open_index, k = (torch.tensor(list(p), device=x.device) for p in zip(*plans))  # (R, steps) each
+    block = (torch.arange(gen_length) // torch.tensor([[s.block_length] for s in schedules])).to(x.device)  # (R, G)
+    groups = {}  # rows scored together: by rule, temperature and the stream they draw from, if they draw
+    for r, (s, g) in enumerate(zip(schedules, generators)):  # (so a schedule with its own stream draws as alone)
+        draws = s.temperature > 0 or s.remasking == "random"
+        groups.setdefault((s.remasking, s.temperature, g if draws else None), []).append(r)
+    groups = {key: torch.tensor(rows, device=x.device) for key, rows in groups.items()}  # made once, not per step
+    commit_step = torch.full((R, gen_length), -1, dtype=torch.long, device=x.device)
+    for t in range(steps):
+        logits = (model(x) if attention_mask is None else model(x, attention_mask=attention_mask)).logits
+        if t == 0:  # the first pass, shared by every schedule: the likelihood score's logits
+            if not 0 <= mask_id < logits.shape[-1]:
+                raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (size {logits.shape[-1]})")
+            first_logits = logits[::rows_per_prompt, P:].clone()  # (R / K, gen_length, V)
+        answer = x[:, P:]  # (R, gen_length) view
+        candidate = (answer == mask_id) & (block == open_index[:, t, None])
+        confidence = torch.full((R, gen_length), -math.inf, dtype=torch.float64, device=x.device)
+        prediction = answer.clone()
+        for (remasking, temperature, generator), group in groups.items():
+            r, cols = candidate[group].nonzero(as_tuple=True)
+            x0, conf = x0_and_confidence(
+                logits,
+                group[r],
+                cols + P,
+                remasking=remasking,
+                temperature=temperature,
+                mask_id=mask_id,
+                generator=generator,
+            )
+            confidence[group[r], cols] = conf
+            prediction[group[r], cols] = x0
+        del logits  # never hold two steps' logits at once
+        commit = most_confident(confidence, k[:, t])
+        answer[commit] = prediction[commit]
+        commit_step[commit] = t
+    return x, commit_step, first_logits
+
+
+def answer_log_likelihood(first_logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """The authors' likelihood score, used only by majority_vote(tie_break="likelihood"): the first pass's
+    log-softmax (prompt + all masks) at each final answer token, averaged over all gen_length positions.
+    (B, G, V), (B, K, G) -> (B, K) float64, chunk by chunk."""
+    B, K, G = answers.shape
+    n = max(1, CHUNK_ELEMENTS // first_logits.shape[-1])  # positions per chunk
+    tokens = answers.transpose(1, 2).flatten(0, 1)  # (B * G, K)
+    logp = [
+        chunk.double().log_softmax(-1).gather(-1, t)
+        for chunk, t in zip(first_logits.flatten(0, 1).split(n), tokens.split(n))  # (n, K) each
+    ]
+    return torch.cat(logp).view(B, G, K).mean(1)
+
+
 def generate(
     model: Callable,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     *,
-    gen_length: int = 256,
-    steps: int = 128,
     block_length: int = 32,
     remasking: str = "low_confidence",
     temperature: float = 0.0,
-    mask_id: int = MASK_ID,
-    generator: torch.Generator | None = None,
+    **kwargs,
 ) -> torch.Tensor:
-    """LLaDA's semi-AR sampler, one schedule: (B, L + gen_length). Top-K margin: block_length=gen_length."""
-    return decode(
-        model,
-        input_ids,
-        attention_mask,
-        schedules=[Schedule(block_length, remasking, temperature)],
-        gen_length=gen_length,
-        steps=steps,
-        mask_id=mask_id,
-        generator=generator,
-    ).sequences[:, 0]
+    """LLaDA's semi-AR sampler, one schedule: (B, L + gen_length). kwargs go to `decode`: gen_length (256),
+    steps (128), mask_id (LLaDA's), generator. The paper's one-block baselines: block_length=gen_length."""
+    schedule = Schedule(block_length, remasking, temperature)
+    return decode(model, input_ids, attention_mask, schedules=[schedule], **kwargs).sequences[:, 0]
 
 
-# 4. HEX: every hidden expert in lockstep ---------------------------------------------------------
+# 4. HEX: every hidden expert in lockstep -----------------------------------------------------------------
 
 
 def hex_generate(
@@ -306,34 +268,28 @@ def hex_generate(
     *,
     block_lengths: Sequence[int] = (8, 16, 32, 64, 128),
     samples_per_block: int = 1,
-    gen_length: int = 256,
-    steps: int = 128,
     remasking: str = "low_confidence",
     temperature: float = 0.0,
-    mask_id: int = MASK_ID,
-    generator: torch.Generator | None = None,
+    **kwargs,
 ) -> HexOutput:
     """The HEX ensemble: K = samples_per_block x len(block_lengths) candidates per prompt in `steps` forward
-    calls; candidate s * len(block_lengths) + j is sample s of block_lengths[j] (at temperature 0, its generate)."""
+    calls; candidate s * len(block_lengths) + j is sample s of block_lengths[j] (at temperature 0, its generate).
+    kwargs go to `decode`: gen_length (256), steps (128), mask_id (LLaDA's), generator."""
     if not hasattr(block_lengths, "__iter__"):
         raise TypeError(f"block_lengths={block_lengths!r} must be a sequence of ints, e.g. (8, 16, 32, 64, 128)")
     experts = [Schedule(_integer("block_lengths", b), remasking, temperature) for b in block_lengths]
     if not experts:
         raise ValueError("block_lengths must name at least one block length, e.g. (8, 16, 32, 64, 128)")
-    experts *= _integer("samples_per_block", samples_per_block)
-    return decode(
-        model,
-        input_ids,
-        attention_mask,
-        schedules=experts,
-        gen_length=gen_length,
-        steps=steps,
-        mask_id=mask_id,
-        generator=generator,
-    )
+    samples = _integer("samples_per_block", samples_per_block)
+    if samples > 1 and temperature == 0 and remasking != "random":
+        raise ValueError(
+            f"samples_per_block={samples} at temperature 0 decodes identical samples, not votes: "
+            "pass temperature > 0, or samples_per_block=1"
+        )
+    return decode(model, input_ids, attention_mask, schedules=experts * samples, **kwargs)
 
 
-# 5. The vote -------------------------------------------------------------------------------------
+# 5. The vote ---------------------------------------------------------------------------------------------
 
 
 def majority_vote(
@@ -356,7 +312,7 @@ def majority_vote(
     return max(tied, key=best.__getitem__), True
 
 
-# 6. A LLaDA-like mask predictor, randomly initialised --------------------------------------------
+# 6. A LLaDA-like mask predictor, randomly initialised ----------------------------------------------------
 
 
 @dataclass
@@ -370,7 +326,8 @@ class TinyBlock(nn.Module):
     def __init__(self, d_model: int, n_heads: int, mlp_hidden: int, **factory):
         super().__init__()
         self.n_heads = n_heads
-        self.attn_norm, self.mlp_norm = nn.RMSNorm(d_model, **factory), nn.RMSNorm(d_model, **factory)
+        self.attn_norm = nn.RMSNorm(d_model, **factory)
+        self.mlp_norm = nn.RMSNorm(d_model, **factory)
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False, **factory)
         self.proj = nn.Linear(d_model, d_model, bias=False, **factory)
         self.gate_up = nn.Linear(d_model, 2 * mlp_hidden, bias=False, **factory)  # SwiGLU
@@ -383,7 +340,8 @@ class TinyBlock(nn.Module):
         def rotate(z):
             return torch.cat([-z[..., z.shape[-1] // 2 :], z[..., : z.shape[-1] // 2]], -1)
 
-        q, k = q * cos + rotate(q) * sin, k * cos + rotate(k) * sin  # (B, H, T, D / H)
+        q = q * cos + rotate(q) * sin  # (B, H, T, D / H)
+        k = k * cos + rotate(k) * sin
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # bidirectional
         h = h + self.proj(att.transpose(1, 2).reshape(B, T, D))
         gate, up = self.gate_up(self.mlp_norm(h)).chunk(2, dim=-1)
@@ -419,7 +377,8 @@ class TinyMaskPredictor(nn.Module):
         return self.embed
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        h, real = self.embed(input_ids), torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        h = self.embed(input_ids)
+        real = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         key_mask = None if attention_mask is None else real.bool()[:, None, None, :]  # (B, 1, 1, T): True = attend
         positions = (real.long().cumsum(-1) - 1).clamp(min=0)[..., None]  # (B, T, 1), counting real tokens
         half = torch.arange(0, self.head_dim, 2, device=h.device, dtype=torch.float32)
@@ -444,47 +403,46 @@ def forward_flops(model: TinyMaskPredictor, batch: int, length: int) -> int:
     return batch * length * (2 * matmuls + attention)
 
 
-# 7. python hex.py: a benchmark --------------------------------------
+# 7. python hex.py: every method of a question in one batch, benchmarked ----------------------------------
 
 
 def benchmark(
     model: nn.Module, prompt_length: int, mask_id: int, batch_sizes: Sequence[int], repeats: int, peak_tflops: float
 ) -> list[str]:
     """Every method of B questions (5 HEX experts, 3 one-block baselines; gen_length 256, steps 128) in one
-    lockstep batch, and at B = 1 the authors' way, one schedule after another, each way warmed up untimed:
-    forward calls, seconds per question (min-max of `repeats`), tokens/s, MFU, peak GPU memory."""
+    lockstep batch, and at B = 1 the authors' way, one schedule after another; each way warmed up by a first,
+    untimed run: forward calls, seconds per question (min-max of `repeats`), tokens/s, MFU, peak GPU memory."""
     schedules = [Schedule(b) for b in (8, 16, 32, 64, 128)] + [Schedule(256, r) for r in REMASKING]
     cuda = torch.cuda.is_available()
     calls = []
     hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
     ways = [("one lockstep batch", B, [schedules]) for B in batch_sizes]
-    ways.append(("each schedule in turn", 1, [[s] for s in schedules]))
     lines = [f"   {'way':<24}{'B':>3}{'forward calls':>15}{'s / question':>15}{'tokens/s':>10}{'MFU':>6}{'GPU':>10}"]
     best = {}
-    for way, B, groups in ways:
+    for way, B, groups in ways + [("each schedule in turn", 1, [[s] for s in schedules])]:
         prompt = (torch.arange(B * prompt_length).view(B, -1) % mask_id).to(model.embed.weight.device)
         seconds = []
         if cuda:  # the peak memory of this way alone
             torch.cuda.reset_peak_memory_stats()
-        for repeat in range(repeats + 1):  # repeat 0 warms up, untimed
+        for _ in range(repeats + 1):
             calls.clear()
             start = time.perf_counter()
             for group in groups:
                 decode(model, prompt, schedules=group, gen_length=256, steps=128, mask_id=mask_id)
             if cuda:
                 torch.cuda.synchronize()
-            seconds += [time.perf_counter() - start] * (repeat > 0)
-        best[B, way] = min(seconds)
+            seconds.append(time.perf_counter() - start)
+        seconds = seconds[1:]  # the warm-up run is not timed
+        best[way, B] = min(seconds)
         tokens = B * len(schedules) * (prompt_length + 256) * 128  # either way
-        flops = forward_flops(model, B * len(schedules), prompt_length + 256) * 128
-        mfu = f"{flops / best[B, way] / peak_tflops / 1e12:.0%}" if peak_tflops < math.inf else "-"
+        mfu = forward_flops(model, B * len(schedules), prompt_length + 256) * 128 / best[way, B] / peak_tflops / 1e12
         memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
-        per_question = f"{min(seconds) / B:.2f}-{max(seconds) / B:.2f}"
         lines.append(
-            f"   {way:<24}{B:>3}{len(calls):>15}{per_question:>15}{tokens / best[B, way]:>10.0f}{mfu:>6}{memory:>10}"
+            f"   {way:<24}{B:>3}{len(calls):>15}{f'{min(seconds) / B:.2f}-{max(seconds) / B:.2f}':>15}"
+            f"{tokens / best[way, B]:>10.0f}{f'{mfu:.0%}' if peak_tflops < math.inf else '-':>6}{memory:>10}"
         )
     hook.remove()
-    ratio = best[1, "each schedule in turn"] / best.get((1, "one lockstep batch"), math.nan)
+    ratio = best["each schedule in turn", 1] / best.get(("one lockstep batch", 1), math.nan)
     return lines + [
         f"   at B = 1 one batch is {max(ratio, 1 / ratio):.2f}x {'faster' if ratio >= 1 else 'slower'} "
         f"than each schedule in turn (best of {repeats}): the same tokens and FLOPs in 8x fewer,\n"
@@ -492,13 +450,11 @@ def benchmark(
     ]
 
 
-# 8. Intervals a reviewer would compute: over questions, honest at small n --------------------------
+# 8. Intervals a reviewer would compute: over questions, honest at small n --------------------------------
 
 
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a proportion of n questions, inside [0, 1]."""
-    if n == 0:
-        return (0.0, 1.0)
     p = correct / n
     centre = p + z * z / (2 * n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
@@ -516,14 +472,7 @@ def paired_difference(first: Sequence[bool], second: Sequence[bool], z: float = 
     centre = (b - c) / (n + 2)
     half = z * math.sqrt(b + c + 1 - (b - c) ** 2 / (n + 2)) / (n + 2)
     interval = (max(-1.0, centre - half), min(1.0, centre + half))
-    return dict(
-        difference=(b - c) / n,
-        ci95=interval,
-        only_first=b,
-        only_second=c,
-        both=cells[True, True],
-        neither=cells[False, False],
-    )
+    return dict(difference=(b - c) / n, ci95=interval, only_first=b, only_second=c)
 
 
 def cross_fitted(right: dict[Hashable, Sequence[bool]]) -> tuple[list[bool], list[Hashable]]:
@@ -535,7 +484,7 @@ def cross_fitted(right: dict[Hashable, Sequence[bool]]) -> tuple[list[bool], lis
     return [right[chosen[i % 2]][i] for i in range(n)], chosen
 
 
-# 9. The paper in miniature: a masked diffusion model trained here, on a task with hidden length ---------
+# 9. python hex.py --miniature: the paper on a masked diffusion model trained here ------------------------
 
 PAD = 0  # the chain task's vocabulary: four special tokens, digits, 100 filler words, step tokens S_1..S_14
 MINI_MASK = 1
@@ -645,17 +594,12 @@ def miniature_figures(answers: torch.Tensor, commit_steps: torch.Tensor, lengths
     before_end = ((answers == EOT) | (answers == ANS)).cumsum(-1) == 0
     written = torch.where(before_end & (answers >= STEP), answers - STEP + 1, 0).amax(-1)  # (N, K)
     long = lengths > 8
-    columns = [
-        right.mean(0),
-        right[~long].mean(0),
-        right[long].mean(0),
-        eot_first,
-        (written.T < lengths).double().mean(1),
-    ]
+    interval = torch.tensor([wilson(int(c), len(right)) for c in right.sum(0)])  # (K + 2, 2)
+    columns = [right.mean(0), *interval.T, right[~long].mean(0), right[long].mean(0), eot_first]
+    columns.append((written.T < lengths).double().mean(1))  # chains cut short
     rows = {}
     for k, label in enumerate(MINI_LABELS + ["HEX", "oracle"]):
         rows[label] = [float(c[k]) for c in columns if k < len(c)]
-        rows[label][1:1] = wilson(int(right[:, k].sum()), len(right))
     chosen_right, chosen = cross_fitted(dict(zip(MINI_BLOCK_LENGTHS, right.T.tolist())))
     return dict(rows=rows, hex_minus_chosen=paired_difference(right[:, -2].tolist(), chosen_right), chosen=chosen)
 
@@ -675,19 +619,9 @@ def miniature_table(figures: dict) -> str:
     return "\n".join(lines)
 
 
-def commit_order(labels: list[str], answers: torch.Tensor, commit_steps: torch.Tensor, eot_id: int) -> str:
-    """One question's decodes (K, G): per answer position the step that committed it (0-9, a-v for steps
-    10-31), and under it '_' where that token is end-of-text."""
-    lines = []
-    for label, tokens, steps in zip(labels, answers.tolist(), commit_steps.tolist()):
-        lines.append(f"   {label:<24} {''.join('0123456789abcdefghijklmnopqrstuv'[s] for s in steps)}")
-        lines.append(f"   {'':<24} {''.join('_' if t == eot_id else '.' for t in tokens)}")
-    return "\n".join(lines)
-
-
 def miniature(seed: int, visible_length: bool, steps: int = 2000, questions: int = 400) -> dict:
     """python hex.py --miniature: train (or load the cached weights), decode the held-out prompts with every
-    method in one lockstep batch, print the table and the commit order of one collapsed long chain."""
+    method in one lockstep batch, print the table."""
     prompts, _, lengths = chain_examples(questions, torch.Generator().manual_seed(2510), visible_length)
     path = Path("results", "miniature", f"seed{seed}{'-visible' * visible_length}.pt")
     if path.exists():
@@ -699,16 +633,53 @@ def miniature(seed: int, visible_length: bool, steps: int = 2000, questions: int
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), path)
     out = decode(model, prompts, schedules=MINI_SCHEDULES, gen_length=64, steps=32, mask_id=MINI_MASK)
-    answers = out.sequences[..., -64:]  # (questions, K, 64)
-    figures = miniature_figures(answers, out.commit_steps, lengths)
-    q = int(((chain_answer(answers[:, 4]) != lengths) & (lengths > 8)).long().argmax())  # a collapsed long chain
-    print(
-        f"   {questions} held-out prompts ({int((lengths > 8).sum())} with k > 8), gen_length 64, steps 32, "
-        f"temperature 0\n{miniature_table(figures)}\n\n   Commit order of held-out prompt {q} (k = {lengths[q]}): "
-        f"the step that committed each position, '_' end-of-text\n"
-        f"{commit_order(MINI_LABELS, answers[q], out.commit_steps[q], EOT)}"
-    )
+    figures = miniature_figures(out.sequences[..., -64:], out.commit_steps, lengths)
+    print(f"   {questions} held-out prompts, gen_length 64, steps 32, temperature 0\n{miniature_table(figures)}")
     return figures
+
+
+# 10. Argument checks, each naming the argument and what it allows ----------------------------------------
+
+
+def _integer(name: str, value, minimum: int = 1) -> int:
+    """value as an int (numpy integers too), or a TypeError/ValueError that names the argument."""
+    if not hasattr(type(value), "__index__"):
+        raise TypeError(f"{name}={value!r} must be an int")
+    if isinstance(value, bool) or operator.index(value) < minimum:
+        raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
+    return operator.index(value)
+
+
+def _check_args(model, input_ids, attention_mask, gen_length, steps, mask_id, schedules, generator):
+    """Every argument check of `decode`, before any forward pass; returns the arguments as used."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.long or input_ids.dim() != 2:
+        raise TypeError("input_ids must be a 2-D torch.long tensor of shape (batch, prompt_length)")
+    if len(input_ids) == 0:
+        raise ValueError("input_ids holds no prompts: its shape must be (batch >= 1, prompt_length)")
+    if attention_mask is not None and getattr(attention_mask, "shape", None) != input_ids.shape:
+        raise ValueError(f"attention_mask must be a tensor of input_ids' shape {tuple(input_ids.shape)}")
+    gen_length = _integer("gen_length", gen_length)
+    steps = _integer("steps", steps)
+    mask_id = _integer("mask_id", mask_id, minimum=0)
+    try:  # a model without an input embedding to ask is checked after its first forward pass
+        vocab = model.get_input_embeddings().num_embeddings
+    except (AttributeError, NotImplementedError):
+        vocab = math.inf
+    if mask_id >= vocab:
+        raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (size {vocab})")
+    if (input_ids == mask_id).any():
+        raise ValueError(f"input_ids contain mask_id={mask_id}: the prompt must be fully unmasked")
+    schedules = list(schedules)
+    if not schedules or not all(isinstance(s, Schedule) for s in schedules):
+        raise TypeError(f"schedules={schedules!r} must be a non-empty sequence of hex.Schedule")
+    for s in schedules:
+        steps_per_block(gen_length, steps, s.block_length)
+    generators = list(generator) if isinstance(generator, (list, tuple)) else [generator] * len(schedules)
+    if len(generators) != len(schedules):
+        raise ValueError(f"generator: {len(generators)} generators for {len(schedules)} schedules; pass one or K")
+    if not all(g is None or isinstance(g, torch.Generator) for g in generators):
+        raise TypeError(f"generator={generator!r} must be a torch.Generator, None, or a list of them")
+    return gen_length, steps, mask_id, schedules, generators
 
 
 def main(argv: list[str] | None = None) -> None:
