@@ -494,7 +494,6 @@ DIGIT = 4
 FILLER = 14
 STEP = 114  # S_j is STEP + j - 1
 MINI_BLOCK_LENGTHS = (4, 8, 16, 32, 64)  # gen_length 64: block 64 is one block, the paper's Top-K baseline
-MINI_SCHEDULES = [Schedule(b) for b in MINI_BLOCK_LENGTHS] + [Schedule(64, "topk_margin")]
 MINI_LABELS = ["block 4", "block 8", "block 16", "block 32", "one block, Top-K", "one block, Top-K margin"]
 
 
@@ -580,11 +579,11 @@ def train_miniature(steps: int, seed: int, visible_length: bool, held_out: torch
 
 
 def miniature_figures(answers: torch.Tensor, commit_steps: torch.Tensor, lengths: torch.Tensor) -> dict:
-    """The paper's table in miniature from decodes (N, K, G) by MINI_SCHEDULES and the true lengths (N,): per
-    method, accuracy and its 95% Wilson interval over questions, accuracy on short (k <= 8) and on long chains;
-    per decoding rule the share of end-of-text among its first 16 commits and of chains cut short (the last
-    step written before ANS or end-of-text is below k); HEX (blocks 4-64, ties to the smaller block) and the
-    oracle; HEX minus the block chosen on the other half of the questions, paired."""
+    """The paper's table in miniature from decodes (N, K, G), blocks 4-64 then one-block Top-K margin, and the
+    true lengths (N,): per method, accuracy and its 95% Wilson interval over questions, accuracy on short
+    (k <= 8) and on long chains; per decoding rule the share of end-of-text among its first 16 commits and of
+    chains cut short (the last step written before ANS or end-of-text is below k); HEX (blocks 4-64, ties to
+    the smaller block) and the oracle; HEX minus the block chosen on the other half of the questions, paired."""
     stated = chain_answer(answers)  # (N, K)
     votes = torch.tensor([majority_vote([a or None for a in row[:5]])[0] or 0 for row in stated.tolist()])
     right = torch.cat([stated, votes[:, None]], 1) == lengths[:, None]
@@ -594,7 +593,7 @@ def miniature_figures(answers: torch.Tensor, commit_steps: torch.Tensor, lengths
     before_end = ((answers == EOT) | (answers == ANS)).cumsum(-1) == 0
     written = torch.where(before_end & (answers >= STEP), answers - STEP + 1, 0).amax(-1)  # (N, K)
     long = lengths > 8
-    interval = torch.tensor([wilson(int(c), len(right)) for c in right.sum(0)])  # (K + 2, 2)
+    interval = torch.tensor([wilson(int(c), len(right)) for c in right.sum(0)], dtype=torch.float64)  # (K + 2, 2)
     columns = [right.mean(0), *interval.T, right[~long].mean(0), right[long].mean(0), eot_first]
     columns.append((written.T < lengths).double().mean(1))  # chains cut short
     rows = {}
@@ -632,7 +631,8 @@ def miniature(seed: int, visible_length: bool, steps: int = 2000, questions: int
         model = train_miniature(steps, seed, visible_length, held_out=prompts)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), path)
-    out = decode(model, prompts, schedules=MINI_SCHEDULES, gen_length=64, steps=32, mask_id=MINI_MASK)
+    schedules = [Schedule(b) for b in MINI_BLOCK_LENGTHS] + [Schedule(64, "topk_margin")]
+    out = decode(model, prompts, schedules=schedules, gen_length=64, steps=32, mask_id=MINI_MASK)
     figures = miniature_figures(out.sequences[..., -64:], out.commit_steps, lengths)
     print(f"   {questions} held-out prompts, gen_length 64, steps 32, temperature 0\n{miniature_table(figures)}")
     return figures
