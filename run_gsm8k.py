@@ -25,13 +25,14 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import socket
 import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from itertools import product
+from itertools import combinations, product
 from pathlib import Path
 from statistics import fmean
 from typing import Any, Callable, TypedDict
@@ -41,7 +42,16 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from hex import MaskPredictorOutput, Schedule, decode, majority_vote, steps_per_block
+from hex import (
+    MaskPredictorOutput,
+    Schedule,
+    cross_fitted,
+    decode,
+    majority_vote,
+    paired_difference,
+    steps_per_block,
+    wilson,
+)
 
 RULES = ("authors", "robust")
 BASELINES = ("topk_margin", "low_confidence", "random")  # one block of gen_length; the name is the remasking
@@ -866,26 +876,6 @@ def verdicts(task: Task, record: Record, rule: str, tie_break: str) -> tuple[dic
     )
 
 
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion, clamped to [0, 1]."""
-    if n == 0:
-        return (0.0, 0.0)
-    p = correct / n
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n)))
-
-
-def paired_difference(first: list[bool], second: list[bool], z: float = 1.96) -> dict:
-    """Accuracy of `first` minus `second` over the same questions, with the 95% Wald interval for paired
-    proportions, (b - c) / n +- z sqrt(b + c - (b - c)^2 / n) / n, and the counts behind it."""
-    n, both = len(first), sum(x and y for x, y in zip(first, second))
-    b, c = sum(x and not y for x, y in zip(first, second)), sum(y and not x for x, y in zip(first, second))
-    d, half = (b - c) / n, z * math.sqrt(max(0.0, b + c - (b - c) ** 2 / n)) / n
-    return dict(
-        difference=d, ci95=(d - half, d + half), only_first=b, only_second=c, both=both, neither=n - b - c - both
-    )
-
-
 def collapsed(candidate: Candidate) -> bool:
     """The paper's [AfterEoT] collapse: the robust rule reads no answer and over half of the answer region is
     end-of-text (a complete answer followed by padding is not a collapse)."""
@@ -901,53 +891,89 @@ def eot_first_share(candidate: Candidate) -> float:
     return sum(candidate["end_of_text"][i] == "_" for i in first) / len(first)
 
 
-def votes_curve(
-    task: Task, records: list[Record], method: str, rule: str, tie_break: str, per_sample: int, samples: int
-) -> list[dict]:
-    """Accuracy and tie rate of `method`'s vote over its first s samples, s = 1..samples (per_sample votes each)."""
+def votes_curve(task: Task, records: list[Record], method: str, rule: str, tie_break: str, subsets: int = 50) -> list:
+    """For k = 1..n of `method`'s n candidates per question: the expected accuracy and tie rate of a vote over
+    k of them drawn at random (every k-subset where there are at most `subsets`, else `subsets` random ones
+    from a fixed seed; a subset keeps the candidates' order, so ties fall as in the full vote), and pass@k,
+    the unbiased chance that one of k is right, 1 - C(n - c, k) / C(n, k) (Chen et al. 2021); each averaged
+    over questions."""
+    draw = random.Random(0)
+    mine = [[c for c in r["candidates"] if c["method"] == method] for r in records]
+    n = len(mine[0])
     curve = []
-    for s in range(1, samples + 1) if samples > 1 else []:
-        voted = [
-            method_answers([c for c in r["candidates"] if c["method"] == method and c["sample"] < s], rule, tie_break)[
-                method
+    for k in range(1, n + 1) if n > 1 else []:
+        accuracy, ties, pass_at = [], [], []
+        for record, candidates in zip(records, mine):
+            answers = [c["answers"][rule] for c in candidates]
+            right = {a: is_correct(task, a, record["gold"][rule], rule) for a in answers}
+            if math.comb(n, k) <= subsets:
+                picks = list(combinations(range(n), k))
+            else:
+                picks = [sorted(draw.sample(range(n), k)) for _ in range(subsets)]
+            votes = [
+                majority_vote([answers[i] for i in p], [candidates[i]["score"] for i in p], tie_break) for p in picks
             ]
-            for r in records
-        ]
-        right = [is_correct(task, a, r["gold"][rule], rule) for (a, _), r in zip(voted, records)]
-        curve.append(dict(votes=s * per_sample, accuracy=fmean(right), tie_rate=fmean(tie for _, tie in voted)))
+            accuracy.append(fmean(right.get(a, False) for a, _ in votes))
+            ties.append(fmean(tie for _, tie in votes))
+            pass_at.append(1 - math.comb(n - sum(right[a] for a in answers), k) / math.comb(n, k))
+        curve.append(dict(votes=k, accuracy=fmean(accuracy), tie_rate=fmean(ties), pass_at_k=fmean(pass_at)))
     return curve
 
 
 def agreement(records: list[Record], oks: list[list[bool]], rule: str) -> dict:
-    """Expert diversity: for each pair of groups (each HEX block length; SC's samples as one group), the share of
-    candidate pairs of a question, one from each group (never a candidate with itself), that give the same
-    readable answer, and the share where exactly one of the two is right; averaged over questions."""
+    """Expert diversity: for each pair of groups (each HEX block length; SC's samples as one group), over the
+    pairs of a question's candidates, one from each group (never a candidate with itself): the share that give
+    the same answer among the pairs where both answers are readable, and the share where exactly one of the two
+    is right; averaged over questions. Beside them, each group's share of unreadable answers."""
     blocks = sorted({c["block_length"] for r in records for c in r["candidates"] if c["method"] == "hex"})
     groups = [(f"block {b}", lambda c, b=b: c["method"] == "hex" and c["block_length"] == b) for b in blocks]
-    groups += [("SC", lambda c: c["method"] == "sc")] * any(c["method"] == "sc" for c in records[0]["candidates"])
-    agree, one_right = ([[None] * len(groups) for _ in groups] for _ in range(2))  # None: no such pairs
+    if any(c["method"] == "sc" for c in records[0]["candidates"]):
+        groups.append(("SC", lambda c: c["method"] == "sc"))
     members = [[[x for x, c in enumerate(r["candidates"]) if belongs(c)] for r in records] for _, belongs in groups]
+    agree = [[None] * len(groups) for _ in groups]  # None: no such pairs
+    one_right = [[None] * len(groups) for _ in groups]
     for i, j in product(range(len(groups)), repeat=2):
-        same, single = [], []
-        for record, ok, xs, ys in zip(records, oks, members[i], members[j]):  # xs, ys: the two groups' candidates
+        same = []
+        single = []
+        for record, ok, xs, ys in zip(records, oks, members[i], members[j]):
             answers = [c["answers"][rule] for c in record["candidates"]]
-            if pairs := [(x, y) for x in xs for y in ys if x != y]:
-                same.append(fmean(answers[x] is not None and answers[x] == answers[y] for x, y in pairs))
+            pairs = [(x, y) for x in xs for y in ys if x != y]
+            readable = [(x, y) for x, y in pairs if answers[x] is not None and answers[y] is not None]
+            if readable:
+                same.append(fmean(answers[x] == answers[y] for x, y in readable))
+            if pairs:
                 single.append(fmean(ok[x] != ok[y] for x, y in pairs))
-        if same:
-            agree[i][j], one_right[i][j] = fmean(same), fmean(single)
-    return dict(groups=[label for label, _ in groups], agree=agree, exactly_one_right=one_right)
+        agree[i][j] = fmean(same) if same else None
+        one_right[i][j] = fmean(single) if single else None
+    unreadable = [
+        fmean(r["candidates"][x]["answers"][rule] is None for r, xs in zip(records, group) for x in xs)
+        for group in members
+    ]
+    labels = [label for label, _ in groups]
+    return dict(groups=labels, agree=agree, exactly_one_right=one_right, unreadable=unreadable)
+
+
+def question_accuracy(records: list[Record], oks: list[list[bool]], belongs: Callable) -> dict:
+    """Accuracy of the candidates that `belongs` picks, counted over questions: each question's share of right
+    ones, averaged, with a Wilson interval on the number of questions (not of candidates: a question's samples
+    are not independent)."""
+    shares = [fmean(o for c, o in zip(r["candidates"], ok) if belongs(c)) for r, ok in zip(records, oks)]
+    return dict(accuracy=fmean(shares), ci95=wilson(sum(shares), len(shares)))
 
 
 def summarize(records: list[Record], settings: dict, rule: str, methods: list[str] | None = None) -> dict:
     """Every reported figure under `rule` (the other rule's accuracy beside), from the records alone; only
-    `methods` (default: the run's) in the methods table."""
-    task, other, tie_break = TASKS[settings["task"]], RULES[1 - RULES.index(rule)], settings["tie_break"]
+    `methods` (default: the run's) in the methods table. Accuracies and differences are fractions."""
+    task = TASKS[settings["task"]]
+    other = RULES[1 - RULES.index(rule)]
+    tie_break = settings["tie_break"]
     judged = {r: [verdicts(task, record, r, tie_break) for record in records] for r in RULES}
-    oks, table, experts = [ok for _, ok in judged[rule]], {}, {}
-    for m in [m for m in settings["methods"] if m in (methods or settings["methods"])]:
+    oks = [ok for _, ok in judged[rule]]
+    shown = [m for m in settings["methods"] if m in (methods or settings["methods"])]
+    table = {}
+    for m in shown:
         right = [v[m][2] for v, _ in judged[rule]]
-        mine = [[(c, o) for c, o in zip(r["candidates"], ok) if c["method"] == m] for r, ok in zip(records, oks)]
+        mine = [c for r in records for c in r["candidates"] if c["method"] == m]
         table[m] = dict(
             paper_name=PAPER_NAMES[m],
             accuracy=fmean(right),
@@ -955,74 +981,76 @@ def summarize(records: list[Record], settings: dict, rule: str, methods: list[st
             correct=sum(right),
             other_rule_accuracy=fmean(v[m][2] for v, _ in judged[other]),
             tie_rate=fmean(v[m][1] for v, _ in judged[rule]),
-            oracle=fmean(any(o for _, o in q) for q in mine),
-            collapse_rate=fmean(collapsed(c) for q in mine for c, _ in q),
-            eot_first_share=fmean(eot_first_share(c) for q in mine for c, _ in q),
+            oracle=fmean(
+                any(o for c, o in zip(r["candidates"], ok) if c["method"] == m) for r, ok in zip(records, oks)
+            ),
+            collapse_rate=fmean(map(collapsed, mine)),
+            eot_first_share=fmean(map(eot_first_share, mine)),
         )
-    for b in sorted({c["block_length"] for r in records for c in r["candidates"] if c["method"] == "hex"}):
-        mine = [
-            (c, o, p)
-            for r, ok, (_, other_ok) in zip(records, oks, judged[other])  # p: right by the other rule
-            for c, o, p in zip(r["candidates"], ok, other_ok)
-            if c["method"] == "hex" and c["block_length"] == b
-        ]
-        experts[b] = dict(
-            accuracy=fmean(o for _, o, _ in mine),
-            ci95=wilson(sum(o for _, o, _ in mine), len(mine)),
-            candidates=len(mine),
-            other_rule_accuracy=fmean(p for _, _, p in mine),
-            collapse_rate=fmean(collapsed(c) for c, _, _ in mine),
-            eot_first_share=fmean(eot_first_share(c) for c, _, _ in mine),
-        )
-
-    def curve(m, per, n):
-        return votes_curve(task, records, m, rule, tie_break, per, n) if m in table else []
-
+    experts = {}
+    if "hex" in shown:
+        for b in settings["block_lengths"]:
+            mine = [c for r in records for c in r["candidates"] if c["method"] == "hex" and c["block_length"] == b]
+            experts[b] = question_accuracy(
+                records, oks, lambda c, b=b: c["method"] == "hex" and c["block_length"] == b
+            )
+            experts[b] |= dict(
+                other_rule_accuracy=question_accuracy(
+                    records,
+                    [ok for _, ok in judged[other]],
+                    lambda c, b=b: c["method"] == "hex" and c["block_length"] == b,
+                )["accuracy"],
+                collapse_rate=fmean(map(collapsed, mine)),
+                eot_first_share=fmean(map(eot_first_share, mine)),
+            )
+    curves = {m: votes_curve(task, records, m, rule, tie_break) for m in ("hex", "sc") if m in shown}
     return dict(
         task=settings["task"],
         questions=len(records),
         answer_rule=rule,
         other_rule=other,
+        units="accuracies, rates and differences are fractions of questions (printed as % and points)",
         methods=table,
         block_lengths=experts,
-        paired=paired_comparisons(records, judged[rule], table, experts),
-        hex_vs_votes=curve("hex", len(settings["block_lengths"]), settings["samples_per_block"]),
-        sc_vs_votes=curve("sc", 1, settings["sc_samples"]),
-        agreement=agreement(records, oks, rule),
+        paired=paired_comparisons(records, judged[rule], shown) if "hex" in shown else {},
+        votes=curves,
+        agreement=agreement(records, oks, rule) if "hex" in shown else dict(groups=[]),
         forward_calls_per_question=fmean(r["forward_calls"] for r in records),
         seconds_per_question=fmean(r["seconds"] for r in records),
         settings=settings,
     )
 
 
-def paired_comparisons(records: list[Record], judged: list, table: dict, experts: dict) -> dict:
-    """HEX minus SC, and HEX minus its best single expert (block length by accuracy, sample 0): the paper's
-    claim and its control, over the same questions."""
-    if "hex" not in table:
-        return {}
-    hex_right, best = [v["hex"][2] for v, _ in judged], max(experts, key=lambda b: (experts[b]["accuracy"], -b))
-    expert = [
-        next(
-            o
-            for c, o in zip(r["candidates"], ok)
-            if c["method"] == "hex" and c["block_length"] == best and c["sample"] == 0
-        )
-        for r, (_, ok) in zip(records, judged)
-    ]
-    return ({"HEX - SC": paired_difference(hex_right, [v["sc"][2] for v, _ in judged])} if "sc" in table else {}) | {
-        f"HEX - best expert (block {best})": paired_difference(hex_right, expert)
-    }
+def paired_comparisons(records: list[Record], judged: list, shown: list[str]) -> dict:
+    """HEX minus SC; minus each block length alone (its sample 0; block 32 is the schedule LLaDA and d1 fix in
+    advance); minus the best block length chosen on the other half of the questions (two-fold cross-fitting,
+    never scored on the questions it was chosen on): the paper's claim and its controls, on the same questions,
+    with Agresti-Min paired intervals."""
+    hex_right = [v["hex"][2] for v, _ in judged]
+    others = {"HEX - SC": [v["sc"][2] for v, _ in judged]} if "sc" in shown else {}
+    alone = {}
+    for r, (_, ok) in zip(records, judged):
+        for c, o in zip(r["candidates"], ok):
+            if c["method"] == "hex" and c["sample"] == 0:
+                alone.setdefault(c["block_length"], []).append(o)
+    for b, right in alone.items():
+        others[f"HEX - block {b}" + " (fixed in advance)" * (b == 32)] = right
+    chosen_right, chosen = cross_fitted(alone)
+    others[f"HEX - best block chosen on the other half (blocks {chosen[0]}, {chosen[1]})"] = chosen_right
+    return {name: paired_difference(hex_right, right) for name, right in others.items()}
 
 
 def protocol(settings: dict) -> str:
     """The run's protocol in one line, as the paper states it."""
-    k, text = settings["samples_per_block"], f"gen_length {settings['gen_length']}, steps {settings['steps']}"
+    k = settings["samples_per_block"]
+    text = f"gen_length {settings['gen_length']}, steps {settings['steps']}"
     if "hex" in settings["methods"]:
         ties = dict(first="the answer seen first (the authors' rule)", likelihood="the higher likelihood score")
         blocks = settings["block_lengths"]
         text += (
             f", HEX block lengths {' '.join(map(str, blocks))}, temperature {settings['temperature']:g}, {k} "
-            f"sample{'s' * (k > 1)} per block length ({k * len(blocks)} votes), ties to {ties[settings['tie_break']]}"
+            f"sample{'s' * (k > 1)} per block length ({k * len(blocks)} vote{'s' * (k * len(blocks) > 1)}), "
+            f"ties to {ties[settings['tie_break']]}"
         )
     if "sc" in settings["methods"]:
         text += (
@@ -1033,70 +1061,75 @@ def protocol(settings: dict) -> str:
 
 
 def summary_table(summary: dict) -> str:
-    """The summary as plain text, in the paper's words."""
+    """The summary as plain text, in the paper's words: accuracies in %, differences in points."""
 
     def pct(x):
         return "      -" if x is None else f"{100 * x:6.2f}%"
 
-    rule, other, settings = summary["answer_rule"], summary["other_rule"], summary["settings"]
+    rule = summary["answer_rule"]
+    other = summary["other_rule"]
+    settings = summary["settings"]
+    n = summary["questions"]
     lines = [
-        f"{TASKS[summary['task']].title}, {summary['questions']} questions; {protocol(settings)}",
-        f"answers read by the {rule} rule ({other} rule beside)",
+        f"{TASKS[summary['task']].title}, {n} question{'s' * (n > 1)}; {protocol(settings)}",
+        f"answers read by the {rule} rule ({other} rule beside); every interval is 95% over questions",
         f"{'method':<30}{'accuracy':>9}  {'95% interval':<18}{other:>9}{'tie rate':>10}{'oracle':>9}{'collapse':>10}"
         f"{'EoT-first':>10}",
     ]
-    rows = [(f"{v['paper_name']} ({m})", v, m in ("hex", "sc")) for m, v in summary["methods"].items()]
-    for label, v, votes in rows + [
-        (f"  HEX expert, block {b}", v, False) for b, v in summary["block_lengths"].items()
-    ]:
+    rows = [(f"{v['paper_name']} ({m})", v) for m, v in summary["methods"].items()]
+    for label, v in rows + [(f"  HEX expert, block {b}", v) for b, v in summary["block_lengths"].items()]:
         lines.append(
             f"{label:<30}{pct(v['accuracy']):>9}  [{pct(v['ci95'][0])}, {pct(v['ci95'][1])}]"
-            f"{pct(v['other_rule_accuracy']):>9}{pct(v['tie_rate']) if votes else '':>10}"
-            f"{pct(v['oracle']) if votes else '':>9}{pct(v['collapse_rate']):>10}"
-            f"{pct(v['eot_first_share']):>10}"
+            f"{pct(v['other_rule_accuracy']):>9}{pct(v.get('tie_rate')):>10}{pct(v.get('oracle')):>9}"
+            f"{pct(v['collapse_rate']):>10}{pct(v['eot_first_share']):>10}"
         )
-    lines += [
-        f"{PAPER_NAMES[m]} with {v['votes']:>3} votes: accuracy {pct(v['accuracy'])}, tie rate {pct(v['tie_rate'])}"
-        for m in ("hex", "sc")
-        for v in summary[f"{m}_vs_votes"]
-    ]
-    lines += [
-        f"{name}: {100 * p['difference']:+.2f} points [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}] "
-        f"(paired 95%); only HEX right {p['only_first']}, only the other {p['only_second']}, both {p['both']}, "
-        f"neither {p['neither']}"
-        for name, p in summary["paired"].items()
-    ]
-    if len((table := summary["agreement"])["groups"]) > 1:
+    for m, curve in summary["votes"].items():
         lines.append(
-            "expert agreement: same readable answer / exactly one right, per pair of candidates\n  "
-            + " " * 9
-            + "".join(f"{g:>17}" for g in table["groups"])
+            f"{PAPER_NAMES[m]}, a vote over k random candidates (expected) -- k: accuracy / tie rate / pass@k"
         )
-        lines += [
-            f"  {g:<9}" + "".join(f"{pct(a).strip() + ' / ' + pct(o).strip():>17}" for a, o in zip(agree, one))
-            for g, agree, one in zip(table["groups"], table["agree"], table["exactly_one_right"])
+        cells = [
+            f"{v['votes']}: {100 * v['accuracy']:.1f} / {100 * v['tie_rate']:.1f} / {100 * v['pass_at_k']:.1f}"
+            for v in curve
         ]
+        lines += ["  " + "   ".join(cells[i : i + 6]) for i in range(0, len(cells), 6)]
+    for name, p in summary["paired"].items():
+        lines.append(
+            f"{name}: {100 * p['difference']:+.2f} points [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}] "
+            f"(paired, Agresti-Min); only HEX right {p['only_first']}, only the other {p['only_second']}"
+        )
+    table = summary["agreement"]
+    if len(table["groups"]) > 1:
+        lines.append(
+            "agreement per pair of candidates: same answer (pairs where both are readable) / exactly one right\n"
+            f"  {'':<9}" + "".join(f"{g:>17}" for g in table["groups"]) + f"{'unreadable':>12}"
+        )
+        for g, agree, one, lost in zip(
+            table["groups"], table["agree"], table["exactly_one_right"], table["unreadable"]
+        ):
+            cells = "".join(f"{pct(a).strip() + ' / ' + pct(o).strip():>17}" for a, o in zip(agree, one))
+            lines.append(f"  {g:<9}{cells}{pct(lost):>12}")
+        lines.append(
+            "  a fair test of 'two schedules agree less than two samples of one' compares pairs at one temperature:"
+            "\n  --temperature 0.7 --samples-per-block 2 gives same-schedule pairs beside the cross-schedule ones"
+        )
     lines.append(
         f"oracle: some candidate is right; collapse: no readable answer (robust rule) and over "
         f"{COLLAPSE_THRESHOLD:.0%} end-of-text (the [AfterEoT] collapse);\nEoT-first: end-of-text among the "
-        "first quarter of committed answer tokens (Fig. 2); no figure of SC is published"
+        "first quarter of committed answer tokens (Fig. 2); an expert's accuracy is over questions, each question's "
+        "share of right samples; no figure of SC is published"
     )
-    lines += [
-        f"run on {e['device_name']} ({settings['dtype']}, torch {e['torch']}, transformers {e['transformers']}, "
-        f"{e['world_size']} process(es), mask id {e['mask_id']})"
-        for e in settings.get("environments", [])
-    ]
-    lines += [
-        f"rescored without the model on {r['at']} (answers re-read by the rules of that time)"
-        for r in settings.get("rescored", [])
-    ]
-    return "\n".join(
-        lines
-        + [
-            f"{summary['forward_calls_per_question']:.1f} forward calls and "
-            f"{summary['seconds_per_question']:.2f} s per question"
-        ]
+    for e in settings.get("environments", []):
+        lines.append(
+            f"run on {e['device_name']} ({settings['dtype']}, torch {e['torch']}, transformers {e['transformers']}, "
+            f"{e['world_size']} process(es), mask id {e['mask_id']})"
+        )
+    for r in settings.get("rescored", []):
+        lines.append(f"rescored without the model on {r['at']} (answers re-read by the rules of that time)")
+    lines.append(
+        f"{summary['forward_calls_per_question']:.1f} forward calls and {summary['seconds_per_question']:.2f} s per "
+        "question"
     )
+    return "\n".join(lines)
 
 
 # 7. The figure, drawn from the records alone -----------------------------------------------------------
@@ -1118,18 +1151,24 @@ PAPER_GSM8K_VOTES = [
 
 
 def write_figures(summary: dict, records: list[Record], path: Path) -> None:
-    """One PNG: accuracy per method and per HEX expert with 95% intervals (the paper's bars, its figures marked
-    where this run follows its protocol); accuracy and tie rate against votes for HEX and SC (its scaling
-    plot); the step that committed each answer position of one question (its Fig. 2); how often experts agree."""
+    """One PNG: accuracy per method and per HEX expert with 95% intervals over questions (the paper's bars, its
+    figures marked only where this run is its setting); expected accuracy, tie rate and pass@k against votes for
+    HEX and SC (its scaling plot); the step that committed each answer position of one question (its Fig. 2);
+    how often experts agree."""
     from matplotlib.figure import Figure  # no pyplot: no window, no global state
 
     settings = summary["settings"]
-    paper = (settings["gen_length"], settings["steps"], settings["block_lengths"]) == (256, 128, [8, 16, 32, 64, 128])
+    paper = "llada-8b-instruct" in settings["model"].lower() and (
+        settings["gen_length"],
+        settings["steps"],
+        settings["block_lengths"],
+    ) == (256, 128, [8, 16, 32, 64, 128])
     fig = Figure(figsize=(14, 9), layout="constrained")
     axes = fig.subplots(2, 2)
+    n = summary["questions"]
     fig.suptitle(
-        f"{TASKS[summary['task']].title}, {summary['questions']} questions, {summary['answer_rule']} rule\n"
-        f"{protocol(settings)}",
+        f"{settings['model']} on {TASKS[summary['task']].title}, {n} question{'s' * (n > 1)}, "
+        f"{summary['answer_rule']} rule (this run, not the paper's figures)\n{protocol(settings)}",
         fontsize=9,
     )
     _accuracy_bars(axes[0, 0], summary, paper)
@@ -1137,125 +1176,77 @@ def write_figures(summary: dict, records: list[Record], path: Path) -> None:
     record = next((r for r in records if any(map(collapsed, r["candidates"]))), records[0])
     rows = [c for c in record["candidates"] if c["sample"] == 0]
     labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
-    _heatmap(
-        fig,
-        axes[1, 0],
-        [c["commit_order"] for c in rows],
-        labels,
-        None,
-        "viridis",
-        "step",
-        f"Commit order, question {record['id']}: the step that committed each position (x: end-of-text)",
-        settings["steps"] - 1,
-    )
-    axes[1, 0].scatter(
-        *zip(
-            *[(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
-            or [(math.nan, math.nan)]
-        ),
-        marker="x",
-        s=12,
-        color="red",
-    )
-    if (table := summary["agreement"])["groups"]:
-        _heatmap(
-            fig,
-            axes[1, 1],
-            [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]],
-            table["groups"],
-            table["groups"],
-            "magma",
-            "%",
-            "Expert diversity: % of candidate pairs, same answer",
-            100,
-        )
+    title = f"Commit order, question {record['id']}: the step that committed each position (red |: end-of-text)"
+    _heatmap(fig, axes[1, 0], [c["commit_order"] for c in rows], labels, None, "step", title, settings["steps"] - 1)
+    ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
+    if ends:
+        width = min(1.0, 64 / settings["gen_length"])  # thin marks at gen_length 256, each still its own
+        axes[1, 0].scatter(*zip(*ends), marker="|", s=60, linewidths=width, color="red")
+    table = summary["agreement"]
+    if table["groups"]:
+        values = [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]]
+        title = "Expert agreement: % of candidate pairs with the same answer, both readable"
+        _heatmap(fig, axes[1, 1], values, table["groups"], table["groups"], "%", title, 100)
     else:
         axes[1, 1].set_axis_off()
     fig.savefig(path, dpi=100, format="png")
 
 
 def _accuracy_bars(ax, summary: dict, paper: bool) -> None:
-    bars = [
-        (v["paper_name"], v, dict(hex="tab:blue", sc="tab:purple").get(m, "tab:gray"), m)
-        for m, v in summary["methods"].items()
-    ] + [(f"block {b}", v, "tab:cyan", None) for b, v in summary["block_lengths"].items()]
+    colours = dict(hex="tab:blue", sc="tab:purple")
+    bars = [(v["paper_name"], v, colours.get(m, "tab:gray"), m) for m, v in summary["methods"].items()]
+    bars += [(f"block {b}", v, "tab:cyan", None) for b, v in summary["block_lengths"].items()]
     heights = [100 * v["accuracy"] for _, v, _, _ in bars]
-    ax.bar(
-        range(len(bars)),
-        heights,
-        color=[c for _, _, c, _ in bars],
-        edgecolor="black",
-        capsize=4,
-        yerr=[
-            [h - 100 * v["ci95"][0] for h, (_, v, _, _) in zip(heights, bars)],
-            [100 * v["ci95"][1] - h for h, (_, v, _, _) in zip(heights, bars)],
-        ],
-    )
+    below = [h - 100 * v["ci95"][0] for h, (_, v, _, _) in zip(heights, bars)]
+    above = [100 * v["ci95"][1] - h for h, (_, v, _, _) in zip(heights, bars)]
+    colour = [c for _, _, c, _ in bars]
+    ax.bar(range(len(bars)), heights, color=colour, edgecolor="black", capsize=4, yerr=[below, above])
     for i, h in enumerate(heights):  # the edge and the label keep a 0% bar visible
         ax.annotate(f"{h:.1f}%", (i, h), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
-    if paper and (
-        reported := [
-            (i, PAPER_ACCURACY[summary["task"]][m])
-            for i, (*_, m) in enumerate(bars)
-            if m in PAPER_ACCURACY[summary["task"]]
-        ]
-    ):
+    published = PAPER_ACCURACY[summary["task"]]
+    reported = [(i, published[m]) for i, (*_, m) in enumerate(bars) if m in published]
+    if paper and reported:
         protocol_of_hex = "5 votes, temperature 0" if summary["task"] == "gsm8k" else "its best, protocol not stated"
-        ax.scatter(
-            *zip(*reported),
-            marker="_",
-            s=600,
-            color="tab:red",
-            zorder=3,
-            label=f"the paper's table (LLaDA-8B-Instruct; HEX: {protocol_of_hex})",
-        )
+        label = f"the paper's table (LLaDA-8B-Instruct; HEX: {protocol_of_hex})"
+        ax.scatter(*zip(*reported), marker="_", s=600, color="tab:red", zorder=3, label=label)
         ax.legend(loc="upper right", fontsize=8)
     ax.set_xticks(range(len(bars)), [label for label, *_ in bars], rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="accuracy (%), 95% interval", ylim=(0, 105), title="Methods and each HEX expert alone")
+    ax.set(ylabel="accuracy (%), 95% interval over questions", ylim=(0, 105), title="Methods and each HEX expert")
 
 
 def _votes_plot(ax, summary: dict, paper: bool) -> None:
-    for m, colour in (("hex", "tab:blue"), ("sc", "tab:purple")):
-        if curve := summary[f"{m}_vs_votes"]:
-            votes = [v["votes"] for v in curve]
-            ax.plot(
-                votes, [100 * v["accuracy"] for v in curve], "o-", color=colour, label=f"{PAPER_NAMES[m]} accuracy"
-            )
-            ax.plot(
-                votes,
-                [100 * v["tie_rate"] for v in curve],
-                "s--",
-                color=colour,
-                alpha=0.6,
-                label=f"{PAPER_NAMES[m]} tie rate",
-            )
-    if paper and summary["hex_vs_votes"]:
+    from matplotlib.ticker import MaxNLocator
+
+    styles = dict(hex=dict(color="tab:blue", linewidth=4, alpha=0.45), sc=dict(color="tab:purple", linewidth=1.5))
+    for m, curve in summary["votes"].items():  # HEX broad and pale under SC: equal curves both stay visible
+        votes = [v["votes"] for v in curve]
+        name = PAPER_NAMES[m]
+        ax.plot(votes, [100 * v["accuracy"] for v in curve], "o-", label=f"{name}, expected accuracy", **styles[m])
+        ax.plot(votes, [100 * v["tie_rate"] for v in curve], "s--", label=f"{name}, tie rate", **styles[m])
+        ax.plot(votes, [100 * v["pass_at_k"] for v in curve], "^:", label=f"{name}, pass@k", **styles[m])
+    if paper and "hex" in summary["votes"]:
         n, accuracy, tie = zip(*PAPER_GSM8K_VOTES)
-        ax.plot(
-            n, accuracy, "o:", color="tab:red", alpha=0.5, label="HEX accuracy, the paper (temperature not stated)"
-        )
+        label = "HEX accuracy, the paper (seeds x 5 blocks; temperature not stated)"
+        ax.plot(n, accuracy, "o:", color="tab:red", alpha=0.5, label=label)
         ax.plot(n, tie, "s:", color="tab:red", alpha=0.3, label="HEX tie rate, the paper")
-    ax.set(
-        xlabel="votes",
-        ylabel="%",
-        ylim=(0, 105),
-        title="Accuracy against the number of votes (one sample per schedule: none)"
-        if not ax.lines
-        else "Accuracy against the number of votes",
-    )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    title = "A vote over k candidates drawn at random" if ax.lines else "Votes: one candidate per method, no curve"
+    ax.set(xlabel="votes k", ylabel="%", ylim=(0, 105), title=title)
     if ax.lines:
         ax.legend(fontsize=8)
 
 
-def _heatmap(
-    fig, ax, values: list, rows: list[str], columns: list[str] | None, cmap: str, unit: str, title: str, vmax: float
-):
-    image = ax.imshow(values, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0, vmax=vmax)
+def _heatmap(fig, ax, values: list, rows: list[str], columns: list[str] | None, unit: str, title: str, vmax: float):
+    """values as an image on a fixed scale; with columns, each cell labelled in a colour legible on it."""
+    image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=vmax)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
-    for i, j, v in ((i, j, v) for i, row in enumerate(values) for j, v in enumerate(row) if columns and v == v):
-        ax.annotate(f"{v:.0f}", (j, i), ha="center", va="center", fontsize=8, color="grey")
     if columns:
         ax.set_xticks(range(len(columns)), columns, fontsize=8)
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                if v == v:  # not NaN
+                    ink = "black" if v > vmax / 2 else "white"  # viridis is dark low, light high
+                    ax.annotate(f"{v:.0f}", (j, i), ha="center", va="center", fontsize=8, color=ink)
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, label=unit, fraction=0.03)
 

@@ -2064,16 +2064,15 @@ def test_checkpoint_unrelated_files_beside_the_results_are_never_merged(checkpoi
     assert (tmp_path / "o.partial.jsonl").exists() and (tmp_path / "o.part1.jsonl.bak").exists()
 
 
-def test_checkpoint_summary_numbers_stay_in_range():
-    assert R.wilson(0, 4)[0] == 0.0 and R.wilson(4, 4)[1] == 1.0
-    assert all(0.0 <= x <= 1.0 for n in (1, 2, 7) for k in range(n + 1) for x in R.wilson(k, n))
-
-
-def test_checkpoint_no_scaling_rows_with_one_sample(checkpoint, data, tmp_path, capsys):
-    summary = run(
-        checkpoint, data, tmp_path / "o.jsonl", "--limit", "1", "--samples-per-block", "1", "--methods", "hex"
-    )
-    assert summary["hex_vs_votes"] == [] and "votes:" not in capsys.readouterr().out
+def test_checkpoint_one_sample_per_block_votes_over_experts_drawn_at_random(checkpoint, data, tmp_path, capsys):
+    summary = run(checkpoint, data, tmp_path / "o.jsonl", "--samples-per-block", "1", "--methods", "hex", "random")
+    curve = summary["votes"]["hex"]
+    assert [v["votes"] for v in curve] == [1, 2, 3] and "sc" not in summary["votes"]
+    experts = [v["accuracy"] for v in summary["block_lengths"].values()]
+    assert curve[0]["accuracy"] == pytest.approx(sum(experts) / 3), "one expert drawn at random"
+    assert curve[2]["accuracy"] == summary["methods"]["hex"]["accuracy"], "all three: HEX itself"
+    assert curve[2]["pass_at_k"] == summary["methods"]["hex"]["oracle"]
+    assert "HEX, a vote over k random candidates" in capsys.readouterr().out
 
 
 def start_long_run(checkpoint, tmp_path):
@@ -2192,13 +2191,15 @@ def test_checkpoint_torchrun_two_ranks_match_one_process_and_resume(checkpoint, 
 def test_paired_difference_interval_and_counts_by_hand():
     first, second = [True, True, False, False, True], [True, False, True, False, False]
     p = R.paired_difference(first, second)
-    assert (p["only_first"], p["only_second"], p["both"], p["neither"]) == (2, 1, 1, 1)
-    half = 1.96 * math.sqrt(2 + 1 - (2 - 1) ** 2 / 5) / 5
-    assert p["difference"] == pytest.approx(0.2) and p["ci95"] == pytest.approx((0.2 - half, 0.2 + half))
-    assert R.paired_difference([True] * 3, [True] * 3)["ci95"] == (0.0, 0.0)
+    assert (p["only_first"], p["only_second"]) == (2, 1)
+    # Agresti-Min: 1/2 added to each cell, n + 2 = 7; d = (2.5 - 1.5) / 7; SE = sqrt(4 - 1 / 7) / 7
+    d, half = 1 / 7, 1.96 * math.sqrt(2.5 + 1.5 - 1 / 7) / 7
+    assert p["difference"] == pytest.approx(0.2) and p["ci95"] == pytest.approx((d - half, d + half))
+    low, high = R.paired_difference([True] * 3, [True] * 3)["ci95"]
+    assert low < -0.3 and high > 0.3, "three concordant questions leave the difference open"
 
 
-def hand_record(answers: dict, gold: float) -> dict:
+def hand_record(answers: dict, gold: float, question: int = 0) -> dict:
     """A record made by hand: {(method, block_length, sample): answer}."""
     candidates = [
         dict(
@@ -2213,7 +2214,15 @@ def hand_record(answers: dict, gold: float) -> dict:
         )
         for (m, b, s), a in answers.items()
     ]
-    return dict(id=0, question="", gold={"authors": gold, "robust": gold}, candidates=candidates)
+    return dict(
+        id=question,
+        question="",
+        gold={"authors": gold, "robust": gold},
+        candidates=candidates,
+        forward_calls=1.0,
+        seconds=0.0,
+        batch_size=1,
+    )
 
 
 def test_agreement_matrix_by_hand():
@@ -2228,10 +2237,64 @@ def test_agreement_matrix_by_hand():
     table = R.agreement(records, oks, "authors")
     assert table["groups"] == ["block 4", "block 8", "SC"]
     agree, one = table["agree"], table["exactly_one_right"]
-    assert agree[0][1] == agree[1][0] == (1 + 0) / 2  # same answer in question 0; None never agrees
+    # block 8 is unreadable in question 1: that pair is left out, so blocks 4 and 8 agree where both read
+    assert agree[0][1] == agree[1][0] == 1.0
+    assert agree[1][2] == 1 / 2  # question 0 only: SC's 2.0 and 1.0 against block 8's 1.0
     assert agree[0][2] == (1 / 2 + 2 / 2) / 2 and agree[2][2] == (0 + 1) / 2  # SC's two samples with each other
     assert agree[0][0] is None, "one sample of a block length: no pair within it"
     assert one[0][2] == (1 / 2 + 0) / 2 and one[1][2] == (1 / 2 + 0) / 2 and one[2][2] == (1 + 0) / 2
+    assert table["unreadable"] == [0.0, 1 / 2, 0.0], "each group's share of unreadable answers"
+
+
+def test_votes_curve_averages_every_subset_and_pass_at_k_by_hand():
+    # four HEX candidates: 1, 1, 2, None; gold 2. k = 2 subsets in order: (1,1) (1,2) (1,None) (1,2) (1,None)
+    # (2,None): votes 1, 1 tie, 1, 1 tie, 1, 2 -> right in 1 of 6; ties in 2 of 6
+    record = hand_record({("hex", 4, 0): 1.0, ("hex", 8, 0): 1.0, ("hex", 16, 0): 2.0, ("hex", 32, 0): None}, 2.0)
+    curve = R.votes_curve(R.TASKS["gsm8k"], [record], "hex", "authors", "first")
+    assert [v["votes"] for v in curve] == [1, 2, 3, 4]
+    assert curve[0]["accuracy"] == 1 / 4 and curve[1]["accuracy"] == 1 / 6 and curve[1]["tie_rate"] == 2 / 6
+    assert [v["pass_at_k"] for v in curve] == pytest.approx([1 / 4, 1 / 2, 3 / 4, 1.0])  # 1 - C(3, k) / C(4, k)
+    assert curve[3]["accuracy"] == 0.0, "all four: 1 wins"
+
+
+def test_votes_curve_draws_random_subsets_with_a_fixed_seed():
+    answers = {("sc", 32, s): float(s % 3) for s in range(12)}  # C(12, 6) = 924 subsets: 50 are drawn
+    records = [hand_record(answers, 0.0, question=q) for q in range(3)]
+    curve = R.votes_curve(R.TASKS["gsm8k"], records, "sc", "authors", "first")
+    assert curve == R.votes_curve(R.TASKS["gsm8k"], records, "sc", "authors", "first"), "fixed seed"
+    assert 0.0 < curve[5]["accuracy"] < 1.0 and curve[11]["accuracy"] == 1.0  # all 12: 0, 1, 2 tie, 0 first
+    assert curve[0]["pass_at_k"] == pytest.approx(4 / 12)
+
+
+def test_an_expert_interval_counts_questions_not_samples():
+    # six questions, two samples of block 4 each, right in 4 of 12 (two questions both right, none split)
+    records = [
+        hand_record({("hex", 4, 0): float(q < 2), ("hex", 4, 1): float(q < 2)}, 1.0, question=q) for q in range(6)
+    ]
+    settings = dict(task="gsm8k", methods=["hex"], block_lengths=[4], tie_break="first", samples_per_block=2)
+    expert = R.summarize(records, settings, "authors")["block_lengths"][4]
+    assert expert["accuracy"] == 2 / 6
+    assert expert["ci95"] == R.wilson(2, 6), "six questions, not twelve candidates"
+    assert expert["ci95"] != R.wilson(4, 12)
+
+
+def test_hex_against_an_expert_chosen_on_other_questions():
+    # block 4 is right on the even questions and on question 1, block 8 on the odd ones: chosen on the same
+    # questions block 4 would look best; chosen on the other half, each half gets the expert that fails it.
+    right4 = [True, True, True, False, True, False, True, False]
+    records = [
+        hand_record({("hex", 4, 0): 1.0 if right4[q] else 0.0, ("hex", 8, 0): 1.0 if q % 2 else 0.0}, 1.0, q)
+        for q in range(8)
+    ]
+    settings = dict(task="gsm8k", methods=["hex"], block_lengths=[4, 8], tie_break="first", samples_per_block=1)
+    paired = R.summarize(records, settings, "authors")["paired"]
+    assert list(paired) == [
+        "HEX - block 4",
+        "HEX - block 8",
+        "HEX - best block chosen on the other half (blocks 8, 4)",
+    ]
+    assert paired["HEX - block 4"]["difference"] == 0.0, "two voters: a split goes to block 4, so HEX is block 4"
+    assert paired["HEX - best block chosen on the other half (blocks 8, 4)"]["difference"] == (5 - 1) / 8
 
 
 def sc_settings(checkpoint, *extra):
@@ -2315,8 +2378,8 @@ def test_checkpoint_hex_against_sc_in_one_run(checkpoint, data, tmp_path, capsys
         return [R.verdicts(R.TASKS["gsm8k"], r, "authors", "first")[0][m][2] for r in records]
 
     assert paired == R.paired_difference(right("hex"), right("sc"))
-    assert [v["votes"] for v in summary["sc_vs_votes"]] == list(range(1, 7))
-    assert [v["votes"] for v in summary["hex_vs_votes"]] == [3, 6]
+    assert [v["votes"] for v in summary["votes"]["sc"]] == list(range(1, 7))
+    assert [v["votes"] for v in summary["votes"]["hex"]] == list(range(1, 7))
     assert summary["agreement"]["groups"] == ["block 4", "block 8", "block 16", "SC"]
     assert summary["methods"]["sc"]["oracle"] >= summary["methods"]["sc"]["accuracy"]
     out = capsys.readouterr().out
@@ -2325,7 +2388,8 @@ def test_checkpoint_hex_against_sc_in_one_run(checkpoint, data, tmp_path, capsys
         and "HEX - SC: " in out
         and "SC block length 8, temperature 0.7, 6 samples" in out
     )
-    assert "Self-consistency with   6 votes" in out and "expert agreement" in out
+    assert "Self-consistency, a vote over k random candidates" in out and "agreement per pair" in out
+    assert "HEX - best block chosen on the other half" in out and "HEX - block 4: " in out
     saved = json.loads(output.with_suffix(".summary.json").read_text())
     assert saved == json.loads(json.dumps(R.summarize(records, saved["settings"], "authors")))
 
