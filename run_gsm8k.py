@@ -752,11 +752,7 @@ class Record(TypedDict):
     forward_calls: float  # the batch's forward calls per question
     seconds: float  # the batch's decoding seconds per question
     batch_size: int  # questions decoded together, left padded (numerics may shift slightly)
-
-
-def commit_order(candidate: Candidate) -> list[int]:
-    """A stored candidate's commit step per answer position."""
-    return candidate["commit_order"]
+    batch: int  # the id of its batch's first question: the batch a grown run decodes new methods in
 
 
 def candidate_plan(settings: dict) -> list[tuple[str, int, Schedule]]:
@@ -792,19 +788,30 @@ def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tenso
 
 
 def decode_batch(
-    model, tokenizer, task: Task, batch: list[dict], settings: dict, mask_id: int, device: torch.device
+    model,
+    tokenizer,
+    task: Task,
+    batch: list[dict],
+    settings: dict,
+    mask_id: int,
+    device: torch.device,
+    methods: list[str] | None = None,
 ) -> list[Record]:
-    """Every candidate of every method of a batch of questions in one lockstep decode (`steps` forward calls in
-    all): a record per question. Each method draws from its own stream, seeded by the batch's first question,
-    so adding or dropping a method changes no other method's candidates."""
+    """Every candidate of `methods` (default: the run's) of a batch of questions in one lockstep decode (`steps`
+    forward calls in all): a record per question. Each method draws from its own stream, seeded by the batch's
+    first question, so adding or dropping a method changes no other method's candidates."""
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     ids, attention = left_pad([build_prompt(tokenizer, task, p["row"]) for p in batch], pad_id, device)
+    methods = methods or settings["methods"]
     streams = {
         m: torch.Generator(device).manual_seed(settings["seed"] + 10**6 * METHODS.index(m) + batch[0]["id"])
-        for m in settings["methods"]
+        for m in methods
     }
-    plan, calls, G = candidate_plan(settings), [], settings["gen_length"]
-    hook, start = model.register_forward_pre_hook(lambda *_: calls.append(1)), time.perf_counter()
+    plan = [(m, n, s) for m, n, s in candidate_plan(settings) if m in methods]
+    G = settings["gen_length"]
+    calls = []
+    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    start = time.perf_counter()
     try:
         out = decode(
             model,
@@ -820,7 +827,8 @@ def decode_batch(
         hook.remove()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds, answers = (time.perf_counter() - start) / len(batch), out.sequences[:, :, -G:]  # (B, K, G)
+    seconds = (time.perf_counter() - start) / len(batch)
+    answers = out.sequences[:, :, -G:]  # (B, K, G)
     is_end = torch.isin(answers, torch.tensor(end_of_text_ids(tokenizer), device=answers.device)).tolist()
     texts = [[tokenizer.decode(a, skip_special_tokens=False) for a in row] for row in answers.tolist()]  # as theirs
     return [
@@ -844,6 +852,7 @@ def decode_batch(
             forward_calls=len(calls) / len(batch),
             seconds=round(seconds, 3),
             batch_size=len(batch),
+            batch=batch[0]["id"],
         )
         for q, p in enumerate(batch)
     ]
@@ -1273,18 +1282,42 @@ COMPARED = (
 )
 
 
+METHOD_SETTINGS = dict(
+    hex=("block_lengths", "samples_per_block", "temperature"), sc=("sc_block_length", "sc_samples", "sc_temperature")
+)
+
+
 def settings_conflict(old: dict, new: dict) -> list[str]:
     """What differs between stored settings and a new run's (COMPARED), key by key. The same data under another
-    path is the same data; a subset of the stored methods is no difference."""
+    path is the same data; the methods may differ (a run grows), and a method's own settings count only where
+    both runs have it."""
     changed = []
-    for key, before, now in ((key, old.get(key), new.get(key)) for key in COMPARED):
+    for key in COMPARED:
+        before = old.get(key)
+        now = new.get(key)
+        owners = [m for m, keys in METHOD_SETTINGS.items() if key in keys]
+        if key == "methods" or any(m not in old["methods"] or m not in new["methods"] for m in owners):
+            continue
         if key == "data":  # the data is its content
             if (before["fingerprint"], before["rows"]) == (now["fingerprint"], now["rows"]):
                 continue
-            before, now = (f"{d['source']} ({d['fingerprint']}, {d['rows']} rows)" for d in (before, now))
-        if before != now and not (key == "methods" and set(now) <= set(before)):
+            before = f"{before['source']} ({before['fingerprint']}, {before['rows']} rows)"
+            now = f"{now['source']} ({now['fingerprint']}, {now['rows']} rows)"
+        if before != now:
             changed.append(f"{key}: {before} there, {now} now")
     return changed
+
+
+def grown(old: dict, new: dict) -> dict:
+    """The stored settings with the methods a new run asks for that they lack, and those methods' own settings:
+    the one way a run's settings change. Questions not yet decoded are decoded in batches of the new size."""
+    settings = old | {k: new[k] for m in new["methods"] if m not in old["methods"] for k in METHOD_SETTINGS.get(m, ())}
+    settings["methods"] = [m for m in METHODS if m in old["methods"] or m in new["methods"]]
+    return settings | dict(batch_size=new["batch_size"])
+
+
+def methods_of(record: Record) -> set[str]:
+    return {c["method"] for c in record["candidates"]}
 
 
 def write_atomically(path: Path, content: str | Callable[[Path], None]) -> None:
@@ -1305,6 +1338,7 @@ class RunFiles:
         self.output, self.lock, self.fd = output, output.with_name(output.name + ".lock"), None
         self.settings, self.summary = output.with_suffix(".config.json"), output.with_suffix(".summary.json")
         self.figure, self.made, self.read_only = output.with_suffix(".png"), [], None
+        self.superseded = 0  # lines of the record files that a later line of the same question replaces
 
     def open(self) -> None:
         self.made = [p for p in self.output.parents if not p.exists()][::-1]
@@ -1350,11 +1384,14 @@ class RunFiles:
         )
 
     def records(self) -> dict[int, Record]:
-        """Finished questions by id. A torn last line (an interrupted write) is not a finished question."""
+        """Finished questions by id; a later line of a question (a grown record) replaces an earlier one. A torn
+        last line (an interrupted write) is not a finished question."""
         done = {}
+        lines = 0
         for path in [self.output, *self.parts()]:
             text = path.read_text(encoding="utf-8") if path.is_file() else ""
             for number, line in enumerate(text[: text.rfind("\n") + 1].splitlines(), start=1):
+                lines += 1
                 try:
                     record = json.loads(line)
                     done[record["id"]] = record
@@ -1362,16 +1399,19 @@ class RunFiles:
                     raise UsageError(
                         f"{path}, line {number}: not a record of this script; fix or remove it, or use --no-resume"
                     ) from None
+        self.superseded = lines - len(done)
         return done
 
     def stored_settings(self) -> dict:
         return json.loads(self.settings.read_text(encoding="utf-8"))
 
-    def finished(self, settings: dict, requested: set[int], resume: bool) -> dict | None:
-        """The stored settings when every question asked for is done (with these settings, or a subset of their
-        methods), else None; results made with other settings, or that cannot be checked, are refused."""
+    def finished(self, settings: dict, requested: set[int], resume: bool) -> tuple[bool, dict]:
+        """Whether every question asked for is done with every method asked for, and the run's settings: the
+        stored ones grown by the methods asked for that they lack. Results made with other settings, or that
+        cannot be checked, are refused; so is work to do in a folder that cannot be written."""
+        complete = False
         if resume and self.settings.is_file():
-            old, done = self.stored_settings(), self.records().keys()
+            old = self.stored_settings()
             if changed := settings_conflict(old, settings):
                 raise UsageError(
                     f"{self.output} holds results made with other settings:\n  "
@@ -1379,22 +1419,17 @@ class RunFiles:
                     + f"\nthe results are left untouched; use --output {self.free_output()}, or --no-resume to start "
                     "them over"
                 )
-            if requested <= done:
-                return old
-            if settings["methods"] != old["methods"]:
-                raise UsageError(
-                    f"{self.output} was made with --methods {' '.join(old['methods'])} and has "
-                    f"{len(requested & done)} of the {len(requested)} questions asked for: rerun with "
-                    f"those methods to finish it, or use --output {self.free_output()}"
-                )
+            done = self.records()
+            complete = all(q in done and set(settings["methods"]) <= methods_of(done[q]) for q in requested)
+            settings = old if complete else grown(old, settings)
         elif resume and (self.output.exists() or self.parts()):
             raise UsageError(
                 f"{self.output} exists but has no settings file ({self.settings.name}), so its records "
                 "cannot be checked; use another --output, or --no-resume to start over"
             )
-        if self.read_only:
+        if self.read_only and not complete:
             raise UsageError(f"--output {self.output}: {self.read_only}; use another --output")
-        return None
+        return complete, settings
 
     def free_output(self) -> Path:
         """The first `<stem>-N.jsonl` beside the output that no run has used (for a refusal to name)."""
@@ -1431,9 +1466,10 @@ class RunFiles:
             path.unlink()
 
     def merge_parts(self) -> dict[int, Record]:
-        """Every finished record, torchrun's part files merged into the one JSONL (where it can be written)."""
+        """Every finished record; torchrun's part files and grown records merged into the one JSONL, one line a
+        question (where it can be written)."""
         records = self.records()
-        if self.parts() and not self.read_only:
+        if (self.parts() or self.superseded) and not self.read_only:
             self.write_records(records)
         return records
 
@@ -1447,7 +1483,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--task", choices=list(TASKS), default="gsm8k")
     add("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="hub id or local folder")
     add("--device", default=None, help="cpu, cuda or cuda:N (default: this rank's GPU, else cpu)")
-    add("--dtype", choices=["bfloat16", "float16", "float32"], help="default: bfloat16 on CUDA, else float32")
+    add(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32", "float64"],
+        help="default: bfloat16 on CUDA, else float32",
+    )
     add("--data", default=None, help="local JSONL or parquet file of the task's rows (default: the hub's split)")
     add("--limit", type=int, default=None, help="evaluate at most this many questions")
     add("--offset", type=int, default=0, help="skip this many questions first")
@@ -1622,16 +1662,20 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     settings, requested = run_settings(args, data, device), {p["id"] for p in problems}
     if world > 1:  # gloo only synchronises the ranks; no tensors are exchanged
         torch.distributed.init_process_group("gloo", timeout=timedelta(hours=48))
+
+    def take_the_files() -> tuple[bool, dict]:
+        files.open()
+        return files.finished(settings, requested, args.resume)
+
     try:
-        if (
-            finished := on_rank0(lambda: files.open() or files.finished(settings, requested, args.resume), world, rank)
-        ) is not None:
+        complete, settings = on_rank0(take_the_files, world, rank)
+        if complete:
             if rank > 0:
                 return None
             print(
                 f"all {len(requested)} questions asked for are done in {files.output}: the summary, without the model"
             )
-            return report(finished, files, requested, args)
+            return report(settings, files, requested, args)
         tokenizer, config = load_tokenizer(args.model)
         model_family(config, args.model)  # an unknown family is refused before the weights load
         mask_id = args.mask_id if args.mask_id is not None else find_mask_id(tokenizer, config)
@@ -1717,32 +1761,45 @@ def decode_questions(
     device: torch.device,
     files: RunFiles,
 ) -> None:
-    """This rank's questions not done yet, in batches, each record appended to this rank's file at once (a torn
-    last line, from an interrupted write, cut first). The progress bar counts the finished questions too."""
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    """This rank's share of the work, each record appended to this rank's file at once (a torn last line, from an
+    interrupted write, cut first): every method of the run for the questions not done yet, in batches; for the
+    questions done without a method the run has grown by, only that method's candidates, decoded in the batches
+    the questions were first decoded in (the same streams), each grown record a line that replaces the one
+    before. The progress bar counts the finished questions too."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
     done = files.records()
     if world > 1:
         torch.distributed.barrier()  # every rank has read before any rank writes
-    if rank == 0 and (finished := sum(p["id"] in done for p in problems)):
+    mine = problems[rank::world]
+    size = settings["batch_size"]
+    fresh = [p for p in mine if p["id"] not in done]
+    work = [(fresh[i : i + size], settings["methods"]) for i in range(0, len(fresh), size)]
+    grow = {}
+    for p in (p for p in mine if p["id"] in done):
+        missing = tuple(m for m in settings["methods"] if m not in methods_of(done[p["id"]]))
+        if missing:  # records made before they noted their batch grow in batches of the run's size
+            batch = done[p["id"]].get("batch", f"chunk {len(grow.get(missing, []))}")
+            grow.setdefault((batch, missing), []).append(p)
+    work += [(batch, list(missing)) for (_, missing), batch in grow.items()]
+    todo = sum(len(batch) for batch, _ in work)
+    if rank == 0 and (todo < len(mine) or grow):
+        added = sorted({m for _, missing in grow for m in missing}, key=METHODS.index)
         print(
-            f"resuming {files.output}: {finished} of {len(problems)} questions already done, "
-            f"{len(problems) - finished} to go"
+            f"resuming {files.output}: {len(mine) - todo} of {len(mine)} questions done, {len(fresh)} to decode"
+            + f", {todo - len(fresh)} to grow by {' '.join(added)} (only its candidates)" * bool(grow)
         )
-    mine, size = problems[rank::world], settings["batch_size"]
-    todo = [p for p in mine if p["id"] not in done]
     sink = files.output.with_suffix(f".part{rank}.jsonl") if world > 1 else files.output
     if sink.is_file() and (text := sink.read_bytes()) and not text.endswith(b"\n"):
         sink.write_bytes(text[: text.rfind(b"\n") + 1])
-    bar = tqdm(
-        total=len(mine),
-        initial=len(mine) - len(todo),
-        desc=task.title + f" rank {rank}" * (world > 1),
-        disable=not todo,
-    )
+    desc = task.title + f" rank {rank}" * (world > 1)
+    bar = tqdm(total=len(mine), initial=len(mine) - todo, desc=desc, disable=not todo)
     try:
         with sink.open("a", encoding="utf-8") as out:
-            for batch in (todo[i : i + size] for i in range(0, len(todo), size)):
-                for record in decode_batch(model, tokenizer, task, batch, settings, mask_id, device):
+            for batch, methods in work:
+                for record in decode_batch(model, tokenizer, task, batch, settings, mask_id, device, methods):
+                    if record["id"] in done:
+                        record = merged(done[record["id"]], record, settings)
                     out.write(json.dumps(record) + "\n")
                     out.flush()
                     bar.update()
@@ -1752,6 +1809,14 @@ def decode_questions(
         bar.close()
     if world > 1:
         torch.distributed.barrier()
+
+
+def merged(held: Record, new: Record, settings: dict) -> Record:
+    """A held record grown by a new decode's candidates, in the order of the run's candidate plan."""
+    candidates = {(c["method"], c["sample"], c["block_length"]): c for c in held["candidates"] + new["candidates"]}
+    order = [(m, n, s.block_length) for m, n, s in candidate_plan(settings)]
+    costs = dict(forward_calls=held["forward_calls"] + new["forward_calls"], seconds=held["seconds"] + new["seconds"])
+    return held | costs | dict(candidates=[candidates[key] for key in order])
 
 
 def report(settings: dict, files: RunFiles, requested: set[int], args: argparse.Namespace) -> dict:

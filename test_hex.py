@@ -1342,7 +1342,7 @@ def test_checkpoint_a_complete_answer_then_padding_is_no_collapse_but_eot_first_
     assert eot_first["topk_margin"] == eot_first["low_confidence"] == 1.0, "one block commits the padding first"
     assert summary["block_lengths"][8]["eot_first_share"] == 3 / 8, "block 8 commits its own block first"
     for c in records[0]["candidates"]:
-        order = R.commit_order(c)
+        order = c["commit_order"]
         assert len(order) == 32 and sorted(Counter(order).values()) == [2] * 16  # 2 tokens at each of 16 steps
         assert c["end_of_text"] == "." * 5 + "_" * 27
 
@@ -1439,13 +1439,18 @@ def test_checkpoint_other_data_or_settings_are_refused_and_file_untouched(checkp
     run(checkpoint, data, output, "--limit", "2")
     before = {name: (tmp_path / name).read_bytes() for name in files(tmp_path)}
     other = write_rows(tmp_path / "other.jsonl", ROWS["gsm8k"][::-1])
-    for args in ([other], [data, "--tie-break", "likelihood"], [data, "--seed", "1"], [data, "--sc-samples", "3"]):
+    errors = []
+    for args in ([other], [data, "--tie-break", "likelihood"], [data, "--seed", "1"], [data, "--block-lengths", "4"]):
         with pytest.raises(SystemExit):
             run(checkpoint, *args[:1], output, *args[1:])
-        err = capsys.readouterr().err
-        assert "other settings" in err and f"use --output {tmp_path / 'out-2.jsonl'}, or --no-resume" in err
-        assert "Traceback" not in err
-    assert str(other.resolve()) in err or "data" in err
+        errors.append(capsys.readouterr().err)
+        assert (
+            "other settings" in errors[-1] and f"use --output {tmp_path / 'out-2.jsonl'}, or --no-resume" in errors[-1]
+        )
+        assert "Traceback" not in errors[-1]
+    assert f"data: {data} (" in errors[0] and f"{other} (" in errors[0]
+    assert "tie_break: first there, likelihood now" in errors[1] and "seed: 0 there, 1 now" in errors[2]
+    assert "block_lengths: [4, 8, 16] there, [4] now" in errors[3]
     assert {name: (tmp_path / name).read_bytes() for name in files(tmp_path) if name in before} == before
     assert files(tmp_path) == sorted([*before, "other.jsonl"])
 
@@ -2125,6 +2130,27 @@ def test_checkpoint_kill_9_then_rerun_loses_at_most_the_question_in_flight(check
     assert f"{finished}/30" in result.stderr  # the progress bar starts at the questions already done
 
 
+def test_checkpoint_kill_9_while_growing_then_rerun_loses_nothing(checkpoint, tmp_path):
+    first, cmd, output = start_long_run(checkpoint, tmp_path)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    hex_before = {r["id"]: [c for c in r["candidates"] if c["method"] == "hex"] for r in lines(output)}
+    grow = [*cmd[:-3], "--methods", "hex", "low_confidence", "sc", "--sc-block-length", "4"]
+    env = {**os.environ, "PYTHONPATH": str(HERE), "TINY_SLEEP": "0.02"}
+    victim = subprocess.Popen(grow, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: saved(output) >= 33)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    grown_before_the_kill = saved(output) - 30
+    assert 3 <= grown_before_the_kill < 30
+    result = subprocess.run(grow, cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = lines(output)
+    assert sorted(r["id"] for r in records) == list(range(30)) and all("sc" in R.methods_of(r) for r in records)
+    assert {r["id"]: [c for c in r["candidates"] if c["method"] == "hex"] for r in records} == hex_before
+    assert f"{grown_before_the_kill}/30" in result.stderr, "the grown questions are not grown again"
+
+
 def test_checkpoint_ctrl_c_says_how_many_are_saved(checkpoint, tmp_path):
     process, _, output = start_long_run(checkpoint, tmp_path)
     wait_until(lambda: saved(output) >= 2)
@@ -2404,9 +2430,49 @@ def test_checkpoint_follow_ups_of_a_finished_run(checkpoint, data, tmp_path, cap
     assert "the summary file and the figure cover all 2 finished questions and every method" in out
     run(checkpoint, data, output, "--limit", "3", "--batch-size", "1")  # another batch size resumes
     assert "resuming" in capsys.readouterr().out and [r["batch_size"] for r in lines(output)] == [2, 2, 1]
-    with pytest.raises(SystemExit):
-        run(checkpoint, data, output, "--methods", "hex")  # a subset with questions still to decode
-    assert f"use --output {tmp_path / 'out-2.jsonl'}" in capsys.readouterr().err
+    fewer = run(checkpoint, data, output, "--methods", "hex")  # a subset, questions still to decode: every method
+    assert list(fewer["methods"]) == ["hex"] and "resuming" in capsys.readouterr().out
+    assert all(R.methods_of(r) == {"hex", "topk_margin", "low_confidence", "random"} for r in lines(output))
+
+
+def counting_decodes(monkeypatch):
+    """Every candidate run_gsm8k decodes, as (method of its schedule's row, block length), in order."""
+    rows = []
+    real = R.decode
+
+    def counted(model, input_ids, attention_mask=None, *, schedules, **kwargs):
+        rows.extend((len(input_ids), s.block_length, s.temperature) for s in schedules)
+        return real(model, input_ids, attention_mask, schedules=schedules, **kwargs)
+
+    monkeypatch.setattr(R, "decode", counted)
+    return rows
+
+
+def test_checkpoint_a_run_grows_by_a_method_and_decodes_only_its_rows(checkpoint, data, tmp_path, capsys, monkeypatch):
+    grown = tmp_path / "grown.jsonl"
+    together = tmp_path / "together.jsonl"
+    run(checkpoint, data, grown, "--methods", "hex", "--dtype", "float64")
+    before = grown.read_text().splitlines()
+    rows = counting_decodes(monkeypatch)
+    summary = run(checkpoint, data, grown, "--methods", "hex", "sc", "--sc-block-length", "8", "--dtype", "float64")
+    assert rows == [(2, 8, 0.7)] * 6 * 2, "two batches of two questions: SC's six samples, nothing of HEX"
+    assert "to grow by sc (only its candidates)" in capsys.readouterr().out
+    assert "HEX - SC" in summary["paired"]
+    run(checkpoint, data, together, "--methods", "hex", "sc", "--sc-block-length", "8", "--dtype", "float64")
+    rows.clear()
+
+    def only(method, records):
+        return [[json.dumps(c) for c in r["candidates"] if c["method"] == method] for r in records]
+
+    assert only("hex", lines(grown)) == only("hex", [json.loads(line) for line in before]), "HEX byte-identical"
+    assert only("sc", lines(grown)) == only("sc", lines(together)), "SC as if decoded with HEX"
+    assert len(grown.read_text().splitlines()) == 4, "one line a question once the run has grown"
+    again = run(checkpoint, data, grown, "--methods", "hex", "sc", "--sc-block-length", "8", "--dtype", "float64")
+    assert rows == [] and "all 4 questions asked for are done" in capsys.readouterr().out
+    assert again == summary
+    run(checkpoint, data, grown, "--methods", "hex", "--dtype", "float64")
+    out = capsys.readouterr().out
+    assert "Self-consistency" not in out and "HEX - SC" not in out, "asked for HEX: nothing of SC"
 
 
 def test_checkpoint_unreachable_hub_is_one_line_within_seconds(tmp_path):
