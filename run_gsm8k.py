@@ -674,8 +674,11 @@ def load_tokenizer(name: str):
         raise UsageError(
             f"--model {name}: is a file; pass the checkpoint's folder (config.json, tokenizer and weights) or a hub id"
         )
-    if name.startswith((".", "/", "~")) and not path.is_dir():
-        raise UsageError(f"--model {name}: no such folder")
+    if not path.is_dir() and (name.startswith((".", "/", "~")) or name.count("/") != 1):  # not a hub id either
+        raise UsageError(f"--model {name}: no such folder (a hub id is owner/name)")
+    missing = [f for f in ("config.json", "tokenizer_config.json") if path.is_dir() and not (path / f).is_file()]
+    if missing:
+        raise UsageError(f"--model {name}: the folder has no {' and no '.join(missing)}, so it holds no checkpoint")
     try:
         return (
             AutoTokenizer.from_pretrained(name, trust_remote_code=True),
@@ -1477,10 +1480,17 @@ class RunFiles:
 # 9. The command line ---------------------------------------------------------------------------------
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the docstring's layout and shows every default (one computed later says how)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add = parser.add_argument
-    add("--task", choices=list(TASKS), default="gsm8k")
+    add("--task", choices=list(TASKS), default="gsm8k", help="the benchmark")
     add("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="hub id or local folder")
     add("--device", default=None, help="cpu, cuda or cuda:N (default: this rank's GPU, else cpu)")
     add(
@@ -1491,7 +1501,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data", default=None, help="local JSONL or parquet file of the task's rows (default: the hub's split)")
     add("--limit", type=int, default=None, help="evaluate at most this many questions")
     add("--offset", type=int, default=0, help="skip this many questions first")
-    add("--gen-length", type=int, default=256)
+    add("--gen-length", type=int, default=256, help="answer tokens")
     add("--steps", type=int, default=None, help="default: gen_length / 2")
     add("--mask-id", type=int, default=None, help="default: from the tokenizer or config")
     add(
@@ -1499,24 +1509,24 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[m for m in METHODS if m != "sc"],
         metavar="METHOD",
-        help=f"any of {', '.join(METHODS)} (default: all but sc, the self-consistency control)",
+        help=f"any of {', '.join(METHODS)}; sc, the self-consistency control, can be added to a finished run",
     )
     add("--block-lengths", type=int, nargs="+", default=None, help="HEX's; default: gen_length/32 x (1 2 4 8 16)")
     add("--samples-per-block", type=int, default=1, help="HEX samples per block length (needs --temperature > 0)")
     add("--temperature", type=float, default=0.0, help="HEX's sampling temperature")
-    add("--sc-block-length", type=int, default=32, help="self-consistency's one schedule (default 32)")
+    add("--sc-block-length", type=int, default=32, help="self-consistency's one schedule")
     add("--sc-samples", type=int, default=None, help="default: HEX's votes (block lengths x samples): equal cost")
     add("--sc-temperature", type=float, default=None, help=f"default: --temperature if > 0, else {SC_TEMPERATURE}")
     add("--answer-rule", choices=RULES, default="authors", help="the rule the summary leads with; both are stored")
-    add("--tie-break", choices=["first", "likelihood"], default="first")
+    add("--tie-break", choices=["first", "likelihood"], default="first", help="the vote's: first seen, as the authors")
     add("--batch-size", type=int, default=1, help="questions per forward call (left padded)")
-    add("--seed", type=int, default=0)
-    add("--output", default=None, help="JSONL path; default under results/")
+    add("--seed", type=int, default=0, help="of every method's random stream")
+    add("--output", default=None, help="JSONL path (default: results/TASK-MODEL-gGEN-sSTEPS-tTEMP-xSAMPLES.jsonl)")
     add(
         "--resume",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="skip questions already in --output (default); --no-resume starts over",
+        help="keep the questions already in --output; --no-resume starts over",
     )
     add(
         "--rescore",
@@ -1634,7 +1644,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         sys.stdout.flush()  # a closed pipe shows here, not as a traceback when Python exits
         return result
     except UsageError as error:
-        print(f"run_gsm8k.py: error: {error}", file=sys.stderr)
+        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, one line, not one per rank
+            print(f"run_gsm8k.py: error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt as stop:
         saved = stop.args[0] if stop.args else f"finished questions stay in {args and args.output}"

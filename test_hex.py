@@ -1756,7 +1756,39 @@ def test_checkpoint_paths_of_the_wrong_kind_are_named(checkpoint, data, tmp_path
     array.write_text(json.dumps(ROWS["gsm8k"], indent=1))
     err = one_line_error(capsys, ["--model", checkpoint, "--data", array, *out])
     assert "holds a JSON array; --data takes JSONL, one JSON object per line" in err
-    assert files(tmp_path) == ["gsm8k.jsonl", "rows.json"]
+    err = one_line_error(capsys, ["--model", "results/offline-demo/tiny-llada", "--data", data, *out])
+    assert "--model results/offline-demo/tiny-llada: no such folder (a hub id is owner/name)" in err
+    (tmp_path / "empty").mkdir()
+    err = one_line_error(capsys, ["--model", tmp_path / "empty", "--data", data, *out])
+    assert "the folder has no config.json and no tokenizer_config.json, so it holds no checkpoint" in err
+    assert files(tmp_path) == ["empty", "gsm8k.jsonl", "rows.json"]
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit):
+        R.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("(default: gsm8k)", "(default: GSAI- ML/LLaDA-8B-Instruct)", "(default: 256)", "(default: 0)"):
+        assert shown in text
+    assert "default: gen_length / 2" in text and "(default: results/TASK-MODEL" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_one_question_and_one_vote_are_singular():
+    record = hand_record({("hex", 4, 0): 1.0}, 1.0)
+    settings = dict(
+        task="gsm8k",
+        methods=["hex"],
+        block_lengths=[4],
+        tie_break="first",
+        samples_per_block=1,
+        gen_length=16,
+        steps=8,
+        temperature=0.0,
+        dtype="float32",
+    )
+    text = R.summary_table(R.summarize([record], settings, "authors"))
+    assert "GSM8K, 1 question; " in text and "(1 vote)" in text
 
 
 # The Dream family: a tiny Dream-format checkpoint on disk ------------------------------------------
@@ -2209,6 +2241,10 @@ def test_checkpoint_torchrun_two_ranks_match_one_process_and_resume(checkpoint, 
         return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
     assert drop(lines(tmp_path / "two.jsonl")) == drop(lines(tmp_path / "one.jsonl"))
+    failed = subprocess.run(
+        [*torchrun, "--steps", "6"], capture_output=True, text=True, timeout=300, cwd=HERE, env=env
+    )
+    assert failed.returncode != 0 and failed.stderr.count("run_gsm8k.py: error:") == 1, "one line, not one per rank"
 
 
 # HEX against self-consistency, and a newcomer's follow-ups ------------------------------------------
