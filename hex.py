@@ -618,7 +618,7 @@ def miniature_table(figures: dict) -> str:
     return "\n".join(lines)
 
 
-def miniature(seed: int, visible_length: bool, steps: int = 2000, questions: int = 400) -> dict:
+def miniature(seed: int, visible_length: bool, steps: int = 3000, questions: int = 400) -> dict:
     """python hex.py --miniature: train (or load the cached weights), decode the held-out prompts with every
     method in one lockstep batch, print the table."""
     prompts, _, lengths = chain_examples(questions, torch.Generator().manual_seed(2510), visible_length)

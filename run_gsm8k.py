@@ -240,9 +240,11 @@ def _boxed(text: str) -> list[str]:
     """Contents of every `\\boxed{...}` or `\\fbox{...}`, braces balanced (an unclosed box runs to the end)."""
     contents = []
     for start in (m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)):
-        depth, i = 1, start
+        depth = 1
+        i = start
         while i < len(text) and depth:
-            depth, i = depth + {"{": 1, "}": -1}.get(text[i], 0), i + 1
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
         contents.append(text[start : i - 1] if depth == 0 else text[start:])
     return contents
 
@@ -318,7 +320,8 @@ def math_equal(answer: str | None, gold: str | None) -> bool:
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout is disabled" notice: bounded above
     try:
-        expected, found = parse(f"${gold}$", parsing_timeout=None), parse(f"${answer}$", parsing_timeout=None)
+        expected = parse(f"${gold}$", parsing_timeout=None)
+        found = parse(f"${answer}$", parsing_timeout=None)
         return bool(expected and found and verify(expected, found, timeout_seconds=None))
     except Exception:  # noqa: BLE001 -- an answer math-verify cannot read is simply not equal
         return False
@@ -503,7 +506,8 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
                 f"--data FILE, a JSONL or parquet file of its rows, made where the hub is reachable with "
                 f"load_dataset({name!r}, {config!r}, split={split!r}).to_json('{task.name}.jsonl')"
             ) from None
-        numbered, where = list(enumerate(map(dict, dataset), start=1)), "row"
+        numbered = list(enumerate(map(dict, dataset), start=1))
+        where = "row"
         source = {"source": f"hub:{name}/{config or 'default'}/{split}", "fingerprint": dataset._fingerprint}
     else:
         if not (file := Path(path).expanduser()).is_file():
@@ -511,7 +515,8 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
                 f"--data {path}: "
                 + ("is a folder; pass the task's JSONL or parquet file" if file.is_dir() else "no such file")
             )
-        data, where = file.read_bytes(), "row" if file.suffix == ".parquet" else "line"
+        data = file.read_bytes()
+        where = "row" if file.suffix == ".parquet" else "line"
         source = {"source": str(file.resolve()), "fingerprint": "sha256:" + hashlib.sha256(data).hexdigest()}
         numbered = _parquet_rows(path) if where == "row" else _jsonl_rows(path, data)
     for number, row in numbered:
@@ -613,7 +618,8 @@ def refill_rotary(model: nn.Module) -> nn.Module:
             inv_freq, module.attention_scaling = module.rope_init_fn(
                 module.config, module.inv_freq.device, **getattr(module, "rope_kwargs", {})
             )
-            module.inv_freq = module.original_inv_freq = inv_freq.to(module.inv_freq.device)
+            module.inv_freq = inv_freq.to(module.inv_freq.device)
+            module.original_inv_freq = module.inv_freq
     return model
 
 
@@ -694,7 +700,8 @@ def load_model(name: str, config, device: torch.device, dtype: torch.dtype) -> n
     from transformers import AutoModel
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-    family, auto_map = model_family(config, name), getattr(config, "auto_map", None) or {}
+    family = model_family(config, name)
+    auto_map = getattr(config, "auto_map", None) or {}
     try:
         model_class = (
             family.fit(get_class_from_dynamic_module(auto_map["AutoModel"], name), config)
@@ -914,7 +921,9 @@ def votes_curve(task: Task, records: list[Record], method: str, rule: str, tie_b
     n = len(mine[0])
     curve = []
     for k in range(1, n + 1) if n > 1 else []:
-        accuracy, ties, pass_at = [], [], []
+        accuracy = []
+        ties = []
+        pass_at = []
         for record, candidates in zip(records, mine):
             answers = [c["answers"][rule] for c in candidates]
             right = {a: is_correct(task, a, record["gold"][rule], rule) for a in answers}
@@ -965,12 +974,25 @@ def agreement(records: list[Record], oks: list[list[bool]], rule: str) -> dict:
     return dict(groups=labels, agree=agree, exactly_one_right=one_right, unreadable=unreadable)
 
 
-def question_accuracy(records: list[Record], oks: list[list[bool]], belongs: Callable) -> dict:
-    """Accuracy of the candidates that `belongs` picks, counted over questions: each question's share of right
-    ones, averaged, with a Wilson interval on the number of questions (not of candidates: a question's samples
-    are not independent)."""
-    shares = [fmean(o for c, o in zip(r["candidates"], ok) if belongs(c)) for r, ok in zip(records, oks)]
-    return dict(accuracy=fmean(shares), ci95=wilson(sum(shares), len(shares)))
+def candidate_figures(records: list[Record], judged: dict, rule: str, belongs: Callable) -> dict:
+    """For the candidates `belongs` picks, counted over questions (a question's samples are not independent):
+    accuracy, each question's share of right ones averaged, with a Wilson interval on the number of
+    questions, and the other rule's; the oracle (some candidate right); collapse and EoT-first shares."""
+    other = RULES[1 - RULES.index(rule)]
+    picked = [
+        [(c, o, p) for c, o, p in zip(r["candidates"], ok, other_ok) if belongs(c)]
+        for r, (_, ok), (_, other_ok) in zip(records, judged[rule], judged[other])
+    ]
+    shares = [fmean(o for _, o, _ in question) for question in picked]
+    flat = [c for question in picked for c, _, _ in question]
+    return dict(
+        accuracy=fmean(shares),
+        ci95=wilson(sum(shares), len(shares)),
+        other_rule_accuracy=fmean(fmean(p for _, _, p in question) for question in picked),
+        oracle=fmean(any(o for _, o, _ in question) for question in picked),
+        collapse_rate=fmean(map(collapsed, flat)),
+        eot_first_share=fmean(map(eot_first_share, flat)),
+    )
 
 
 def summarize(records: list[Record], settings: dict, rule: str, methods: list[str] | None = None) -> dict:
@@ -980,42 +1002,24 @@ def summarize(records: list[Record], settings: dict, rule: str, methods: list[st
     other = RULES[1 - RULES.index(rule)]
     tie_break = settings["tie_break"]
     judged = {r: [verdicts(task, record, r, tie_break) for record in records] for r in RULES}
-    oks = [ok for _, ok in judged[rule]]
     shown = [m for m in settings["methods"] if m in (methods or settings["methods"])]
     table = {}
-    for m in shown:
+    for m in shown:  # a method's verdict is its vote's
         right = [v[m][2] for v, _ in judged[rule]]
-        mine = [c for r in records for c in r["candidates"] if c["method"] == m]
-        table[m] = dict(
+        table[m] = candidate_figures(records, judged, rule, lambda c, m=m: c["method"] == m) | dict(
             paper_name=PAPER_NAMES[m],
             accuracy=fmean(right),
             ci95=wilson(sum(right), len(right)),
             correct=sum(right),
             other_rule_accuracy=fmean(v[m][2] for v, _ in judged[other]),
             tie_rate=fmean(v[m][1] for v, _ in judged[rule]),
-            oracle=fmean(
-                any(o for c, o in zip(r["candidates"], ok) if c["method"] == m) for r, ok in zip(records, oks)
-            ),
-            collapse_rate=fmean(map(collapsed, mine)),
-            eot_first_share=fmean(map(eot_first_share, mine)),
         )
     experts = {}
-    if "hex" in shown:
-        for b in settings["block_lengths"]:
-            mine = [c for r in records for c in r["candidates"] if c["method"] == "hex" and c["block_length"] == b]
-            experts[b] = question_accuracy(
-                records, oks, lambda c, b=b: c["method"] == "hex" and c["block_length"] == b
-            )
-            experts[b] |= dict(
-                other_rule_accuracy=question_accuracy(
-                    records,
-                    [ok for _, ok in judged[other]],
-                    lambda c, b=b: c["method"] == "hex" and c["block_length"] == b,
-                )["accuracy"],
-                collapse_rate=fmean(map(collapsed, mine)),
-                eot_first_share=fmean(map(eot_first_share, mine)),
-            )
-    curves = {m: votes_curve(task, records, m, rule, tie_break) for m in ("hex", "sc") if m in shown}
+    for b in settings["block_lengths"] if "hex" in shown else []:
+        experts[b] = candidate_figures(
+            records, judged, rule, lambda c, b=b: c["method"] == "hex" and c["block_length"] == b
+        )
+    oks = [ok for _, ok in judged[rule]]
     return dict(
         task=settings["task"],
         questions=len(records),
@@ -1025,7 +1029,7 @@ def summarize(records: list[Record], settings: dict, rule: str, methods: list[st
         methods=table,
         block_lengths=experts,
         paired=paired_comparisons(records, judged[rule], shown) if "hex" in shown else {},
-        votes=curves,
+        votes={m: votes_curve(task, records, m, rule, tie_break) for m in ("hex", "sc") if m in shown},
         agreement=agreement(records, oks, rule) if "hex" in shown else dict(groups=[]),
         forward_calls_per_question=fmean(r["forward_calls"] for r in records),
         seconds_per_question=fmean(r["seconds"] for r in records),
@@ -1338,9 +1342,14 @@ class RunFiles:
     start made, so a failed start leaves nothing. A folder that cannot be written is `read_only`."""
 
     def __init__(self, output: Path):
-        self.output, self.lock, self.fd = output, output.with_name(output.name + ".lock"), None
-        self.settings, self.summary = output.with_suffix(".config.json"), output.with_suffix(".summary.json")
-        self.figure, self.made, self.read_only = output.with_suffix(".png"), [], None
+        self.output = output
+        self.lock = output.with_name(output.name + ".lock")
+        self.settings = output.with_suffix(".config.json")
+        self.summary = output.with_suffix(".summary.json")
+        self.figure = output.with_suffix(".png")
+        self.fd = None  # the lock's file descriptor while this run holds it
+        self.made = []  # the folders this run made
+        self.read_only = None  # why the folder cannot be written, if it cannot
         self.superseded = 0  # lines of the record files that a later line of the same question replaces
 
     def open(self) -> None:
@@ -1663,14 +1672,18 @@ def main(argv: list[str] | None = None) -> dict | None:
 def evaluate(args: argparse.Namespace) -> dict | None:
     """Check all that can be checked without the model, take the run's files, load the model, decode what is not
     done yet (each question appended at once), report. Under torchrun, rank 0 owns the files."""
-    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    device, task, files = resolve_device(args.device), TASKS[args.task], RunFiles(check_output(args.output))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    device = resolve_device(args.device)
+    task = TASKS[args.task]
+    files = RunFiles(check_output(args.output))
     offline_unless_reachable(args)
     rows, data = load_rows(task, args.data)
     problems = [{"id": i, "row": rows[i]} for i in (task.order(len(rows)) if task.order else range(len(rows)))]
     if not (problems := problems[args.offset :][: args.limit]):
         raise UsageError(f"--offset {args.offset} is past the {len(rows)} rows of {data['source']}")
-    settings, requested = run_settings(args, data, device), {p["id"] for p in problems}
+    settings = run_settings(args, data, device)
+    requested = {p["id"] for p in problems}
     if world > 1:  # gloo only synchronises the ranks; no tensors are exchanged
         torch.distributed.init_process_group("gloo", timeout=timedelta(hours=48))
 
@@ -1870,10 +1883,12 @@ def rescore(args: argparse.Namespace) -> dict:
             raise UsageError(f"--rescore: {files.read_only}")
         if not (records := files.records()):
             raise UsageError(f"--rescore: {files.output} holds no finished question")
-        settings, changed = files.stored_settings(), 0
+        settings = files.stored_settings()
+        changed = 0
         for candidate in (c for record in records.values() for c in record["candidates"]):
             answers = {r: TASKS[settings["task"]].extract[r](candidate["text"]) for r in RULES}
-            changed, candidate["answers"] = changed + (answers != candidate["answers"]), answers
+            changed += answers != candidate["answers"]
+            candidate["answers"] = answers
         files.write_records(records)
         settings["rescored"] = settings.get("rescored", []) + [
             dict(at=time.strftime("%Y-%m-%d %H:%M:%S %Z"), questions=len(records), answers_changed=changed)
