@@ -7,11 +7,15 @@
     python run_gsm8k.py --output results/RUN.jsonl --rescore                       # re-read answers, no model
 
 The authors' protocol (their HEX/eval code, built on d1): zero-shot, each task's system prompt and
-`<reasoning>` prefix, gen_length 256, steps 128, block lengths 8..128. Every method of a question is decoded
-in one lockstep batch (`steps` forward calls); answers are read by the authors' rules and a robust reading.
-Each finished question is appended to a JSONL file at once and the same command resumes. In the order of
-the work: 1. the authors' prompts and answer rules; 2. robust rules; 3. tasks and data; 4. model families;
-5. decoding into records; 6. scoring and the summary; 7. the figure; 8. run files; 9. the command line; 10. main.
+`<reasoning>` prefix, gen_length 256, steps 128, block lengths 8..128. A question's path, and this file's order:
+
+    question -> prompt -> one lockstep decode of every method (`steps` forward calls) -> a record per question,
+    appended to the JSONL at once -> each method's vote -> verdicts by the authors' rule and a robust one ->
+    summary, the readers' controls and the figure, all recomputed from the records alone
+
+1. records and decoding; 2. the vote and the verdicts; 3. the summary and the controls; 4. the figure; then
+what they stand on: 5. the authors' prompts and answer rules; 6. robust rules; 7. tasks and data; 8. model
+families; 9. run files (resuming, one writer, growing by a method); 10. the command line; 11. main.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from hex import (
+    HexOutput,
     MaskPredictorOutput,
     Schedule,
     cross_fitted,
@@ -69,7 +74,549 @@ class UsageError(Exception):
     """A mistake in the command or its inputs: reported as one line on stderr, never a traceback."""
 
 
-# 1. The authors' prompts and answer rules (verbatim from their code, quirks annotated) -------------
+# 1. A question's records: every method decoded in one lockstep batch -----------------------------------------------
+
+
+class Candidate(TypedDict):
+    """One decoded answer of a question: an entry of a record's `candidates`."""
+
+    method: str  # "hex", "sc" or a one-block baseline's remasking rule (METHODS)
+    block_length: int
+    sample: int  # HEX: the sample of its block length; SC: its sample; a baseline: 0
+    text: str  # the decoded answer, special tokens kept (as the authors decode)
+    answers: dict[str, Any]  # the answer each rule (RULES) reads from the text; None: nothing readable
+    score: float  # mean log-prob under the first forward pass (the likelihood tie-break)
+    end_of_text: str  # per answer position: "_" an end-of-text token, "." any other
+    commit_order: list[int]  # per answer position: the step that committed it
+
+
+class Record(TypedDict):
+    """One finished question, a line of the results JSONL. Votes and verdicts are not stored: they are
+    recomputed from the candidates (`method_answers`), so a summary never disagrees with its records."""
+
+    id: int  # the row's index in the data
+    question: str
+    gold: dict[str, Any]  # the reference as each rule reads it
+    candidates: list[Candidate]
+    forward_calls: float  # the batch's forward calls per question
+    seconds: float  # the batch's decoding seconds per question
+    batch_size: int  # questions decoded together, left padded (numerics may shift slightly)
+    batch: int  # the id of its batch's first question: the batch a grown run decodes new methods in
+
+
+def candidate_plan(settings: dict) -> list[tuple[str, int, Schedule]]:
+    """Every candidate of a question as (method, sample, schedule): HEX's experts (low-confidence remasking at
+    --temperature), self-consistency's samples of one schedule, then each one-block baseline."""
+    methods = settings["methods"]
+    plan = [
+        ("hex", s, Schedule(b, "low_confidence", settings["temperature"]))
+        for s in range(settings["samples_per_block"])
+        for b in settings["block_lengths"]
+        if "hex" in methods
+    ]
+    plan += [
+        ("sc", s, Schedule(settings["sc_block_length"], "low_confidence", settings["sc_temperature"]))
+        for s in range(settings["sc_samples"])
+        if "sc" in methods
+    ]
+    return plan + [(m, 0, Schedule(settings["gen_length"], m)) for m in methods if m in BASELINES]
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Left-padded (B, L) ids, and an attention mask only when some prompt is actually padded."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return ids, None if bool(mask.all()) else mask
+
+
+def decode_batch(
+    model,
+    tokenizer,
+    task: Task,
+    batch: list[dict],
+    settings: dict,
+    mask_id: int,
+    device: torch.device,
+    methods: list[str] | None = None,
+) -> list[Record]:
+    """Every candidate of `methods` (default: the run's) of a batch of questions in one lockstep decode (`steps`
+    forward calls in all): a record per question. Each method draws from its own stream, seeded by the batch's
+    first question, so adding or dropping a method changes no other method's candidates."""
+    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    ids, attention = left_pad([build_prompt(tokenizer, task, p["row"]) for p in batch], pad_id, device)
+    methods = methods or settings["methods"]
+    streams = {
+        m: torch.Generator(device).manual_seed(settings["seed"] + 10**6 * METHODS.index(m) + batch[0]["id"])
+        for m in methods
+    }
+    plan = [(m, n, s) for m, n, s in candidate_plan(settings) if m in methods]
+    calls = []
+    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    start = time.perf_counter()
+    schedules = [s for _, _, s in plan]
+    generators = [streams[m] for m, _, _ in plan]
+    try:
+        out = decode(
+            model,
+            ids,
+            attention,
+            schedules=schedules,
+            gen_length=settings["gen_length"],
+            steps=settings["steps"],
+            mask_id=mask_id,
+            generator=generators,
+        )
+    finally:
+        hook.remove()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    cost = dict(forward_calls=len(calls) / len(batch), seconds=round((time.perf_counter() - start) / len(batch), 3))
+    return records_of(tokenizer, task, batch, plan, out, cost | dict(batch_size=len(batch), batch=batch[0]["id"]))
+
+
+def records_of(tokenizer, task: Task, batch: list[dict], plan: list, out: HexOutput, cost: dict) -> list[Record]:
+    """A batch's decode as records: each candidate's text (special tokens kept, as the authors decode), both
+    rules' answers, likelihood score, commit order and end-of-text map."""
+    answers = out.sequences[:, :, -out.commit_steps.shape[-1] :]  # (B, K, G)
+    is_end = torch.isin(answers, torch.tensor(end_of_text_ids(tokenizer), device=answers.device)).tolist()
+    texts = [[tokenizer.decode(a, skip_special_tokens=False) for a in row] for row in answers.tolist()]
+    records = []
+    for q, p in enumerate(batch):
+        candidates = [
+            Candidate(
+                method=m,
+                block_length=s.block_length,
+                sample=n,
+                text=texts[q][k],
+                answers={r: task.extract[r](texts[q][k]) for r in RULES},
+                score=float(out.scores[q, k]),
+                commit_order=out.commit_steps[q, k].tolist(),
+                end_of_text="".join("_" if e else "." for e in is_end[q][k]),
+            )
+            for k, (m, n, s) in enumerate(plan)
+        ]
+        gold = {r: task.gold[r](p["row"]) for r in RULES}
+        records.append(Record(id=p["id"], question=task.question(p["row"]), gold=gold, candidates=candidates, **cost))
+    return records
+
+
+def end_of_text_ids(tokenizer) -> list[int]:
+    """The tokens that end or pad an answer: EOS, pad, and whichever of END_TOKENS the tokenizer has."""
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} | {tokenizer.get_vocab().get(t) for t in END_TOKENS}
+    return sorted(i for i in ids if i is not None)
+
+
+# 2. The vote and the verdicts --------------------------------------------------------------------------------------
+
+
+def method_answers(candidates: list[Candidate], rule: str, tie_break: str) -> dict[str, tuple[Any, bool]]:
+    """Each method's answer under `rule` and whether its vote tied: HEX and SC take the majority vote over their
+    candidates (the authors' vote and tie rule); a one-block baseline's single candidate votes alone."""
+    by_method: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_method.setdefault(c["method"], []).append(c)
+    return {
+        m: majority_vote([c["answers"][rule] for c in cs], [c["score"] for c in cs], tie_break)
+        for m, cs in by_method.items()
+    }
+
+
+def verdicts(task: Task, record: Record, rule: str, tie_break: str) -> tuple[dict, list[bool]]:
+    """Under `rule`: per method (answer, tie, right), and per candidate whether it is right."""
+    gold = record["gold"][rule]
+    return (
+        {
+            m: (a, tie, is_correct(task, a, gold, rule))
+            for m, (a, tie) in method_answers(record["candidates"], rule, tie_break).items()
+        },
+        [is_correct(task, c["answers"][rule], gold, rule) for c in record["candidates"]],
+    )
+
+
+# 3. The summary: the paper's figures and the readers' controls, from the records alone -----------------------------
+
+
+def collapsed(candidate: Candidate) -> bool:
+    """The paper's [AfterEoT] collapse: the robust rule reads no answer and over half of the answer region is
+    end-of-text (a complete answer followed by padding is not a collapse)."""
+    ends = candidate["end_of_text"]
+    return candidate["answers"]["robust"] is None and ends.count("_") > COLLAPSE_THRESHOLD * len(ends)
+
+
+def eot_first_share(candidate: Candidate) -> float:
+    """The mechanism of the paper's Fig. 2: the share of end-of-text among the first quarter of the answer's
+    tokens in commit order (ties by position)."""
+    steps = candidate["commit_order"]
+    first = sorted(range(len(steps)), key=lambda i: (steps[i], i))[: max(1, len(steps) // 4)]
+    return sum(candidate["end_of_text"][i] == "_" for i in first) / len(first)
+
+
+def candidate_figures(records: list[Record], judged: dict, rule: str, belongs: Callable) -> dict:
+    """For the candidates `belongs` picks, counted over questions (a question's samples are not independent):
+    accuracy, each question's share of right ones averaged, with a Wilson interval on the number of
+    questions, and the other rule's; the oracle (some candidate right); collapse and EoT-first shares."""
+    other = RULES[1 - RULES.index(rule)]
+    picked = [
+        [(c, o, p) for c, o, p in zip(r["candidates"], ok, other_ok) if belongs(c)]
+        for r, (_, ok), (_, other_ok) in zip(records, judged[rule], judged[other])
+    ]
+    shares = [fmean(o for _, o, _ in question) for question in picked]
+    flat = [c for question in picked for c, _, _ in question]
+    return dict(
+        accuracy=fmean(shares),
+        ci95=wilson(sum(shares), len(shares)),
+        other_rule_accuracy=fmean(fmean(p for _, _, p in question) for question in picked),
+        oracle=fmean(any(o for _, o, _ in question) for question in picked),
+        collapse_rate=fmean(map(collapsed, flat)),
+        eot_first_share=fmean(map(eot_first_share, flat)),
+    )
+
+
+def votes_curve(task: Task, records: list[Record], method: str, rule: str, tie_break: str, subsets: int = 50) -> list:
+    """For k = 1..n of `method`'s n candidates per question: the expected accuracy and tie rate of a vote over
+    k of them drawn at random (every k-subset where there are at most `subsets`, else `subsets` random ones
+    from a fixed seed; a subset keeps the candidates' order, so ties fall as in the full vote), and pass@k,
+    the unbiased chance that one of k is right, 1 - C(n - c, k) / C(n, k) (Chen et al. 2021); each averaged
+    over questions."""
+    draw = random.Random(0)
+    mine = [[c for c in r["candidates"] if c["method"] == method] for r in records]
+    n = len(mine[0])
+    curve = []
+    for k in range(1, n + 1) if n > 1 else []:
+        accuracy = []
+        ties = []
+        pass_at = []
+        for record, candidates in zip(records, mine):
+            answers = [c["answers"][rule] for c in candidates]
+            right = {a: is_correct(task, a, record["gold"][rule], rule) for a in answers}
+            if math.comb(n, k) <= subsets:
+                picks = list(combinations(range(n), k))
+            else:
+                picks = [sorted(draw.sample(range(n), k)) for _ in range(subsets)]
+            votes = [
+                majority_vote([answers[i] for i in p], [candidates[i]["score"] for i in p], tie_break) for p in picks
+            ]
+            accuracy.append(fmean(right.get(a, False) for a, _ in votes))
+            ties.append(fmean(tie for _, tie in votes))
+            pass_at.append(1 - math.comb(n - sum(right[a] for a in answers), k) / math.comb(n, k))
+        curve.append(dict(votes=k, accuracy=fmean(accuracy), tie_rate=fmean(ties), pass_at_k=fmean(pass_at)))
+    return curve
+
+
+def agreement(records: list[Record], oks: list[list[bool]], rule: str) -> dict:
+    """Expert diversity: for each pair of groups (each HEX block length; SC's samples as one group), over the
+    pairs of a question's candidates, one from each group (never a candidate with itself): the share that give
+    the same answer among the pairs where both answers are readable, and the share where exactly one of the two
+    is right; averaged over questions. Beside them, each group's share of unreadable answers."""
+    blocks = sorted({c["block_length"] for r in records for c in r["candidates"] if c["method"] == "hex"})
+    groups = [(f"block {b}", lambda c, b=b: c["method"] == "hex" and c["block_length"] == b) for b in blocks]
+    if any(c["method"] == "sc" for c in records[0]["candidates"]):
+        groups.append(("SC", lambda c: c["method"] == "sc"))
+    members = [[[x for x, c in enumerate(r["candidates"]) if belongs(c)] for r in records] for _, belongs in groups]
+    agree = [[None] * len(groups) for _ in groups]  # None: no such pairs
+    one_right = [[None] * len(groups) for _ in groups]
+    for i, j in product(range(len(groups)), repeat=2):
+        same = []
+        single = []
+        for record, ok, xs, ys in zip(records, oks, members[i], members[j]):
+            answers = [c["answers"][rule] for c in record["candidates"]]
+            pairs = [(x, y) for x in xs for y in ys if x != y]
+            readable = [(x, y) for x, y in pairs if answers[x] is not None and answers[y] is not None]
+            if readable:
+                same.append(fmean(answers[x] == answers[y] for x, y in readable))
+            if pairs:
+                single.append(fmean(ok[x] != ok[y] for x, y in pairs))
+        agree[i][j] = fmean(same) if same else None
+        one_right[i][j] = fmean(single) if single else None
+    unreadable = [
+        fmean(r["candidates"][x]["answers"][rule] is None for r, xs in zip(records, group) for x in xs)
+        for group in members
+    ]
+    labels = [label for label, _ in groups]
+    return dict(groups=labels, agree=agree, exactly_one_right=one_right, unreadable=unreadable)
+
+
+def paired_comparisons(records: list[Record], judged: list, shown: list[str]) -> dict:
+    """HEX minus SC; minus each block length alone (its sample 0; block 32 is the schedule LLaDA and d1 fix in
+    advance); minus the best block length chosen on the other half of the questions (two-fold cross-fitting,
+    never scored on the questions it was chosen on): the paper's claim and its controls, on the same questions,
+    with Agresti-Min paired intervals."""
+    hex_right = [v["hex"][2] for v, _ in judged]
+    others = {"HEX - SC": [v["sc"][2] for v, _ in judged]} if "sc" in shown else {}
+    alone = {}
+    for r, (_, ok) in zip(records, judged):
+        for c, o in zip(r["candidates"], ok):
+            if c["method"] == "hex" and c["sample"] == 0:
+                alone.setdefault(c["block_length"], []).append(o)
+    for b, right in alone.items():
+        others[f"HEX - block {b}" + " (fixed in advance)" * (b == 32)] = right
+    chosen_right, chosen = cross_fitted(alone)
+    others[f"HEX - best block chosen on the other half (blocks {chosen[0]}, {chosen[1]})"] = chosen_right
+    return {name: paired_difference(hex_right, right) for name, right in others.items()}
+
+
+def summarize(records: list[Record], settings: dict, rule: str, methods: list[str] | None = None) -> dict:
+    """Every reported figure under `rule` (the other rule's accuracy beside), from the records alone; only
+    `methods` (default: the run's) in the methods table. Accuracies and differences are fractions."""
+    task = TASKS[settings["task"]]
+    other = RULES[1 - RULES.index(rule)]
+    tie_break = settings["tie_break"]
+    judged = {r: [verdicts(task, record, r, tie_break) for record in records] for r in RULES}
+    shown = [m for m in settings["methods"] if m in (methods or settings["methods"])]
+    table = {}
+    for m in shown:  # a method's verdict is its vote's
+        right = [v[m][2] for v, _ in judged[rule]]
+        table[m] = candidate_figures(records, judged, rule, lambda c, m=m: c["method"] == m) | dict(
+            paper_name=PAPER_NAMES[m],
+            accuracy=fmean(right),
+            ci95=wilson(sum(right), len(right)),
+            correct=sum(right),
+            other_rule_accuracy=fmean(v[m][2] for v, _ in judged[other]),
+            tie_rate=fmean(v[m][1] for v, _ in judged[rule]),
+        )
+    experts = {}
+    for b in settings["block_lengths"] if "hex" in shown else []:
+        experts[b] = candidate_figures(
+            records, judged, rule, lambda c, b=b: c["method"] == "hex" and c["block_length"] == b
+        )
+    oks = [ok for _, ok in judged[rule]]
+    return dict(
+        task=settings["task"],
+        questions=len(records),
+        answer_rule=rule,
+        other_rule=other,
+        units="accuracies, rates and differences are fractions of questions (printed as % and points)",
+        methods=table,
+        block_lengths=experts,
+        paired=paired_comparisons(records, judged[rule], shown) if "hex" in shown else {},
+        votes={m: votes_curve(task, records, m, rule, tie_break) for m in ("hex", "sc") if m in shown},
+        agreement=agreement(records, oks, rule) if "hex" in shown else dict(groups=[]),
+        forward_calls_per_question=fmean(r["forward_calls"] for r in records),
+        seconds_per_question=fmean(r["seconds"] for r in records),
+        settings=settings,
+    )
+
+
+def protocol(settings: dict) -> str:
+    """The run's protocol in one line, as the paper states it."""
+    k = settings["samples_per_block"]
+    text = f"gen_length {settings['gen_length']}, steps {settings['steps']}"
+    if "hex" in settings["methods"]:
+        ties = dict(first="the answer seen first (the authors' rule)", likelihood="the higher likelihood score")
+        blocks = settings["block_lengths"]
+        text += (
+            f", HEX block lengths {' '.join(map(str, blocks))}, temperature {settings['temperature']:g}, {k} "
+            f"sample{'s' * (k > 1)} per block length ({k * len(blocks)} vote{'s' * (k * len(blocks) > 1)}), "
+            f"ties to {ties[settings['tie_break']]}"
+        )
+    if "sc" in settings["methods"]:
+        text += (
+            f"; SC block length {settings['sc_block_length']}, temperature {settings['sc_temperature']:g}, "
+            f"{settings['sc_samples']} samples"
+        )
+    return text
+
+
+def summary_table(summary: dict) -> str:
+    """The summary as plain text, in the paper's words: accuracies in %, differences in points."""
+
+    def pct(x):
+        return "      -" if x is None else f"{100 * x:6.2f}%"
+
+    rule = summary["answer_rule"]
+    other = summary["other_rule"]
+    settings = summary["settings"]
+    n = summary["questions"]
+    lines = [
+        f"{TASKS[summary['task']].title}, {n} question{'s' * (n > 1)}; {protocol(settings)}",
+        f"answers read by the {rule} rule ({other} rule beside); every interval is 95% over questions",
+        f"{'method':<30}{'accuracy':>9}  {'95% interval':<18}{other:>9}{'tie rate':>10}{'oracle':>9}{'collapse':>10}"
+        f"{'EoT-first':>10}",
+    ]
+    rows = [(f"{v['paper_name']} ({m})", v) for m, v in summary["methods"].items()]
+    for label, v in rows + [(f"  HEX expert, block {b}", v) for b, v in summary["block_lengths"].items()]:
+        lines.append(
+            f"{label:<30}{pct(v['accuracy']):>9}  [{pct(v['ci95'][0])}, {pct(v['ci95'][1])}]"
+            f"{pct(v['other_rule_accuracy']):>9}{pct(v.get('tie_rate')):>10}{pct(v.get('oracle')):>9}"
+            f"{pct(v['collapse_rate']):>10}{pct(v['eot_first_share']):>10}"
+        )
+    lines += controls_table(summary, pct)
+    lines.append(
+        f"oracle: some candidate is right; collapse: no readable answer (robust rule) and over "
+        f"{COLLAPSE_THRESHOLD:.0%} end-of-text (the [AfterEoT] collapse);\nEoT-first: end-of-text among the "
+        "first quarter of committed answer tokens (Fig. 2); an expert's accuracy is over questions, each question's "
+        "share of right samples; no figure of SC is published"
+    )
+    for e in settings.get("environments", []):
+        lines.append(
+            f"run on {e['device_name']} ({settings['dtype']}, torch {e['torch']}, transformers {e['transformers']}, "
+            f"{e['world_size']} process(es), mask id {e['mask_id']})"
+        )
+    for r in settings.get("rescored", []):
+        lines.append(f"rescored without the model on {r['at']} (answers re-read by the rules of that time)")
+    lines.append(
+        f"{summary['forward_calls_per_question']:.1f} forward calls and {summary['seconds_per_question']:.2f} s per "
+        "question"
+    )
+    return "\n".join(lines)
+
+
+def controls_table(summary: dict, pct: Callable) -> list[str]:
+    """The readers' controls as text: votes curves, paired differences, expert agreement."""
+    lines = []
+    for m, curve in summary["votes"].items():
+        lines.append(
+            f"{PAPER_NAMES[m]}, a vote over k random candidates (expected) -- k: accuracy / tie rate / pass@k"
+        )
+        cells = [
+            f"{v['votes']}: {100 * v['accuracy']:.1f} / {100 * v['tie_rate']:.1f} / {100 * v['pass_at_k']:.1f}"
+            for v in curve
+        ]
+        lines += ["  " + "   ".join(cells[i : i + 6]) for i in range(0, len(cells), 6)]
+    for name, p in summary["paired"].items():
+        lines.append(
+            f"{name}: {100 * p['difference']:+.2f} points [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}] "
+            f"(paired, Agresti-Min); only HEX right {p['only_first']}, only the other {p['only_second']}"
+        )
+    table = summary["agreement"]
+    if len(table["groups"]) > 1:
+        lines.append(
+            "agreement per pair of candidates: same answer (pairs where both are readable) / exactly one right\n"
+            f"  {'':<9}" + "".join(f"{g:>17}" for g in table["groups"]) + f"{'unreadable':>12}"
+        )
+        for g, agree, one, lost in zip(
+            table["groups"], table["agree"], table["exactly_one_right"], table["unreadable"]
+        ):
+            cells = "".join(f"{pct(a).strip() + ' / ' + pct(o).strip():>17}" for a, o in zip(agree, one))
+            lines.append(f"  {g:<9}{cells}{pct(lost):>12}")
+        lines.append(
+            "  a fair test of 'two schedules agree less than two samples of one' compares pairs at one temperature:"
+            "\n  --temperature 0.7 --samples-per-block 2 gives same-schedule pairs beside the cross-schedule ones"
+        )
+    return lines
+
+
+# 4. The figure -----------------------------------------------------------------------------------------------------
+
+PAPER_ACCURACY = {  # LLaDA-8B-Instruct, gen_length 256, steps 128 (the paper's table)
+    "gsm8k": dict(hex=82.18, topk_margin=24.72, low_confidence=22.52, random=50.87),
+    "math500": dict(hex=40.00, topk_margin=16.40, low_confidence=16.60, random=16.80),
+    "arc-c": dict(hex=87.80, topk_margin=54.18, low_confidence=47.87, random=70.05),
+    "truthfulqa": dict(hex=57.46, topk_margin=28.36, low_confidence=29.82, random=42.40),
+}
+PAPER_GSM8K_VOTES = [
+    (5, 82.18, 4.1),
+    (10, 85.75, 4.3),
+    (15, 87.19, 2.4),
+    (20, 87.79, 2.5),
+    (25, 88.10, 1.35),
+    (30, 88.10, 1.05),
+]  # (votes, accuracy %, tie rate %), read off the paper's plot
+
+
+def write_figures(summary: dict, records: list[Record], path: Path) -> None:
+    """One PNG: accuracy per method and per HEX expert with 95% intervals over questions (the paper's bars, its
+    figures marked only where this run is its setting); expected accuracy, tie rate and pass@k against votes for
+    HEX and SC (its scaling plot); the step that committed each answer position of one question (its Fig. 2);
+    how often experts agree."""
+    from matplotlib.figure import Figure  # no pyplot: no window, no global state
+
+    settings = summary["settings"]
+    paper = "llada-8b-instruct" in settings["model"].lower() and (
+        settings["gen_length"],
+        settings["steps"],
+        settings["block_lengths"],
+    ) == (256, 128, [8, 16, 32, 64, 128])
+    fig = Figure(figsize=(14, 9), layout="constrained")
+    axes = fig.subplots(2, 2)
+    n = summary["questions"]
+    fig.suptitle(
+        f"{settings['model']} on {TASKS[summary['task']].title}, {n} question{'s' * (n > 1)}, "
+        f"{summary['answer_rule']} rule (this run, not the paper's figures)\n{protocol(settings)}",
+        fontsize=9,
+    )
+    _accuracy_bars(axes[0, 0], summary, paper)
+    _votes_plot(axes[0, 1], summary, paper and summary["task"] == "gsm8k")
+    record = next((r for r in records if any(map(collapsed, r["candidates"]))), records[0])
+    rows = [c for c in record["candidates"] if c["sample"] == 0]
+    labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
+    title = f"Commit order, question {record['id']}: the step that committed each position (red |: end-of-text)"
+    _heatmap(fig, axes[1, 0], [c["commit_order"] for c in rows], labels, None, "step", title, settings["steps"] - 1)
+    ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
+    if ends:
+        width = min(1.0, 64 / settings["gen_length"])  # thin marks at gen_length 256, each still its own
+        axes[1, 0].scatter(*zip(*ends), marker="|", s=60, linewidths=width, color="red")
+    table = summary["agreement"]
+    if table["groups"]:
+        values = [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]]
+        title = "Expert agreement: % of candidate pairs with the same answer, both readable"
+        _heatmap(fig, axes[1, 1], values, table["groups"], table["groups"], "%", title, 100)
+    else:
+        axes[1, 1].set_axis_off()
+    fig.savefig(path, dpi=100, format="png")
+
+
+def _accuracy_bars(ax, summary: dict, paper: bool) -> None:
+    colours = dict(hex="tab:blue", sc="tab:purple")
+    bars = [(v["paper_name"], v, colours.get(m, "tab:gray"), m) for m, v in summary["methods"].items()]
+    bars += [(f"block {b}", v, "tab:cyan", None) for b, v in summary["block_lengths"].items()]
+    heights = [100 * v["accuracy"] for _, v, _, _ in bars]
+    below = [h - 100 * v["ci95"][0] for h, (_, v, _, _) in zip(heights, bars)]
+    above = [100 * v["ci95"][1] - h for h, (_, v, _, _) in zip(heights, bars)]
+    colour = [c for _, _, c, _ in bars]
+    ax.bar(range(len(bars)), heights, color=colour, edgecolor="black", capsize=4, yerr=[below, above])
+    for i, h in enumerate(heights):  # the edge and the label keep a 0% bar visible
+        ax.annotate(f"{h:.1f}%", (i, h), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+    published = PAPER_ACCURACY[summary["task"]]
+    reported = [(i, published[m]) for i, (*_, m) in enumerate(bars) if m in published]
+    if paper and reported:
+        protocol_of_hex = "5 votes, temperature 0" if summary["task"] == "gsm8k" else "its best, protocol not stated"
+        label = f"the paper's table (LLaDA-8B-Instruct; HEX: {protocol_of_hex})"
+        ax.scatter(*zip(*reported), marker="_", s=600, color="tab:red", zorder=3, label=label)
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_xticks(range(len(bars)), [label for label, *_ in bars], rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="accuracy (%), 95% interval over questions", ylim=(0, 105), title="Methods and each HEX expert")
+
+
+def _votes_plot(ax, summary: dict, paper: bool) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    styles = dict(hex=dict(color="tab:blue", linewidth=4, alpha=0.45), sc=dict(color="tab:purple", linewidth=1.5))
+    for m, curve in summary["votes"].items():  # HEX broad and pale under SC: equal curves both stay visible
+        votes = [v["votes"] for v in curve]
+        name = PAPER_NAMES[m]
+        ax.plot(votes, [100 * v["accuracy"] for v in curve], "o-", label=f"{name}, expected accuracy", **styles[m])
+        ax.plot(votes, [100 * v["tie_rate"] for v in curve], "s--", label=f"{name}, tie rate", **styles[m])
+        ax.plot(votes, [100 * v["pass_at_k"] for v in curve], "^:", label=f"{name}, pass@k", **styles[m])
+    if paper and "hex" in summary["votes"]:
+        n, accuracy, tie = zip(*PAPER_GSM8K_VOTES)
+        label = "HEX accuracy, the paper (seeds x 5 blocks; temperature not stated)"
+        ax.plot(n, accuracy, "o:", color="tab:red", alpha=0.5, label=label)
+        ax.plot(n, tie, "s:", color="tab:red", alpha=0.3, label="HEX tie rate, the paper")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    title = "A vote over k candidates drawn at random" if ax.lines else "Votes: one candidate per method, no curve"
+    ax.set(xlabel="votes k", ylabel="%", ylim=(0, 105), title=title)
+    if ax.lines:
+        ax.legend(fontsize=8)
+
+
+def _heatmap(fig, ax, values: list, rows: list[str], columns: list[str] | None, unit: str, title: str, vmax: float):
+    """values as an image on a fixed scale; with columns, each cell labelled in a colour legible on it."""
+    image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=vmax)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    if columns:
+        ax.set_xticks(range(len(columns)), columns, fontsize=8)
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                if v == v:  # not NaN
+                    ink = "black" if v > vmax / 2 else "white"  # viridis is dark low, light high
+                    ax.annotate(f"{v:.0f}", (j, i), ha="center", va="center", fontsize=8, color=ink)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label=unit, fraction=0.03)
+
+
+# 5. The authors' prompts and answer rules (verbatim from their code, quirks annotated) -----------------------------
 
 FORMAT = (
     "Respond in the following format:\n"
@@ -224,7 +771,7 @@ def is_equiv_authors(answer: Any, gold: Any) -> bool:
         return answer == gold
 
 
-# 2. Robust rules: this project's reading, beside the authors' ------------------------------------
+# 6. Robust rules: this project's reading, beside the authors' ------------------------------------------------------
 
 
 def _numbers(text: str) -> list[float]:
@@ -343,7 +890,7 @@ def choice_answer_robust(text: str) -> str | None:
     return next((label for c in candidates if (label := _option(c)) is not None), None)
 
 
-# 3. The task table and the data ---------------------------------------------------------------------
+# 7. Tasks and data -------------------------------------------------------------------------------------------------
 
 
 def _arc_gold(row: dict) -> str:
@@ -559,7 +1106,7 @@ def _jsonl_rows(path: str, data: bytes) -> list[tuple[int, Any]]:
     return numbered
 
 
-# 4. Model families: each checkpoint's own model file, fitted to this transformers, as a mask predictor --
+# 8. Model families: each checkpoint's own model file, fitted to this transformers, as a mask predictor -------------
 
 
 def _transformers_version() -> tuple[int, int]:
@@ -735,539 +1282,7 @@ def find_mask_id(tokenizer, config) -> int:
     return mask_id
 
 
-# 5. Decoding a batch of questions into records -------------------------------------------------------
-
-
-class Candidate(TypedDict):
-    """One decoded answer of a question: an entry of a record's `candidates`."""
-
-    method: str  # "hex", "sc" or a one-block baseline's remasking rule (METHODS)
-    block_length: int
-    sample: int  # HEX: the sample of its block length; SC: its sample; a baseline: 0
-    text: str  # the decoded answer, special tokens kept (as the authors decode)
-    answers: dict[str, Any]  # the answer each rule (RULES) reads from the text; None: nothing readable
-    score: float  # mean log-prob under the first forward pass (the likelihood tie-break)
-    end_of_text: str  # per answer position: "_" an end-of-text token, "." any other
-    commit_order: list[int]  # per answer position: the step that committed it
-
-
-class Record(TypedDict):
-    """One finished question, a line of the results JSONL. Votes and verdicts are not stored: they are
-    recomputed from the candidates (`method_answers`), so a summary never disagrees with its records."""
-
-    id: int  # the row's index in the data
-    question: str
-    gold: dict[str, Any]  # the reference as each rule reads it
-    candidates: list[Candidate]
-    forward_calls: float  # the batch's forward calls per question
-    seconds: float  # the batch's decoding seconds per question
-    batch_size: int  # questions decoded together, left padded (numerics may shift slightly)
-    batch: int  # the id of its batch's first question: the batch a grown run decodes new methods in
-
-
-def candidate_plan(settings: dict) -> list[tuple[str, int, Schedule]]:
-    """Every candidate of a question as (method, sample, schedule): HEX's experts (low-confidence remasking at
-    --temperature), self-consistency's samples of one schedule, then each one-block baseline."""
-    methods = settings["methods"]
-    plan = [
-        ("hex", s, Schedule(b, "low_confidence", settings["temperature"]))
-        for s in range(settings["samples_per_block"])
-        for b in settings["block_lengths"]
-        if "hex" in methods
-    ]
-    plan += [
-        ("sc", s, Schedule(settings["sc_block_length"], "low_confidence", settings["sc_temperature"]))
-        for s in range(settings["sc_samples"])
-        if "sc" in methods
-    ]
-    return plan + [(m, 0, Schedule(settings["gen_length"], m)) for m in methods if m in BASELINES]
-
-
-def end_of_text_ids(tokenizer) -> list[int]:
-    """The tokens that end or pad an answer: EOS, pad, and whichever of END_TOKENS the tokenizer has."""
-    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} | {tokenizer.get_vocab().get(t) for t in END_TOKENS}
-    return sorted(i for i in ids if i is not None)
-
-
-def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Left-padded (B, L) ids, and an attention mask only when some prompt is actually padded."""
-    width = max(map(len, prompts))
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    return ids, None if bool(mask.all()) else mask
-
-
-def decode_batch(
-    model,
-    tokenizer,
-    task: Task,
-    batch: list[dict],
-    settings: dict,
-    mask_id: int,
-    device: torch.device,
-    methods: list[str] | None = None,
-) -> list[Record]:
-    """Every candidate of `methods` (default: the run's) of a batch of questions in one lockstep decode (`steps`
-    forward calls in all): a record per question. Each method draws from its own stream, seeded by the batch's
-    first question, so adding or dropping a method changes no other method's candidates."""
-    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-    ids, attention = left_pad([build_prompt(tokenizer, task, p["row"]) for p in batch], pad_id, device)
-    methods = methods or settings["methods"]
-    streams = {
-        m: torch.Generator(device).manual_seed(settings["seed"] + 10**6 * METHODS.index(m) + batch[0]["id"])
-        for m in methods
-    }
-    plan = [(m, n, s) for m, n, s in candidate_plan(settings) if m in methods]
-    G = settings["gen_length"]
-    calls = []
-    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
-    start = time.perf_counter()
-    try:
-        out = decode(
-            model,
-            ids,
-            attention,
-            schedules=[s for _, _, s in plan],
-            gen_length=G,
-            steps=settings["steps"],
-            mask_id=mask_id,
-            generator=[streams[m] for m, _, _ in plan],
-        )
-    finally:
-        hook.remove()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = (time.perf_counter() - start) / len(batch)
-    answers = out.sequences[:, :, -G:]  # (B, K, G)
-    is_end = torch.isin(answers, torch.tensor(end_of_text_ids(tokenizer), device=answers.device)).tolist()
-    texts = [[tokenizer.decode(a, skip_special_tokens=False) for a in row] for row in answers.tolist()]  # as theirs
-    return [
-        Record(
-            id=p["id"],
-            question=task.question(p["row"]),
-            gold={r: task.gold[r](p["row"]) for r in RULES},
-            candidates=[
-                Candidate(
-                    method=m,
-                    block_length=s.block_length,
-                    sample=n,
-                    text=texts[q][k],
-                    answers={r: task.extract[r](texts[q][k]) for r in RULES},
-                    score=float(out.scores[q, k]),
-                    commit_order=out.commit_steps[q, k].tolist(),
-                    end_of_text="".join("_" if e else "." for e in is_end[q][k]),
-                )
-                for k, (m, n, s) in enumerate(plan)
-            ],
-            forward_calls=len(calls) / len(batch),
-            seconds=round(seconds, 3),
-            batch_size=len(batch),
-            batch=batch[0]["id"],
-        )
-        for q, p in enumerate(batch)
-    ]
-
-
-# 6. Scoring: the vote, the paper's figures, the controls, the summary -----------------------------------
-
-
-def method_answers(candidates: list[Candidate], rule: str, tie_break: str) -> dict[str, tuple[Any, bool]]:
-    """Each method's answer under `rule` and whether its vote tied: HEX and SC take the majority vote over their
-    candidates (the authors' vote and tie rule); a one-block baseline's single candidate votes alone."""
-    by_method: dict[str, list[Candidate]] = {}
-    for c in candidates:
-        by_method.setdefault(c["method"], []).append(c)
-    return {
-        m: majority_vote([c["answers"][rule] for c in cs], [c["score"] for c in cs], tie_break)
-        for m, cs in by_method.items()
-    }
-
-
-def verdicts(task: Task, record: Record, rule: str, tie_break: str) -> tuple[dict, list[bool]]:
-    """Under `rule`: per method (answer, tie, right), and per candidate whether it is right."""
-    gold = record["gold"][rule]
-    return (
-        {
-            m: (a, tie, is_correct(task, a, gold, rule))
-            for m, (a, tie) in method_answers(record["candidates"], rule, tie_break).items()
-        },
-        [is_correct(task, c["answers"][rule], gold, rule) for c in record["candidates"]],
-    )
-
-
-def collapsed(candidate: Candidate) -> bool:
-    """The paper's [AfterEoT] collapse: the robust rule reads no answer and over half of the answer region is
-    end-of-text (a complete answer followed by padding is not a collapse)."""
-    ends = candidate["end_of_text"]
-    return candidate["answers"]["robust"] is None and ends.count("_") > COLLAPSE_THRESHOLD * len(ends)
-
-
-def eot_first_share(candidate: Candidate) -> float:
-    """The mechanism of the paper's Fig. 2: the share of end-of-text among the first quarter of the answer's
-    tokens in commit order (ties by position)."""
-    steps = candidate["commit_order"]
-    first = sorted(range(len(steps)), key=lambda i: (steps[i], i))[: max(1, len(steps) // 4)]
-    return sum(candidate["end_of_text"][i] == "_" for i in first) / len(first)
-
-
-def votes_curve(task: Task, records: list[Record], method: str, rule: str, tie_break: str, subsets: int = 50) -> list:
-    """For k = 1..n of `method`'s n candidates per question: the expected accuracy and tie rate of a vote over
-    k of them drawn at random (every k-subset where there are at most `subsets`, else `subsets` random ones
-    from a fixed seed; a subset keeps the candidates' order, so ties fall as in the full vote), and pass@k,
-    the unbiased chance that one of k is right, 1 - C(n - c, k) / C(n, k) (Chen et al. 2021); each averaged
-    over questions."""
-    draw = random.Random(0)
-    mine = [[c for c in r["candidates"] if c["method"] == method] for r in records]
-    n = len(mine[0])
-    curve = []
-    for k in range(1, n + 1) if n > 1 else []:
-        accuracy = []
-        ties = []
-        pass_at = []
-        for record, candidates in zip(records, mine):
-            answers = [c["answers"][rule] for c in candidates]
-            right = {a: is_correct(task, a, record["gold"][rule], rule) for a in answers}
-            if math.comb(n, k) <= subsets:
-                picks = list(combinations(range(n), k))
-            else:
-                picks = [sorted(draw.sample(range(n), k)) for _ in range(subsets)]
-            votes = [
-                majority_vote([answers[i] for i in p], [candidates[i]["score"] for i in p], tie_break) for p in picks
-            ]
-            accuracy.append(fmean(right.get(a, False) for a, _ in votes))
-            ties.append(fmean(tie for _, tie in votes))
-            pass_at.append(1 - math.comb(n - sum(right[a] for a in answers), k) / math.comb(n, k))
-        curve.append(dict(votes=k, accuracy=fmean(accuracy), tie_rate=fmean(ties), pass_at_k=fmean(pass_at)))
-    return curve
-
-
-def agreement(records: list[Record], oks: list[list[bool]], rule: str) -> dict:
-    """Expert diversity: for each pair of groups (each HEX block length; SC's samples as one group), over the
-    pairs of a question's candidates, one from each group (never a candidate with itself): the share that give
-    the same answer among the pairs where both answers are readable, and the share where exactly one of the two
-    is right; averaged over questions. Beside them, each group's share of unreadable answers."""
-    blocks = sorted({c["block_length"] for r in records for c in r["candidates"] if c["method"] == "hex"})
-    groups = [(f"block {b}", lambda c, b=b: c["method"] == "hex" and c["block_length"] == b) for b in blocks]
-    if any(c["method"] == "sc" for c in records[0]["candidates"]):
-        groups.append(("SC", lambda c: c["method"] == "sc"))
-    members = [[[x for x, c in enumerate(r["candidates"]) if belongs(c)] for r in records] for _, belongs in groups]
-    agree = [[None] * len(groups) for _ in groups]  # None: no such pairs
-    one_right = [[None] * len(groups) for _ in groups]
-    for i, j in product(range(len(groups)), repeat=2):
-        same = []
-        single = []
-        for record, ok, xs, ys in zip(records, oks, members[i], members[j]):
-            answers = [c["answers"][rule] for c in record["candidates"]]
-            pairs = [(x, y) for x in xs for y in ys if x != y]
-            readable = [(x, y) for x, y in pairs if answers[x] is not None and answers[y] is not None]
-            if readable:
-                same.append(fmean(answers[x] == answers[y] for x, y in readable))
-            if pairs:
-                single.append(fmean(ok[x] != ok[y] for x, y in pairs))
-        agree[i][j] = fmean(same) if same else None
-        one_right[i][j] = fmean(single) if single else None
-    unreadable = [
-        fmean(r["candidates"][x]["answers"][rule] is None for r, xs in zip(records, group) for x in xs)
-        for group in members
-    ]
-    labels = [label for label, _ in groups]
-    return dict(groups=labels, agree=agree, exactly_one_right=one_right, unreadable=unreadable)
-
-
-def candidate_figures(records: list[Record], judged: dict, rule: str, belongs: Callable) -> dict:
-    """For the candidates `belongs` picks, counted over questions (a question's samples are not independent):
-    accuracy, each question's share of right ones averaged, with a Wilson interval on the number of
-    questions, and the other rule's; the oracle (some candidate right); collapse and EoT-first shares."""
-    other = RULES[1 - RULES.index(rule)]
-    picked = [
-        [(c, o, p) for c, o, p in zip(r["candidates"], ok, other_ok) if belongs(c)]
-        for r, (_, ok), (_, other_ok) in zip(records, judged[rule], judged[other])
-    ]
-    shares = [fmean(o for _, o, _ in question) for question in picked]
-    flat = [c for question in picked for c, _, _ in question]
-    return dict(
-        accuracy=fmean(shares),
-        ci95=wilson(sum(shares), len(shares)),
-        other_rule_accuracy=fmean(fmean(p for _, _, p in question) for question in picked),
-        oracle=fmean(any(o for _, o, _ in question) for question in picked),
-        collapse_rate=fmean(map(collapsed, flat)),
-        eot_first_share=fmean(map(eot_first_share, flat)),
-    )
-
-
-def summarize(records: list[Record], settings: dict, rule: str, methods: list[str] | None = None) -> dict:
-    """Every reported figure under `rule` (the other rule's accuracy beside), from the records alone; only
-    `methods` (default: the run's) in the methods table. Accuracies and differences are fractions."""
-    task = TASKS[settings["task"]]
-    other = RULES[1 - RULES.index(rule)]
-    tie_break = settings["tie_break"]
-    judged = {r: [verdicts(task, record, r, tie_break) for record in records] for r in RULES}
-    shown = [m for m in settings["methods"] if m in (methods or settings["methods"])]
-    table = {}
-    for m in shown:  # a method's verdict is its vote's
-        right = [v[m][2] for v, _ in judged[rule]]
-        table[m] = candidate_figures(records, judged, rule, lambda c, m=m: c["method"] == m) | dict(
-            paper_name=PAPER_NAMES[m],
-            accuracy=fmean(right),
-            ci95=wilson(sum(right), len(right)),
-            correct=sum(right),
-            other_rule_accuracy=fmean(v[m][2] for v, _ in judged[other]),
-            tie_rate=fmean(v[m][1] for v, _ in judged[rule]),
-        )
-    experts = {}
-    for b in settings["block_lengths"] if "hex" in shown else []:
-        experts[b] = candidate_figures(
-            records, judged, rule, lambda c, b=b: c["method"] == "hex" and c["block_length"] == b
-        )
-    oks = [ok for _, ok in judged[rule]]
-    return dict(
-        task=settings["task"],
-        questions=len(records),
-        answer_rule=rule,
-        other_rule=other,
-        units="accuracies, rates and differences are fractions of questions (printed as % and points)",
-        methods=table,
-        block_lengths=experts,
-        paired=paired_comparisons(records, judged[rule], shown) if "hex" in shown else {},
-        votes={m: votes_curve(task, records, m, rule, tie_break) for m in ("hex", "sc") if m in shown},
-        agreement=agreement(records, oks, rule) if "hex" in shown else dict(groups=[]),
-        forward_calls_per_question=fmean(r["forward_calls"] for r in records),
-        seconds_per_question=fmean(r["seconds"] for r in records),
-        settings=settings,
-    )
-
-
-def paired_comparisons(records: list[Record], judged: list, shown: list[str]) -> dict:
-    """HEX minus SC; minus each block length alone (its sample 0; block 32 is the schedule LLaDA and d1 fix in
-    advance); minus the best block length chosen on the other half of the questions (two-fold cross-fitting,
-    never scored on the questions it was chosen on): the paper's claim and its controls, on the same questions,
-    with Agresti-Min paired intervals."""
-    hex_right = [v["hex"][2] for v, _ in judged]
-    others = {"HEX - SC": [v["sc"][2] for v, _ in judged]} if "sc" in shown else {}
-    alone = {}
-    for r, (_, ok) in zip(records, judged):
-        for c, o in zip(r["candidates"], ok):
-            if c["method"] == "hex" and c["sample"] == 0:
-                alone.setdefault(c["block_length"], []).append(o)
-    for b, right in alone.items():
-        others[f"HEX - block {b}" + " (fixed in advance)" * (b == 32)] = right
-    chosen_right, chosen = cross_fitted(alone)
-    others[f"HEX - best block chosen on the other half (blocks {chosen[0]}, {chosen[1]})"] = chosen_right
-    return {name: paired_difference(hex_right, right) for name, right in others.items()}
-
-
-def protocol(settings: dict) -> str:
-    """The run's protocol in one line, as the paper states it."""
-    k = settings["samples_per_block"]
-    text = f"gen_length {settings['gen_length']}, steps {settings['steps']}"
-    if "hex" in settings["methods"]:
-        ties = dict(first="the answer seen first (the authors' rule)", likelihood="the higher likelihood score")
-        blocks = settings["block_lengths"]
-        text += (
-            f", HEX block lengths {' '.join(map(str, blocks))}, temperature {settings['temperature']:g}, {k} "
-            f"sample{'s' * (k > 1)} per block length ({k * len(blocks)} vote{'s' * (k * len(blocks) > 1)}), "
-            f"ties to {ties[settings['tie_break']]}"
-        )
-    if "sc" in settings["methods"]:
-        text += (
-            f"; SC block length {settings['sc_block_length']}, temperature {settings['sc_temperature']:g}, "
-            f"{settings['sc_samples']} samples"
-        )
-    return text
-
-
-def summary_table(summary: dict) -> str:
-    """The summary as plain text, in the paper's words: accuracies in %, differences in points."""
-
-    def pct(x):
-        return "      -" if x is None else f"{100 * x:6.2f}%"
-
-    rule = summary["answer_rule"]
-    other = summary["other_rule"]
-    settings = summary["settings"]
-    n = summary["questions"]
-    lines = [
-        f"{TASKS[summary['task']].title}, {n} question{'s' * (n > 1)}; {protocol(settings)}",
-        f"answers read by the {rule} rule ({other} rule beside); every interval is 95% over questions",
-        f"{'method':<30}{'accuracy':>9}  {'95% interval':<18}{other:>9}{'tie rate':>10}{'oracle':>9}{'collapse':>10}"
-        f"{'EoT-first':>10}",
-    ]
-    rows = [(f"{v['paper_name']} ({m})", v) for m, v in summary["methods"].items()]
-    for label, v in rows + [(f"  HEX expert, block {b}", v) for b, v in summary["block_lengths"].items()]:
-        lines.append(
-            f"{label:<30}{pct(v['accuracy']):>9}  [{pct(v['ci95'][0])}, {pct(v['ci95'][1])}]"
-            f"{pct(v['other_rule_accuracy']):>9}{pct(v.get('tie_rate')):>10}{pct(v.get('oracle')):>9}"
-            f"{pct(v['collapse_rate']):>10}{pct(v['eot_first_share']):>10}"
-        )
-    for m, curve in summary["votes"].items():
-        lines.append(
-            f"{PAPER_NAMES[m]}, a vote over k random candidates (expected) -- k: accuracy / tie rate / pass@k"
-        )
-        cells = [
-            f"{v['votes']}: {100 * v['accuracy']:.1f} / {100 * v['tie_rate']:.1f} / {100 * v['pass_at_k']:.1f}"
-            for v in curve
-        ]
-        lines += ["  " + "   ".join(cells[i : i + 6]) for i in range(0, len(cells), 6)]
-    for name, p in summary["paired"].items():
-        lines.append(
-            f"{name}: {100 * p['difference']:+.2f} points [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}] "
-            f"(paired, Agresti-Min); only HEX right {p['only_first']}, only the other {p['only_second']}"
-        )
-    table = summary["agreement"]
-    if len(table["groups"]) > 1:
-        lines.append(
-            "agreement per pair of candidates: same answer (pairs where both are readable) / exactly one right\n"
-            f"  {'':<9}" + "".join(f"{g:>17}" for g in table["groups"]) + f"{'unreadable':>12}"
-        )
-        for g, agree, one, lost in zip(
-            table["groups"], table["agree"], table["exactly_one_right"], table["unreadable"]
-        ):
-            cells = "".join(f"{pct(a).strip() + ' / ' + pct(o).strip():>17}" for a, o in zip(agree, one))
-            lines.append(f"  {g:<9}{cells}{pct(lost):>12}")
-        lines.append(
-            "  a fair test of 'two schedules agree less than two samples of one' compares pairs at one temperature:"
-            "\n  --temperature 0.7 --samples-per-block 2 gives same-schedule pairs beside the cross-schedule ones"
-        )
-    lines.append(
-        f"oracle: some candidate is right; collapse: no readable answer (robust rule) and over "
-        f"{COLLAPSE_THRESHOLD:.0%} end-of-text (the [AfterEoT] collapse);\nEoT-first: end-of-text among the "
-        "first quarter of committed answer tokens (Fig. 2); an expert's accuracy is over questions, each question's "
-        "share of right samples; no figure of SC is published"
-    )
-    for e in settings.get("environments", []):
-        lines.append(
-            f"run on {e['device_name']} ({settings['dtype']}, torch {e['torch']}, transformers {e['transformers']}, "
-            f"{e['world_size']} process(es), mask id {e['mask_id']})"
-        )
-    for r in settings.get("rescored", []):
-        lines.append(f"rescored without the model on {r['at']} (answers re-read by the rules of that time)")
-    lines.append(
-        f"{summary['forward_calls_per_question']:.1f} forward calls and {summary['seconds_per_question']:.2f} s per "
-        "question"
-    )
-    return "\n".join(lines)
-
-
-# 7. The figure, drawn from the records alone -----------------------------------------------------------
-
-PAPER_ACCURACY = {  # LLaDA-8B-Instruct, gen_length 256, steps 128 (the paper's table)
-    "gsm8k": dict(hex=82.18, topk_margin=24.72, low_confidence=22.52, random=50.87),
-    "math500": dict(hex=40.00, topk_margin=16.40, low_confidence=16.60, random=16.80),
-    "arc-c": dict(hex=87.80, topk_margin=54.18, low_confidence=47.87, random=70.05),
-    "truthfulqa": dict(hex=57.46, topk_margin=28.36, low_confidence=29.82, random=42.40),
-}
-PAPER_GSM8K_VOTES = [
-    (5, 82.18, 4.1),
-    (10, 85.75, 4.3),
-    (15, 87.19, 2.4),
-    (20, 87.79, 2.5),
-    (25, 88.10, 1.35),
-    (30, 88.10, 1.05),
-]  # (votes, accuracy %, tie rate %), read off the paper's plot
-
-
-def write_figures(summary: dict, records: list[Record], path: Path) -> None:
-    """One PNG: accuracy per method and per HEX expert with 95% intervals over questions (the paper's bars, its
-    figures marked only where this run is its setting); expected accuracy, tie rate and pass@k against votes for
-    HEX and SC (its scaling plot); the step that committed each answer position of one question (its Fig. 2);
-    how often experts agree."""
-    from matplotlib.figure import Figure  # no pyplot: no window, no global state
-
-    settings = summary["settings"]
-    paper = "llada-8b-instruct" in settings["model"].lower() and (
-        settings["gen_length"],
-        settings["steps"],
-        settings["block_lengths"],
-    ) == (256, 128, [8, 16, 32, 64, 128])
-    fig = Figure(figsize=(14, 9), layout="constrained")
-    axes = fig.subplots(2, 2)
-    n = summary["questions"]
-    fig.suptitle(
-        f"{settings['model']} on {TASKS[summary['task']].title}, {n} question{'s' * (n > 1)}, "
-        f"{summary['answer_rule']} rule (this run, not the paper's figures)\n{protocol(settings)}",
-        fontsize=9,
-    )
-    _accuracy_bars(axes[0, 0], summary, paper)
-    _votes_plot(axes[0, 1], summary, paper and summary["task"] == "gsm8k")
-    record = next((r for r in records if any(map(collapsed, r["candidates"]))), records[0])
-    rows = [c for c in record["candidates"] if c["sample"] == 0]
-    labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
-    title = f"Commit order, question {record['id']}: the step that committed each position (red |: end-of-text)"
-    _heatmap(fig, axes[1, 0], [c["commit_order"] for c in rows], labels, None, "step", title, settings["steps"] - 1)
-    ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
-    if ends:
-        width = min(1.0, 64 / settings["gen_length"])  # thin marks at gen_length 256, each still its own
-        axes[1, 0].scatter(*zip(*ends), marker="|", s=60, linewidths=width, color="red")
-    table = summary["agreement"]
-    if table["groups"]:
-        values = [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]]
-        title = "Expert agreement: % of candidate pairs with the same answer, both readable"
-        _heatmap(fig, axes[1, 1], values, table["groups"], table["groups"], "%", title, 100)
-    else:
-        axes[1, 1].set_axis_off()
-    fig.savefig(path, dpi=100, format="png")
-
-
-def _accuracy_bars(ax, summary: dict, paper: bool) -> None:
-    colours = dict(hex="tab:blue", sc="tab:purple")
-    bars = [(v["paper_name"], v, colours.get(m, "tab:gray"), m) for m, v in summary["methods"].items()]
-    bars += [(f"block {b}", v, "tab:cyan", None) for b, v in summary["block_lengths"].items()]
-    heights = [100 * v["accuracy"] for _, v, _, _ in bars]
-    below = [h - 100 * v["ci95"][0] for h, (_, v, _, _) in zip(heights, bars)]
-    above = [100 * v["ci95"][1] - h for h, (_, v, _, _) in zip(heights, bars)]
-    colour = [c for _, _, c, _ in bars]
-    ax.bar(range(len(bars)), heights, color=colour, edgecolor="black", capsize=4, yerr=[below, above])
-    for i, h in enumerate(heights):  # the edge and the label keep a 0% bar visible
-        ax.annotate(f"{h:.1f}%", (i, h), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
-    published = PAPER_ACCURACY[summary["task"]]
-    reported = [(i, published[m]) for i, (*_, m) in enumerate(bars) if m in published]
-    if paper and reported:
-        protocol_of_hex = "5 votes, temperature 0" if summary["task"] == "gsm8k" else "its best, protocol not stated"
-        label = f"the paper's table (LLaDA-8B-Instruct; HEX: {protocol_of_hex})"
-        ax.scatter(*zip(*reported), marker="_", s=600, color="tab:red", zorder=3, label=label)
-        ax.legend(loc="upper right", fontsize=8)
-    ax.set_xticks(range(len(bars)), [label for label, *_ in bars], rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="accuracy (%), 95% interval over questions", ylim=(0, 105), title="Methods and each HEX expert")
-
-
-def _votes_plot(ax, summary: dict, paper: bool) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    styles = dict(hex=dict(color="tab:blue", linewidth=4, alpha=0.45), sc=dict(color="tab:purple", linewidth=1.5))
-    for m, curve in summary["votes"].items():  # HEX broad and pale under SC: equal curves both stay visible
-        votes = [v["votes"] for v in curve]
-        name = PAPER_NAMES[m]
-        ax.plot(votes, [100 * v["accuracy"] for v in curve], "o-", label=f"{name}, expected accuracy", **styles[m])
-        ax.plot(votes, [100 * v["tie_rate"] for v in curve], "s--", label=f"{name}, tie rate", **styles[m])
-        ax.plot(votes, [100 * v["pass_at_k"] for v in curve], "^:", label=f"{name}, pass@k", **styles[m])
-    if paper and "hex" in summary["votes"]:
-        n, accuracy, tie = zip(*PAPER_GSM8K_VOTES)
-        label = "HEX accuracy, the paper (seeds x 5 blocks; temperature not stated)"
-        ax.plot(n, accuracy, "o:", color="tab:red", alpha=0.5, label=label)
-        ax.plot(n, tie, "s:", color="tab:red", alpha=0.3, label="HEX tie rate, the paper")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    title = "A vote over k candidates drawn at random" if ax.lines else "Votes: one candidate per method, no curve"
-    ax.set(xlabel="votes k", ylabel="%", ylim=(0, 105), title=title)
-    if ax.lines:
-        ax.legend(fontsize=8)
-
-
-def _heatmap(fig, ax, values: list, rows: list[str], columns: list[str] | None, unit: str, title: str, vmax: float):
-    """values as an image on a fixed scale; with columns, each cell labelled in a colour legible on it."""
-    image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=vmax)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
-    if columns:
-        ax.set_xticks(range(len(columns)), columns, fontsize=8)
-        for i, row in enumerate(values):
-            for j, v in enumerate(row):
-                if v == v:  # not NaN
-                    ink = "black" if v > vmax / 2 else "white"  # viridis is dark low, light high
-                    ax.annotate(f"{v:.0f}", (j, i), ha="center", va="center", fontsize=8, color=ink)
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(image, ax=ax, label=unit, fraction=0.03)
-
-
-# 8. Run files: records, settings, one writer, resuming ------------------------------------------------
+# 9. Run files: records, settings, one writer, resuming, growing ----------------------------------------------------
 
 COMPARED = (
     "task",
@@ -1325,6 +1340,14 @@ def grown(old: dict, new: dict) -> dict:
 
 def methods_of(record: Record) -> set[str]:
     return {c["method"] for c in record["candidates"]}
+
+
+def merged(held: Record, new: Record, settings: dict) -> Record:
+    """A held record grown by a new decode's candidates, in the order of the run's candidate plan."""
+    candidates = {(c["method"], c["sample"], c["block_length"]): c for c in held["candidates"] + new["candidates"]}
+    order = [(m, n, s.block_length) for m, n, s in candidate_plan(settings)]
+    costs = dict(forward_calls=held["forward_calls"] + new["forward_calls"], seconds=held["seconds"] + new["seconds"])
+    return held | costs | dict(candidates=[candidates[key] for key in order])
 
 
 def write_atomically(path: Path, content: str | Callable[[Path], None]) -> None:
@@ -1486,7 +1509,7 @@ class RunFiles:
         return records
 
 
-# 9. The command line ---------------------------------------------------------------------------------
+# 10. The command line ----------------------------------------------------------------------------------------------
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -1641,7 +1664,7 @@ def check_output(text: str) -> Path:
     return output
 
 
-# 10. main: parse, data, settings, already finished?, tokenizer, model, loop, report --------------------
+# 11. main: parse, data, settings, done already?, model, decode what is missing, report -----------------------------
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -1710,28 +1733,26 @@ def evaluate(args: argparse.Namespace) -> dict | None:
                 f"--model {args.model}: its tokenizer has no chat template (instruct checkpoints have one)"
             )
         model = load_model(args.model, config, device, getattr(torch, settings["dtype"]))
-        on_rank0(
-            lambda: files.start(
-                settings,
-                args.resume,
-                dict(
-                    device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                    torch=torch.__version__,
-                    transformers=__import__("transformers").__version__,
-                    world_size=world,
-                    mask_id=mask_id,
-                    end_of_text_ids=end_of_text_ids(tokenizer),
-                ),
-            ),
-            world,
-            rank,
-        )
+        machine = environment(device, world, mask_id, tokenizer)
+        on_rank0(lambda: files.start(settings, args.resume, machine), world, rank)
         decode_questions(model, tokenizer, task, problems, settings, mask_id, device, files)
         return report(files.stored_settings(), files, requested, args) if rank == 0 else None
     finally:
         files.close()
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def environment(device: torch.device, world: int, mask_id: int, tokenizer) -> dict:
+    """This machine and what the model gave, as the settings file keeps them per run."""
+    return dict(
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        torch=torch.__version__,
+        transformers=__import__("transformers").__version__,
+        world_size=world,
+        mask_id=mask_id,
+        end_of_text_ids=end_of_text_ids(tokenizer),
+    )
 
 
 def run_settings(args: argparse.Namespace, data: dict, device: torch.device) -> dict:
@@ -1833,14 +1854,6 @@ def decode_questions(
         bar.close()
     if world > 1:
         torch.distributed.barrier()
-
-
-def merged(held: Record, new: Record, settings: dict) -> Record:
-    """A held record grown by a new decode's candidates, in the order of the run's candidate plan."""
-    candidates = {(c["method"], c["sample"], c["block_length"]): c for c in held["candidates"] + new["candidates"]}
-    order = [(m, n, s.block_length) for m, n, s in candidate_plan(settings)]
-    costs = dict(forward_calls=held["forward_calls"] + new["forward_calls"], seconds=held["seconds"] + new["seconds"])
-    return held | costs | dict(candidates=[candidates[key] for key in order])
 
 
 def report(settings: dict, files: RunFiles, requested: set[int], args: argparse.Namespace) -> dict:
