@@ -1,6 +1,7 @@
 """Tests for hex.py: CPU only, no network. Run: python -m pytest -q"""
 
 import contextlib
+import inspect
 import math
 import os
 import re
@@ -758,15 +759,23 @@ class TinyModel(PreTrainedModel):
     def forward(self, input_ids, attention_mask=None, use_cache=None):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         time.sleep(float(os.environ.get("TINY_SLEEP", 0)))  # the tests' stand-in for a slow model
-        logits = self.net(input_ids, attention_mask).logits
-        script = getattr(self.config, "stand_in", None)  # `python test_hex.py` only: a labelled stand-in that
-        for row, ids in enumerate(input_ids.tolist() if script else []):  # boxes the question's last digit
+        return CausalLMOutputWithPast(logits=self.net(input_ids, attention_mask).logits)
+'''
+STAND_IN_MODELING = '''
+
+class StandInModel(TinyModel):
+    """`python test_hex.py` only, never a test: a labelled stand-in that boxes the question's last digit."""
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        out = super().forward(input_ids, attention_mask, use_cache)
+        script = self.config.stand_in
+        for row, ids in enumerate(input_ids.tolist()):
             start = len(ids) - ids[::-1].index(script["reasoning"])  # the answer follows the last <reasoning>
             tokens = script["before"] + [t for t in ids[:start] if t in script["digits"]][-1:] + script["after"]
             for i, t in enumerate(tokens):
-                logits[row, start + i, t] += 20.0
-            logits[row, start + len(tokens):, script["eot"]] += 10.0
-        return CausalLMOutputWithPast(logits=logits)
+                out.logits[row, start + i, t] += 20.0
+            out.logits[row, start + len(tokens):, script["eot"]] += 10.0
+        return out
 '''
 
 
@@ -821,7 +830,7 @@ def write_checkpoint(d: Path, drop_weight: str | None = None, stand_in: bool = F
         ),
     )
     tokenizer.save_pretrained(d)
-    (d / "modeling_tiny.py").write_text(TINY_MODELING)
+    (d / "modeling_tiny.py").write_text(TINY_MODELING + STAND_IN_MODELING * stand_in)
     ids = tokenizer.convert_tokens_to_ids
     script = dict(
         reasoning=ids("<reasoning>"),
@@ -839,7 +848,10 @@ def write_checkpoint(d: Path, drop_weight: str | None = None, stand_in: bool = F
                 n_layers=2,
                 n_heads=4,
                 use_cache=False,
-                auto_map={"AutoConfig": "modeling_tiny.TinyConfig", "AutoModel": "modeling_tiny.TinyModel"},
+                auto_map={
+                    "AutoConfig": "modeling_tiny.TinyConfig",
+                    "AutoModel": "modeling_tiny.StandInModel" if stand_in else "modeling_tiny.TinyModel",
+                },
                 **({"stand_in": script} if stand_in else {}),
             )
         )
@@ -856,6 +868,14 @@ def write_checkpoint(d: Path, drop_weight: str | None = None, stand_in: bool = F
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp("tiny-llada"))
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint):
+    """The tiny checkpoint's tokenizer, config, model in float64 and mask id, loaded once."""
+    tokenizer, config = R.load_tokenizer(str(checkpoint))
+    model = R.load_model(str(checkpoint), config, torch.device("cpu"), torch.float64)
+    return tokenizer, config, model, R.find_mask_id(tokenizer, config)
 
 
 ROWS = {  # two rows per task, in each dataset's own format
@@ -1070,7 +1090,7 @@ def test_checkpoint_each_task_end_to_end(checkpoint, tmp_path, task, capsys):
     assert settings["task"] == task and settings["data"]["fingerprint"].startswith("sha256:")
 
 
-def test_checkpoint_data_reads_parquet_like_jsonl(tmp_path):
+def test_data_reads_parquet_like_jsonl(tmp_path):
     import pyarrow
     import pyarrow.parquet
 
@@ -1277,13 +1297,12 @@ def test_vote_over_raw_strings_under_the_authors_rule():
 # Every method in one batch, the [AfterEoT] figures, rescoring, the picture ------------------------
 
 
-def test_checkpoint_every_method_in_one_batch_equals_the_separate_runs(checkpoint):
+def test_checkpoint_every_method_in_one_batch_equals_the_separate_runs(checkpoint, loaded):
     """At the defaults (gen 256, steps 128): 128 forward calls per question for all eight candidates,
     each equal token for token (float64) to HEX's lockstep run and each baseline's own run."""
-    tokenizer, config = R.load_tokenizer(str(checkpoint))
-    model = R.load_model(str(checkpoint), config, torch.device("cpu"), torch.float64)
+    tokenizer, _, model, mask_id = loaded
     settings = R.run_settings(R.parse_args(["--model", str(checkpoint)]), {}, torch.device("cpu"))
-    mask_id, task = R.find_mask_id(tokenizer, config), R.TASKS["gsm8k"]
+    task = R.TASKS["gsm8k"]
     batch = [{"id": 3, "row": ROWS["gsm8k"][0]}]
     [record] = R.decode_batch(model, tokenizer, task, batch, settings, mask_id, torch.device("cpu"))
     assert record["forward_calls"] == 128 and len(record["candidates"]) == 8
@@ -1388,7 +1407,7 @@ def test_checkpoint_rescore_rereads_the_texts_without_the_model(checkpoint, data
     assert json.loads(output.with_suffix(".config.json").read_text())["rescored"] == settings["rescored"]
 
 
-def test_checkpoint_rescore_of_nothing_is_one_clear_line(tmp_path, capsys):
+def test_rescore_of_nothing_is_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         R.main(["--output", str(tmp_path / "none.jsonl"), "--rescore"])
     err = capsys.readouterr().err
@@ -2072,7 +2091,7 @@ def test_checkpoint_unknown_family_is_one_clear_line(checkpoint, data, tmp_path,
     assert "Dream ('dream'" in err and files(tmp_path) == ["bert-like", "gsm8k.jsonl"]
 
 
-def test_checkpoint_bad_rows_of_other_tasks_are_named(tmp_path):
+def test_bad_rows_of_other_tasks_are_named(tmp_path):
     bad = write_rows(tmp_path / "arc.jsonl", [{**ROWS["arc-c"][0], "answerKey": "E"}])
     with pytest.raises(R.UsageError, match="line 1: answerKey 'E' is not one of the labels"):
         R.load_rows(R.TASKS["arc-c"], str(bad))
@@ -2384,10 +2403,9 @@ def sc_settings(checkpoint, *extra):
     )
 
 
-def test_checkpoint_sc_has_its_own_stream_and_changes_no_other_method(checkpoint):
-    tokenizer, config = R.load_tokenizer(str(checkpoint))
-    model = R.load_model(str(checkpoint), config, torch.device("cpu"), torch.float64)
-    mask_id, batch = R.find_mask_id(tokenizer, config), [{"id": 1, "row": ROWS["gsm8k"][0]}]
+def test_checkpoint_sc_has_its_own_stream_and_changes_no_other_method(checkpoint, loaded):
+    tokenizer, _, model, mask_id = loaded
+    batch = [{"id": 1, "row": ROWS["gsm8k"][0]}]
 
     def decode(settings):
         return R.decode_batch(model, tokenizer, R.TASKS["gsm8k"], batch, settings, mask_id, torch.device("cpu"))[0][
@@ -2511,7 +2529,7 @@ def test_checkpoint_a_run_grows_by_a_method_and_decodes_only_its_rows(checkpoint
     assert "Self-consistency" not in out and "HEX - SC" not in out, "asked for HEX: nothing of SC"
 
 
-def test_checkpoint_unreachable_hub_is_one_line_within_seconds(tmp_path):
+def test_unreachable_hub_is_one_line_within_seconds(tmp_path):
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
     env.pop("HF_HUB_OFFLINE", None)
     for extra in ([], ["--data", str(write_rows(tmp_path / "d.jsonl", ROWS["gsm8k"]))]):
@@ -2535,6 +2553,25 @@ def test_checkpoint_offline_demo_reads_and_scores_answers(tmp_path, capsys):
     assert "not a result" in out and re.search(r"HEX \(hex\) +50\.00%", out)
     summary = json.loads((tmp_path / "run.summary.json").read_text())
     assert summary["methods"]["hex"]["correct"] == 3 and (tmp_path / "run.png").is_file()
+
+
+def _mark_by_what_each_test_needs() -> None:
+    """pytest -m checkpoint: the tests that load a checkpoint from disk (CI runs them again on transformers 4.x);
+    pytest -m 'not slow': all but the tests that start other processes (torchrun, kill -9, Ctrl-C, a hub probe)."""
+    for name, test in list(globals().items()):
+        if not name.startswith("test_"):
+            continue
+        source = inspect.getsource(test)
+        uses = set(inspect.signature(test).parameters)
+        loaders = ("write_checkpoint(", "write_dream_checkpoint(", "offline_demo(", "scripted_records(")
+        if uses & {"checkpoint", "dream_checkpoint", "loaded"} or any(call in source for call in loaders):
+            test = pytest.mark.checkpoint(test)
+        if "subprocess" in source or "start_long_run(" in source:
+            test = pytest.mark.slow(test)
+        globals()[name] = test
+
+
+_mark_by_what_each_test_needs()
 
 
 def offline_demo(folder: Path = HERE / "results" / "offline-demo") -> None:
