@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from itertools import combinations, product
+from itertools import combinations, permutations, product
 from pathlib import Path
 from statistics import fmean
 from typing import Any, Callable, TypedDict
@@ -309,19 +309,24 @@ def agreement(records: list[Record], oks: list[list[bool]], rule: str) -> dict:
     pairs of a question's candidates, one from each group (never a candidate with itself): the share that give
     the same answer among the pairs where both answers are readable, and the share where exactly one of the two
     is right; averaged over questions. Beside them, each group's share of unreadable answers."""
-    blocks = sorted({c["block_length"] for r in records for c in r["candidates"] if c["method"] == "hex"})
-    groups = [(f"block {b}", lambda c, b=b: c["method"] == "hex" and c["block_length"] == b) for b in blocks]
-    if any(c["method"] == "sc" for c in records[0]["candidates"]):
-        groups.append(("SC", lambda c: c["method"] == "sc"))
-    members = [[[x for x, c in enumerate(r["candidates"]) if belongs(c)] for r in records] for _, belongs in groups]
-    agree = [[None] * len(groups) for _ in groups]  # None: no such pairs
-    one_right = [[None] * len(groups) for _ in groups]
-    for i, j in product(range(len(groups)), repeat=2):
+
+    def group(c: Candidate) -> str | None:
+        return f"block {c['block_length']}" if c["method"] == "hex" else {"sc": "SC"}.get(c["method"])
+
+    labels = [g for g in dict.fromkeys(map(group, records[0]["candidates"])) if g]  # the plan's order
+    agree = [[None] * len(labels) for _ in labels]  # None: no such pairs
+    one_right = [[None] * len(labels) for _ in labels]
+    for i, j in product(range(len(labels)), repeat=2):
         same = []
         single = []
-        for record, ok, xs, ys in zip(records, oks, members[i], members[j]):
+        for record, ok in zip(records, oks):
             answers = [c["answers"][rule] for c in record["candidates"]]
-            pairs = [(x, y) for x in xs for y in ys if x != y]
+            groups = [group(c) for c in record["candidates"]]
+            pairs = [
+                (x, y)
+                for x, y in permutations(range(len(groups)), 2)
+                if (groups[x], groups[y]) == (labels[i], labels[j])
+            ]
             readable = [(x, y) for x, y in pairs if answers[x] is not None and answers[y] is not None]
             if readable:
                 same.append(fmean(answers[x] == answers[y] for x, y in readable))
@@ -329,11 +334,8 @@ def agreement(records: list[Record], oks: list[list[bool]], rule: str) -> dict:
                 single.append(fmean(ok[x] != ok[y] for x, y in pairs))
         agree[i][j] = fmean(same) if same else None
         one_right[i][j] = fmean(single) if single else None
-    unreadable = [
-        fmean(r["candidates"][x]["answers"][rule] is None for r, xs in zip(records, group) for x in xs)
-        for group in members
-    ]
-    labels = [label for label, _ in groups]
+    answers = [(group(c), c["answers"][rule] is None) for r in records for c in r["candidates"]]
+    unreadable = [fmean(lost for g, lost in answers if g == label) for label in labels]
     return dict(groups=labels, agree=agree, exactly_one_right=one_right, unreadable=unreadable)
 
 
@@ -1820,12 +1822,12 @@ def decode_questions(
     size = settings["batch_size"]
     fresh = [p for p in mine if p["id"] not in done]
     work = [(fresh[i : i + size], settings["methods"]) for i in range(0, len(fresh), size)]
-    grow = {}
-    for p in (p for p in mine if p["id"] in done):
-        missing = tuple(m for m in settings["methods"] if m not in methods_of(done[p["id"]]))
-        if missing:  # records made before they noted their batch grow in batches of the run's size
-            batch = done[p["id"]].get("batch", f"chunk {len(grow.get(missing, []))}")
-            grow.setdefault((batch, missing), []).append(p)
+    grow = {}  # (its batch's first question, the methods it lacks): the questions to grow together
+    for p in mine:
+        held = done.get(p["id"])
+        missing = tuple(m for m in settings["methods"] if held and m not in methods_of(held))
+        if missing:  # a record from before records named their batch grows alone
+            grow.setdefault((held.get("batch", p["id"]), missing), []).append(p)
     work += [(batch, list(missing)) for (_, missing), batch in grow.items()]
     todo = sum(len(batch) for batch, _ in work)
     if rank == 0 and (todo < len(mine) or grow):
