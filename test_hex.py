@@ -2181,6 +2181,16 @@ def test_checkpoint_kill_9_then_rerun_loses_at_most_the_question_in_flight(check
     assert f"{finished}/30" in result.stderr  # the progress bar starts at the questions already done
 
 
+def test_checkpoint_records_from_before_batches_were_noted_grow_one_by_one(checkpoint, data, tmp_path, monkeypatch):
+    output = tmp_path / "old.jsonl"
+    run(checkpoint, data, output, "--methods", "hex")
+    output.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "batch"}) + "\n" for r in lines(output)))
+    rows = counting_decodes(monkeypatch)
+    run(checkpoint, data, output, "--methods", "hex", "random")
+    assert [batch for batch, _, _ in rows] == [1] * 4, "each question alone: its first batch is not known"
+    assert all(R.methods_of(r) == {"hex", "random"} for r in lines(output))
+
+
 def test_checkpoint_kill_9_while_growing_then_rerun_loses_nothing(checkpoint, tmp_path):
     first, cmd, output = start_long_run(checkpoint, tmp_path)
     _, err = first.communicate(timeout=300)
