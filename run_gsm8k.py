@@ -339,6 +339,9 @@ def agreement(records: list[Record], oks: list[list[bool]], rule: str) -> dict:
     return dict(groups=labels, agree=agree, exactly_one_right=one_right, unreadable=unreadable)
 
 
+CROSS_FITTED = "HEX - best block chosen on the other half"
+
+
 def paired_comparisons(records: list[Record], judged: list, shown: list[str]) -> dict:
     """HEX minus SC; minus each block length alone (its sample 0; block 32 is the schedule LLaDA and d1 fix in
     advance); minus the best block length chosen on the other half of the questions (two-fold cross-fitting,
@@ -354,8 +357,10 @@ def paired_comparisons(records: list[Record], judged: list, shown: list[str]) ->
     for b, right in alone.items():
         others[f"HEX - block {b}" + " (fixed in advance)" * (b == 32)] = right
     chosen_right, chosen = cross_fitted(alone)
-    others[f"HEX - best block chosen on the other half (blocks {chosen[0]}, {chosen[1]})"] = chosen_right
-    return {name: paired_difference(hex_right, right) for name, right in others.items()}
+    others[CROSS_FITTED] = chosen_right
+    paired = {name: paired_difference(hex_right, right) for name, right in others.items()}
+    paired[CROSS_FITTED]["chosen"] = chosen  # for the even questions, for the odd ones
+    return paired
 
 
 def summarize(records: list[Record], settings: dict, rule: str, methods: list[str] | None = None) -> dict:
@@ -477,9 +482,11 @@ def controls_table(summary: dict, pct: Callable) -> list[str]:
         ]
         lines += ["  " + "   ".join(cells[i : i + 6]) for i in range(0, len(cells), 6)]
     for name, p in summary["paired"].items():
+        chosen = f" (blocks {p['chosen'][0]} and {p['chosen'][1]})" if "chosen" in p else ""
         lines.append(
-            f"{name}: {100 * p['difference']:+.2f} points [{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}] "
-            f"(paired, Agresti-Min); only HEX right {p['only_first']}, only the other {p['only_second']}"
+            f"{name}{chosen}: {100 * p['difference']:+.2f} points "
+            f"[{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}] (paired, Agresti-Min); "
+            f"only HEX right {p['only_first']}, only the other {p['only_second']}"
         )
     table = summary["agreement"]
     if len(table["groups"]) > 1:
@@ -547,7 +554,7 @@ def write_figures(summary: dict, records: list[Record], path: Path) -> None:
     _heatmap(fig, axes[1, 0], [c["commit_order"] for c in rows], labels, None, "step", title, settings["steps"] - 1)
     ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
     if ends:
-        width = min(1.0, 64 / settings["gen_length"])  # thin marks at gen_length 256, each still its own
+        width = max(0.6, min(1.0, 64 / settings["gen_length"]))  # thin marks at gen_length 256: a red band
         axes[1, 0].scatter(*zip(*ends), marker="|", s=60, linewidths=width, color="red")
     table = summary["agreement"]
     if table["groups"]:

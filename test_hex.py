@@ -2382,10 +2382,11 @@ def test_hex_against_an_expert_chosen_on_other_questions():
     assert list(paired) == [
         "HEX - block 4",
         "HEX - block 8",
-        "HEX - best block chosen on the other half (blocks 8, 4)",
+        "HEX - best block chosen on the other half",
     ]
     assert paired["HEX - block 4"]["difference"] == 0.0, "two voters: a split goes to block 4, so HEX is block 4"
-    assert paired["HEX - best block chosen on the other half (blocks 8, 4)"]["difference"] == (5 - 1) / 8
+    assert paired["HEX - best block chosen on the other half"]["difference"] == (5 - 1) / 8
+    assert paired["HEX - best block chosen on the other half"]["chosen"] == [8, 4]
 
 
 def sc_settings(checkpoint, *extra):
