@@ -1450,7 +1450,7 @@ class RunFiles:
         return json.loads(self.settings.read_text(encoding="utf-8"))
 
     def finished(self, settings: dict, requested: set[int], resume: bool) -> tuple[bool, dict]:
-        """Whether every question asked for is done with every method asked for, and the run's settings: the
+        """Whether every question asked for is done with every method of the run, and the run's settings: the
         stored ones grown by the methods asked for that they lack. Results made with other settings, or that
         cannot be checked, are refused; so is work to do in a folder that cannot be written."""
         complete = False
@@ -1464,8 +1464,9 @@ class RunFiles:
                     "them over"
                 )
             done = self.records()
+            settings = grown(old, settings)  # once a run has grown by a method, it has it (a killed growth resumes)
             complete = all(q in done and set(settings["methods"]) <= methods_of(done[q]) for q in requested)
-            settings = old if complete else grown(old, settings)
+            settings = old if complete else settings
         elif resume and (self.output.exists() or self.parts()):
             raise UsageError(
                 f"{self.output} exists but has no settings file ({self.settings.name}), so its records "

@@ -2204,7 +2204,8 @@ def test_checkpoint_kill_9_while_growing_then_rerun_loses_nothing(checkpoint, tm
     victim.communicate()
     grown_before_the_kill = saved(output) - 30
     assert 3 <= grown_before_the_kill < 30
-    result = subprocess.run(grow, cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+    # the first command again: the run has grown by SC, so it finishes the growth
+    result = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     records = lines(output)
     assert sorted(r["id"] for r in records) == list(range(30)) and all("sc" in R.methods_of(r) for r in records)
