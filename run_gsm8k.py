@@ -1522,59 +1522,57 @@ class RunFiles:
 # 10. The command line ----------------------------------------------------------------------------------------------
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help keeps the docstring's layout and shows every default (one computed later says how)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--task", choices=list(TASKS), default="gsm8k", help="the benchmark")
-    add("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="hub id or local folder")
-    add("--device", default=None, help="cpu, cuda or cuda:N (default: this rank's GPU, else cpu)")
-    add(
-        "--dtype",
-        choices=["bfloat16", "float16", "float32", "float64"],
-        help="default: bfloat16 on CUDA, else float32",
-    )
-    add("--data", default=None, help="local JSONL or parquet file of the task's rows (default: the hub's split)")
-    add("--limit", type=int, default=None, help="evaluate at most this many questions")
-    add("--offset", type=int, default=0, help="skip this many questions first")
-    add("--gen-length", type=int, default=256, help="answer tokens")
-    add("--steps", type=int, default=None, help="default: gen_length / 2")
-    add("--mask-id", type=int, default=None, help="default: from the tokenizer or config")
+    add("--task", choices=list(TASKS), default="gsm8k", help="the benchmark (default: %(default)s)")
+    add("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="hub id or local folder (default: %(default)s)")
+    add("--device", help="cpu, cuda or cuda:N (default: this rank's GPU, else cpu)")
+    dtypes = ["bfloat16", "float16", "float32", "float64"]
+    add("--dtype", choices=dtypes, help="default: bfloat16 on CUDA, else float32")
+    add("--data", help="local JSONL or parquet file of the task's rows (default: the hub's split)")
+    add("--limit", type=int, help="evaluate at most this many questions")
+    add("--offset", type=int, default=0, help="skip this many questions first (default: %(default)s)")
+    add("--gen-length", type=int, default=256, help="answer tokens (default: %(default)s)")
+    add("--steps", type=int, help="default: gen_length / 2")
+    add("--mask-id", type=int, help="default: from the tokenizer or config")
     add(
         "--methods",
         nargs="+",
         default=[m for m in METHODS if m != "sc"],
         metavar="METHOD",
-        help=f"any of {', '.join(METHODS)}; sc, the self-consistency control, can be added to a finished run",
+        help=f"any of {', '.join(METHODS)} (default: all but sc, the control, which a finished run can add)",
     )
-    add("--block-lengths", type=int, nargs="+", default=None, help="HEX's; default: gen_length/32 x (1 2 4 8 16)")
-    add("--samples-per-block", type=int, default=1, help="HEX samples per block length (needs --temperature > 0)")
-    add("--temperature", type=float, default=0.0, help="HEX's sampling temperature")
-    add("--sc-block-length", type=int, default=32, help="self-consistency's one schedule")
-    add("--sc-samples", type=int, default=None, help="default: HEX's votes (block lengths x samples): equal cost")
-    add("--sc-temperature", type=float, default=None, help=f"default: --temperature if > 0, else {SC_TEMPERATURE}")
-    add("--answer-rule", choices=RULES, default="authors", help="the rule the summary leads with; both are stored")
-    add("--tie-break", choices=["first", "likelihood"], default="first", help="the vote's: first seen, as the authors")
-    add("--batch-size", type=int, default=1, help="questions per forward call (left padded)")
-    add("--seed", type=int, default=0, help="of every method's random stream")
-    add("--output", default=None, help="JSONL path (default: results/TASK-MODEL-gGEN-sSTEPS-tTEMP-xSAMPLES.jsonl)")
+    add("--block-lengths", type=int, nargs="+", help="HEX's; default: gen_length/32 x (1 2 4 8 16)")
     add(
-        "--resume",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep the questions already in --output; --no-resume starts over",
+        "--samples-per-block",
+        type=int,
+        default=1,
+        help="HEX samples per block length (needs --temperature > 0) (default: %(default)s)",
+    )
+    add("--temperature", type=float, default=0.0, help="HEX's sampling temperature (default: %(default)s)")
+    add("--sc-block-length", type=int, default=32, help="self-consistency's one schedule (default: %(default)s)")
+    add("--sc-samples", type=int, help="default: HEX's votes (block lengths x samples): equal cost")
+    add("--sc-temperature", type=float, help=f"default: --temperature if > 0, else {SC_TEMPERATURE}")
+    add(
+        "--answer-rule",
+        choices=RULES,
+        default="authors",
+        help="the rule the summary leads with; both are stored (default: %(default)s)",
     )
     add(
-        "--rescore",
-        action="store_true",
-        help="re-read the stored texts of --output by the current answer rules "
-        "and rewrite its summary and figure, without the model",
+        "--tie-break",
+        choices=["first", "likelihood"],
+        default="first",
+        help="the vote's: first seen, as the authors (default: %(default)s)",
+    )
+    add("--batch-size", type=int, default=1, help="questions per call, left padded (default: %(default)s)")
+    add("--seed", type=int, default=0, help="of every method's random stream (default: %(default)s)")
+    add("--output", help="JSONL path (default: results/TASK-MODEL-gGEN-sSTEPS-tTEMP-xSAMPLES.jsonl)")
+    resume = "keep what --output holds (default); --no-resume starts over"
+    add("--resume", action=argparse.BooleanOptionalAction, default=True, help=resume)
+    add(
+        "--rescore", action="store_true", help="re-read --output's texts by today's rules; rewrite its summary, figure"
     )
     return parser
 
