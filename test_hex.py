@@ -2131,12 +2131,12 @@ def test_checkpoint_one_sample_per_block_votes_over_experts_drawn_at_random(chec
     assert "HEX, a vote over k random candidates" in capsys.readouterr().out
 
 
-def start_long_run(checkpoint, tmp_path):
-    """A 30-question run in a subprocess, each forward call of the tiny model slowed by 20 ms."""
+def start_long_run(checkpoint, tmp_path, sleep=0.02):
+    """A 30-question run in a subprocess, each forward call of the tiny model slowed by `sleep` seconds."""
     data = write_rows(tmp_path / "d.jsonl", ROWS["gsm8k"] * 15)
     output = tmp_path / "o.jsonl"
     cmd = command(checkpoint, data, output, "--methods", "hex", "low_confidence")
-    env = {**os.environ, "PYTHONPATH": str(HERE), "TINY_SLEEP": "0.02"}
+    env = {**os.environ, "PYTHONPATH": str(HERE), "TINY_SLEEP": str(sleep)}
     process = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return process, cmd, output
 
@@ -2214,7 +2214,7 @@ def test_checkpoint_kill_9_while_growing_then_rerun_loses_nothing(checkpoint, tm
 
 
 def test_checkpoint_ctrl_c_says_how_many_are_saved(checkpoint, tmp_path):
-    process, _, output = start_long_run(checkpoint, tmp_path)
+    process, _, output = start_long_run(checkpoint, tmp_path, sleep=0.1)  # 24 s at least: Ctrl-C comes mid-run
     wait_until(lambda: saved(output) >= 2)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
