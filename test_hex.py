@@ -2137,7 +2137,12 @@ def start_long_run(checkpoint, tmp_path, sleep=0.02):
     output = tmp_path / "o.jsonl"
     cmd = command(checkpoint, data, output, "--methods", "hex", "low_confidence")
     env = {**os.environ, "PYTHONPATH": str(HERE), "TINY_SLEEP": str(sleep)}
-    process = subprocess.Popen(cmd, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def ctrl_c_as_at_a_terminal():  # a shell that starts pytest in the background leaves SIGINT ignored
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    process = subprocess.Popen(cmd, cwd=HERE, env=env, preexec_fn=ctrl_c_as_at_a_terminal, **pipes)
     return process, cmd, output
 
 
