@@ -273,23 +273,26 @@ def candidate_figures(records: list[Record], judged: dict, rule: str, belongs: C
     )
 
 
-def votes_curve(task: Task, records: list[Record], method: str, rule: str, tie_break: str, subsets: int = 50) -> list:
+def votes_curve(records: list[Record], oks: list[list[bool]], method: str, rule: str, tie_break: str) -> list:
     """For k = 1..n of `method`'s n candidates per question: the expected accuracy and tie rate of a vote over
     k of them drawn at random (every k-subset where there are at most `subsets`, else `subsets` random ones
     from a fixed seed; a subset keeps the candidates' order, so ties fall as in the full vote), and pass@k,
     the unbiased chance that one of k is right, 1 - C(n - c, k) / C(n, k) (Chen et al. 2021); each averaged
-    over questions."""
+    over questions. `oks`: each candidate's verdict, which is also the verdict of a vote for its answer."""
+    subsets = 50
     draw = random.Random(0)
-    mine = [[c for c in r["candidates"] if c["method"] == method] for r in records]
-    n = len(mine[0])
+    mine = []  # per question: its candidates of `method`, their answers, and each answer's verdict
+    for record, ok in zip(records, oks):
+        picked = [(c, o) for c, o in zip(record["candidates"], ok) if c["method"] == method]
+        answers = [c["answers"][rule] for c, _ in picked]
+        mine.append(([c for c, _ in picked], answers, {a: o for a, (_, o) in zip(answers, picked)}))
+    n = len(mine[0][0])
     curve = []
     for k in range(1, n + 1) if n > 1 else []:
         accuracy = []
         ties = []
         pass_at = []
-        for record, candidates in zip(records, mine):
-            answers = [c["answers"][rule] for c in candidates]
-            right = {a: is_correct(task, a, record["gold"][rule], rule) for a in answers}
+        for candidates, answers, right in mine:
             if math.comb(n, k) <= subsets:
                 picks = list(combinations(range(n), k))
             else:
@@ -316,12 +319,11 @@ def agreement(records: list[Record], oks: list[list[bool]], rule: str) -> dict:
     labels = [g for g in dict.fromkeys(map(group, records[0]["candidates"])) if g]  # the plan's order
     agree = [[None] * len(labels) for _ in labels]  # None: no such pairs
     one_right = [[None] * len(labels) for _ in labels]
+    questions = [([c["answers"][rule] for c in r["candidates"]], list(map(group, r["candidates"]))) for r in records]
     for i, j in product(range(len(labels)), repeat=2):
         same = []
         single = []
-        for record, ok in zip(records, oks):
-            answers = [c["answers"][rule] for c in record["candidates"]]
-            groups = [group(c) for c in record["candidates"]]
+        for (answers, groups), ok in zip(questions, oks):
             pairs = [
                 (x, y)
                 for x, y in permutations(range(len(groups)), 2)
@@ -397,7 +399,7 @@ def summarize(records: list[Record], settings: dict, rule: str, methods: list[st
         methods=table,
         block_lengths=experts,
         paired=paired_comparisons(records, judged[rule], shown) if "hex" in shown else {},
-        votes={m: votes_curve(task, records, m, rule, tie_break) for m in ("hex", "sc") if m in shown},
+        votes={m: votes_curve(records, oks, m, rule, tie_break) for m in ("hex", "sc") if m in shown},
         agreement=agreement(records, oks, rule) if "hex" in shown else dict(groups=[]),
         forward_calls_per_question=fmean(r["forward_calls"] for r in records),
         seconds_per_question=fmean(r["seconds"] for r in records),

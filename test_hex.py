@@ -2343,11 +2343,19 @@ def test_agreement_matrix_by_hand():
     assert table["unreadable"] == [0.0, 1 / 2, 0.0], "each group's share of unreadable answers"
 
 
+def judge(records):
+    """Each hand-made candidate's verdict under the authors' GSM8K rule."""
+    return [
+        [R.is_correct("gsm8k", c["answers"]["authors"], r["gold"]["authors"]) for c in r["candidates"]]
+        for r in records
+    ]
+
+
 def test_votes_curve_averages_every_subset_and_pass_at_k_by_hand():
     # four HEX candidates: 1, 1, 2, None; gold 2. k = 2 subsets in order: (1,1) (1,2) (1,None) (1,2) (1,None)
     # (2,None): votes 1, 1 tie, 1, 1 tie, 1, 2 -> right in 1 of 6; ties in 2 of 6
     record = hand_record({("hex", 4, 0): 1.0, ("hex", 8, 0): 1.0, ("hex", 16, 0): 2.0, ("hex", 32, 0): None}, 2.0)
-    curve = R.votes_curve(R.TASKS["gsm8k"], [record], "hex", "authors", "first")
+    curve = R.votes_curve([record], judge([record]), "hex", "authors", "first")
     assert [v["votes"] for v in curve] == [1, 2, 3, 4]
     assert curve[0]["accuracy"] == 1 / 4 and curve[1]["accuracy"] == 1 / 6 and curve[1]["tie_rate"] == 2 / 6
     assert [v["pass_at_k"] for v in curve] == pytest.approx([1 / 4, 1 / 2, 3 / 4, 1.0])  # 1 - C(3, k) / C(4, k)
@@ -2357,8 +2365,8 @@ def test_votes_curve_averages_every_subset_and_pass_at_k_by_hand():
 def test_votes_curve_draws_random_subsets_with_a_fixed_seed():
     answers = {("sc", 32, s): float(s % 3) for s in range(12)}  # C(12, 6) = 924 subsets: 50 are drawn
     records = [hand_record(answers, 0.0, question=q) for q in range(3)]
-    curve = R.votes_curve(R.TASKS["gsm8k"], records, "sc", "authors", "first")
-    assert curve == R.votes_curve(R.TASKS["gsm8k"], records, "sc", "authors", "first"), "fixed seed"
+    curve = R.votes_curve(records, judge(records), "sc", "authors", "first")
+    assert curve == R.votes_curve(records, judge(records), "sc", "authors", "first"), "fixed seed"
     assert 0.0 < curve[5]["accuracy"] < 1.0 and curve[11]["accuracy"] == 1.0  # all 12: 0, 1, 2 tie, 0 first
     assert curve[0]["pass_at_k"] == pytest.approx(4 / 12)
 
