@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from itertools import combinations, permutations, product
+from itertools import combinations, permutations
 from pathlib import Path
 from statistics import fmean
 from typing import Any, Callable, TypedDict
@@ -281,28 +281,26 @@ def votes_curve(records: list[Record], oks: list[list[bool]], method: str, rule:
     over questions. `oks`: each candidate's verdict, which is also the verdict of a vote for its answer."""
     subsets = 50
     draw = random.Random(0)
-    mine = []  # per question: its candidates of `method`, their answers, and each answer's verdict
-    for record, ok in zip(records, oks):
-        picked = [(c, o) for c, o in zip(record["candidates"], ok) if c["method"] == method]
-        answers = [c["answers"][rule] for c, _ in picked]
-        mine.append(([c for c, _ in picked], answers, {a: o for a, (_, o) in zip(answers, picked)}))
-    n = len(mine[0][0])
+    mine = [  # per question: (answer, score, verdict) of each of its candidates of `method`
+        [(c["answers"][rule], c["score"], o) for c, o in zip(record["candidates"], ok) if c["method"] == method]
+        for record, ok in zip(records, oks)
+    ]
+    n = len(mine[0])
     curve = []
     for k in range(1, n + 1) if n > 1 else []:
         accuracy = []
         ties = []
         pass_at = []
-        for candidates, answers, right in mine:
+        for picked in mine:
+            right = {answer: o for answer, _, o in picked}
             if math.comb(n, k) <= subsets:
-                picks = list(combinations(range(n), k))
+                picks = list(combinations(picked, k))
             else:
-                picks = [sorted(draw.sample(range(n), k)) for _ in range(subsets)]
-            votes = [
-                majority_vote([answers[i] for i in p], [candidates[i]["score"] for i in p], tie_break) for p in picks
-            ]
+                picks = [[picked[i] for i in sorted(draw.sample(range(n), k))] for _ in range(subsets)]
+            votes = [majority_vote([a for a, _, _ in p], [s for _, s, _ in p], tie_break) for p in picks]
             accuracy.append(fmean(right.get(a, False) for a, _ in votes))
             ties.append(fmean(tie for _, tie in votes))
-            pass_at.append(1 - math.comb(n - sum(right[a] for a in answers), k) / math.comb(n, k))
+            pass_at.append(1 - math.comb(n - sum(o for _, _, o in picked), k) / math.comb(n, k))
         curve.append(dict(votes=k, accuracy=fmean(accuracy), tie_rate=fmean(ties), pass_at_k=fmean(pass_at)))
     return curve
 
@@ -317,25 +315,21 @@ def agreement(records: list[Record], oks: list[list[bool]], rule: str) -> dict:
         return f"block {c['block_length']}" if c["method"] == "hex" else {"sc": "SC"}.get(c["method"])
 
     labels = [g for g in dict.fromkeys(map(group, records[0]["candidates"])) if g]  # the plan's order
-    agree = [[None] * len(labels) for _ in labels]  # None: no such pairs
-    one_right = [[None] * len(labels) for _ in labels]
-    questions = [([c["answers"][rule] for c in r["candidates"]], list(map(group, r["candidates"]))) for r in records]
-    for i, j in product(range(len(labels)), repeat=2):
-        same = []
-        single = []
-        for (answers, groups), ok in zip(questions, oks):
-            pairs = [
-                (x, y)
-                for x, y in permutations(range(len(groups)), 2)
-                if (groups[x], groups[y]) == (labels[i], labels[j])
-            ]
-            readable = [(x, y) for x, y in pairs if answers[x] is not None and answers[y] is not None]
-            if readable:
-                same.append(fmean(answers[x] == answers[y] for x, y in readable))
-            if pairs:
-                single.append(fmean(ok[x] != ok[y] for x, y in pairs))
-        agree[i][j] = fmean(same) if same else None
-        one_right[i][j] = fmean(single) if single else None
+    same = {}  # (group, group): per question, the share of agreeing pairs where both answers are readable
+    single = {}  # (group, group): per question, the share of pairs where exactly one is right
+    for record, ok in zip(records, oks):
+        pairs = {}
+        for x, y in permutations(range(len(ok)), 2):
+            first = record["candidates"][x]
+            second = record["candidates"][y]
+            pair = (first["answers"][rule], second["answers"][rule], ok[x] != ok[y])
+            pairs.setdefault((group(first), group(second)), []).append(pair)
+        for key, found in pairs.items():
+            if readable := [a == b for a, b, _ in found if a is not None and b is not None]:
+                same.setdefault(key, []).append(fmean(readable))
+            single.setdefault(key, []).append(fmean(one for _, _, one in found))
+    agree = [[fmean(same[a, b]) if (a, b) in same else None for b in labels] for a in labels]
+    one_right = [[fmean(single[a, b]) if (a, b) in single else None for b in labels] for a in labels]
     answers = [(group(c), c["answers"][rule] is None) for r in records for c in r["candidates"]]
     unreadable = [fmean(lost for g, lost in answers if g == label) for label in labels]
     return dict(groups=labels, agree=agree, exactly_one_right=one_right, unreadable=unreadable)
@@ -1031,8 +1025,6 @@ def is_correct(task: str | Task, answer: Any, gold: Any, rule: str = "authors") 
 
 def row_problem(task: Task, row: Any) -> str | None:
     """What is wrong with a data row for this task, or None: its question and both references must read."""
-    if not isinstance(row, dict):
-        return "is not a JSON object (JSONL: one object per line)"
     try:
         if isinstance(task.question(row), str) and [rule(row) for rule in task.gold.values()]:
             return None
@@ -1049,8 +1041,8 @@ def _one_line(error: Exception, limit: int = 300) -> str:
 
 
 def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
-    """The task's rows in the dataset's own format and the data's identity (source, fingerprint, rows): a
-    local JSONL or parquet file, else the split through the `datasets` library."""
+    """The task's rows in the dataset's own format and the data's identity (source, fingerprint, rows): a local
+    JSONL or parquet file, read by pyarrow, else the split through the `datasets` library."""
     if path is None:
         name, config, split = task.hub
         try:
@@ -1064,8 +1056,7 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
                 f"--data FILE, a JSONL or parquet file of its rows, made where the hub is reachable with "
                 f"load_dataset({name!r}, {config!r}, split={split!r}).to_json('{task.name}.jsonl')"
             ) from None
-        numbered = list(enumerate(map(dict, dataset), start=1))
-        where = "row"
+        rows = list(map(dict, dataset))
         source = {"source": f"hub:{name}/{config or 'default'}/{split}", "fingerprint": dataset._fingerprint}
     else:
         if not (file := Path(path).expanduser()).is_file():
@@ -1073,48 +1064,26 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
                 f"--data {path}: "
                 + ("is a folder; pass the task's JSONL or parquet file" if file.is_dir() else "no such file")
             )
-        data = file.read_bytes()
-        where = "row" if file.suffix == ".parquet" else "line"
-        source = {"source": str(file.resolve()), "fingerprint": "sha256:" + hashlib.sha256(data).hexdigest()}
-        numbered = _parquet_rows(path) if where == "row" else _jsonl_rows(path, data)
-    for number, row in numbered:
-        if problem := row_problem(task, row):
-            raise UsageError(f"--data {path or source['source']}, {where} {number}: {problem}")
-    if not numbered:
-        raise UsageError(f"--data {path}: holds no rows")
-    return [row for _, row in numbered], {**source, "rows": len(numbered)}
-
-
-def _parquet_rows(path: str) -> list[tuple[int, Any]]:
-    try:
+        import pyarrow.json
         import pyarrow.parquet
 
-        return list(enumerate(pyarrow.parquet.read_table(path).to_pylist(), start=1))
-    except Exception as error:  # noqa: BLE001 -- a damaged or foreign file
-        raise UsageError(f"--data {path}: not a readable parquet file ({error})") from None
-
-
-def _jsonl_rows(path: str, data: bytes) -> list[tuple[int, Any]]:
-    """(line number, value) of every non-blank line of a JSONL file."""
-    if data.lstrip().startswith(b"["):
-        raise UsageError(
-            f"--data {path}: holds a JSON array; --data takes JSONL, one JSON object per line "
-            "(e.g. `jq -c '.[]' FILE > rows.jsonl`), or a parquet file"
-        )
-    try:
-        lines = data.decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UsageError(f"--data {path}: not a UTF-8 text file (JSONL) or a .parquet file") from None
-    numbered = []
-    for number, line in enumerate(lines, start=1):
         try:
-            numbered += [(number, json.loads(line))] if line.strip() else []
-        except json.JSONDecodeError as error:
+            read = pyarrow.parquet.read_table if file.suffix == ".parquet" else pyarrow.json.read_json
+            rows = read(str(file)).to_pylist()
+        except Exception as error:  # noqa: BLE001 -- a damaged or foreign file
             raise UsageError(
-                f"--data {path}, line {number}: not valid JSON ({error.msg}); --data takes JSONL, one "
-                "JSON object per line"
+                f"--data {path}: not a JSONL file (one JSON object per line) or a parquet file ({_one_line(error)})"
             ) from None
-    return numbered
+        source = {
+            "source": str(file.resolve()),
+            "fingerprint": "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest(),
+        }
+    for number, row in enumerate(rows, start=1):
+        if problem := row_problem(task, row):
+            raise UsageError(f"--data {path or source['source']}, row {number}: {problem}")
+    if not rows:
+        raise UsageError(f"--data {path}: holds no rows")
+    return rows, {**source, "rows": len(rows)}
 
 
 # 8. Model families: each checkpoint's own model file, fitted to this transformers, as a mask predictor -------------

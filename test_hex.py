@@ -1564,15 +1564,15 @@ def test_checkpoint_bad_arguments_give_one_message_and_no_files(checkpoint, data
 @pytest.mark.parametrize(
     "content,message",
     [
-        ('{"question": "q", "answer": "#### 1"}\n\n{not json\n', "line 3: not valid JSON"),
-        ('{"question": "q", "answer": "no marker"}\n', "line 1: the answer has no '#### N' line"),
-        ('{"problem": "q", "answer": "1"}\n', "line 1: needs string fields 'question' and 'answer'"),
-        ("[1, 2]\n", "holds a JSON array; --data takes JSONL"),
-        ("3\n", "line 1: is not a JSON object (JSONL: one object per line)"),
-        ("", "holds no rows"),
+        ('{"question": "q", "answer": "#### 1"}\n\n{not json\n', "not a JSONL file (one JSON object per line)"),
+        ('{"question": "q", "answer": "#### 1"}\n{"question": "q", "answer": "no marker"}\n', "row 2: the answer"),
+        ('{"problem": "q", "answer": "1"}\n', "row 1: needs string fields 'question' and 'answer'"),
+        ("[1, 2]\n", "not a JSONL file (one JSON object per line) or a parquet file"),
+        ("3\n", "not a JSONL file (one JSON object per line)"),
+        ("", "not a JSONL file"),
     ],
 )
-def test_checkpoint_bad_data_files_give_line_numbers(checkpoint, tmp_path, capsys, content, message):
+def test_checkpoint_bad_data_files_give_row_numbers(checkpoint, tmp_path, capsys, content, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content)
     with pytest.raises(SystemExit):
@@ -1774,7 +1774,7 @@ def test_checkpoint_paths_of_the_wrong_kind_are_named(checkpoint, data, tmp_path
     array = tmp_path / "rows.json"
     array.write_text(json.dumps(ROWS["gsm8k"], indent=1))
     err = one_line_error(capsys, ["--model", checkpoint, "--data", array, *out])
-    assert "holds a JSON array; --data takes JSONL, one JSON object per line" in err
+    assert "--data " + str(array) + ": not a JSONL file (one JSON object per line)" in err
     err = one_line_error(capsys, ["--model", "results/offline-demo/tiny-llada", "--data", data, *out])
     assert "--model results/offline-demo/tiny-llada: no such folder (a hub id is owner/name)" in err
     (tmp_path / "empty").mkdir()
@@ -2093,10 +2093,10 @@ def test_checkpoint_unknown_family_is_one_clear_line(checkpoint, data, tmp_path,
 
 def test_bad_rows_of_other_tasks_are_named(tmp_path):
     bad = write_rows(tmp_path / "arc.jsonl", [{**ROWS["arc-c"][0], "answerKey": "E"}])
-    with pytest.raises(R.UsageError, match="line 1: answerKey 'E' is not one of the labels"):
+    with pytest.raises(R.UsageError, match="row 1: answerKey 'E' is not one of the labels"):
         R.load_rows(R.TASKS["arc-c"], str(bad))
     bad = write_rows(tmp_path / "tqa.jsonl", [{**ROWS["truthfulqa"][0], "label": 4}])
-    with pytest.raises(R.UsageError, match="line 1: needs 'question', 'choices'"):
+    with pytest.raises(R.UsageError, match="row 1: needs 'question', 'choices'"):
         R.load_rows(R.TASKS["truthfulqa"], str(bad))
 
 
