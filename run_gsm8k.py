@@ -144,7 +144,7 @@ def decode_batch(
     forward calls in all): a record per question. Each method draws from its own stream, seeded by the batch's
     first question, so adding or dropping a method changes no other method's candidates."""
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-    ids, attention = left_pad([build_prompt(tokenizer, task, p["row"]) for p in batch], pad_id, device)
+    ids, attention = left_pad([task.build_prompt(tokenizer, p["row"]) for p in batch], pad_id, device)
     methods = methods or settings["methods"]
     streams = {
         m: torch.Generator(device).manual_seed(settings["seed"] + 10**6 * METHODS.index(m) + batch[0]["id"])
@@ -227,10 +227,10 @@ def verdicts(task: Task, record: Record, rule: str, tie_break: str) -> tuple[dic
     gold = record["gold"][rule]
     return (
         {
-            m: (a, tie, is_correct(task, a, gold, rule))
+            m: (a, tie, task.is_correct(a, gold, rule))
             for m, (a, tie) in method_answers(record["candidates"], rule, tie_break).items()
         },
-        [is_correct(task, c["answers"][rule], gold, rule) for c in record["candidates"]],
+        [task.is_correct(c["answers"][rule], gold, rule) for c in record["candidates"]],
     )
 
 
@@ -933,6 +933,32 @@ class Task:
     equal: dict[str, Callable[[Any, Any], bool]]
     order: Callable[[int], list[int]] | None = None  # the authors' row order, when not the file's
 
+    def build_prompt(self, tokenizer, row: dict) -> list[int]:
+        """The authors' prompt: the task's system text, a blank line and the question as one user turn, in the
+        chat template with the generation prompt, then `<reasoning>`. The template writes the BOS token."""
+        chat = [{"role": "user", "content": self.system_prompt + "\n\n" + self.question(row)}]
+        text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + "<reasoning>"
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    def parse_gold(self, row: dict, rule: str = "authors") -> Any:
+        """A row's reference answer as `rule` compares it."""
+        return self.gold[_rule(rule)](row)
+
+    def extract_answer(self, text: str, rule: str = "authors") -> Any:
+        """The answer a decoded text gives under `rule` ("authors": their parser, quirks included; "robust": this
+        project's reading); None when nothing can be read."""
+        return self.extract[_rule(rule)](text)
+
+    def is_correct(self, answer: Any, gold: Any, rule: str = "authors") -> bool:
+        """Whether an extracted (or voted) answer matches the reference under `rule`."""
+        return bool(self.equal[_rule(rule)](answer, gold))
+
+
+def _rule(rule: str) -> str:
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r} must be one of {', '.join(RULES)}")
+    return rule
+
 
 CHOICE_RULES = dict(
     extract={"authors": boxed_answer_authors, "robust": choice_answer_robust},
@@ -985,42 +1011,6 @@ TASKS: dict[str, Task] = {
         order=_truthfulqa_order,
     ),
 }
-
-
-def _task(task: str | Task) -> Task:
-    if not isinstance(task, Task) and task not in TASKS:
-        raise ValueError(f"task={task!r} must be one of {', '.join(TASKS)}")
-    return task if isinstance(task, Task) else TASKS[task]
-
-
-def _rule(rule: str) -> str:
-    if rule not in RULES:
-        raise ValueError(f"rule={rule!r} must be one of {', '.join(RULES)}")
-    return rule
-
-
-def build_prompt(tokenizer, task: str | Task, row: dict) -> list[int]:
-    """The authors' prompt: the task's system text, a blank line and the question as one user turn, in the
-    chat template with the generation prompt, then `<reasoning>`. The template writes the BOS token."""
-    chat = [{"role": "user", "content": _task(task).system_prompt + "\n\n" + _task(task).question(row)}]
-    text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + "<reasoning>"
-    return tokenizer(text, add_special_tokens=False).input_ids
-
-
-def parse_gold(task: str | Task, row: dict, rule: str = "authors") -> Any:
-    """A row's reference answer as `rule` compares it."""
-    return _task(task).gold[_rule(rule)](row)
-
-
-def extract_answer(task: str | Task, text: str, rule: str = "authors") -> Any:
-    """The answer a decoded text gives under `rule` ("authors": their parser, quirks included; "robust": this
-    project's reading); None when nothing can be read."""
-    return _task(task).extract[_rule(rule)](text)
-
-
-def is_correct(task: str | Task, answer: Any, gold: Any, rule: str = "authors") -> bool:
-    """Whether an extracted (or voted) answer matches the reference under `rule`."""
-    return bool(_task(task).equal[_rule(rule)](answer, gold))
 
 
 def row_problem(task: Task, row: Any) -> str | None:

@@ -1055,16 +1055,16 @@ def test_checkpoint_each_task_end_to_end(checkpoint, tmp_path, task, capsys):
     assert [r["id"] for r in records] == order
     for r in records:
         row = ROWS[task][r["id"]]
-        assert r["gold"] == {rule: R.parse_gold(task, row, rule) for rule in R.RULES}
+        assert r["gold"] == {rule: R.TASKS[task].parse_gold(row, rule) for rule in R.RULES}
         assert r["question"] == R.TASKS[task].question(row)
         assert len([c for c in r["candidates"] if c["method"] == "hex"]) == 6
         for c in r["candidates"]:
-            assert c["answers"] == {rule: R.extract_answer(task, c["text"], rule) for rule in R.RULES}
+            assert c["answers"] == {rule: R.TASKS[task].extract_answer(c["text"], rule) for rule in R.RULES}
         for rule in R.RULES:
             hex_rows = [c for c in r["candidates"] if c["method"] == "hex"]
             answer, tie = H.majority_vote([c["answers"][rule] for c in hex_rows])
             voted = R.verdicts(R.TASKS[task], r, rule, "first")[0]["hex"]
-            assert voted == (answer, tie, R.is_correct(task, answer, r["gold"][rule], rule))
+            assert voted == (answer, tie, R.TASKS[task].is_correct(answer, r["gold"][rule], rule))
     saved = json.loads(output.with_suffix(".summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     for rule, other in (("authors", "robust"), ("robust", "authors")):
@@ -1125,33 +1125,31 @@ class ShowTemplate:
     ],
 )
 def test_prompt_text_per_task(task, question):
-    text = R.build_prompt(ShowTemplate(), task, ROWS[task][0])
+    text = R.TASKS[task].build_prompt(ShowTemplate(), ROWS[task][0])
     assert text == "[" + R.TASKS[task].system_prompt + "\n\n" + question + "]<reasoning>"
 
 
 def test_prompt_quirks_and_numeric_arc_labels_are_kept():
     assert "\\boxed{}. \nRespond" in R.GSM8K_PROMPT and R.MATH500_PROMPT.endswith('</answer>" \n')
     assert "\\boxed{}.\nRespond" in R.MATH500_PROMPT and "(and sometimes E)" in R.ARC_C_PROMPT
-    text = R.build_prompt(ShowTemplate(), "arc-c", ROWS["arc-c"][1])
+    text = R.TASKS["arc-c"].build_prompt(ShowTemplate(), ROWS["arc-c"][1])
     assert "Options:\n1. 2\n2. 4\n3. 6\n4. 8\n\nChoose ONE letter." in text
     spaced = {"question": "  Which ?  ", "choices": {"text": [" a ", "b"], "label": [" A", "B"]}, "answerKey": "A"}
     assert R.TASKS["arc-c"].question(spaced) == "Which ?\n\nOptions:\nA. a\nB. b\n\nChoose ONE letter."
 
 
 def test_gold_per_task_and_rule():
-    assert R.parse_gold("gsm8k", {"answer": "so\n#### 1,234"}) == 1234.0
-    assert R.parse_gold("gsm8k", {"answer": "#### -3"}) is None  # the authors' parser has no minus sign
-    assert R.parse_gold("gsm8k", {"answer": "#### -3"}, "robust") == -3.0
-    assert R.parse_gold("math500", ROWS["math500"][1]) == "10\\%"
-    assert R.parse_gold("math500", {"answer": "x = \\dfrac{3}{4}"}, "robust") == "\\frac{3}{4}"
-    assert R.parse_gold("arc-c", ROWS["arc-c"][1]) == "3"
-    assert R.parse_gold("truthfulqa", ROWS["truthfulqa"][1]) == "C"
+    assert R.TASKS["gsm8k"].parse_gold({"answer": "so\n#### 1,234"}) == 1234.0
+    assert R.TASKS["gsm8k"].parse_gold({"answer": "#### -3"}) is None  # the authors' parser has no minus sign
+    assert R.TASKS["gsm8k"].parse_gold({"answer": "#### -3"}, "robust") == -3.0
+    assert R.TASKS["math500"].parse_gold(ROWS["math500"][1]) == "10\\%"
+    assert R.TASKS["math500"].parse_gold({"answer": "x = \\dfrac{3}{4}"}, "robust") == "\\frac{3}{4}"
+    assert R.TASKS["arc-c"].parse_gold(ROWS["arc-c"][1]) == "3"
+    assert R.TASKS["truthfulqa"].parse_gold(ROWS["truthfulqa"][1]) == "C"
     with pytest.raises(ValueError, match="####"):
-        R.parse_gold("gsm8k", {"answer": "42"}, "robust")
-    with pytest.raises(ValueError, match="task"):
-        R.parse_gold("mmlu", {})
+        R.TASKS["gsm8k"].parse_gold({"answer": "42"}, "robust")
     with pytest.raises(ValueError, match="rule"):
-        R.extract_answer("gsm8k", "", rule="strict")
+        R.TASKS["gsm8k"].extract_answer("", rule="strict")
 
 
 def test_truthfulqa_follows_the_authors_numpy_seed_42_order():
@@ -1182,8 +1180,8 @@ def test_truthfulqa_follows_the_authors_numpy_seed_42_order():
     ],
 )
 def test_gsm8k_answer_rules(text, authors, robust):
-    assert R.extract_answer("gsm8k", text) == authors
-    assert R.extract_answer("gsm8k", text, "robust") == robust
+    assert R.TASKS["gsm8k"].extract_answer(text) == authors
+    assert R.TASKS["gsm8k"].extract_answer(text, "robust") == robust
 
 
 @pytest.mark.parametrize(
@@ -1204,13 +1202,13 @@ def test_gsm8k_answer_rules(text, authors, robust):
     ],
 )
 def test_math_answer_rules(text, authors, robust):
-    assert R.extract_answer("math500", text) == authors
-    assert R.extract_answer("math500", text, "robust") == robust
+    assert R.TASKS["math500"].extract_answer(text) == authors
+    assert R.TASKS["math500"].extract_answer(text, "robust") == robust
 
 
 def test_math_comparators():
     def eq(a, g, rule="authors"):
-        return R.is_correct("math500", a, g, rule)
+        return R.TASKS["math500"].is_correct(a, g, rule)
 
     assert eq("\\dfrac{1}{2}", "\\frac{1}{2}") and eq("0.5", "\\frac{1}{2}") and eq("1/2", "\\frac{1}{2}")
     assert eq("10", "10\\%") and eq("x=5", "5") and eq("\\left( 3, 4 \\right)", "(3,4)")
@@ -1239,7 +1237,7 @@ def test_robust_math_verdicts_are_deterministic_and_bounded(monkeypatch):
     R.math_equal.cache_clear()
 
     def eq(a, g):
-        return R.is_correct("math500", a, g, "robust")
+        return R.TASKS["math500"].is_correct(a, g, "robust")
 
     for _ in range(2):  # twice, the cache cleared in between: the same verdicts
         assert eq("0.50", "\\frac{1}{2}") and eq("1+2x", "2x+1") and eq("2^{10}", "1024") and not eq("\\pi", "3.14159")
@@ -1253,7 +1251,7 @@ def test_robust_math_verdicts_are_deterministic_and_bounded(monkeypatch):
 
 def test_a_number_in_another_base_is_not_that_number():
     def eq(a, g):
-        return R.is_correct("math500", a, g, "robust")
+        return R.TASKS["math500"].is_correct(a, g, "robust")
 
     assert not eq("2516", "2516_8") and not eq("2516_8", "2516") and not eq("1A_{16}", "26")
     assert eq("2516_{8}", "2516_8") and eq("2516_8", "2516_8")
@@ -1276,20 +1274,22 @@ def test_a_number_in_another_base_is_not_that_number():
 )
 def test_choice_answer_rules(text, authors, robust):
     for task in ("arc-c", "truthfulqa"):
-        assert R.extract_answer(task, text) == authors
-        assert R.extract_answer(task, text, "robust") == robust
+        assert R.TASKS[task].extract_answer(text) == authors
+        assert R.TASKS[task].extract_answer(text, "robust") == robust
 
 
 def test_choice_comparators():
-    assert R.is_correct("arc-c", "B", "B") and R.is_correct("arc-c", "B ", "B")  # spaces normalised away
-    assert not R.is_correct("arc-c", "(B)", "B") and not R.is_correct("arc-c", "b", "B")
-    assert R.is_correct("truthfulqa", "B", "B", "robust") and not R.is_correct("truthfulqa", None, "B", "robust")
+    assert R.TASKS["arc-c"].is_correct("B", "B") and R.TASKS["arc-c"].is_correct("B ", "B")  # spaces normalised away
+    assert not R.TASKS["arc-c"].is_correct("(B)", "B") and not R.TASKS["arc-c"].is_correct("b", "B")
+    assert R.TASKS["truthfulqa"].is_correct("B", "B", "robust") and not R.TASKS["truthfulqa"].is_correct(
+        None, "B", "robust"
+    )
 
 
 def test_vote_over_raw_strings_under_the_authors_rule():
     texts = ["\\boxed{\\frac12}", "\\boxed{\\dfrac{1}{2}}", "\\boxed{\\frac{1}{2}}", "\\boxed{3}", "\\boxed{3}"]
-    assert H.majority_vote([R.extract_answer("math500", t) for t in texts]) == ("3", False)
-    assert H.majority_vote([R.extract_answer("math500", t, "robust") for t in texts]) == ("\\frac{1}{2}", False)
+    assert H.majority_vote([R.TASKS["math500"].extract_answer(t) for t in texts]) == ("3", False)
+    assert H.majority_vote([R.TASKS["math500"].extract_answer(t, "robust") for t in texts]) == ("\\frac{1}{2}", False)
 
 
 # Runs that cannot mix, block or die with a traceback -----------------------------------------------
@@ -1306,7 +1306,7 @@ def test_checkpoint_every_method_in_one_batch_equals_the_separate_runs(checkpoin
     batch = [{"id": 3, "row": ROWS["gsm8k"][0]}]
     [record] = R.decode_batch(model, tokenizer, task, batch, settings, mask_id, torch.device("cpu"))
     assert record["forward_calls"] == 128 and len(record["candidates"]) == 8
-    ids = torch.tensor([R.build_prompt(tokenizer, task, ROWS["gsm8k"][0])])
+    ids = torch.tensor([task.build_prompt(tokenizer, ROWS["gsm8k"][0])])
 
     def seeded(m):
         return torch.Generator().manual_seed(10**6 * R.METHODS.index(m) + 3)
@@ -1393,7 +1393,7 @@ def test_checkpoint_rescore_rereads_the_texts_without_the_model(checkpoint, data
     rescored = lines(output)
     for r in rescored:
         for c in r["candidates"]:
-            assert c["answers"] == {rule: R.extract_answer("gsm8k", c["text"], rule) for rule in R.RULES}
+            assert c["answers"] == {rule: R.TASKS["gsm8k"].extract_answer(c["text"], rule) for rule in R.RULES}
     changed = sum(c["answers"] != {"authors": None, "robust": None} for r in rescored for c in r["candidates"])
     assert f"rescored 4 questions without the model: {changed} candidate answer(s) changed" in out
     settings = json.loads(output.with_suffix(".config.json").read_text())
@@ -2071,7 +2071,7 @@ def test_checkpoint_dream_each_task_end_to_end(dream_checkpoint, tmp_path, task,
     assert found["mask_id"] == config.mask_token_id and found["end_of_text_ids"] == R.end_of_text_ids(tokenizer)
     records = lines(output)
     assert len(records) == 2 and all(r["forward_calls"] == 8 / 2 for r in records)
-    prompt = tokenizer.convert_ids_to_tokens(R.build_prompt(tokenizer, task, ROWS[task][0]))  # Qwen's chat turns
+    prompt = tokenizer.convert_ids_to_tokens(R.TASKS[task].build_prompt(tokenizer, ROWS[task][0]))  # Qwen's chat turns
     assert prompt[:2] == ["<|im_start|>", "system"] and prompt[-3:] == ["<|im_start|>", "assistant", "<reasoning>"]
     assert prompt.count("<|im_end|>") == 2 and "[UNK]" not in prompt[:6]
     assert summary["questions"] == 2 and output.with_suffix(".png").is_file()
@@ -2328,7 +2328,7 @@ def test_agreement_matrix_by_hand():
         hand_record({("hex", 4, 0): 3.0, ("hex", 8, 0): None, ("sc", 32, 0): 3.0, ("sc", 32, 1): 3.0}, 5.0),
     ]
     oks = [
-        [R.is_correct("gsm8k", c["answers"]["authors"], r["gold"]["authors"]) for c in r["candidates"]]
+        [R.TASKS["gsm8k"].is_correct(c["answers"]["authors"], r["gold"]["authors"]) for c in r["candidates"]]
         for r in records
     ]
     table = R.agreement(records, oks, "authors")
@@ -2346,7 +2346,7 @@ def test_agreement_matrix_by_hand():
 def judge(records):
     """Each hand-made candidate's verdict under the authors' GSM8K rule."""
     return [
-        [R.is_correct("gsm8k", c["answers"]["authors"], r["gold"]["authors"]) for c in r["candidates"]]
+        [R.TASKS["gsm8k"].is_correct(c["answers"]["authors"], r["gold"]["authors"]) for c in r["candidates"]]
         for r in records
     ]
 
