@@ -173,17 +173,7 @@ def decode(
     )
 
 
-def _denoise(
-    model: Callable,
-    x: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    schedules: list[Schedule],
-    generators: list,
-    gen_length: int,
-    steps: int,
-    mask_id: int,
-    rows_per_prompt: int,
-):
+def _denoise(model, x, attention_mask, schedules, generators, gen_length, steps, mask_id, rows_per_prompt):
     """Denoise canvas x (R, P + G) in place, row r by schedules[r]: per step one forward pass, candidates are the
     masked positions of a row's open block, committed tokens stay. Returns x, commit steps (R, G), and the first
     pass's answer logits of one row per prompt (every row of a prompt sees the same first canvas)."""
@@ -338,7 +328,8 @@ class TinyBlock(nn.Module):
         q, k, v = self.qkv(self.attn_norm(h)).view(B, T, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
 
         def rotate(z):
-            return torch.cat([-z[..., z.shape[-1] // 2 :], z[..., : z.shape[-1] // 2]], -1)
+            first, second = z.chunk(2, dim=-1)
+            return torch.cat([-second, first], dim=-1)
 
         q = q * cos + rotate(q) * sin  # (B, H, T, D / H)
         k = k * cos + rotate(k) * sin
@@ -407,17 +398,18 @@ def forward_flops(model: TinyMaskPredictor, batch: int, length: int) -> int:
 
 
 def benchmark(
-    model: nn.Module, prompt_length: int, mask_id: int, batch_sizes: Sequence[int], repeats: int, peak_tflops: float
+    model: TinyMaskPredictor, prompt_length: int, batch_sizes: Sequence[int], repeats: int, peak_tflops: float
 ) -> list[str]:
     """Every method of B questions (5 HEX experts, 3 one-block baselines; gen_length 256, steps 128) in one
     lockstep batch, and at B = 1 the authors' way, one schedule after another; each way warmed up by a first,
-    untimed run: forward calls, seconds per question (min-max of `repeats`), tokens/s, MFU, peak GPU memory."""
+    untimed run: forward calls, seconds per question (min-max of `repeats`), MFU, peak GPU memory."""
     schedules = [Schedule(b) for b in (8, 16, 32, 64, 128)] + [Schedule(256, r) for r in REMASKING]
+    mask_id = model.embed.num_embeddings - 1  # any id: the weights are random
     cuda = torch.cuda.is_available()
     calls = []
     hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
     ways = [("one lockstep batch", B, [schedules]) for B in batch_sizes]
-    lines = [f"   {'way':<24}{'B':>3}{'forward calls':>15}{'s / question':>15}{'tokens/s':>10}{'MFU':>6}{'GPU':>10}"]
+    lines = [f"   {'way':<24}{'B':>3}{'forward calls':>15}{'s / question':>15}{'MFU':>6}{'GPU':>10}"]
     best = {}
     for way, B, groups in ways + [("each schedule in turn", 1, [[s] for s in schedules])]:
         prompt = (torch.arange(B * prompt_length).view(B, -1) % mask_id).to(model.embed.weight.device)
@@ -434,15 +426,14 @@ def benchmark(
             seconds.append(time.perf_counter() - start)
         seconds = seconds[1:]  # the warm-up run is not timed
         best[way, B] = min(seconds)
-        tokens = B * len(schedules) * (prompt_length + 256) * 128  # either way
         mfu = forward_flops(model, B * len(schedules), prompt_length + 256) * 128 / best[way, B] / peak_tflops / 1e12
         memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
         lines.append(
             f"   {way:<24}{B:>3}{len(calls):>15}{f'{min(seconds) / B:.2f}-{max(seconds) / B:.2f}':>15}"
-            f"{tokens / best[way, B]:>10.0f}{f'{mfu:.0%}' if peak_tflops < math.inf else '-':>6}{memory:>10}"
+            f"{f'{mfu:.0%}' if peak_tflops < math.inf else '-':>6}{memory:>10}"
         )
     hook.remove()
-    ratio = best["each schedule in turn", 1] / best.get(("one lockstep batch", 1), math.nan)
+    ratio = best["each schedule in turn", 1] / best["one lockstep batch", 1]
     return lines + [
         f"   at B = 1 one batch is {max(ratio, 1 / ratio):.2f}x {'faster' if ratio >= 1 else 'slower'} "
         f"than each schedule in turn (best of {repeats}): the same tokens and FLOPs in 8x fewer,\n"
@@ -458,7 +449,8 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = correct / n
     centre = p + z * z / (2 * n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n)))
+    denominator = 1 + z * z / n
+    return max(0.0, (centre - half) / denominator), min(1.0, (centre + half) / denominator)
 
 
 def paired_difference(first: Sequence[bool], second: Sequence[bool], z: float = 1.96) -> dict:
@@ -509,7 +501,7 @@ def chain_examples(n: int, generator: torch.Generator, visible_length: bool = Fa
     while len(todo):  # rejection: redraw until each chain stops at its k
         items[todo] = torch.randint(1, 4, (len(todo), 14), generator=generator)
         stops = (items[todo].cumsum(1) % 10 == 0) & (torch.arange(14) >= 3)
-        k = torch.where(stops.any(1), stops.long().argmax(1) + 1, 0)
+        k = stops.long().argmax(1) + 1  # 1 where no j stops it: never a length
         todo = todo[k != lengths[todo]]
     words = torch.randint(FILLER, STEP, (n, 14, 2), generator=generator).tolist()
     counts = torch.randint(1, 3, (n, 14), generator=generator).tolist()
@@ -685,7 +677,6 @@ def _check_args(model, input_ids, attention_mask, gen_length, steps, mask_id, sc
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="HEX's one-batch benchmark, or --miniature: the paper on a CPU.")
     parser.add_argument("--shape", choices=list(SHAPES), default="tiny", help="llada-8b: LLaDA-8B's shape, bf16, CUDA")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", help="questions per batch (default 1; llada-8b 1 2 4 8)")
     parser.add_argument("--repeats", type=int, help="timed runs per way (default 3; llada-8b 1)")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (CUDA default 989: H100/H200 SXM)")
     parser.add_argument(
@@ -698,9 +689,9 @@ def main(argv: list[str] | None = None) -> None:
         miniature(args.seed, args.visible_length)
         return
     cuda = torch.cuda.is_available()
-    if args.shape != "tiny" and not cuda:
-        raise SystemExit(f"hex.py: error: --shape {args.shape} needs a CUDA GPU (16 GB in bfloat16); tiny runs here")
     tiny = args.shape == "tiny"
+    if not tiny and not cuda:
+        raise SystemExit(f"hex.py: error: --shape {args.shape} needs a CUDA GPU (16 GB in bfloat16); tiny runs here")
     device = torch.device("cuda" if cuda else "cpu")
     model = TinyMaskPredictor(**SHAPES[args.shape], device=device, dtype=None if tiny else torch.bfloat16).eval()
     prompt_length = 16 if tiny else 200
@@ -710,9 +701,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{torch.cuda.get_device_name() if cuda else f'cpu, {torch.get_num_threads()} thread(s)'}, prompt "
         f"{prompt_length} tokens, gen_length 256, steps 128, {repeats} run(s) after a warm-up:"
     )
-    batch_sizes = args.batch_sizes or ([1] if tiny else [1, 2, 4, 8])
+    batch_sizes = [1] if tiny else [1, 2, 4, 8]
     peak = args.peak_tflops or (989.0 if cuda else math.inf)  # inf: no MFU
-    print("\n".join(benchmark(model, prompt_length, 1023 if tiny else MASK_ID, batch_sizes, repeats, peak)))
+    print("\n".join(benchmark(model, prompt_length, batch_sizes, repeats, peak)))
 
 
 if __name__ == "__main__":

@@ -154,25 +154,24 @@ def decode_batch(
     calls = []
     hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
     start = time.perf_counter()
-    schedules = [s for _, _, s in plan]
-    generators = [streams[m] for m, _, _ in plan]
     try:
         out = decode(
             model,
             ids,
             attention,
-            schedules=schedules,
+            schedules=[s for _, _, s in plan],
             gen_length=settings["gen_length"],
             steps=settings["steps"],
             mask_id=mask_id,
-            generator=generators,
+            generator=[streams[m] for m, _, _ in plan],
         )
     finally:
         hook.remove()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    cost = dict(forward_calls=len(calls) / len(batch), seconds=round((time.perf_counter() - start) / len(batch), 3))
-    return records_of(tokenizer, task, batch, plan, out, cost | dict(batch_size=len(batch), batch=batch[0]["id"]))
+    seconds = round((time.perf_counter() - start) / len(batch), 3)
+    cost = dict(forward_calls=len(calls) / len(batch), seconds=seconds, batch_size=len(batch), batch=batch[0]["id"])
+    return records_of(tokenizer, task, batch, plan, out, cost)
 
 
 def records_of(tokenizer, task: Task, batch: list[dict], plan: list, out: HexOutput, cost: dict) -> list[Record]:
@@ -213,13 +212,10 @@ def end_of_text_ids(tokenizer) -> list[int]:
 def method_answers(candidates: list[Candidate], rule: str, tie_break: str) -> dict[str, tuple[Any, bool]]:
     """Each method's answer under `rule` and whether its vote tied: HEX and SC take the majority vote over their
     candidates (the authors' vote and tie rule); a one-block baseline's single candidate votes alone."""
-    by_method: dict[str, list[Candidate]] = {}
+    answers = {}  # per method: its candidates' answers and scores
     for c in candidates:
-        by_method.setdefault(c["method"], []).append(c)
-    return {
-        m: majority_vote([c["answers"][rule] for c in cs], [c["score"] for c in cs], tie_break)
-        for m, cs in by_method.items()
-    }
+        answers.setdefault(c["method"], []).append((c["answers"][rule], c["score"]))
+    return {m: majority_vote(*zip(*pairs), tie_break) for m, pairs in answers.items()}
 
 
 def verdicts(task: Task, record: Record, rule: str, tie_break: str) -> tuple[dict, list[bool]]:
@@ -563,24 +559,27 @@ def write_figures(summary: dict, records: list[Record], path: Path) -> None:
 
 
 def _accuracy_bars(ax, summary: dict, paper: bool) -> None:
-    colours = dict(hex="tab:blue", sc="tab:purple")
-    bars = [(v["paper_name"], v, colours.get(m, "tab:gray"), m) for m, v in summary["methods"].items()]
-    bars += [(f"block {b}", v, "tab:cyan", None) for b, v in summary["block_lengths"].items()]
-    heights = [100 * v["accuracy"] for _, v, _, _ in bars]
-    below = [h - 100 * v["ci95"][0] for h, (_, v, _, _) in zip(heights, bars)]
-    above = [100 * v["ci95"][1] - h for h, (_, v, _, _) in zip(heights, bars)]
-    colour = [c for _, _, c, _ in bars]
-    ax.bar(range(len(bars)), heights, color=colour, edgecolor="black", capsize=4, yerr=[below, above])
+    methods = list(summary["methods"].items())  # first, so a method's bar is its index here
+    bars = [v for _, v in methods] + list(summary["block_lengths"].values())
+    heights = [100 * v["accuracy"] for v in bars]
+    errors = [
+        [h - 100 * v["ci95"][0] for h, v in zip(heights, bars)],
+        [100 * v["ci95"][1] - h for h, v in zip(heights, bars)],
+    ]
+    colours = [dict(hex="tab:blue", sc="tab:purple").get(m, "tab:gray") for m, _ in methods]
+    colours += ["tab:cyan"] * len(summary["block_lengths"])
+    ax.bar(range(len(bars)), heights, color=colours, edgecolor="black", capsize=4, yerr=errors)
     for i, h in enumerate(heights):  # the edge and the label keep a 0% bar visible
         ax.annotate(f"{h:.1f}%", (i, h), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
     published = PAPER_ACCURACY[summary["task"]]
-    reported = [(i, published[m]) for i, (*_, m) in enumerate(bars) if m in published]
+    reported = [(i, published[m]) for i, (m, _) in enumerate(methods) if m in published]
     if paper and reported:
         protocol_of_hex = "5 votes, temperature 0" if summary["task"] == "gsm8k" else "its best, protocol not stated"
         label = f"the paper's table (LLaDA-8B-Instruct; HEX: {protocol_of_hex})"
         ax.scatter(*zip(*reported), marker="_", s=600, color="tab:red", zorder=3, label=label)
         ax.legend(loc="upper right", fontsize=8)
-    ax.set_xticks(range(len(bars)), [label for label, *_ in bars], rotation=30, ha="right", fontsize=8)
+    labels = [v["paper_name"] for _, v in methods] + [f"block {b}" for b in summary["block_lengths"]]
+    ax.set_xticks(range(len(bars)), labels, rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="accuracy (%), 95% interval over questions", ylim=(0, 105), title="Methods and each HEX expert")
 
 
