@@ -100,14 +100,15 @@ def x0_and_confidence(
     p(top-1) - p(top-2), "random" uniform noise. Float64 as the authors, a chunk of positions at a time."""
     out = []
     n = max(1, CHUNK_ELEMENTS // logits.shape[-1])  # positions per chunk
-    no_mask = torch.tensor([mask_id], device=logits.device)
     for r, c in zip(rows.split(n), cols.split(n)):
         chunk = logits[r, c].double()  # (n, V)
-        scores = chunk
+        noise = 0.0
         if temperature > 0:  # argmax(l - T log(-log u)) == argmax(exp(l) / (-log u)^T), the authors' form
             u = torch.rand(chunk.shape, generator=generator, device=chunk.device, dtype=torch.float64)
-            scores = chunk - temperature * torch.log(-torch.log(u))
-        x0 = scores.index_fill(-1, no_mask, -math.inf).argmax(-1)
+            noise = -temperature * torch.log(-torch.log(u))
+        scores = chunk + noise  # a new tensor: chunk stays for the confidence
+        scores[:, mask_id] = -math.inf
+        x0 = scores.argmax(-1)
         if remasking == "random":
             conf = torch.rand(len(x0), generator=generator, device=chunk.device, dtype=torch.float64)
         elif remasking == "low_confidence":
@@ -182,10 +183,9 @@ def _denoise(model, x, attention_mask, schedules, generators, gen_length, steps,
     plans = [semi_ar_plan(s.block_length, gen_length, steps) for s in schedules]
     open_index, k = (torch.tensor(list(p), device=x.device) for p in zip(*plans))  # (R, steps) each
     block = (torch.arange(gen_length) // torch.tensor([[s.block_length] for s in schedules])).to(x.device)  # (R, G)
-    groups = {}  # rows scored together: by rule, temperature and the stream they draw from, if they draw
+    groups = {}  # rows scored together: by rule, temperature and the stream they draw from
     for r, (s, g) in enumerate(zip(schedules, generators)):  # (so a schedule with its own stream draws as alone)
-        draws = s.temperature > 0 or s.remasking == "random"
-        groups.setdefault((s.remasking, s.temperature, g if draws else None), []).append(r)
+        groups.setdefault((s.remasking, s.temperature, g), []).append(r)
     groups = {key: torch.tensor(rows, device=x.device) for key, rows in groups.items()}  # made once, not per step
     commit_step = torch.full((R, gen_length), -1, dtype=torch.long, device=x.device)
     for t in range(steps):
@@ -676,14 +676,13 @@ def _check_args(model, input_ids, attention_mask, gen_length, steps, mask_id, sc
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="HEX's one-batch benchmark, or --miniature: the paper on a CPU.")
-    parser.add_argument("--shape", choices=list(SHAPES), default="tiny", help="llada-8b: LLaDA-8B's shape, bf16, CUDA")
-    parser.add_argument("--repeats", type=int, help="timed runs per way (default 3; llada-8b 1)")
-    parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (CUDA default 989: H100/H200 SXM)")
-    parser.add_argument(
-        "--miniature", action="store_true", help="train a tiny dLLM on a chain task: the paper's table"
-    )
-    parser.add_argument("--visible-length", action="store_true", help="--miniature's control: the prompt shows k")
-    parser.add_argument("--seed", type=int, default=1, help="--miniature's training seed (default 1)")
+    add = parser.add_argument
+    add("--shape", choices=list(SHAPES), default="tiny", help="llada-8b: LLaDA-8B's shape, bf16, CUDA")
+    add("--repeats", type=int, help="timed runs per way (default 3; llada-8b 1)")
+    add("--peak-tflops", type=float, help="dense bf16 peak for MFU (CUDA default 989: H100/H200 SXM)")
+    add("--miniature", action="store_true", help="train a tiny dLLM on a chain task: the paper's table")
+    add("--visible-length", action="store_true", help="--miniature's control: the prompt shows k")
+    add("--seed", type=int, default=1, help="--miniature's training seed (default 1)")
     args = parser.parse_args(argv)
     if args.miniature:
         miniature(args.seed, args.visible_length)
