@@ -633,7 +633,7 @@ def miniature(seed: int, visible_length: bool, steps: int = 3000, questions: int
 # 10. Argument checks, each naming the argument and what it allows ----------------------------------------
 
 
-def _integer(name: str, value, minimum: int = 1) -> int:
+def _integer(name, value, minimum=1):
     """value as an int (numpy integers too), or a TypeError/ValueError that names the argument."""
     if not hasattr(type(value), "__index__"):
         raise TypeError(f"{name}={value!r} must be an int")

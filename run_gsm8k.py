@@ -558,7 +558,7 @@ def write_figures(summary: dict, records: list[Record], path: Path) -> None:
     fig.savefig(path, dpi=100, format="png")
 
 
-def _accuracy_bars(ax, summary: dict, paper: bool) -> None:
+def _accuracy_bars(ax, summary, paper):
     methods = list(summary["methods"].items())  # first, so a method's bar is its index here
     bars = [v for _, v in methods] + list(summary["block_lengths"].values())
     heights = [100 * v["accuracy"] for v in bars]
@@ -583,7 +583,7 @@ def _accuracy_bars(ax, summary: dict, paper: bool) -> None:
     ax.set(ylabel="accuracy (%), 95% interval over questions", ylim=(0, 105), title="Methods and each HEX expert")
 
 
-def _votes_plot(ax, summary: dict, paper: bool) -> None:
+def _votes_plot(ax, summary, paper):
     from matplotlib.ticker import MaxNLocator
 
     styles = dict(hex=dict(color="tab:blue", linewidth=4, alpha=0.45), sc=dict(color="tab:purple", linewidth=1.5))
@@ -605,7 +605,7 @@ def _votes_plot(ax, summary: dict, paper: bool) -> None:
         ax.legend(fontsize=8)
 
 
-def _heatmap(fig, ax, values: list, rows: list[str], columns: list[str] | None, unit: str, title: str, vmax: float):
+def _heatmap(fig, ax, values, rows, columns, unit, title, vmax):
     """values as an image on a fixed scale; with columns, each cell labelled in a colour legible on it."""
     image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=vmax)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
@@ -656,11 +656,11 @@ def multiple_choice(stem: str, labels: list, texts: list) -> str:
     return f"{str(stem).strip()}\n\nOptions:\n{options}\n\nChoose ONE letter."
 
 
-def _finite(x: float) -> float | None:
+def _finite(x):
     return x if math.isfinite(x) else None
 
 
-def _answer_tag(text: str) -> str | None:
+def _answer_tag(text):
     return match.group(1) if (match := ANSWER_TAG.search(text)) else None
 
 
@@ -712,7 +712,7 @@ def boxed_answer_authors(text: str) -> str | None:
     return inner.strip() if not answer and (inner := _answer_tag(text)) is not None else answer
 
 
-def _fix_fracs(s: str) -> str:
+def _fix_fracs(s):
     parts = s.split("\\frac")
     out = parts[0]
     for part in parts[1:]:
@@ -728,12 +728,12 @@ def _fix_fracs(s: str) -> str:
     return out
 
 
-def _fix_sqrt(s: str) -> str:
+def _fix_sqrt(s):
     parts = s.split("\\sqrt")
     return parts[0] + "".join("\\sqrt" + (p if p[0] == "{" else "{" + p[0] + "}" + p[1:]) for p in parts[1:])
 
 
-def _fix_a_slash_b(s: str) -> str:
+def _fix_a_slash_b(s):
     if len(s.split("/")) != 2:
         return s
     a, b = (int(x) for x in s.split("/"))  # a non-integer part raises, as theirs does
@@ -778,7 +778,7 @@ def is_equiv_authors(answer: Any, gold: Any) -> bool:
 # 6. Robust rules: this project's reading, beside the authors' ------------------------------------------------------
 
 
-def _numbers(text: str) -> list[float]:
+def _numbers(text):
     """Numbers in text, reading `1,000`, `$18`, `\\$18`, `-5`, `−5`, `.5`, `\\frac{1}{2}` and units."""
     text = text.replace("−", "-").replace("\\$", " ").replace("$", " ").replace("\\%", " ")
     text = re.sub(
@@ -787,7 +787,7 @@ def _numbers(text: str) -> list[float]:
     return [float(n) for n in re.findall(r"-?(?:\d+(?:\.\d+)?|\.\d+)", re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text))]
 
 
-def _boxed(text: str) -> list[str]:
+def _boxed(text):
     """Contents of every `\\boxed{...}` or `\\fbox{...}`, braces balanced (an unclosed box runs to the end)."""
     contents = []
     for start in (m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)):
@@ -800,7 +800,7 @@ def _boxed(text: str) -> list[str]:
     return contents
 
 
-def _without_special_tokens(text: str) -> str:
+def _without_special_tokens(text):
     """Drop `<|...|>` tokens (end-of-text, end-of-turn...), which the decoded text keeps as the authors keep them."""
     return re.sub(r"<\|[^<>|]{1,64}\|>", " ", text)
 
@@ -878,7 +878,7 @@ def math_equal(answer: str | None, gold: str | None) -> bool:
         return False
 
 
-def _option(s: str) -> str | None:
+def _option(s):
     """The option label a short answer names: `B`, `(B)`, `B.`, `B) text`, `b`, `\\text{B}`, `Option B`."""
     s = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", s).strip().strip("$*").strip()
     s = re.sub(r"^(?:option|choice|answer)\s*:?\s*", "", s, flags=re.IGNORECASE)
@@ -897,19 +897,19 @@ def choice_answer_robust(text: str) -> str | None:
 # 7. Tasks and data -------------------------------------------------------------------------------------------------
 
 
-def _arc_gold(row: dict) -> str:
+def _arc_gold(row):
     if row["answerKey"].strip() not in [str(label).strip() for label in row["choices"]["label"]]:
         raise ValueError(f"answerKey {row['answerKey']!r} is not one of the labels {row['choices']['label']}")
     return row["answerKey"].strip()
 
 
-def _truthfulqa_gold(row: dict) -> str:
+def _truthfulqa_gold(row):
     if type(row["label"]) is not int or not 0 <= row["label"] < len(row["choices"]) <= 26:
         raise KeyError("label")
     return chr(65 + row["label"])
 
 
-def _truthfulqa_order(n: int) -> list[int]:
+def _truthfulqa_order(n):
     """The authors iterate TruthfulQA in a numpy-seed-42 permutation (it matters only for slices)."""
     import numpy
 
@@ -953,7 +953,7 @@ class Task:
         return bool(self.equal[_rule(rule)](answer, gold))
 
 
-def _rule(rule: str) -> str:
+def _rule(rule):
     if rule not in RULES:
         raise ValueError(f"rule={rule!r} must be one of {', '.join(RULES)}")
     return rule
@@ -1024,7 +1024,7 @@ def row_problem(task: Task, row: Any) -> str | None:
     return f"needs {task.fields}"
 
 
-def _one_line(error: Exception, limit: int = 300) -> str:
+def _one_line(error, limit=300):
     """An error's message as one line (library messages span several), cut to `limit` characters."""
     return " ".join(str(error).split())[:limit]
 
@@ -1078,7 +1078,7 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
 # 8. Model families: each checkpoint's own model file, fitted to this transformers, as a mask predictor -------------
 
 
-def _transformers_version() -> tuple[int, int]:
+def _transformers_version():
     import transformers
 
     return tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
@@ -1103,7 +1103,7 @@ def fit_llada_code(model_class: type, config) -> type:
     return type(model_class.__name__, (model_class,), namespace)
 
 
-def _default_rope(config, device=None, seq_len=None, **kwargs) -> tuple[torch.Tensor, float]:
+def _default_rope(config, device=None, seq_len=None, **kwargs):
     """1 / theta^(2i / head_dim), no scaling: what transformers 4.x registered as ROPE_INIT_FUNCTIONS["default"]."""
     dim = int(config.hidden_size // config.num_attention_heads * getattr(config, "partial_rotary_factor", 1.0))
     return 1.0 / config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).to(device, torch.float) / dim), 1.0
