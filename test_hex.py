@@ -1525,7 +1525,7 @@ def test_checkpoint_failed_start_leaves_nothing_and_the_corrected_command_runs(c
         (["--steps", "0"], "--steps must be >= 1"),
         (["--steps", "6"], "steps=6 must be a multiple"),
         (["--gen-length", "40", "--block-lengths"], "not a multiple of 32"),
-        (["--device", "cuda"], "no usable CUDA GPU"),
+        (["--device", "cuda"], "--device cuda: not a device this torch build can use here"),
         (["--device", "tpu9"], "--device tpu9"),
         (["--mask-id", "100000"], "outside the model's vocabulary"),
         (["--offset", "4"], "--offset 4 is past the 4 rows"),
@@ -1679,7 +1679,7 @@ def test_checkpoint_device_this_torch_build_lacks_is_refused_before_loading(
     err = one_line_error(
         capsys, command(checkpoint, data, tmp_path / "o.jsonl")[2:] + ["--device", "mps"], monkeypatch
     )
-    assert "--device mps: not available in this torch build" in err
+    assert "--device mps: not a device this torch build can use here" in err
     assert files(tmp_path) == ["gsm8k.jsonl"]
 
 
