@@ -39,7 +39,7 @@ from datetime import timedelta
 from itertools import combinations, permutations
 from pathlib import Path
 from statistics import fmean
-from typing import Any, Callable, TypedDict
+from typing import Any, Callable, Sequence, TypedDict
 from urllib.parse import urlparse
 
 import torch
@@ -545,7 +545,7 @@ def write_figures(summary: dict, records: list[Record], path: Path) -> None:
     rows = [c for c in record["candidates"] if c["sample"] == 0]
     labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
     title = f"Commit order, question {record['id']}: the step that committed each position (red |: end-of-text)"
-    _heatmap(fig, axes[1, 0], [c["commit_order"] for c in rows], labels, None, "step", title, settings["steps"] - 1)
+    _heatmap(axes[1, 0], [c["commit_order"] for c in rows], labels, None, "step", title, settings["steps"] - 1)
     ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
     if ends:
         width = max(0.6, min(1.0, 64 / settings["gen_length"]))  # thin marks at gen_length 256: a red band
@@ -554,7 +554,7 @@ def write_figures(summary: dict, records: list[Record], path: Path) -> None:
     if table["groups"]:
         values = [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]]
         title = "Expert agreement: % of candidate pairs with the same answer, both readable"
-        _heatmap(fig, axes[1, 1], values, table["groups"], table["groups"], "%", title, 100)
+        _heatmap(axes[1, 1], values, table["groups"], table["groups"], "%", title, 100)
     else:
         axes[1, 1].set_axis_off()
     fig.savefig(path, dpi=100, format="png")
@@ -591,10 +591,12 @@ def _votes_plot(ax, summary, paper):
     styles = dict(hex=dict(color="tab:blue", linewidth=4, alpha=0.45), sc=dict(color="tab:purple", linewidth=1.5))
     for m, curve in summary["votes"].items():  # HEX broad and pale under SC: equal curves both stay visible
         votes = [v["votes"] for v in curve]
-        name = PAPER_NAMES[m]
-        ax.plot(votes, [100 * v["accuracy"] for v in curve], "o-", label=f"{name}, expected accuracy", **styles[m])
-        ax.plot(votes, [100 * v["tie_rate"] for v in curve], "s--", label=f"{name}, tie rate", **styles[m])
-        ax.plot(votes, [100 * v["pass_at_k"] for v in curve], "^:", label=f"{name}, pass@k", **styles[m])
+        for key, line, what in (
+            ("accuracy", "o-", "expected accuracy"),
+            ("tie_rate", "s--", "tie rate"),
+            ("pass_at_k", "^:", "pass@k"),
+        ):
+            ax.plot(votes, [100 * v[key] for v in curve], line, label=f"{PAPER_NAMES[m]}, {what}", **styles[m])
     if paper and "hex" in summary["votes"]:
         n, accuracy, tie = zip(*PAPER_GSM8K_VOTES)
         label = "HEX accuracy, the paper (seeds x 5 blocks; temperature not stated)"
@@ -607,7 +609,7 @@ def _votes_plot(ax, summary, paper):
         ax.legend(fontsize=8)
 
 
-def _heatmap(fig, ax, values, rows, columns, unit, title, vmax):
+def _heatmap(ax, values, rows, columns, unit, title, vmax):
     """values as an image on a fixed scale; with columns, each cell labelled in a colour legible on it."""
     image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=vmax)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
@@ -619,7 +621,7 @@ def _heatmap(fig, ax, values, rows, columns, unit, title, vmax):
                     ink = "black" if v > vmax / 2 else "white"  # viridis is dark low, light high
                     ax.annotate(f"{v:.0f}", (j, i), ha="center", va="center", fontsize=8, color=ink)
     ax.set_title(title, fontsize=10)
-    fig.colorbar(image, ax=ax, label=unit, fraction=0.03)
+    ax.figure.colorbar(image, ax=ax, label=unit, fraction=0.03)
 
 
 # 5. The authors' prompts and answer rules (verbatim from their code, quirks annotated) -----------------------------
@@ -932,7 +934,7 @@ class Task:
     gold: dict[str, Callable[[dict], Any]]
     extract: dict[str, Callable[[str], Any]]
     equal: dict[str, Callable[[Any, Any], bool]]
-    order: Callable[[int], list[int]] | None = None  # the authors' row order, when not the file's
+    order: Callable[[int], Sequence[int]] = range  # the authors' row order, when not the file's
 
     def build_prompt(self, tokenizer, row: dict) -> list[int]:
         """The authors' prompt: the task's system text, a blank line and the question as one user turn, in the
@@ -1502,6 +1504,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         nargs="+",
         default=[m for m in METHODS if m != "sc"],
+        choices=METHODS,
         metavar="METHOD",
         help=f"any of {', '.join(METHODS)} (default: all but sc, the control, which a finished run can add)",
     )
@@ -1543,8 +1546,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line with every setting checked and the defaults filled in; a mistake is a UsageError that
     names the flag (argparse's own errors exit at once with status 2)."""
     args = build_parser().parse_args(argv)
-    if unknown := [m for m in args.methods if m not in METHODS]:
-        raise UsageError(f"--methods: unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
     args.methods = [m for m in METHODS if m in args.methods]
     for name in ("limit", "batch_size", "samples_per_block", "gen_length", "steps", "sc_samples", "sc_block_length"):
         if (value := getattr(args, name)) is not None and value < 1:
@@ -1667,7 +1668,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     files = RunFiles(check_output(args.output))
     offline_unless_reachable(args)
     rows, data = load_rows(task, args.data)
-    problems = [{"id": i, "row": rows[i]} for i in (task.order(len(rows)) if task.order else range(len(rows)))]
+    problems = [{"id": i, "row": rows[i]} for i in task.order(len(rows))]
     if not (problems := problems[args.offset :][: args.limit]):
         raise UsageError(f"--offset {args.offset} is past the {len(rows)} rows of {data['source']}")
     settings = run_settings(args, data, device)
@@ -1700,11 +1701,11 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         model = load_model(args.model, config, device, getattr(torch, settings["dtype"]))
         machine = environment(device, world, mask_id, tokenizer)
         on_rank0(lambda: files.start(settings, args.resume, machine), world, rank)
-        decode_questions(model, tokenizer, task, problems, settings, mask_id, device, files)
+        decode_questions(model, tokenizer, task, problems, settings, mask_id, device, files, world, rank)
         return report(files.stored_settings(), files, requested, args) if rank == 0 else None
     finally:
         files.close()
-        if world > 1 and torch.distributed.is_initialized():
+        if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
@@ -1770,14 +1771,14 @@ def decode_questions(
     mask_id: int,
     device: torch.device,
     files: RunFiles,
+    world: int,
+    rank: int,
 ) -> None:
     """This rank's share of the work, each record appended to this rank's file at once (a torn last line, from an
     interrupted write, cut first): every method of the run for the questions not done yet, in batches; for the
     questions done without a method the run has grown by, only that method's candidates, decoded in the batches
     the questions were first decoded in (the same streams), each grown record a line that replaces the one
-    before. The progress bar counts the finished questions too."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
+    before. The progress bar counts the finished questions too. Under torchrun, rank `rank` of `world`."""
     done = files.records()
     if world > 1:
         torch.distributed.barrier()  # every rank has read before any rank writes
