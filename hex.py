@@ -88,7 +88,6 @@ def x0_and_confidence(
     logits: torch.Tensor,
     rows: torch.Tensor,
     cols: torch.Tensor,
-    *,
     remasking: str,
     temperature: float,
     mask_id: int,
@@ -123,8 +122,7 @@ def most_confident(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Boolean (R, G): the k[r] most confident positions of each row of confidence (R, G); equal
     confidences go to the leftmost position (a stable sort: torch.topk has no rule for ties)."""
     order = confidence.argsort(dim=-1, descending=True, stable=True)
-    ranks = torch.arange(confidence.shape[-1], device=confidence.device).expand_as(order)
-    return torch.empty_like(order).scatter_(-1, order, ranks) < k[:, None]
+    return order.argsort(dim=-1) < k[:, None]  # each position's rank in that order, below k
 
 
 # 3. Decoding any set of schedules in one lockstep batch --------------------------------------------------
@@ -162,7 +160,7 @@ def decode(
     x = F.pad(input_ids, (0, gen_length), value=mask_id).repeat_interleave(K, dim=0)  # [prompt | masks]
     if attention_mask is not None:
         attention_mask = F.pad(attention_mask.to(x.device), (0, gen_length), value=1).repeat_interleave(K, dim=0)
-    x, commit_step, first_logits = _denoise(
+    commit_step, first_logits = _denoise(
         model, x, attention_mask, schedules * B, generators * B, gen_length, steps, mask_id, K
     )
     sequences = x.view(B, K, -1)
@@ -176,7 +174,7 @@ def decode(
 
 def _denoise(model, x, attention_mask, schedules, generators, gen_length, steps, mask_id, rows_per_prompt):
     """Denoise canvas x (R, P + G) in place, row r by schedules[r]: per step one forward pass, candidates are the
-    masked positions of a row's open block, committed tokens stay. Returns x, commit steps (R, G), and the first
+    masked positions of a row's open block, committed tokens stay. Returns the commit steps (R, G), and the first
     pass's answer logits of one row per prompt (every row of a prompt sees the same first canvas)."""
     R = x.shape[0]
     P = x.shape[1] - gen_length
@@ -200,36 +198,22 @@ def _denoise(model, x, attention_mask, schedules, generators, gen_length, steps,
         prediction = answer.clone()
         for (remasking, temperature, generator), group in groups.items():
             r, cols = candidate[group].nonzero(as_tuple=True)
-            x0, conf = x0_and_confidence(
-                logits,
-                group[r],
-                cols + P,
-                remasking=remasking,
-                temperature=temperature,
-                mask_id=mask_id,
-                generator=generator,
-            )
+            x0, conf = x0_and_confidence(logits, group[r], cols + P, remasking, temperature, mask_id, generator)
             confidence[group[r], cols] = conf
             prediction[group[r], cols] = x0
         del logits  # never hold two steps' logits at once
         commit = most_confident(confidence, k[:, t])
         answer[commit] = prediction[commit]
         commit_step[commit] = t
-    return x, commit_step, first_logits
+    return commit_step, first_logits
 
 
 def answer_log_likelihood(first_logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
     """The authors' likelihood score, used only by majority_vote(tie_break="likelihood"): the first pass's
     log-softmax (prompt + all masks) at each final answer token, averaged over all gen_length positions.
-    (B, G, V), (B, K, G) -> (B, K) float64, chunk by chunk."""
-    B, K, G = answers.shape
-    n = max(1, CHUNK_ELEMENTS // first_logits.shape[-1])  # positions per chunk
-    tokens = answers.transpose(1, 2).flatten(0, 1)  # (B * G, K)
-    logp = [
-        chunk.double().log_softmax(-1).gather(-1, t)
-        for chunk, t in zip(first_logits.flatten(0, 1).split(n), tokens.split(n))  # (n, K) each
-    ]
-    return torch.cat(logp).view(B, G, K).mean(1)
+    (B, G, V), (B, K, G) -> (B, K) float64 (its (B, G, V) float64 scratch is smaller than one step's logits)."""
+    log_probs = first_logits.double().log_softmax(-1)  # (B, G, V)
+    return log_probs.gather(-1, answers.transpose(1, 2)).mean(1)  # (B, G, K) -> (B, K)
 
 
 def generate(
@@ -380,7 +364,7 @@ class TinyMaskPredictor(nn.Module):
 
 
 SHAPES = {  # TinyMaskPredictor sizes; llada-8b: LLaDA-8B-Instruct's published shape, 8.02e9 parameters
-    "tiny": dict(vocab_size=1024, d_model=64, n_layers=2, n_heads=4),
+    "tiny": {},  # the defaults: vocabulary 1024, d_model 64, 2 layers, 4 heads
     "llada-8b": dict(vocab_size=126464, d_model=4096, n_layers=32, n_heads=32, mlp_hidden=12288),
 }
 
@@ -427,10 +411,10 @@ def benchmark(
         seconds = seconds[1:]  # the warm-up run is not timed
         best[way, B] = min(seconds)
         mfu = forward_flops(model, B * len(schedules), prompt_length + 256) * 128 / best[way, B] / peak_tflops / 1e12
-        memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
         lines.append(
             f"   {way:<24}{B:>3}{len(calls):>15}{f'{min(seconds) / B:.2f}-{max(seconds) / B:.2f}':>15}"
-            f"{f'{mfu:.0%}' if peak_tflops < math.inf else '-':>6}{memory:>10}"
+            f"{f'{mfu:.0%}' if peak_tflops < math.inf else '-':>6}"
+            f"{f'{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB' if cuda else '-':>10}"
         )
     hook.remove()
     ratio = best["each schedule in turn", 1] / best["one lockstep batch", 1]
@@ -521,8 +505,9 @@ def chain_examples(n: int, generator: torch.Generator, visible_length: bool = Fa
 def chain_answer(answers: torch.Tensor) -> torch.Tensor:
     """(..., G) answers -> (...) the chain length stated after the first ANS, or 0 where none is readable."""
     stated = F.pad(answers[..., 1:], (0, 1)) - STEP + 1  # what each position's successor states
-    value = stated.gather(-1, (answers == ANS).long().argmax(-1, keepdim=True)).squeeze(-1)
-    return torch.where((answers == ANS).any(-1) & (value >= 1) & (value <= 14), value, 0)
+    is_ans = answers == ANS
+    value = stated.gather(-1, is_ans.long().argmax(-1, keepdim=True)).squeeze(-1)
+    return torch.where(is_ans.any(-1) & (value >= 1) & (value <= 14), value, 0)
 
 
 def masked_diffusion_loss(
@@ -550,7 +535,7 @@ def train_miniature(steps: int, seed: int, visible_length: bool, held_out: torch
     model = miniature_model(seed).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
 
-    def learning_rate(step: int) -> float:  # a factor of 2e-3
+    def learning_rate(step):  # a factor of 2e-3
         return min((step + 1) / 100, 0.05 + 0.475 * (1 + math.cos(math.pi * step / steps)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate)
@@ -586,11 +571,10 @@ def miniature_figures(answers: torch.Tensor, commit_steps: torch.Tensor, lengths
     written = torch.where(before_end & (answers >= STEP), answers - STEP + 1, 0).amax(-1)  # (N, K)
     long = lengths > 8
     interval = torch.tensor([wilson(int(c), len(right)) for c in right.sum(0)], dtype=torch.float64)  # (K + 2, 2)
-    columns = [right.mean(0), *interval.T, right[~long].mean(0), right[long].mean(0), eot_first]
-    columns.append((written.T < lengths).double().mean(1))  # chains cut short
-    rows = {}
-    for k, label in enumerate(MINI_LABELS + ["HEX", "oracle"]):
-        rows[label] = [float(c[k]) for c in columns if k < len(c)]
+    cut_short = (written.T < lengths).double().mean(1)
+    columns = [right.mean(0), *interval.T, right[~long].mean(0), right[long].mean(0), eot_first, cut_short]
+    labels = MINI_LABELS + ["HEX", "oracle"]
+    rows = {label: [float(c[k]) for c in columns if k < len(c)] for k, label in enumerate(labels)}
     chosen_right, chosen = cross_fitted(dict(zip(MINI_BLOCK_LENGTHS, right.T.tolist())))
     return dict(rows=rows, hex_minus_chosen=paired_difference(right[:, -2].tolist(), chosen_right), chosen=chosen)
 
@@ -691,8 +675,8 @@ def main(argv: list[str] | None = None) -> None:
     tiny = args.shape == "tiny"
     if not tiny and not cuda:
         raise SystemExit(f"hex.py: error: --shape {args.shape} needs a CUDA GPU (16 GB in bfloat16); tiny runs here")
-    device = torch.device("cuda" if cuda else "cpu")
-    model = TinyMaskPredictor(**SHAPES[args.shape], device=device, dtype=None if tiny else torch.bfloat16).eval()
+    dtype = None if tiny else torch.bfloat16
+    model = TinyMaskPredictor(**SHAPES[args.shape], device="cuda" if cuda else "cpu", dtype=dtype).eval()
     prompt_length = 16 if tiny else 200
     repeats = max(1, args.repeats or (3 if tiny else 1))
     print(
@@ -700,9 +684,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{torch.cuda.get_device_name() if cuda else f'cpu, {torch.get_num_threads()} thread(s)'}, prompt "
         f"{prompt_length} tokens, gen_length 256, steps 128, {repeats} run(s) after a warm-up:"
     )
-    batch_sizes = [1] if tiny else [1, 2, 4, 8]
     peak = args.peak_tflops or (989.0 if cuda else math.inf)  # inf: no MFU
-    print("\n".join(benchmark(model, prompt_length, batch_sizes, repeats, peak)))
+    print("\n".join(benchmark(model, prompt_length, [1] if tiny else [1, 2, 4, 8], repeats, peak)))
 
 
 if __name__ == "__main__":
