@@ -1452,21 +1452,12 @@ class RunFiles:
     def start(self, settings: dict, resume: bool, environment: dict) -> None:
         """Write the settings once every check has passed and the model has loaded (--no-resume deletes the old
         files only now), with this machine and what the model gave (mask id, end-of-text ids) appended."""
-        for path in (self.output, self.settings, self.summary, self.figure, *self.parts()) if not resume else ():
-            path.unlink(missing_ok=True)
-        old = self.stored_settings() if self.settings.is_file() else {}
-        seen = old.get("environments", [])
-        write_atomically(
-            self.settings,
-            json.dumps(
-                {
-                    **settings,
-                    "environments": seen + [environment] * (environment not in seen),
-                    **{k: old[k] for k in ("rescored",) if k in old},
-                },
-                indent=1,
-            ),
-        )
+        if not resume:
+            for path in (self.output, self.settings, self.summary, self.figure, *self.parts()):
+                path.unlink(missing_ok=True)
+        seen = settings.get("environments", [])  # a resumed run's settings are the stored ones, grown
+        environments = seen + [environment] * (environment not in seen)
+        write_atomically(self.settings, json.dumps(settings | dict(environments=environments), indent=1))
 
     def write_records(self, records: dict[int, Record]) -> None:
         """Replace the JSONL by these records, in id order, and drop torchrun's part files."""
