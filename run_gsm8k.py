@@ -1327,7 +1327,10 @@ def write_atomically(path: Path, content: str | Callable[[Path], None]) -> None:
     """Write path through a temporary file beside it, so no reader sees half of it: the text, or what a function
     writes to the temporary path it is given (a figure)."""
     temporary = path.with_name(path.name + f".tmp{os.getpid()}")
-    temporary.write_text(content, encoding="utf-8") if isinstance(content, str) else content(temporary)
+    if isinstance(content, str):
+        temporary.write_text(content, encoding="utf-8")
+    else:
+        content(temporary)
     temporary.replace(path)
 
 
@@ -1372,14 +1375,19 @@ class RunFiles:
                     "it, or use another --output"
                 ) from None
             try:  # the previous holder may have removed the file as we opened it: then try again
-                self.fd = fd if os.stat(self.lock).st_ino == os.fstat(fd).st_ino else os.close(fd)
+                held = os.stat(self.lock).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
+                held = False
+            if held:
+                self.fd = fd
+            else:
                 os.close(fd)
 
     def close(self) -> None:
         if self.fd is not None:
             self.lock.unlink(missing_ok=True)
-            self.fd = os.close(self.fd)
+            os.close(self.fd)
+            self.fd = None
         for folder in reversed(self.made):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
@@ -1424,8 +1432,7 @@ class RunFiles:
                 raise UsageError(
                     f"{self.output} holds results made with other settings:\n  "
                     + "\n  ".join(changed)
-                    + f"\nthe results are left untouched; use --output {self.free_output()}, or --no-resume to start "
-                    "them over"
+                    + "\nthe results are left untouched; use another --output, or --no-resume to start them over"
                 )
             done = self.records()
             settings = grown(old, settings)  # once a run has grown by a method, it has it (a killed growth resumes)
@@ -1439,15 +1446,6 @@ class RunFiles:
         if self.read_only and not complete:
             raise UsageError(f"--output {self.output}: {self.read_only}; use another --output")
         return complete, settings
-
-    def free_output(self) -> Path:
-        """The first `<stem>-N.jsonl` beside the output that no run has used (for a refusal to name)."""
-        return next(
-            p
-            for n in range(2, 10**6)
-            if not (p := self.output.with_name(f"{self.output.stem}-{n}.jsonl")).exists()
-            and not p.with_suffix(".config.json").exists()
-        )
 
     def start(self, settings: dict, resume: bool, environment: dict) -> None:
         """Write the settings once every check has passed and the model has loaded (--no-resume deletes the old

@@ -1463,9 +1463,7 @@ def test_checkpoint_other_data_or_settings_are_refused_and_file_untouched(checkp
         with pytest.raises(SystemExit):
             run(checkpoint, *args[:1], output, *args[1:])
         errors.append(capsys.readouterr().err)
-        assert (
-            "other settings" in errors[-1] and f"use --output {tmp_path / 'out-2.jsonl'}, or --no-resume" in errors[-1]
-        )
+        assert "other settings" in errors[-1] and "use another --output, or --no-resume" in errors[-1]
         assert "Traceback" not in errors[-1]
     assert f"data: {data} (" in errors[0] and f"{other} (" in errors[0]
     assert "tie_break: first there, likelihood now" in errors[1] and "seed: 0 there, 1 now" in errors[2]
