@@ -248,13 +248,18 @@ def eot_first_share(candidate: Candidate) -> float:
     return sum(candidate["end_of_text"][i] == "_" for i in first) / len(first)
 
 
-def candidate_figures(records: list[Record], judged: dict, rule: str, belongs: Callable) -> dict:
-    """For the candidates `belongs` picks, counted over questions (a question's samples are not independent):
-    accuracy, each question's share of right ones averaged, with a Wilson interval on the number of
-    questions, and the other rule's; the oracle (some candidate right); collapse and EoT-first shares."""
+def candidate_figures(records: list[Record], judged: dict, rule: str, method: str, block: int | None = None) -> dict:
+    """For the candidates of `method` (of one block length, if given), counted over questions (a question's
+    samples are not independent): accuracy, each question's share of right ones averaged, with a Wilson interval
+    on the number of questions, and the other rule's; the oracle (some candidate right); collapse and EoT-first
+    shares."""
     other = RULES[1 - RULES.index(rule)]
     picked = [
-        [(c, o, p) for c, o, p in zip(r["candidates"], ok, other_ok) if belongs(c)]
+        [
+            (c, o, p)
+            for c, o, p in zip(r["candidates"], ok, other_ok)
+            if c["method"] == method and block in (None, c["block_length"])
+        ]
         for r, (_, ok), (_, other_ok) in zip(records, judged[rule], judged[other])
     ]
     shares = [fmean(o for _, o, _ in question) for question in picked]
@@ -366,7 +371,7 @@ def summarize(records: list[Record], settings: dict, rule: str, methods: list[st
     table = {}
     for m in shown:  # a method's verdict is its vote's
         right = [v[m][2] for v, _ in judged[rule]]
-        table[m] = candidate_figures(records, judged, rule, lambda c, m=m: c["method"] == m) | dict(
+        table[m] = candidate_figures(records, judged, rule, m) | dict(
             paper_name=PAPER_NAMES[m],
             accuracy=fmean(right),
             ci95=wilson(sum(right), len(right)),
@@ -376,9 +381,7 @@ def summarize(records: list[Record], settings: dict, rule: str, methods: list[st
         )
     experts = {}
     for b in settings["block_lengths"] if "hex" in shown else []:
-        experts[b] = candidate_figures(
-            records, judged, rule, lambda c, b=b: c["method"] == "hex" and c["block_length"] == b
-        )
+        experts[b] = candidate_figures(records, judged, rule, "hex", b)
     oks = [ok for _, ok in judged[rule]]
     return dict(
         task=settings["task"],
@@ -547,9 +550,8 @@ def write_figures(summary: dict, records: list[Record], path: Path) -> None:
     title = f"Commit order, question {record['id']}: the step that committed each position (red |: end-of-text)"
     _heatmap(axes[1, 0], [c["commit_order"] for c in rows], labels, None, "step", title, settings["steps"] - 1)
     ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
-    if ends:
-        width = max(0.6, min(1.0, 64 / settings["gen_length"]))  # thin marks at gen_length 256: a red band
-        axes[1, 0].scatter(*zip(*ends), marker="|", s=60, linewidths=width, color="red")
+    if ends:  # thin marks: at gen_length 256 a run of end-of-text is a red band
+        axes[1, 0].scatter(*zip(*ends), marker="|", s=60, linewidths=0.6, color="red")
     table = summary["agreement"]
     if table["groups"]:
         values = [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]]
@@ -1287,11 +1289,13 @@ def settings_conflict(old: dict, new: dict) -> list[str]:
     path is the same data; the methods may differ (a run grows), and a method's own settings count only where
     both runs have it."""
     changed = []
+    exempt = {
+        k for m, keys in METHOD_SETTINGS.items() if m not in old["methods"] or m not in new["methods"] for k in keys
+    }
     for key in COMPARED:
         before = old.get(key)
         now = new.get(key)
-        owners = [m for m, keys in METHOD_SETTINGS.items() if key in keys]
-        if key == "methods" or any(m not in old["methods"] or m not in new["methods"] for m in owners):
+        if key == "methods" or key in exempt:
             continue
         if key == "data":  # the data is its content
             if (before["fingerprint"], before["rows"]) == (now["fingerprint"], now["rows"]):
@@ -1481,8 +1485,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--task", choices=list(TASKS), default="gsm8k", help="the benchmark (default: %(default)s)")
     add("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="hub id or local folder (default: %(default)s)")
     add("--device", help="cpu, cuda or cuda:N (default: this rank's GPU, else cpu)")
-    dtypes = ["bfloat16", "float16", "float32", "float64"]
-    add("--dtype", choices=dtypes, help="default: bfloat16 on CUDA, else float32")
+    add(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32", "float64"],
+        help="default: bfloat16 on CUDA, else float32",
+    )
     add("--data", help="local JSONL or parquet file of the task's rows (default: the hub's split)")
     add("--limit", type=int, help="evaluate at most this many questions")
     add("--offset", type=int, default=0, help="skip this many questions first (default: %(default)s)")
@@ -1523,8 +1530,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch-size", type=int, default=1, help="questions per call, left padded (default: %(default)s)")
     add("--seed", type=int, default=0, help="of every method's random stream (default: %(default)s)")
     add("--output", help="JSONL path (default: results/TASK-MODEL-gGEN-sSTEPS-tTEMP-xSAMPLES.jsonl)")
-    resume = "keep what --output holds (default); --no-resume starts over"
-    add("--resume", action=argparse.BooleanOptionalAction, default=True, help=resume)
+    add(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep what --output holds (default); --no-resume starts over",
+    )
     add(
         "--rescore", action="store_true", help="re-read --output's texts by today's rules; rewrite its summary, figure"
     )
@@ -1564,7 +1575,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_schedules(args: argparse.Namespace) -> None:
     """Fill in the authors' block lengths and SC's defaults, and check that every schedule divides gen_length and
     the steps, naming the flags the user passed."""
-    if (given := args.block_lengths is not None) is False and args.gen_length % 32 and "hex" in args.methods:
+    given = args.block_lengths is not None
+    if not given and args.gen_length % 32 and "hex" in args.methods:
         raise UsageError(
             f"--gen-length {args.gen_length} is not a multiple of 32, so the authors' block lengths "
             "(gen_length/32 x 1, 2, 4, 8, 16) do not apply: pass --block-lengths"
@@ -1580,14 +1592,17 @@ def check_schedules(args: argparse.Namespace) -> None:
             "decode, and the vote a single answer; pass --sc-temperature > 0"
         )
     blocks = " ".join(map(str, args.block_lengths))
-    what = (
-        f"--block-lengths {blocks}"
-        if given
-        else f"the default block lengths {blocks} (gen_length/32 x 1, 2, 4, 8, 16)"
-    )
-    for b, flag in [(b, what) for b in args.block_lengths if "hex" in args.methods] + [
-        (args.sc_block_length, f"--sc-block-length {args.sc_block_length}")
-    ] * ("sc" in args.methods):
+    flags = {}  # each block length to check, and the flag that set it
+    if "hex" in args.methods:
+        flag = (
+            f"--block-lengths {blocks}"
+            if given
+            else f"the default block lengths {blocks} (gen_length/32 x 1, 2, 4, 8, 16)"
+        )
+        flags = dict.fromkeys(args.block_lengths, flag)
+    if "sc" in args.methods:
+        flags[args.sc_block_length] = f"--sc-block-length {args.sc_block_length}"
+    for b, flag in flags.items():
         try:
             steps_per_block(args.gen_length, args.steps, b)
         except ValueError as error:
