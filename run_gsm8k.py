@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import functools
+import glob
 import hashlib
 import inspect
 import json
@@ -1154,9 +1155,6 @@ class DreamMaskPredictor(nn.Module):
         super().__init__()
         self.model = model
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.model.get_input_embeddings()
-
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None):
         if attention_mask is None:
             logits = self.model(x).logits
@@ -1397,11 +1395,8 @@ class RunFiles:
                 folder.rmdir()
 
     def parts(self) -> list[Path]:
-        """The torchrun ranks' files of this output, exactly `<stem>.part<rank>.jsonl`."""
-        pattern = re.compile(re.escape(self.output.stem) + r"\.part\d+\.jsonl")
-        return sorted(
-            p for p in self.output.parent.glob(f"{self.output.stem}.part*.jsonl") if pattern.fullmatch(p.name)
-        )
+        """The torchrun ranks' files of this output, `<stem>.part<rank>.jsonl`."""
+        return sorted(self.output.parent.glob(f"{glob.escape(self.output.stem)}.part[0-9]*.jsonl"))
 
     def records(self) -> dict[int, Record]:
         """Finished questions by id; a later line of a question (a grown record) replaces an earlier one. A torn
