@@ -123,10 +123,11 @@ def candidate_plan(settings: dict) -> list[tuple[str, int, Schedule]]:
     return plan + [(m, 0, Schedule(settings["gen_length"], m)) for m in methods if m in BASELINES]
 
 
-def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Left-padded (B, L) ids, and an attention mask only when some prompt is actually padded."""
+def left_pad(prompts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Left-padded (B, L) ids, and an attention mask only when some prompt is actually padded (the mask hides the
+    padding from every real token, so the pad id, 0, does not matter)."""
     width = max(map(len, prompts))
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     return ids, None if bool(mask.all()) else mask
 
@@ -144,8 +145,7 @@ def decode_batch(
     """Every candidate of `methods` (default: the run's) of a batch of questions in one lockstep decode (`steps`
     forward calls in all): a record per question. Each method draws from its own stream, seeded by the batch's
     first question, so adding or dropping a method changes no other method's candidates."""
-    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
-    ids, attention = left_pad([task.build_prompt(tokenizer, p["row"]) for p in batch], pad_id, device)
+    ids, attention = left_pad([task.build_prompt(tokenizer, p["row"]) for p in batch], device)
     methods = methods or settings["methods"]
     streams = {
         m: torch.Generator(device).manual_seed(settings["seed"] + 10**6 * METHODS.index(m) + batch[0]["id"])

@@ -2048,9 +2048,9 @@ def test_checkpoint_dream_generate_matches_the_authors_sampler_on_shifted_logits
 def test_checkpoint_dream_padded_batch_equals_each_prompt_alone(dream_checkpoint):
     tokenizer, config = R.load_tokenizer(str(dream_checkpoint))
     model = R.load_model(str(dream_checkpoint), config, torch.device("cpu"), torch.float64)
-    mask_id, pad = R.find_mask_id(tokenizer, config), tokenizer.pad_token_id
+    mask_id = R.find_mask_id(tokenizer, config)
     short, long = ([5, 9, 12], [7, 8, 9, 10, 11, 13])
-    ids, attention = R.left_pad([short, long], pad, "cpu")
+    ids, attention = R.left_pad([short, long], "cpu")
     kw = dict(block_lengths=(4, 16), gen_length=16, steps=8, mask_id=mask_id)
     batch = H.hex_generate(model, ids, attention, **kw).sequences
     for row, prompt in enumerate((short, long)):
