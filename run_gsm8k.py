@@ -723,15 +723,14 @@ def _fix_fracs(s):
     parts = s.split("\\frac")
     out = parts[0]
     for part in parts[1:]:
-        if part[0] != "{" and len(part) < 2:  # an empty part raises, as theirs does, and is_equiv falls back
+        if part[0] == "{":
+            out += "\\frac" + part
+        elif len(part) < 2:  # an empty part raises, as theirs does, and is_equiv falls back
             return s
-        out += "\\frac" + (
-            part
-            if part[0] == "{"
-            else "{" + part[0] + "}{" + part[1] + "}" + part[2:]
-            if part[1] != "{"
-            else "{" + part[0] + "}" + part[1:]
-        )
+        elif part[1] == "{":
+            out += "\\frac{" + part[0] + "}" + part[1:]
+        else:
+            out += "\\frac{" + part[0] + "}{" + part[1] + "}" + part[2:]
     return out
 
 
