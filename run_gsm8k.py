@@ -330,11 +330,13 @@ def agreement(records: list[Record], oks: list[list[bool]], rule: str) -> dict:
             if readable := [a == b for a, b, _ in found if a is not None and b is not None]:
                 same.setdefault(key, []).append(fmean(readable))
             single.setdefault(key, []).append(fmean(one for _, _, one in found))
-    agree = [[fmean(same[a, b]) if (a, b) in same else None for b in labels] for a in labels]
-    one_right = [[fmean(single[a, b]) if (a, b) in single else None for b in labels] for a in labels]
+
+    def matrix(shares):  # rows and columns in labels' order; None where there are no such pairs
+        return [[fmean(shares[a, b]) if (a, b) in shares else None for b in labels] for a in labels]
+
     answers = [(group(c), c["answers"][rule] is None) for r in records for c in r["candidates"]]
     unreadable = [fmean(lost for g, lost in answers if g == label) for label in labels]
-    return dict(groups=labels, agree=agree, exactly_one_right=one_right, unreadable=unreadable)
+    return dict(groups=labels, agree=matrix(same), exactly_one_right=matrix(single), unreadable=unreadable)
 
 
 CROSS_FITTED = "HEX - best block chosen on the other half"
@@ -1614,7 +1616,7 @@ def resolve_device(requested: str | None) -> torch.device:
         device = torch.device(requested)
         torch.empty(1, device=device).cpu()  # a bad name, CUDA without a GPU, cuda:9 of 8, mps, meta: all raise
     except Exception as error:  # noqa: BLE001 -- whatever the reason, the device is unusable
-        reason = (str(error).strip() or type(error).__name__).splitlines()[0][:120]
+        reason = _one_line(error, 120) or type(error).__name__
         raise UsageError(f"--device {requested}: not a device this torch build can use here ({reason})") from None
     return device
 
