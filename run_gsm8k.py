@@ -245,7 +245,7 @@ def eot_first_share(candidate: Candidate) -> float:
     """The mechanism of the paper's Fig. 2: the share of end-of-text among the first quarter of the answer's
     tokens in commit order (ties by position)."""
     steps = candidate["commit_order"]
-    first = sorted(range(len(steps)), key=lambda i: (steps[i], i))[: max(1, len(steps) // 4)]
+    first = sorted(range(len(steps)), key=lambda i: steps[i])[: max(1, len(steps) // 4)]  # stable: ties by position
     return sum(candidate["end_of_text"][i] == "_" for i in first) / len(first)
 
 
@@ -581,8 +581,8 @@ def _accuracy_bars(ax, summary, paper):
     published = PAPER_ACCURACY[summary["task"]]
     reported = [(i, published[m]) for i, (m, _) in enumerate(methods) if m in published]
     if paper and reported:
-        protocol_of_hex = "5 votes, temperature 0" if summary["task"] == "gsm8k" else "its best, protocol not stated"
-        label = f"the paper's table (LLaDA-8B-Instruct; HEX: {protocol_of_hex})"
+        of_hex = "5 votes, temperature 0" if summary["task"] == "gsm8k" else "its best, protocol not stated"
+        label = f"the paper's table (LLaDA-8B-Instruct; HEX: {of_hex})"
         ax.scatter(*zip(*reported), marker="_", s=600, color="tab:red", zorder=3, label=label)
         ax.legend(loc="upper right", fontsize=8)
     labels = [v["paper_name"] for _, v in methods] + [f"block {b}" for b in summary["block_lengths"]]
@@ -929,7 +929,6 @@ class Task:
     """One benchmark: where its rows come from, how a row becomes a prompt and a reference, and each answer
     rule's extractor and comparator (`extract[rule](text)`, `equal[rule](answer, gold)`)."""
 
-    name: str
     title: str
     hub: tuple[str, str | None, str]  # datasets.load_dataset(path, config, split=split)
     fields: str  # the row format, for messages
@@ -973,7 +972,6 @@ CHOICE_RULES = dict(
 )  # ARC-C and TruthfulQA
 TASKS: dict[str, Task] = {
     "gsm8k": Task(
-        "gsm8k",
         "GSM8K",
         ("openai/gsm8k", "main", "test"),
         "string fields 'question' and 'answer' (GSM8K's)",
@@ -984,7 +982,6 @@ TASKS: dict[str, Task] = {
         equal={"authors": same_answer, "robust": same_answer},
     ),
     "math500": Task(
-        "math500",
         "MATH500",
         ("HuggingFaceH4/MATH-500", None, "test"),
         "string fields 'problem' and 'answer' (MATH-500's)",
@@ -995,7 +992,6 @@ TASKS: dict[str, Task] = {
         equal={"authors": is_equiv_authors, "robust": math_equal},
     ),
     "arc-c": Task(
-        "arc-c",
         "ARC-C",
         ("allenai/ai2_arc", "ARC-Challenge", "test"),
         "'question', 'answerKey' and 'choices' {'text': [...], 'label': [...]} (ai2_arc's)",
@@ -1005,7 +1001,6 @@ TASKS: dict[str, Task] = {
         **CHOICE_RULES,
     ),
     "truthfulqa": Task(
-        "truthfulqa",
         "TruthfulQA",
         ("EleutherAI/truthful_qa_mc", "multiple_choice", "validation"),
         "'question', 'choices' (a list of options) and 'label' (the right option's index)",
@@ -1051,7 +1046,7 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
                 f"could not load {name} ({config or 'default'}, {split}) through `datasets` "
                 f"({type(error).__name__}: {_one_line(error, 200)}). Pass a local copy with "
                 f"--data FILE, a JSONL or parquet file of its rows, made where the hub is reachable with "
-                f"load_dataset({name!r}, {config!r}, split={split!r}).to_json('{task.name}.jsonl')"
+                f"load_dataset({name!r}, {config!r}, split={split!r}).to_json('{task.title.lower()}.jsonl')"
             ) from None
         rows = list(map(dict, dataset))
         source = {"source": f"hub:{name}/{config or 'default'}/{split}", "fingerprint": dataset._fingerprint}
