@@ -170,8 +170,12 @@ def decode_batch(
         hook.remove()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = round((time.perf_counter() - start) / len(batch), 3)
-    cost = dict(forward_calls=len(calls) / len(batch), seconds=seconds, batch_size=len(batch), batch=batch[0]["id"])
+    cost = dict(
+        forward_calls=len(calls) / len(batch),
+        seconds=round((time.perf_counter() - start) / len(batch), 3),
+        batch_size=len(batch),
+        batch=batch[0]["id"],
+    )
     return records_of(tokenizer, task, batch, plan, out, cost)
 
 
@@ -196,8 +200,15 @@ def records_of(tokenizer, task: Task, batch: list[dict], plan: list, out: HexOut
             )
             for k, (m, n, s) in enumerate(plan)
         ]
-        gold = {r: task.gold[r](p["row"]) for r in RULES}
-        records.append(Record(id=p["id"], question=task.question(p["row"]), gold=gold, candidates=candidates, **cost))
+        records.append(
+            Record(
+                id=p["id"],
+                question=task.question(p["row"]),
+                gold={r: task.gold[r](p["row"]) for r in RULES},
+                candidates=candidates,
+                **cost,
+            )
+        )
     return records
 
 
@@ -430,9 +441,9 @@ def summary_table(summary: dict) -> str:
         return "      -" if x is None else f"{100 * x:6.2f}%"
 
     settings = summary["settings"]
-    n = summary["questions"]
     lines = [
-        f"{TASKS[summary['task']].title}, {n} question{'s' * (n > 1)}; {protocol(settings)}",
+        f"{TASKS[summary['task']].title}, {summary['questions']} question{'s' * (summary['questions'] > 1)}; "
+        f"{protocol(settings)}",
         f"answers read by the {summary['answer_rule']} rule ({summary['other_rule']} rule beside); every interval "
         "is 95% over questions",
         f"{'method':<30}{'accuracy':>9}  {'95% interval':<18}{summary['other_rule']:>9}{'tie rate':>10}{'oracle':>9}"
@@ -539,9 +550,9 @@ def write_figures(summary: dict, records: list[Record], path: Path) -> None:
     ) == (256, 128, [8, 16, 32, 64, 128])
     fig = Figure(figsize=(14, 9), layout="constrained")
     axes = fig.subplots(2, 2)
-    n = summary["questions"]
     fig.suptitle(
-        f"{settings['model']} on {TASKS[summary['task']].title}, {n} question{'s' * (n > 1)}, "
+        f"{settings['model']} on {TASKS[summary['task']].title}, {summary['questions']} question"
+        f"{'s' * (summary['questions'] > 1)}, "
         f"{summary['answer_rule']} rule (this run, not the paper's figures)\n{protocol(settings)}",
         fontsize=9,
     )
@@ -569,10 +580,9 @@ def _accuracy_bars(ax, summary, paper):
     methods = list(summary["methods"].items())  # first, so a method's bar is its index here
     bars = [v for _, v in methods] + list(summary["block_lengths"].values())
     heights = [100 * v["accuracy"] for v in bars]
-    errors = [
-        [h - 100 * v["ci95"][0] for h, v in zip(heights, bars)],
-        [100 * v["ci95"][1] - h for h, v in zip(heights, bars)],
-    ]
+    errors = (
+        (torch.tensor(heights) - 100 * torch.tensor([v["ci95"] for v in bars]).T).abs().tolist()
+    )  # (2, bars): down, up
     colours = [dict(hex="tab:blue", sc="tab:purple").get(m, "tab:gray") for m, _ in methods]
     colours += ["tab:cyan"] * len(summary["block_lengths"])
     ax.bar(range(len(bars)), heights, color=colours, edgecolor="black", capsize=4, yerr=errors)
@@ -604,8 +614,14 @@ def _votes_plot(ax, summary, paper):
             ax.plot(votes, [100 * v[key] for v in curve], line, label=f"{PAPER_NAMES[m]}, {what}", **styles[m])
     if paper and "hex" in summary["votes"]:
         n, accuracy, tie = zip(*PAPER_GSM8K_VOTES)
-        label = "HEX accuracy, the paper (seeds x 5 blocks; temperature not stated)"
-        ax.plot(n, accuracy, "o:", color="tab:red", alpha=0.5, label=label)
+        ax.plot(
+            n,
+            accuracy,
+            "o:",
+            color="tab:red",
+            alpha=0.5,
+            label="HEX accuracy, the paper (seeds x 5 blocks; temperature not stated)",
+        )
         ax.plot(n, tie, "s:", color="tab:red", alpha=0.3, label="HEX tie rate, the paper")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     title = "A vote over k candidates drawn at random" if ax.lines else "Votes: one candidate per method, no curve"
@@ -1243,7 +1259,8 @@ def find_mask_id(tokenizer, config) -> int:
     vocab = tokenizer.get_vocab()
     found = [
         tokenizer.mask_token_id,
-        *(vocab.get(t) for t in ("<|mdm_mask|>", "<|mask|>")),
+        vocab.get("<|mdm_mask|>"),
+        vocab.get("<|mask|>"),
         getattr(config, "mask_token_id", None),
     ]
     if (mask_id := next((i for i in found if i is not None), None)) is None:
@@ -1253,14 +1270,10 @@ def find_mask_id(tokenizer, config) -> int:
 
 # 9. Run files: records, settings, one writer, resuming, growing ----------------------------------------------------
 
-COMPARED = (
-    "task",
-    "data",
-    "model",
+AS_GIVEN = (  # settings the files keep as the command line gave them
     "mask_id",
     "gen_length",
     "steps",
-    "methods",
     "block_lengths",
     "samples_per_block",
     "temperature",
@@ -1269,8 +1282,8 @@ COMPARED = (
     "sc_temperature",
     "tie_break",
     "seed",
-    "dtype",
 )
+COMPARED = ("task", "data", "model", *AS_GIVEN, "dtype")  # a rerun must match these; its methods may differ
 
 
 METHOD_SETTINGS = dict(
@@ -1289,7 +1302,7 @@ def settings_conflict(old: dict, new: dict) -> list[str]:
     for key in COMPARED:
         before = old.get(key)
         now = new.get(key)
-        if key == "methods" or key in exempt:
+        if key in exempt:
             continue
         if key == "data":  # the data is its content
             if (before["fingerprint"], before["rows"]) == (now["fingerprint"], now["rows"]):
@@ -1723,7 +1736,8 @@ def run_settings(args: argparse.Namespace, data: dict, device: torch.device) -> 
         task=args.task,
         data=data,
         model=str(model.resolve()) if model.is_dir() else args.model,
-        **{k: getattr(args, k) for k in COMPARED[3:-1]},
+        **{k: getattr(args, k) for k in AS_GIVEN},
+        methods=args.methods,
         batch_size=args.batch_size,
         dtype=args.dtype or ("bfloat16" if device.type == "cuda" else "float32"),
     )
@@ -1778,8 +1792,8 @@ def decode_questions(
     if world > 1:
         torch.distributed.barrier()  # every rank has read before any rank writes
     mine = problems[rank::world]
-    size = settings["batch_size"]
     fresh = [p for p in mine if p["id"] not in done]
+    size = settings["batch_size"]
     work = [(fresh[i : i + size], settings["methods"]) for i in range(0, len(fresh), size)]
     grow = {}  # (its batch's first question, the methods it lacks): the questions to grow together
     for p in mine:
@@ -1798,7 +1812,7 @@ def decode_questions(
     sink = files.output.with_suffix(f".part{rank}.jsonl") if world > 1 else files.output
     if sink.is_file() and (text := sink.read_bytes()) and not text.endswith(b"\n"):
         sink.write_bytes(text[: text.rfind(b"\n") + 1])
-    desc = task.title + f" rank {rank}" * (world > 1)
+    desc = task.title + f" rank {rank}" * (world > 1)  # the bar counts the finished questions too
     bar = tqdm(total=len(mine), initial=len(mine) - todo, desc=desc, disable=not todo)
     try:
         with sink.open("a", encoding="utf-8") as out:
