@@ -1540,9 +1540,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="keep what --output holds (default); --no-resume starts over",
     )
-    add(
-        "--rescore", action="store_true", help="re-read --output's texts by today's rules; rewrite its summary, figure"
-    )
+    add("--rescore", action="store_true", help="re-read --output's texts by today's rules; redo summary and figure")
     return parser
 
 
