@@ -101,13 +101,12 @@ def x0_and_confidence(
     n = max(1, CHUNK_ELEMENTS // logits.shape[-1])  # positions per chunk
     for r, c in zip(rows.split(n), cols.split(n)):
         chunk = logits[r, c].double()  # (n, V)
-        noise = 0.0
+        scores = chunk
         if temperature > 0:  # argmax(l - T log(-log u)) == argmax(exp(l) / (-log u)^T), the authors' form
             u = torch.rand(chunk.shape, generator=generator, device=chunk.device, dtype=torch.float64)
-            noise = -temperature * torch.log(-torch.log(u))
-        scores = chunk + noise  # a new tensor: chunk stays for the confidence
-        scores[:, mask_id] = -math.inf
-        x0 = scores.argmax(-1)
+            scores = chunk - temperature * torch.log(-torch.log(u))
+        no_mask = torch.tensor([mask_id], device=chunk.device)
+        x0 = scores.index_fill(-1, no_mask, -math.inf).argmax(-1)  # a copy: chunk stays for the confidence
         if remasking == "random":
             conf = torch.rand(len(x0), generator=generator, device=chunk.device, dtype=torch.float64)
         elif remasking == "low_confidence":
