@@ -932,32 +932,35 @@ def data(tmp_path):
     return write_rows(tmp_path / "gsm8k.jsonl", ROWS["gsm8k"] * 2)  # four questions
 
 
+def run_args(checkpoint, data, output, *extra):
+    """The small run most checkpoint tests make: gen 16, steps 8, HEX 4 8 16 x 2 samples at 0.7, batches of 2."""
+    return [
+        "--model",
+        str(checkpoint),
+        "--data",
+        str(data),
+        "--output",
+        str(output),
+        "--gen-length",
+        "16",
+        "--steps",
+        "8",
+        "--block-lengths",
+        "4",
+        "8",
+        "16",
+        "--samples-per-block",
+        "2",
+        "--temperature",
+        "0.7",
+        "--batch-size",
+        "2",
+        *extra,
+    ]
+
+
 def run(checkpoint, data, output, *extra):
-    return R.main(
-        [
-            "--model",
-            str(checkpoint),
-            "--data",
-            str(data),
-            "--output",
-            str(output),
-            "--gen-length",
-            "16",
-            "--steps",
-            "8",
-            "--block-lengths",
-            "4",
-            "8",
-            "16",
-            "--samples-per-block",
-            "2",
-            "--temperature",
-            "0.7",
-            "--batch-size",
-            "2",
-            *extra,
-        ]
-    )
+    return R.main(run_args(checkpoint, data, output, *extra))
 
 
 def command(checkpoint, data, output, *extra):
@@ -1686,32 +1689,7 @@ def test_checkpoint_closed_standard_output_is_one_line_not_a_traceback(checkpoin
     output = tmp_path / "o.jsonl"
     run(checkpoint, data, output, "--limit", "1")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "run_gsm8k.py",
-            "--model",
-            str(checkpoint),
-            "--data",
-            str(data),
-            "--output",
-            str(output),
-            "--limit",
-            "1",
-            "--gen-length",
-            "16",
-            "--steps",
-            "8",
-            "--block-lengths",
-            "4",
-            "8",
-            "16",
-            "--samples-per-block",
-            "2",
-            "--temperature",
-            "0.7",
-            "--batch-size",
-            "2",
-        ],
+        [sys.executable, "run_gsm8k.py", *run_args(checkpoint, data, output, "--limit", "1")],
         cwd=HERE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
