@@ -1075,16 +1075,17 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
         import pyarrow.json
         import pyarrow.parquet
 
+        data = file.read_bytes()  # read once: the rows and their fingerprint come from the same bytes
         try:
             read = pyarrow.parquet.read_table if file.suffix == ".parquet" else pyarrow.json.read_json
-            rows = read(str(file)).to_pylist()
+            rows = read(pyarrow.BufferReader(data)).to_pylist()
         except Exception as error:  # noqa: BLE001 -- a damaged or foreign file
             raise UsageError(
                 f"--data {path}: not a JSONL file (one JSON object per line) or a parquet file ({_one_line(error)})"
             ) from None
         source = {
             "source": str(file.resolve()),
-            "fingerprint": "sha256:" + hashlib.sha256(file.read_bytes()).hexdigest(),
+            "fingerprint": "sha256:" + hashlib.sha256(data).hexdigest(),
         }
     for number, row in enumerate(rows, start=1):
         if problem := row_problem(task, row):
@@ -1810,8 +1811,9 @@ def decode_questions(
     sink = files.output.with_suffix(f".part{rank}.jsonl") if world > 1 else files.output
     if sink.is_file() and (text := sink.read_bytes()) and not text.endswith(b"\n"):
         sink.write_bytes(text[: text.rfind(b"\n") + 1])
-    desc = task.title + f" rank {rank}" * (world > 1)  # the bar counts the finished questions too
-    bar = tqdm(total=len(mine), initial=len(mine) - todo, desc=desc, disable=not todo)
+    bar = tqdm(  # the finished questions count too
+        total=len(mine), initial=len(mine) - todo, desc=task.title + f" rank {rank}" * (world > 1), disable=not todo
+    )
     try:
         with sink.open("a", encoding="utf-8") as out:
             for batch, methods in work:
