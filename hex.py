@@ -16,6 +16,7 @@ import argparse
 import math
 import numbers
 import operator
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -32,6 +33,15 @@ CHUNK_ELEMENTS = 2**21  # float64 scratch per chunk of positions (16 MiB): never
 
 
 # 1. The schedule: which positions a step may commit, and how many ----------------------------------------
+
+
+def _integer(name, value, minimum=1):
+    """value as an int (numpy integers too), or a TypeError/ValueError that names the argument."""
+    if not hasattr(type(value), "__index__"):
+        raise TypeError(f"{name}={value!r} must be an int")
+    if isinstance(value, bool) or operator.index(value) < minimum:
+        raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
+    return operator.index(value)
 
 
 @dataclass(frozen=True)
@@ -169,6 +179,38 @@ def decode(
         commit_step.view(B, K, -1),
         schedules,
     )
+
+
+def _check_args(model, input_ids, attention_mask, gen_length, steps, mask_id, schedules, generator):
+    """Every argument check of `decode`, before any forward pass; returns the arguments as used."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.long or input_ids.dim() != 2:
+        raise TypeError("input_ids must be a 2-D torch.long tensor of shape (batch, prompt_length)")
+    if len(input_ids) == 0:
+        raise ValueError("input_ids holds no prompts: its shape must be (batch >= 1, prompt_length)")
+    if attention_mask is not None and getattr(attention_mask, "shape", None) != input_ids.shape:
+        raise ValueError(f"attention_mask must be a tensor of input_ids' shape {tuple(input_ids.shape)}")
+    gen_length = _integer("gen_length", gen_length)
+    steps = _integer("steps", steps)
+    mask_id = _integer("mask_id", mask_id, minimum=0)
+    try:  # a model without an input embedding to ask is checked after its first forward pass
+        vocab = model.get_input_embeddings().num_embeddings
+    except (AttributeError, NotImplementedError):
+        vocab = math.inf
+    if mask_id >= vocab:
+        raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (size {vocab})")
+    if (input_ids == mask_id).any():
+        raise ValueError(f"input_ids contain mask_id={mask_id}: the prompt must be fully unmasked")
+    schedules = list(schedules)
+    if not schedules or not all(isinstance(s, Schedule) for s in schedules):
+        raise TypeError(f"schedules={schedules!r} must be a non-empty sequence of hex.Schedule")
+    for s in schedules:
+        steps_per_block(gen_length, steps, s.block_length)
+    generators = list(generator) if isinstance(generator, (list, tuple)) else [generator] * len(schedules)
+    if len(generators) != len(schedules):
+        raise ValueError(f"generator: {len(generators)} generators for {len(schedules)} schedules; pass one or K")
+    if not all(g is None or isinstance(g, torch.Generator) for g in generators):
+        raise TypeError(f"generator={generator!r} must be a torch.Generator, None, or a list of them")
+    return gen_length, steps, mask_id, schedules, generators
 
 
 def _denoise(model, x, attention_mask, schedules, generators, gen_length, steps, mask_id, rows_per_prompt):
@@ -324,7 +366,9 @@ class TinyBlock(nn.Module):
 
 class TinyMaskPredictor(nn.Module):
     """A seeded random LLaDA-like mask predictor of any size (SHAPES): model(x, attention_mask).logits. Padding
-    is hidden and rotary positions count real tokens, so a left-padded prompt gives its logits alone."""
+    is hidden and rotary positions count real tokens, so a left-padded prompt gives its logits alone.
+    max_positions adds what LLaDA lacks, a learned absolute position embedding (GPT-2's, std 0.02) on the token
+    embedding: the miniature's small model needs it to learn where on its canvas a token stands."""
 
     def __init__(
         self,
@@ -334,6 +378,7 @@ class TinyMaskPredictor(nn.Module):
         n_heads: int = 4,
         seed: int = 0,
         mlp_hidden: int | None = None,
+        max_positions: int | None = None,
         **factory,
     ):  # factory: device=, dtype=
         super().__init__()
@@ -345,6 +390,10 @@ class TinyMaskPredictor(nn.Module):
             )
             self.norm = nn.RMSNorm(d_model, **factory)
             self.lm_head = nn.Linear(d_model, vocab_size, bias=False, **factory)  # untied, as LLaDA's
+            self.position = None
+            if max_positions is not None:
+                self.position = nn.Embedding(max_positions, d_model, **factory)
+                nn.init.normal_(self.position.weight, std=0.02)
         self.head_dim = d_model // n_heads
 
     def get_input_embeddings(self) -> nn.Embedding:  # as transformers models answer
@@ -355,6 +404,8 @@ class TinyMaskPredictor(nn.Module):
         real = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         key_mask = None if attention_mask is None else real.bool()[:, None, None, :]  # (B, 1, 1, T): True = attend
         positions = (real.long().cumsum(-1) - 1).clamp(min=0)[..., None]  # (B, T, 1), counting real tokens
+        if self.position is not None:
+            h = h + self.position(positions[..., 0])
         half = torch.arange(0, self.head_dim, 2, device=h.device, dtype=torch.float32)
         angles = (positions * 10000.0 ** (-half / self.head_dim)).repeat(1, 1, 2)[:, None]  # (B, 1, T, D / H)
         for block in self.blocks:
@@ -468,8 +519,18 @@ ANS = 3
 DIGIT = 4
 FILLER = 14
 STEP = 114  # S_j is STEP + j - 1
-MINI_BLOCK_LENGTHS = (4, 8, 16, 32, 64)  # gen_length 64: block 64 is one block, the paper's Top-K baseline
-MINI_LABELS = ["block 4", "block 8", "block 16", "block 32", "one block, Top-K", "one block, Top-K margin"]
+MINI_METHODS = (  # (label, schedule) on a 64-token canvas; a block of 64 is one block, the paper's Top-K baseline
+    ("block 4", Schedule(4)),
+    ("block 8", Schedule(8)),
+    ("block 16", Schedule(16)),
+    ("block 32", Schedule(32)),
+    ("one block, Top-K", Schedule(64)),
+    ("one block, Top-K margin", Schedule(64, "topk_margin")),
+)
+MINI_EXPERTS = 5  # HEX votes over the first five methods: blocks 4-64, ties to the smaller block
+MINI_CACHE = Path("results", "miniature")  # relative to the working folder
+MINI_STEPS = 2000  # training steps
+CHECKPOINT_EVERY = 200  # training steps between checkpoints
 
 
 def chain_examples(n: int, generator: torch.Generator, visible_length: bool = False):
@@ -524,137 +585,213 @@ def masked_diffusion_loss(
 
 
 def miniature_model(seed: int) -> TinyMaskPredictor:
-    """A 4-layer TinyMaskPredictor of 1.1M parameters over the chain task's 128 tokens."""
-    return TinyMaskPredictor(vocab_size=128, d_model=128, n_layers=4, n_heads=4, seed=seed).eval()
+    """A 4-layer TinyMaskPredictor of 0.85M parameters over the chain task's 128 tokens and 78 positions."""
+    return TinyMaskPredictor(
+        vocab_size=128, d_model=128, n_layers=4, n_heads=4, mlp_hidden=352, max_positions=78, seed=seed
+    ).eval()
 
 
-def train_miniature(steps: int, seed: int, visible_length: bool, held_out: torch.Tensor) -> TinyMaskPredictor:
-    """AdamW at 2e-3 with 100 warm-up steps and a cosine decay to 5%; batches of 64 fresh examples, never a
-    held-out prompt."""
+def learning_rate(step: int, steps: int) -> float:
+    """A factor of AdamW's 2e-3: 100 warm-up steps, then a cosine decay to 5%."""
+    return min((step + 1) / 100, 0.05 + 0.475 * (1 + math.cos(math.pi * step / steps)))
+
+
+def train_miniature(
+    steps: int, seed: int, visible_length: bool, held_out: torch.Tensor, checkpoint: Path | None = None
+) -> TinyMaskPredictor:
+    """AdamW (2e-3, betas (0.9, 0.98)), the gradient norm clipped at 1, batches of 64 fresh examples, never a
+    held-out prompt. Every CHECKPOINT_EVERY steps the whole state (weights, optimizer, schedule, random stream)
+    goes to `checkpoint`, and a training given an existing checkpoint resumes from it: a killed training loses
+    at most one interval and ends with the weights an uninterrupted one would have."""
     model = miniature_model(seed).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-
-    def learning_rate(step):  # a factor of 2e-3
-        return min((step + 1) / 100, 0.05 + 0.475 * (1 + math.cos(math.pi * step / steps)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.98))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate(step, steps))
     generator = torch.Generator().manual_seed(seed)
     unseen = {tuple(p) for p in held_out.tolist()}
-    start = time.perf_counter()
-    for step in range(steps):
+    state = dict(step=0, seconds=0.0, loss=math.nan, steps=steps)
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint)
+        if state["steps"] != steps:
+            raise ValueError(f"{checkpoint} is a training of {state['steps']} steps, not {steps}: delete it")
+        model.load_state_dict(state.pop("model"))
+        optimizer.load_state_dict(state.pop("optimizer"))
+        scheduler.load_state_dict(state.pop("scheduler"))
+        generator.set_state(state.pop("generator"))
+        print(f"   resuming the training at step {state['step']} from {checkpoint}")
+    start = time.perf_counter() - state["seconds"]
+    for step in range(state["step"], steps):
         prompts, responses, _ = chain_examples(64, generator, visible_length)
         keep = torch.tensor([tuple(p) not in unseen for p in prompts.tolist()])
         loss = masked_diffusion_loss(model, prompts[keep], responses[keep], generator)
         optimizer.zero_grad()
         loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        print(f"\r   training: step {step + 1}/{steps}, loss {loss:.3f}, {time.perf_counter() - start:.0f} s", end="")
-    print()
+        state.update(step=step + 1, seconds=time.perf_counter() - start, loss=loss.item())
+        if checkpoint is not None and (step + 1) % CHECKPOINT_EVERY == 0:
+            everything = dict(model=model.state_dict(), optimizer=optimizer.state_dict())
+            everything.update(scheduler=scheduler.state_dict(), generator=generator.get_state(), **state)
+            _save_atomically(everything, checkpoint)
+        _progress(state)
     return model.eval()
 
 
+def _save_atomically(obj, path):
+    """torch.save to a temporary file, then a rename: a kill never leaves half a file at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(obj, temporary)
+    temporary.replace(path)
+
+
+def _progress(state):
+    """One progress bar with the loss: redrawn in place on a terminal, a line per checkpoint interval in a file."""
+    done = state["step"] / state["steps"]
+    bar = "#" * round(24 * done)
+    text = f"   training [{bar:<24}] step {state['step']}/{state['steps']}, loss {state['loss']:.3f}, "
+    text += f"{state['seconds']:.0f} s"
+    finished = state["step"] == state["steps"]
+    if sys.stdout.isatty():
+        print("\r" + text, end="\n" if finished else "", flush=True)
+    elif finished or state["step"] % CHECKPOINT_EVERY == 0:
+        print(text, flush=True)
+
+
+@dataclass
+class MiniRow:
+    """One method's line of the miniature's table, as fractions of the held-out prompts."""
+
+    accuracy: float
+    ci95: tuple[float, float]  # Wilson, over prompts
+    short: float  # accuracy on chains of k <= 8
+    long: float  # on chains of k > 8
+    eot_first: float | None = None  # end-of-text's share of the first 16 commits (a decoding rule's rows only)
+    cut_short: float | None = None  # share of chains whose last written step S_j is below k
+
+
 def miniature_figures(answers: torch.Tensor, commit_steps: torch.Tensor, lengths: torch.Tensor) -> dict:
-    """The paper's table in miniature from decodes (N, K, G), blocks 4-64 then one-block Top-K margin, and the
-    true lengths (N,): per method, accuracy and its 95% Wilson interval over questions, accuracy on short
-    (k <= 8) and on long chains; per decoding rule the share of end-of-text among its first 16 commits and of
-    chains cut short (the last step written before ANS or end-of-text is below k); HEX (blocks 4-64, ties to
-    the smaller block) and the oracle; HEX minus the block chosen on the other half of the questions, paired."""
+    """The paper's table in miniature from decodes (N, K, G) by MINI_METHODS and the true lengths (N,): a MiniRow
+    per method, HEX (the vote of the first MINI_EXPERTS) and the oracle (any of them right); HEX minus the block
+    chosen on the other half of the prompts (cross-fitted), paired."""
     stated = chain_answer(answers)  # (N, K)
-    votes = torch.tensor([majority_vote([a or None for a in row[:5]])[0] or 0 for row in stated.tolist()])
-    right = torch.cat([stated, votes[:, None]], 1) == lengths[:, None]
-    right = torch.cat([right, right[:, :5].any(1, keepdim=True)], 1).double()  # (N, K + 2): HEX, the oracle
-    first = commit_steps.argsort(dim=-1, stable=True)[..., :16]
-    eot_first = (answers.gather(-1, first) == EOT).double().mean((0, 2))
+    right = stated == lengths[:, None]
+    votes = [majority_vote([a or None for a in row[:MINI_EXPERTS]])[0] or 0 for row in stated.tolist()]
+    hex_right = torch.tensor(votes) == lengths  # 0: no readable answer, never right
+    first = commit_steps.argsort(dim=-1, stable=True)[..., :16]  # (N, K, 16): the first 16 commits
+    eot_first = (answers.gather(-1, first) == EOT).double().mean((0, 2))  # (K,)
     before_end = ((answers == EOT) | (answers == ANS)).cumsum(-1) == 0
     written = torch.where(before_end & (answers >= STEP), answers - STEP + 1, 0).amax(-1)  # (N, K)
+    cut_short = (written < lengths[:, None]).double().mean(0)  # (K,)
     long = lengths > 8
-    interval = torch.tensor([wilson(int(c), len(right)) for c in right.sum(0)], dtype=torch.float64)  # (K + 2, 2)
-    cut_short = (written.T < lengths).double().mean(1)
-    columns = [right.mean(0), *interval.T, right[~long].mean(0), right[long].mean(0), eot_first, cut_short]
-    labels = MINI_LABELS + ["HEX", "oracle"]
-    rows = {label: [float(c[k]) for c in columns if k < len(c)] for k, label in enumerate(labels)}
-    chosen_right, chosen = cross_fitted(dict(zip(MINI_BLOCK_LENGTHS, right.T.tolist())))
-    return dict(rows=rows, hex_minus_chosen=paired_difference(right[:, -2].tolist(), chosen_right), chosen=chosen)
+
+    def row(verdicts, **rule):
+        verdicts = verdicts.double()
+        accuracy = verdicts.mean().item()
+        interval = wilson(int(verdicts.sum()), len(verdicts))
+        return MiniRow(accuracy, interval, verdicts[~long].mean().item(), verdicts[long].mean().item(), **rule)
+
+    rows = {}
+    for k, (label, _) in enumerate(MINI_METHODS):
+        rows[label] = row(right[:, k], eot_first=eot_first[k].item(), cut_short=cut_short[k].item())
+    rows["HEX"] = row(hex_right)
+    rows["oracle"] = row(right[:, :MINI_EXPERTS].any(1))
+    experts = {schedule.block_length: right[:, k].tolist() for k, (_, schedule) in enumerate(MINI_METHODS)}
+    experts = dict(list(experts.items())[:MINI_EXPERTS])
+    chosen_right, chosen = cross_fitted(experts)
+    return dict(rows=rows, hex_minus_chosen=paired_difference(hex_right.tolist(), chosen_right), chosen=chosen)
 
 
 def miniature_table(figures: dict) -> str:
     """The figures as a Markdown table, in percent, and HEX against the cross-fitted block."""
     lines = ["| method | accuracy [95%] | k <= 8 | k > 8 | EoT-first | cut short |", "|---|---|---|---|---|---|"]
     for label, row in figures["rows"].items():
-        cells = [f"{100 * x:.1f}" for x in row] + ["-", "-"]
-        lines.append(f"| {label} | {cells[0]} [{cells[1]}, {cells[2]}] | {' | '.join(cells[3:7])} |")
-    p = figures["hex_minus_chosen"]
+        low, high = row.ci95
+        rules = ["-" if x is None else f"{100 * x:.1f}" for x in (row.eot_first, row.cut_short)]
+        cells = [f"{100 * row.accuracy:.1f} [{100 * low:.1f}, {100 * high:.1f}]"]
+        cells += [f"{100 * row.short:.1f}", f"{100 * row.long:.1f}", *rules]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    paired = figures["hex_minus_chosen"]
+    low, high = paired["ci95"]
     lines.append(
         f"HEX minus the block chosen on the other half of the prompts (blocks {figures['chosen']}): "
-        f"{100 * p['difference']:+.1f} points [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}], paired "
-        f"(Agresti-Min); only HEX right {p['only_first']}, only the block {p['only_second']}"
+        f"{100 * paired['difference']:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}], paired (Agresti-Min); "
+        f"only HEX right {paired['only_first']}, only the block {paired['only_second']}"
     )
     return "\n".join(lines)
 
 
-def miniature(seed: int, visible_length: bool, steps: int = 3000, questions: int = 400) -> dict:
-    """python hex.py --miniature: train (or load the cached weights), decode the held-out prompts with every
-    method in one lockstep batch, print the table."""
+def miniature_picture(figures: dict, answers: torch.Tensor, commit_steps: torch.Tensor, path: Path):
+    """The table and the mechanism at a glance: accuracy per method with its interval, short and long chains
+    apart; the order in which block 8 and one block commit one prompt's answer (answers and commit_steps (K, G)),
+    end-of-text marked. Returns the matplotlib Figure saved to `path`, or None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, (bars, order) = plt.subplots(2, 1, figsize=(10, 7.5), height_ratios=(3, 1.3))
+    labels = list(figures["rows"])
+    x = torch.arange(len(labels), dtype=torch.float64).numpy()
+    rows = figures["rows"].values()
+    accuracy = [100 * r.accuracy for r in rows]
+    below = [100 * (r.accuracy - r.ci95[0]) for r in rows]
+    above = [100 * (r.ci95[1] - r.accuracy) for r in rows]
+    bars.bar(x - 0.27, accuracy, 0.27, yerr=[below, above], capsize=3, label="all prompts (95% Wilson)")
+    bars.bar(x, [100 * r.short for r in rows], 0.27, label="short chains (k <= 8)")
+    bars.bar(x + 0.27, [100 * r.long for r in rows], 0.27, label="long chains (k > 8)")
+    bars.set_xticks(x, [label.replace(", ", ",\n") for label in labels], fontsize=8)
+    bars.set_ylabel("accuracy, %")
+    bars.set_ylim(0, 118)
+    bars.legend(fontsize=8, ncol=3, loc="upper center")
+    shown = [1, 4]  # block 8, one block Top-K
+    order.imshow(commit_steps[shown].numpy(), aspect="auto", cmap="viridis")
+    eot_rows, eot_cols = (answers[shown] == EOT).nonzero(as_tuple=True)
+    eot_rows, eot_cols = eot_rows.tolist(), eot_cols.tolist()
+    order.scatter(eot_cols, eot_rows, marker="x", color="red", s=18, label="end-of-text")
+    order.set_yticks([0, 1], [MINI_METHODS[k][0] for k in shown], fontsize=8)
+    order.set_xlabel("answer position (colour: the step that committed it, dark = early)")
+    order.legend(fontsize=8, loc="upper right")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return figure
+
+
+def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS, questions: int = 300) -> dict:
+    """python hex.py --miniature: train (resuming a killed training) or load the cached weights, decode the
+    held-out prompts with every method of a prompt in one lockstep batch, print the table, draw the picture."""
     prompts, _, lengths = chain_examples(questions, torch.Generator().manual_seed(2510), visible_length)
-    path = Path("results", "miniature", f"seed{seed}{'-visible' * visible_length}.pt")
-    if path.exists():
-        model = miniature_model(seed)
-        model.load_state_dict(torch.load(path))
-        print(f"   the trained weights from {path}")
+    name = f"seed{seed}-visible" if visible_length else f"seed{seed}"
+    weights = MINI_CACHE / f"{name}.pt"
+    model = miniature_model(seed)
+    if weights.exists():
+        model.load_state_dict(torch.load(weights))
+        print(f"   the trained weights from {weights}")
     else:
-        model = train_miniature(steps, seed, visible_length, held_out=prompts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path)
-    schedules = [Schedule(b) for b in MINI_BLOCK_LENGTHS] + [Schedule(64, "topk_margin")]
-    out = decode(model, prompts, schedules=schedules, gen_length=64, steps=32, mask_id=MINI_MASK)
-    figures = miniature_figures(out.sequences[..., -64:], out.commit_steps, lengths)
-    print(f"   {questions} held-out prompts, gen_length 64, steps 32, temperature 0\n{miniature_table(figures)}")
+        checkpoint = MINI_CACHE / f"{name}.checkpoint.pt"
+        model = train_miniature(steps, seed, visible_length, held_out=prompts, checkpoint=checkpoint)
+        _save_atomically(model.state_dict(), weights)
+        checkpoint.unlink(missing_ok=True)
+    start = time.perf_counter()
+    schedules = [schedule for _, schedule in MINI_METHODS]
+    outs = [  # 50 prompts at a time: a CPU's caches hold the batch
+        decode(model, chunk, schedules=schedules, gen_length=64, steps=32, mask_id=MINI_MASK)
+        for chunk in prompts.split(50)
+    ]
+    answers = torch.cat([out.sequences[..., -64:] for out in outs])  # (N, K, 64)
+    commit_steps = torch.cat([out.commit_steps for out in outs])
+    figures = miniature_figures(answers, commit_steps, lengths)
+    print(f"   {questions} held-out prompts, gen_length 64, steps 32, temperature 0, decoded in ", end="")
+    print(f"{time.perf_counter() - start:.0f} s\n{miniature_table(figures)}")
+    example = int((lengths > 8).long().argmax())  # the first held-out prompt with a long chain
+    picture = MINI_CACHE / f"{name}.png"
+    if miniature_picture(figures, answers[example], commit_steps[example], picture) is not None:
+        print(f"   the picture: {picture} (its lower panel: held-out prompt {example}, k = {lengths[example]})")
     return figures
-
-
-# 10. Argument checks, each naming the argument and what it allows ----------------------------------------
-
-
-def _integer(name, value, minimum=1):
-    """value as an int (numpy integers too), or a TypeError/ValueError that names the argument."""
-    if not hasattr(type(value), "__index__"):
-        raise TypeError(f"{name}={value!r} must be an int")
-    if isinstance(value, bool) or operator.index(value) < minimum:
-        raise ValueError(f"{name}={value!r} must be an int >= {minimum}")
-    return operator.index(value)
-
-
-def _check_args(model, input_ids, attention_mask, gen_length, steps, mask_id, schedules, generator):
-    """Every argument check of `decode`, before any forward pass; returns the arguments as used."""
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.long or input_ids.dim() != 2:
-        raise TypeError("input_ids must be a 2-D torch.long tensor of shape (batch, prompt_length)")
-    if len(input_ids) == 0:
-        raise ValueError("input_ids holds no prompts: its shape must be (batch >= 1, prompt_length)")
-    if attention_mask is not None and getattr(attention_mask, "shape", None) != input_ids.shape:
-        raise ValueError(f"attention_mask must be a tensor of input_ids' shape {tuple(input_ids.shape)}")
-    gen_length = _integer("gen_length", gen_length)
-    steps = _integer("steps", steps)
-    mask_id = _integer("mask_id", mask_id, minimum=0)
-    try:  # a model without an input embedding to ask is checked after its first forward pass
-        vocab = model.get_input_embeddings().num_embeddings
-    except (AttributeError, NotImplementedError):
-        vocab = math.inf
-    if mask_id >= vocab:
-        raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (size {vocab})")
-    if (input_ids == mask_id).any():
-        raise ValueError(f"input_ids contain mask_id={mask_id}: the prompt must be fully unmasked")
-    schedules = list(schedules)
-    if not schedules or not all(isinstance(s, Schedule) for s in schedules):
-        raise TypeError(f"schedules={schedules!r} must be a non-empty sequence of hex.Schedule")
-    for s in schedules:
-        steps_per_block(gen_length, steps, s.block_length)
-    generators = list(generator) if isinstance(generator, (list, tuple)) else [generator] * len(schedules)
-    if len(generators) != len(schedules):
-        raise ValueError(f"generator: {len(generators)} generators for {len(schedules)} schedules; pass one or K")
-    if not all(g is None or isinstance(g, torch.Generator) for g in generators):
-        raise TypeError(f"generator={generator!r} must be a torch.Generator, None, or a list of them")
-    return gen_length, steps, mask_id, schedules, generators
 
 
 def main(argv: list[str] | None = None) -> None:

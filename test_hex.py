@@ -666,11 +666,12 @@ def test_miniature_caches_the_trained_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     first = H.miniature(seed=0, visible_length=False, steps=2, questions=8)
     assert (tmp_path / "results/miniature/seed0.pt").is_file()
+    assert not (tmp_path / "results/miniature/seed0.checkpoint.pt").exists(), "a finished training's checkpoint goes"
     trained = H.miniature_model(0)
     trained.load_state_dict(torch.load(tmp_path / "results/miniature/seed0.pt"))
     again = H.miniature(seed=0, visible_length=False, steps=2, questions=8)
     out = capsys.readouterr().out
-    assert out.count("training: step 2/2") == 1 and "the trained weights from" in out
+    assert out.count("step 2/2") == 1 and "the trained weights from" in out
     assert again == first
     x = torch.randint(0, 128, (2, 30), generator=torch.Generator().manual_seed(0))
     assert not torch.equal(trained(x).logits, H.miniature_model(0)(x).logits), "the weights were trained"
@@ -679,35 +680,147 @@ def test_miniature_caches_the_trained_weights(tmp_path, monkeypatch, capsys):
     assert torch.equal(trained(x).logits, reloaded(x).logits)
 
 
-def test_miniature_table_from_hand_made_decodes():
-    _, responses, lengths = H.chain_examples(4, torch.Generator().manual_seed(5))
-    lengths[:] = torch.tensor([5, 6, 10, 12])  # two short chains, two long ones
+def test_a_resumed_training_ends_with_the_uninterrupted_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(H, "CHECKPOINT_EVERY", 3)
+    held_out = H.chain_examples(8, torch.Generator().manual_seed(2510))[0]
+    whole = H.train_miniature(7, 0, False, held_out=held_out)
+    checkpoint = tmp_path / "run.checkpoint.pt"
+    calls = []
+
+    class Killed(Exception):
+        pass
+
+    def killed_after_four(state):  # a kill -9 after step 4: the checkpoint of step 3 is what survives
+        calls.append(state["step"])
+        if len(calls) == 4:
+            raise Killed
+
+    monkeypatch.setattr(H, "_progress", killed_after_four)
+    with pytest.raises(Killed):
+        H.train_miniature(7, 0, False, held_out=held_out, checkpoint=checkpoint)
+    assert torch.load(checkpoint)["step"] == 3 and calls == [1, 2, 3, 4]
+    resumed = H.train_miniature(7, 0, False, held_out=held_out, checkpoint=checkpoint)
+    assert calls[4:] == [4, 5, 6, 7], "it resumed after the checkpoint, losing one step"
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="a training of 7 steps, not 9: delete it"):
+        H.train_miniature(9, 0, False, held_out=held_out, checkpoint=checkpoint)
+
+
+def test_training_progress_is_one_bar_on_a_terminal_and_a_line_per_interval_in_a_file(monkeypatch, capsys):
+    monkeypatch.setattr(H, "CHECKPOINT_EVERY", 2)
+    for step in range(1, 5):
+        H._progress(dict(step=step, steps=4, loss=1.5, seconds=2.0))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "   training [############            ] step 2/4, loss 1.500, 2 s",
+        "   training [########################] step 4/4, loss 1.500, 2 s",
+    ]
+    monkeypatch.setattr(H.sys.stdout, "isatty", lambda: True)
+    for step in range(1, 5):
+        H._progress(dict(step=step, steps=4, loss=1.5, seconds=2.0))
+    out = capsys.readouterr().out
+    assert out.count("\r") == 4 and out.count("\n") == 1 and out.endswith("step 4/4, loss 1.500, 2 s\n")
+
+
+def test_miniature_training_choices():
+    model = H.miniature_model(0)
+    assert model.position.weight.shape == (78, 128), "a learned absolute position per canvas position"
+    assert model.position.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert H.TinyMaskPredictor().position is None, "the LLaDA-like model has rotary positions only"
+    x = torch.randint(0, 128, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        moved = H.miniature_model(0)
+        moved.position.weight.zero_()
+        assert not torch.allclose(model(x).logits, moved(x).logits), "the position embedding is used"
+    assert H.learning_rate(0, 1000) == 0.01 and H.learning_rate(99, 1000) == 1.0
+    assert H.learning_rate(999, 1000) == pytest.approx(0.05, abs=1e-4), "a cosine decay to 5%"
+    seen = {}
+    real_step = torch.optim.AdamW.step
+
+    def spy(optimizer, *args, **kwargs):
+        seen["betas"] = optimizer.param_groups[0]["betas"]
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        seen["norm"] = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
+        return real_step(optimizer, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", spy)
+        H.train_miniature(1, 0, False, held_out=x[:, :14])
+    assert seen["betas"] == (0.9, 0.98)
+    assert seen["norm"] <= 1.0 + 1e-5, "the gradient norm is clipped at 1 (a fresh model's is larger)"
+
+
+def test_training_gives_the_same_weights_whatever_the_thread_count():
+    held_out = H.chain_examples(8, torch.Generator().manual_seed(2510))[0]
+    threads = torch.get_num_threads()
+    weights = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            weights.append(H.train_miniature(3, 0, False, held_out=held_out).state_dict())
+    finally:
+        torch.set_num_threads(threads)
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
+
+
+def _hand_made_decodes():
+    """Four prompts (two short chains, two long ones) decoded by the six methods: block 4 wrong on prompt 0,
+    block 8 on prompt 1, one-block Top-K on the long ones, Top-K margin everywhere (chains cut two steps short)."""
+    lengths = torch.tensor([5, 6, 10, 12])
     answers = torch.full((4, 6, 64), H.EOT)
     for q, k in enumerate(lengths.tolist()):
         chain = [t for j in range(k) for t in (H.STEP + j, H.FILLER, H.DIGIT)] + [H.ANS, H.STEP + k - 1]
-        short = chain[: 3 * (k - 2)] + [H.ANS, H.STEP + k - 3]  # a chain cut short: two steps missing
+        short = chain[: 3 * (k - 2)] + [H.ANS, H.STEP + k - 3]
         for m in range(6):
             cut = (m == 4 and q >= 2) or (m == 5) or (m == 0 and q == 0) or (m == 1 and q == 1)
             tokens = short if cut else chain
             answers[q, m, : len(tokens)] = torch.tensor(tokens)
     commit_steps = torch.arange(64).expand(4, 6, 64).clone() // 2  # left to right, two a step
     commit_steps[:, 4:] = commit_steps[:, 4:].flip(-1)  # the one-block rules commit right to left
-    figures = H.miniature_figures(answers, commit_steps, lengths)
+    return answers, commit_steps, lengths
+
+
+def test_miniature_table_from_hand_made_decodes():
+    figures = H.miniature_figures(*_hand_made_decodes())
     rows = figures["rows"]
-    # block 4 wrong on q0, block 8 on q1; one-block Top-K wrong on the long ones, Top-K margin everywhere
-    assert rows["block 4"][0] == rows["block 8"][0] == 0.75 and rows["block 16"][0] == 1.0
-    assert rows["block 4"][3:5] == [0.5, 1.0] and rows["one block, Top-K"][3:5] == [1.0, 0.0]
-    assert rows["one block, Top-K margin"][0] == 0.0
-    assert rows["block 4"][1:3] == list(H.wilson(3, 4)), "an interval over the 4 questions"
-    assert rows["block 16"][5:] == [0.0, 0.0] and rows["one block, Top-K"][5:] == [1.0, 0.5]
-    assert rows["one block, Top-K margin"][6] == 1.0 and rows["block 4"][6] == 0.25
-    assert rows["HEX"][0] == 1.0 and rows["oracle"][0] == 1.0 and len(rows["HEX"]) == 5
+    assert rows["block 4"].accuracy == rows["block 8"].accuracy == 0.75 and rows["block 16"].accuracy == 1.0
+    assert (rows["block 4"].short, rows["block 4"].long) == (0.5, 1.0)
+    assert (rows["one block, Top-K"].short, rows["one block, Top-K"].long) == (1.0, 0.0)
+    assert rows["one block, Top-K margin"].accuracy == 0.0
+    assert rows["block 4"].ci95 == H.wilson(3, 4), "an interval over the 4 questions"
+    assert (rows["block 16"].eot_first, rows["block 16"].cut_short) == (0.0, 0.0)
+    assert (rows["one block, Top-K"].eot_first, rows["one block, Top-K"].cut_short) == (1.0, 0.5)
+    assert rows["one block, Top-K margin"].cut_short == 1.0 and rows["block 4"].cut_short == 0.25
+    assert rows["HEX"].accuracy == 1.0 and rows["oracle"].accuracy == 1.0 and rows["HEX"].eot_first is None
     # even questions: the best block on the odd ones (4, tied with 16, goes first), wrong on question 0;
     # odd questions: the best on the even ones (8), wrong on question 1. Block 16, never wrong, is not chosen.
     assert figures["chosen"] == [4, 8]
     assert figures["hex_minus_chosen"] == H.paired_difference([True] * 4, [False, False, True, True])
     table = H.miniature_table(figures)
     assert "| block 4 | 75.0 [" in table and "| HEX | 100.0 [" in table and "| - | - |" in table
+
+
+def test_miniature_picture_shows_the_table_and_the_commit_order(tmp_path):
+    pytest.importorskip("matplotlib")
+    answers, commit_steps, lengths = _hand_made_decodes()
+    figures = H.miniature_figures(answers, commit_steps, lengths)
+    path = tmp_path / "seed0.png"
+    figure = H.miniature_picture(figures, answers[2], commit_steps[2], path)
+    assert path.stat().st_size > 10_000
+    bars, order = figure.axes[:2]
+    heights = [round(p.get_height(), 6) for p in bars.patches]  # all, then short, then long, by method
+    rows = list(figures["rows"].values())
+    assert heights == [100 * r.accuracy for r in rows] + [100 * r.short for r in rows] + [100 * r.long for r in rows]
+    assert [t.get_text().replace("\n", " ") for t in bars.get_xticklabels()] == list(figures["rows"])
+    shown = order.images[0].get_array()
+    assert (torch.tensor(shown.data) == commit_steps[2][[1, 4]]).all(), "block 8's and one block's commit steps"
+    eot = torch.tensor(order.collections[0].get_offsets().data)  # (column, row) of each end-of-text
+    assert sorted(map(tuple, eot.tolist())) == sorted(
+        (float(c), float(r)) for r, c in (answers[2][[1, 4]] == H.EOT).nonzero().tolist()
+    )
+    assert H.miniature_picture(figures, answers[2], commit_steps[2], tmp_path / "again.png") is not None
 
 
 # run_gsm8k.py: a tiny LLaDA-format checkpoint on disk -----------------------------------------
