@@ -592,48 +592,49 @@ def miniature_model(seed: int) -> TinyMaskPredictor:
 
 
 def learning_rate(step: int, steps: int) -> float:
-    """A factor of AdamW's 2e-3: 100 warm-up steps, then a cosine decay to 5%."""
-    return min((step + 1) / 100, 0.05 + 0.475 * (1 + math.cos(math.pi * step / steps)))
+    """AdamW's learning rate at a step: 2e-3 after 100 warm-up steps, then a cosine decay to 5% of it."""
+    return 2e-3 * min((step + 1) / 100, 0.05 + 0.475 * (1 + math.cos(math.pi * step / steps)))
 
 
 def train_miniature(
     steps: int, seed: int, visible_length: bool, held_out: torch.Tensor, checkpoint: Path | None = None
 ) -> TinyMaskPredictor:
-    """AdamW (2e-3, betas (0.9, 0.98)), the gradient norm clipped at 1, batches of 64 fresh examples, never a
-    held-out prompt. Every CHECKPOINT_EVERY steps the whole state (weights, optimizer, schedule, random stream)
-    goes to `checkpoint`, and a training given an existing checkpoint resumes from it: a killed training loses
-    at most one interval and ends with the weights an uninterrupted one would have."""
+    """AdamW with betas (0.9, 0.98), the gradient norm clipped at 1, batches of 64 fresh examples, never a
+    held-out prompt. Every CHECKPOINT_EVERY steps the whole state (weights, optimizer, random stream, step) goes
+    to `checkpoint`, and a training given an existing checkpoint resumes from it: a killed training loses at
+    most one interval and ends with the weights an uninterrupted one would have."""
     model = miniature_model(seed).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.98))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate(step, steps))
+    optimizer = torch.optim.AdamW(model.parameters(), betas=(0.9, 0.98))
     generator = torch.Generator().manual_seed(seed)
     unseen = {tuple(p) for p in held_out.tolist()}
-    state = dict(step=0, seconds=0.0, loss=math.nan, steps=steps)
+    progress = dict(step=0, steps=steps, loss=math.nan, seconds=0.0)
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint)
-        if state["steps"] != steps:
-            raise ValueError(f"{checkpoint} is a training of {state['steps']} steps, not {steps}: delete it")
-        model.load_state_dict(state.pop("model"))
-        optimizer.load_state_dict(state.pop("optimizer"))
-        scheduler.load_state_dict(state.pop("scheduler"))
-        generator.set_state(state.pop("generator"))
-        print(f"   resuming the training at step {state['step']} from {checkpoint}")
-    start = time.perf_counter() - state["seconds"]
-    for step in range(state["step"], steps):
+        if state["progress"]["steps"] != steps:
+            raise ValueError(
+                f"{checkpoint} is a training of {state['progress']['steps']} steps, not {steps}: delete it"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        progress = state["progress"]
+        print(f"   resuming the training at step {progress['step']} from {checkpoint}")
+    start = time.perf_counter() - progress["seconds"]
+    for step in range(progress["step"], steps):
         prompts, responses, _ = chain_examples(64, generator, visible_length)
         keep = torch.tensor([tuple(p) not in unseen for p in prompts.tolist()])
         loss = masked_diffusion_loss(model, prompts[keep], responses[keep], generator)
         optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, steps)
         optimizer.step()
-        scheduler.step()
-        state.update(step=step + 1, seconds=time.perf_counter() - start, loss=loss.item())
+        progress.update(step=step + 1, loss=loss.item(), seconds=time.perf_counter() - start)
         if checkpoint is not None and (step + 1) % CHECKPOINT_EVERY == 0:
-            everything = dict(model=model.state_dict(), optimizer=optimizer.state_dict())
-            everything.update(scheduler=scheduler.state_dict(), generator=generator.get_state(), **state)
-            _save_atomically(everything, checkpoint)
-        _progress(state)
+            state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), generator=generator.get_state())
+            _save_atomically(dict(state, progress=progress), checkpoint)
+        _progress(progress)
     return model.eval()
 
 
@@ -645,16 +646,14 @@ def _save_atomically(obj, path):
     temporary.replace(path)
 
 
-def _progress(state):
-    """One progress bar with the loss: redrawn in place on a terminal, a line per checkpoint interval in a file."""
-    done = state["step"] / state["steps"]
-    bar = "#" * round(24 * done)
-    text = f"   training [{bar:<24}] step {state['step']}/{state['steps']}, loss {state['loss']:.3f}, "
-    text += f"{state['seconds']:.0f} s"
-    finished = state["step"] == state["steps"]
+def _progress(progress):
+    """A progress bar with the loss: redrawn in place on a terminal, a line per checkpoint interval in a file."""
+    step, steps = progress["step"], progress["steps"]
+    bar = "#" * (24 * step // steps)
+    text = f"   training [{bar:<24}] step {step}/{steps}, loss {progress['loss']:.3f}, {progress['seconds']:.0f} s"
     if sys.stdout.isatty():
-        print("\r" + text, end="\n" if finished else "", flush=True)
-    elif finished or state["step"] % CHECKPOINT_EVERY == 0:
+        print("\r" + text, end="\n" if step == steps else "", flush=True)
+    elif step == steps or step % CHECKPOINT_EVERY == 0:
         print(text, flush=True)
 
 

@@ -698,7 +698,7 @@ def test_a_resumed_training_ends_with_the_uninterrupted_weights(tmp_path, monkey
     monkeypatch.setattr(H, "_progress", killed_after_four)
     with pytest.raises(Killed):
         H.train_miniature(7, 0, False, held_out=held_out, checkpoint=checkpoint)
-    assert torch.load(checkpoint)["step"] == 3 and calls == [1, 2, 3, 4]
+    assert torch.load(checkpoint)["progress"]["step"] == 3 and calls == [1, 2, 3, 4]
     resumed = H.train_miniature(7, 0, False, held_out=held_out, checkpoint=checkpoint)
     assert calls[4:] == [4, 5, 6, 7], "it resumed after the checkpoint, losing one step"
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
@@ -733,8 +733,9 @@ def test_miniature_training_choices():
         moved = H.miniature_model(0)
         moved.position.weight.zero_()
         assert not torch.allclose(model(x).logits, moved(x).logits), "the position embedding is used"
-    assert H.learning_rate(0, 1000) == 0.01 and H.learning_rate(99, 1000) == 1.0
-    assert H.learning_rate(999, 1000) == pytest.approx(0.05, abs=1e-4), "a cosine decay to 5%"
+    assert H.learning_rate(0, 1000) == pytest.approx(2e-5) and H.learning_rate(49, 1000) == pytest.approx(1e-3)
+    assert H.learning_rate(99, 10**5) == pytest.approx(2e-3, rel=1e-4), "100 warm-up steps to 2e-3"
+    assert H.learning_rate(999, 1000) == pytest.approx(1e-4, rel=1e-3), "a cosine decay to 5%"
     seen = {}
     real_step = torch.optim.AdamW.step
 
