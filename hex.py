@@ -793,19 +793,40 @@ def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS, question
     return figures
 
 
+def _positive(kind):
+    """An argparse type: a number of `kind` > 0, or argparse's one-line error."""
+
+    def parse(text):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text} is not a number > 0")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="HEX's one-batch benchmark, or --miniature: the paper on a CPU.")
+    parser = argparse.ArgumentParser(
+        prog="hex.py", description="HEX's one-batch benchmark, or --miniature: the paper on a CPU."
+    )
     add = parser.add_argument
     add("--shape", choices=list(SHAPES), default="tiny", help="llada-8b: LLaDA-8B's shape, bf16, CUDA")
-    add("--repeats", type=int, help="timed runs per way (default 3; llada-8b 1)")
-    add("--peak-tflops", type=float, help="dense bf16 peak for MFU (CUDA default 989: H100/H200 SXM)")
-    add("--miniature", action="store_true", help="train a tiny dLLM on a chain task: the paper's table")
+    add("--repeats", type=_positive(int), help="timed runs per way (default 3; llada-8b 1)")
+    add("--peak-tflops", type=_positive(float), help="dense bf16 peak for MFU (CUDA default 989: H100/H200 SXM)")
+    add(
+        "--miniature",
+        action="store_true",
+        help=f"train a tiny dLLM on a chain task, print the paper's table and "
+        f"draw it; the weights, a killed training's checkpoint and the picture go to ./{MINI_CACHE}/",
+    )
     add("--visible-length", action="store_true", help="--miniature's control: the prompt shows k")
-    add("--seed", type=int, default=1, help="--miniature's training seed (default 1)")
+    add("--seed", type=int, help="--miniature's training seed (default 1)")
     args = parser.parse_args(argv)
     if args.miniature:
-        miniature(args.seed, args.visible_length)
+        miniature(1 if args.seed is None else args.seed, args.visible_length)
         return
+    if args.seed is not None or args.visible_length:
+        parser.error("--seed and --visible-length set up --miniature: add --miniature, or drop them")
     cuda = torch.cuda.is_available()
     tiny = args.shape == "tiny"
     if not tiny and not cuda:
@@ -813,11 +834,12 @@ def main(argv: list[str] | None = None) -> None:
     dtype = None if tiny else torch.bfloat16
     model = TinyMaskPredictor(**SHAPES[args.shape], device="cuda" if cuda else "cpu", dtype=dtype).eval()
     prompt_length = 16 if tiny else 200
-    repeats = max(1, args.repeats or (3 if tiny else 1))
+    repeats = args.repeats or (3 if tiny else 1)
+    where = torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} thread(s)"
+    parameters = sum(p.numel() for p in model.parameters())
     print(
-        f"Benchmark, shape {args.shape} ({sum(p.numel() for p in model.parameters()):.3g} parameters) on "
-        f"{torch.cuda.get_device_name() if cuda else f'cpu, {torch.get_num_threads()} thread(s)'}, prompt "
-        f"{prompt_length} tokens, gen_length 256, steps 128, {repeats} run(s) after a warm-up:"
+        f"Benchmark, shape {args.shape} ({parameters:.3g} parameters) on {where}, prompt {prompt_length} tokens, "
+        f"gen_length 256, steps 128, {repeats} run(s) after a warm-up:"
     )
     peak = args.peak_tflops or (989.0 if cuda else math.inf)  # inf: no MFU
     print("\n".join(benchmark(model, prompt_length, [1] if tiny else [1, 2, 4, 8], repeats, peak)))

@@ -520,8 +520,28 @@ def test_benchmark_counts_calls_warms_up_and_says_faster_or_slower(capsys):
         ("one lockstep batch", "128"),
         ("each schedule in turn", "1024"),
     ], "the warm-up run is not counted"
-    ratio = float(re.search(r"one batch is (\d+\.\d\d)x (faster|slower)", out)[1])
-    assert ratio >= 1.0, "the ratio is stated as 'faster' or 'slower', never below 1"
+    stated = re.search(r"one batch is (\d+\.\d\d)x (faster|slower)", out)
+    batch, in_turn = (float(seconds) for _, _, seconds in rows)  # each way's best time a question
+    expected = in_turn / batch if stated[2] == "faster" else batch / in_turn
+    assert float(stated[1]) == pytest.approx(expected, rel=0.05, abs=0.02), "the ratio's direction is the times'"
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--repeats", "0"], "argument --repeats: 0 is not a number > 0"),
+        (["--repeats", "-1"], "argument --repeats: -1 is not a number > 0"),
+        (["--peak-tflops", "-5"], "argument --peak-tflops: -5 is not a number > 0"),
+        (["--seed", "2"], "--seed and --visible-length set up --miniature"),
+        (["--visible-length"], "--seed and --visible-length set up --miniature"),
+    ],
+)
+def test_hex_flags_refuse_what_they_cannot_mean_in_one_line(argv, says, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        H.main(argv)
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("hex.py: error: ") and says in error
 
 
 def test_llada_8b_shape_has_its_published_parameter_count_and_flops():
