@@ -5,9 +5,9 @@ denoising steps, commits the masked positions it is most sure of. Semi-autoregre
 answer into blocks of `block_length` tokens, denoised left to right. Each block length is a hidden
 "expert"; HEX decodes with several and takes a majority vote. In the order of the idea: 1. `Schedule`;
 2. one denoising step; 3. `decode` (any schedules in one lockstep batch) and `generate`; 4. `hex_generate`;
-5. `majority_vote`; 6. `TinyMaskPredictor`; 7. `python hex.py [--shape llada-8b]`: the one-batch benchmark;
-8. intervals over questions; 9. `python hex.py --miniature`: a masked diffusion model trained on this machine
-shows the paper's collapse and HEX's gain; 10. argument checks.
+5. `majority_vote`. Nothing after it is needed to use HEX: 6. `TinyMaskPredictor`; 7. `python hex.py
+[--shape llada-8b]`: the one-batch benchmark; 8. intervals over questions; 9. `python hex.py --miniature`: a
+masked diffusion model trained on this machine shows the paper's collapse and HEX's gain.
 """
 
 from __future__ import annotations
@@ -325,6 +325,9 @@ def majority_vote(
         return tied[0], len(tied) > 1
     best = {a: max(s for b, s in zip(answers, scores) if b == a) for a in tied}
     return max(tied, key=best.__getitem__), True
+
+
+# HEX ends here: nothing below is needed to use it ==========================================================
 
 
 # 6. A LLaDA-like mask predictor, randomly initialised ----------------------------------------------------
@@ -695,8 +698,9 @@ def miniature_figures(answers: torch.Tensor, commit_steps: torch.Tensor, lengths
         rows[label] = row(right[:, k], eot_first=eot_first[k].item(), cut_short=cut_short[k].item())
     rows["HEX"] = row(hex_right)
     rows["oracle"] = row(right[:, :MINI_EXPERTS].any(1))
-    experts = {schedule.block_length: right[:, k].tolist() for k, (_, schedule) in enumerate(MINI_METHODS)}
-    experts = dict(list(experts.items())[:MINI_EXPERTS])
+    experts = {
+        schedule.block_length: right[:, k].tolist() for k, (_, schedule) in enumerate(MINI_METHODS[:MINI_EXPERTS])
+    }
     chosen_right, chosen = cross_fitted(experts)
     return dict(rows=rows, hex_minus_chosen=paired_difference(hex_right.tolist(), chosen_right), chosen=chosen)
 
@@ -706,10 +710,10 @@ def miniature_table(figures: dict) -> str:
     lines = ["| method | accuracy [95%] | k <= 8 | k > 8 | EoT-first | cut short |", "|---|---|---|---|---|---|"]
     for label, row in figures["rows"].items():
         low, high = row.ci95
-        rules = ["-" if x is None else f"{100 * x:.1f}" for x in (row.eot_first, row.cut_short)]
-        cells = [f"{100 * row.accuracy:.1f} [{100 * low:.1f}, {100 * high:.1f}]"]
-        cells += [f"{100 * row.short:.1f}", f"{100 * row.long:.1f}", *rules]
-        lines.append(f"| {label} | {' | '.join(cells)} |")
+        rest = " | ".join(
+            "-" if x is None else f"{100 * x:.1f}" for x in (row.short, row.long, row.eot_first, row.cut_short)
+        )
+        lines.append(f"| {label} | {100 * row.accuracy:.1f} [{100 * low:.1f}, {100 * high:.1f}] | {rest} |")
     paired = figures["hex_minus_chosen"]
     low, high = paired["ci95"]
     lines.append(
@@ -725,38 +729,31 @@ def miniature_picture(figures: dict, answers: torch.Tensor, commit_steps: torch.
     apart; the order in which block 8 and one block commit one prompt's answer (answers and commit_steps (K, G)),
     end-of-text marked. Returns the matplotlib Figure saved to `path`, or None without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         return None
-    figure, (bars, order) = plt.subplots(2, 1, figsize=(10, 7.5), height_ratios=(3, 1.3))
-    labels = list(figures["rows"])
-    x = torch.arange(len(labels), dtype=torch.float64).numpy()
-    rows = figures["rows"].values()
-    accuracy = [100 * r.accuracy for r in rows]
+    figure = Figure(figsize=(10, 7.5), layout="tight")
+    bars, order = figure.subplots(2, 1, height_ratios=(3, 1.3))
+    rows = list(figures["rows"].values())
+    x = torch.arange(len(rows)).numpy()
     below = [100 * (r.accuracy - r.ci95[0]) for r in rows]
     above = [100 * (r.ci95[1] - r.accuracy) for r in rows]
+    accuracy = [100 * r.accuracy for r in rows]
     bars.bar(x - 0.27, accuracy, 0.27, yerr=[below, above], capsize=3, label="all prompts (95% Wilson)")
     bars.bar(x, [100 * r.short for r in rows], 0.27, label="short chains (k <= 8)")
     bars.bar(x + 0.27, [100 * r.long for r in rows], 0.27, label="long chains (k > 8)")
-    bars.set_xticks(x, [label.replace(", ", ",\n") for label in labels], fontsize=8)
-    bars.set_ylabel("accuracy, %")
-    bars.set_ylim(0, 118)
-    bars.legend(fontsize=8, ncol=3, loc="upper center")
+    bars.set(ylabel="accuracy, %", ylim=(0, 118))
+    bars.set_xticks(x, [label.replace(", ", ",\n") for label in figures["rows"]], fontsize=8)
+    bars.legend(ncol=3, loc="upper center")
     shown = [1, 4]  # block 8, one block Top-K
-    order.imshow(commit_steps[shown].numpy(), aspect="auto", cmap="viridis")
-    eot_rows, eot_cols = (answers[shown] == EOT).nonzero(as_tuple=True)
-    eot_rows, eot_cols = eot_rows.tolist(), eot_cols.tolist()
-    order.scatter(eot_cols, eot_rows, marker="x", color="red", s=18, label="end-of-text")
-    order.set_yticks([0, 1], [MINI_METHODS[k][0] for k in shown], fontsize=8)
-    order.set_xlabel("answer position (colour: the step that committed it, dark = early)")
-    order.legend(fontsize=8, loc="upper right")
-    figure.tight_layout()
+    order.imshow(commit_steps[shown].numpy(), aspect="auto")
+    eot = (answers[shown] == EOT).nonzero().tolist()  # [row, position] of each end-of-text
+    order.scatter([p for _, p in eot], [r for r, _ in eot], marker="x", color="red", label="end-of-text")
+    order.set_yticks([0, 1], [MINI_METHODS[k][0] for k in shown])
+    order.set(xlabel="answer position (colour: the step that committed it, dark = early)")
+    order.legend(loc="upper right")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return figure
 
 
