@@ -1553,6 +1553,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("limit", "batch_size", "samples_per_block", "gen_length", "steps", "sc_samples", "sc_block_length"):
         if (value := getattr(args, name)) is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.block_lengths is not None and min(args.block_lengths) < 1:
+        raise UsageError(f"--block-lengths must each be >= 1, got {' '.join(map(str, args.block_lengths))}")
     if args.offset < 0 or (args.mask_id is not None and args.mask_id < 0):
         raise UsageError(f"--offset and --mask-id must be >= 0, got {args.offset} and {args.mask_id}")
     for name in ("temperature", "sc_temperature"):

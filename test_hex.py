@@ -1658,6 +1658,8 @@ def test_checkpoint_failed_start_leaves_nothing_and_the_corrected_command_runs(c
     [
         (["--block-lengths", "5"], "block_length=5 must be a positive divisor"),
         (["--steps", "0"], "--steps must be >= 1"),
+        (["--block-lengths", "0", "16"], "--block-lengths must each be >= 1, got 0 16"),
+        (["--block-lengths", "-4", "16"], "--block-lengths must each be >= 1, got -4 16"),
         (["--steps", "6"], "steps=6 must be a multiple"),
         (["--gen-length", "40", "--block-lengths"], "not a multiple of 32"),
         (["--device", "cuda"], "--device cuda: not a device this torch build can use here"),
