@@ -32,6 +32,7 @@ import math
 import os
 import random
 import re
+import signal
 import socket
 import sys
 import time
@@ -1892,4 +1893,5 @@ def rescore(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's kill or `timeout`: as Ctrl-C
     main()

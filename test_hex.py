@@ -2330,14 +2330,21 @@ def test_checkpoint_kill_9_while_growing_then_rerun_loses_nothing(checkpoint, tm
     assert f"{grown_before_the_kill}/30" in result.stderr, "the grown questions are not grown again"
 
 
-def test_checkpoint_ctrl_c_says_how_many_are_saved(checkpoint, tmp_path):
-    process, _, output = start_long_run(checkpoint, tmp_path, sleep=0.1)  # 24 s at least: Ctrl-C comes mid-run
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_checkpoint_ctrl_c_says_how_many_are_saved(checkpoint, tmp_path, stop):
+    process, cmd, output = start_long_run(checkpoint, tmp_path, sleep=0.1)  # 24 s at least: the stop is mid-run
     wait_until(lambda: saved(output) >= 2)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err
     count = len(lines(output))
     assert f"interrupted: {count} of 30 questions are saved in {output}; rerun the same command to resume" in err
+    assert not (tmp_path / "o.jsonl.lock").exists(), "the lock goes with the run"
+    if stop == signal.SIGTERM:  # and the same command resumes
+        env = {**os.environ, "PYTHONPATH": str(HERE)}
+        result = subprocess.run(cmd, cwd=HERE, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert sorted(r["id"] for r in lines(output)) == list(range(30)) and f"{count}/30" in result.stderr
 
 
 def test_checkpoint_torchrun_two_ranks_match_one_process_and_resume(checkpoint, data, tmp_path):
