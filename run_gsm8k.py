@@ -1045,8 +1045,9 @@ def row_problem(task: Task, row: Any) -> str | None:
 
 
 def _one_line(error, limit=300):
-    """An error's message as one line (library messages span several), cut to `limit` characters."""
-    return " ".join(str(error).split())[:limit]
+    """An error's message as one line (library messages span several), cut at a word to `limit` characters."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 4].rsplit(" ", 1)[0] + " ..."
 
 
 def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:

@@ -2766,3 +2766,42 @@ def offline_demo(folder: Path = HERE / "results" / "offline-demo") -> None:
 
 if __name__ == "__main__":
     offline_demo()
+
+
+def test_a_long_library_message_is_cut_at_a_word():
+    message = R._one_line(ValueError("alpha beta\n  gamma " + "delta " * 60), limit=40)
+    assert message == "alpha beta gamma delta delta delta ..." and len(message) <= 40
+    assert R._one_line(ValueError("short\nline")) == "short line"
+    with pytest.raises(R.UsageError) as error:
+        R.resolve_device("gpu")
+    words = str(error.value).split("(", 1)[1].rstrip(")").replace(",", "").split()
+    assert set(words[2:-1]) <= {
+        "cpu",
+        "cuda",
+        "ipu",
+        "xpu",
+        "mkldnn",
+        "opengl",
+        "opencl",
+        "ideep",
+        "hip",
+        "ve",
+        "fpga",
+        "maia",
+        "xla",
+        "lazy",
+        "vulkan",
+        "mps",
+        "meta",
+        "hpu",
+        "mtia",
+        "privateuseone",
+        "device",
+        "type",
+        "at",
+        "start",
+        "of",
+        "string:",
+        "gpu",
+        "...",
+    }
