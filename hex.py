@@ -761,8 +761,8 @@ def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS, question
     prompts, _, lengths = chain_examples(questions, torch.Generator().manual_seed(2510), visible_length)
     name = f"seed{seed}-visible" if visible_length else f"seed{seed}"
     weights = MINI_CACHE / f"{name}.pt"
-    model = miniature_model(seed)
     if weights.exists():
+        model = miniature_model(seed)
         model.load_state_dict(torch.load(weights))
         print(f"   the trained weights from {weights}")
     else:
