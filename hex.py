@@ -5,9 +5,10 @@ denoising steps, commits the masked positions it is most sure of. Semi-autoregre
 answer into blocks of `block_length` tokens, denoised left to right. Each block length is a hidden
 "expert"; HEX decodes with several and takes a majority vote. In the order of the idea: 1. `Schedule`;
 2. one denoising step; 3. `decode` (any schedules in one lockstep batch) and `generate`; 4. `hex_generate`;
-5. `majority_vote`. Nothing after it is needed to use HEX: 6. `TinyMaskPredictor`; 7. `python hex.py
-[--shape llada-8b]`: the one-batch benchmark; 8. intervals over questions; 9. `python hex.py --miniature`: a
-masked diffusion model trained on this machine shows the paper's collapse and HEX's gain.
+5. `majority_vote`. Nothing after it is needed to use HEX: 6. `imh_generate`, the second paper's sampler
+(arXiv 2604.00375) as this project reconstructs it; 7. `TinyMaskPredictor`; 8. `python hex.py [--shape
+llada-8b]`: the one-batch benchmark; 9. intervals over questions; 10. `python hex.py --miniature`: a masked
+diffusion model trained on this machine shows the paper's collapse and HEX's gain (`--dilemma`: the IMH's).
 """
 
 from __future__ import annotations
@@ -330,7 +331,123 @@ def majority_vote(
 # HEX ends here: nothing below is needed to use it ==========================================================
 
 
-# 6. A LLaDA-like mask predictor, randomly initialised ----------------------------------------------------
+# 6. The quality-exploration sampler: Independent Metropolis-Hastings toward p(x)^alpha (arXiv 2604.00375) ----
+#
+# The paper's text is not available here: what follows is this project's reconstruction from its abstract and
+# figure (../shared/imh-notes.md). The paper's: one token committed per step; the target, the globally tempered
+# p(x)^alpha; a mean-field estimate of the suffix mass; a single-position IMH over a batch of proposals. Ours:
+# every formula below, the position rule (LLaDA's confidence), the lookahead over the whole masked answer, and
+# one chain move per proposal.
+
+
+def tempered_log_probs(logits: torch.Tensor, alpha: float, mask_id: int) -> torch.Tensor:
+    """log q(v), q(v) = p(v)^alpha / sum_u p(u)^alpha with p the softmax of logits (..., V) over every token but
+    the mask: the proposal. alpha = 1 is p itself; alpha = 2 is local temperature 0.5."""
+    no_mask = torch.tensor([mask_id], device=logits.device)
+    log_p = logits.double().index_fill(-1, no_mask, -math.inf).log_softmax(-1)
+    return (alpha * log_p).log_softmax(-1)
+
+
+def suffix_log_mass(logits: torch.Tensor, masked: torch.Tensor, alpha: float, mask_id: int) -> torch.Tensor:
+    """The mean-field suffix mass of each canvas, log Z = sum over its masked positions j of log sum_u
+    p_j(u)^alpha: (N, G, V) answer logits and (N, G) booleans -> (N,) float64. It replaces the sum over every
+    completion of p(completion)^alpha, which it equals where the marginals factorise."""
+    no_mask = torch.tensor([mask_id], device=logits.device)
+    n = max(1, CHUNK_ELEMENTS // logits[0].numel())  # canvases per float64 chunk
+    out = []
+    for chunk, where in zip(logits.split(n), masked.split(n)):
+        log_p = chunk.double().index_fill(-1, no_mask, -math.inf).log_softmax(-1)
+        out.append(((alpha * log_p).logsumexp(-1) * where).sum(-1))
+    return torch.cat(out)
+
+
+def imh_chain(log_z: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The independent Metropolis-Hastings chain over each row's proposals, (R, K) log weights log Z_k and (R, K - 1)
+    uniforms in [0, 1) -> (R,) the index of its final state. It starts at proposal 0 and at move k goes to proposal
+    k with probability min(1, Z_k / Z_current): the weight of a proposal drawn from q toward q * Z."""
+    state = torch.zeros(len(log_z), dtype=torch.long, device=log_z.device)
+    for k in range(1, log_z.shape[1]):
+        current = log_z.gather(1, state[:, None]).squeeze(1)
+        state = torch.where(uniforms[:, k - 1].log() < log_z[:, k] - current, k, state)
+    return state
+
+
+@torch.no_grad()
+def imh_generate(
+    model: Callable,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    gen_length: int = 256,
+    alpha: float = 2.0,
+    proposals: int = 8,
+    samples: int = 1,
+    block_length: int | None = None,
+    mask_id: int = MASK_ID,
+    generator: torch.Generator | None = None,
+) -> HexOutput:
+    """`samples` answers per prompt, sequences (B, samples, L + gen_length), one token committed per step. At each
+    step: the position is the most confident masked one of the open block (LLaDA's rule; block_length=None: one
+    block); `proposals` tokens are drawn from p_i^alpha; one forward pass over the canvases with each gives their
+    marginals, hence their suffix masses Z; the IMH chain over them picks the token, and its canvas's forward pass
+    is the next step's. Every prompt, sample and proposal advances in one batch: gen_length forward calls.
+    alpha = 1 is plain sampling from p_i; a large alpha seeks the mode of p(x) (with one proposal: greedy)."""
+    block_length = gen_length if block_length is None else block_length
+    gen_length, _, mask_id, _, _ = _check_args(
+        model, input_ids, attention_mask, gen_length, gen_length, mask_id, [Schedule(block_length)], generator
+    )
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"alpha={alpha!r} must be a real number > 0")
+    if not 0 < alpha < math.inf:
+        raise ValueError(f"alpha={alpha!r} must be a finite number > 0 (1: plain sampling; 2: temperature 0.5)")
+    K = _integer("proposals", proposals)
+    S = _integer("samples", samples)
+    P = input_ids.shape[1]
+    x = F.pad(input_ids, (0, gen_length), value=mask_id).repeat_interleave(S, dim=0)  # (R, P + G), R = B * S
+    if attention_mask is not None:
+        attention_mask = F.pad(attention_mask.to(x.device), (0, gen_length), value=1).repeat_interleave(S, dim=0)
+
+    def answer_logits(canvas, rows_per_canvas):  # (N, P + G) -> (N, G, V)
+        mask = None if attention_mask is None else attention_mask.repeat_interleave(rows_per_canvas, dim=0)
+        return (model(canvas) if mask is None else model(canvas, attention_mask=mask)).logits[:, P:]
+
+    logits = answer_logits(x, 1)  # (R, G, V)
+    first_logits = logits[::S].clone()
+    rows = torch.arange(len(x), device=x.device)
+    block = torch.arange(gen_length, device=x.device) // block_length
+    commit_step = torch.full((len(x), gen_length), -1, dtype=torch.long, device=x.device)
+    for t in range(gen_length):
+        answer = x[:, P:]  # (R, G) view
+        r, cols = ((answer == mask_id) & (block == t // block_length)).nonzero(as_tuple=True)
+        _, conf = x0_and_confidence(logits, r, cols, "low_confidence", 0.0, mask_id)
+        confidence = torch.full(answer.shape, -math.inf, dtype=torch.float64, device=x.device)
+        confidence[r, cols] = conf
+        position = confidence.argmax(-1)  # (R,): the first of equal confidences
+        q = tempered_log_probs(logits[rows, position], alpha, mask_id).exp()  # (R, V)
+        tokens = torch.multinomial(q, K, replacement=True, generator=generator)  # (R, K)
+        canvases = x.repeat_interleave(K, dim=0)  # (R * K, P + G)
+        canvases[torch.arange(len(canvases)), P + position.repeat_interleave(K)] = tokens.flatten()
+        if t < gen_length - 1:
+            proposed = answer_logits(canvases, K)  # (R * K, G, V)
+            log_z = suffix_log_mass(proposed, canvases[:, P:] == mask_id, alpha, mask_id).view(-1, K)
+        else:  # nothing is left masked: every Z is 1, and no forward pass is needed
+            proposed, log_z = None, torch.zeros(tokens.shape, dtype=torch.float64, device=x.device)
+        uniforms = torch.rand(len(x), K - 1, generator=generator, dtype=torch.float64, device=x.device)
+        state = imh_chain(log_z, uniforms)
+        answer[rows, position] = tokens[rows, state]
+        commit_step[rows, position] = t
+        if proposed is not None:
+            logits = proposed.unflatten(0, (-1, K))[rows, state]  # the chosen canvas's marginals
+    sequences = x.view(len(input_ids), S, -1)
+    return HexOutput(
+        sequences,
+        answer_log_likelihood(first_logits, sequences[:, :, P:]),
+        commit_step.view(len(input_ids), S, -1),
+        [Schedule(block_length, "low_confidence", 1 / alpha)] * S,  # the position rule and the local temperature
+    )
+
+
+# 7. A LLaDA-like mask predictor, randomly initialised ----------------------------------------------------
 
 
 @dataclass
@@ -431,7 +548,7 @@ def forward_flops(model: TinyMaskPredictor, batch: int, length: int) -> int:
     return batch * length * (2 * matmuls + attention)
 
 
-# 7. python hex.py: every method of a question in one batch, benchmarked ----------------------------------
+# 8. python hex.py: every method of a question in one batch, benchmarked ----------------------------------
 
 
 def benchmark(
@@ -478,7 +595,7 @@ def benchmark(
     ]
 
 
-# 8. Intervals a reviewer would compute: over questions, honest at small n --------------------------------
+# 9. Intervals a reviewer would compute: over questions, honest at small n --------------------------------
 
 
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -513,7 +630,7 @@ def cross_fitted(right: dict[Hashable, Sequence[bool]]) -> tuple[list[bool], lis
     return [right[chosen[i % 2]][i] for i in range(n)], chosen
 
 
-# 9. python hex.py --miniature: the paper on a masked diffusion model trained here ------------------------
+# 10. python hex.py --miniature: the paper on a masked diffusion model trained here ------------------------
 
 PAD = 0  # the chain task's vocabulary: four special tokens, digits, 100 filler words, step tokens S_1..S_14
 MINI_MASK = 1

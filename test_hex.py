@@ -490,6 +490,118 @@ def test_majority_vote():
         H.majority_vote([1, 2], tie_break="likelihood")
 
 
+# The IMH sampler (arXiv 2604.00375, as reconstructed) ---------------------------------------------
+
+
+def imh(model, prompt, **kwargs):
+    return H.imh_generate(model, prompt, **(dict(gen_length=8, mask_id=MASK) | kwargs))
+
+
+def test_imh_proposal_is_p_to_the_alpha_normalised_without_the_mask():
+    logits = torch.tensor([[0.5, -1.0, 2.0, 0.0]], dtype=torch.float64)
+    p = torch.tensor([0.5, -1.0, 2.0]).double().exp()  # token 3 is the mask
+    p = p / p.sum()
+    for alpha in (0.5, 1.0, 2.0, 7.0):
+        expected = torch.cat([p**alpha / (p**alpha).sum(), torch.zeros(1, dtype=torch.float64)])
+        assert torch.allclose(H.tempered_log_probs(logits, alpha, mask_id=3).exp(), expected[None])
+
+
+def test_mean_field_suffix_mass_is_the_sum_over_completions_where_marginals_factorise():
+    V, G, alpha = 4, 3, 2.0  # token 3 is the mask
+    logits = torch.randn(G, V, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = FixedLogits(logits)  # marginals that ignore the canvas: the joint is their product
+    canvas = torch.tensor([[0, 1, 3, 3, 3]])  # a 2-token prompt, three masked answer positions
+    answer_logits = model(canvas).logits[:, 2:]
+    p = logits[:, :3].softmax(-1)
+    brute = sum(
+        (p[0, a] * p[1, b] * p[2, c]) ** alpha for a in range(3) for b in range(3) for c in range(3)
+    )  # every completion's p(completion)^alpha
+    masked = torch.tensor([[True, True, True]])
+    assert torch.allclose(H.suffix_log_mass(answer_logits, masked, alpha, mask_id=3), brute.log()[None])
+    only_last = torch.tensor([[False, False, True]])
+    assert torch.allclose(H.suffix_log_mass(answer_logits, only_last, alpha, 3), (p[2] ** alpha).sum().log()[None])
+    assert H.suffix_log_mass(answer_logits, masked, 1.0, 3).abs().max() < 1e-12  # alpha = 1: every Z is 1
+
+
+def test_imh_chain_moves_by_the_weight_ratio():
+    half, two, third = math.log(0.5), math.log(2.0), math.log(0.3)
+    log_z = torch.tensor([[0.0, half, two], [0.0, half, two], [0.0, half, third], [0.0, 0.0, 0.0]])
+    uniforms = torch.tensor([[0.4, 0.9], [0.6, 0.9], [0.4, 0.7], [0.99, 0.0]])
+    # row 0: 0.4 < Z1/Z0 = 0.5 moves to 1, then Z2/Z1 = 4 moves to 2; row 1: 0.6 > 0.5 stays, then 2 > 0.9 moves;
+    # row 2: moves to 1, then Z2/Z1 = 0.6 < 0.7 stays; row 3: equal weights always move
+    assert H.imh_chain(log_z, uniforms).tolist() == [2, 2, 1, 2]
+    uniforms = torch.rand(1000, 7, generator=torch.Generator().manual_seed(0))
+    assert (H.imh_chain(torch.zeros(1000, 8), uniforms) == 7).all()
+
+
+def test_imh_at_alpha_1_commits_the_token_with_probability_p_i(model):
+    prompt = prompts(1)
+    out = imh(
+        model, prompt, gen_length=4, alpha=1.0, proposals=3, samples=4000, generator=torch.Generator().manual_seed(0)
+    )
+    first = out.commit_steps[0, 0].argmin()  # every sample commits the same position first
+    assert (out.commit_steps[0, :, first] == 0).all()
+    canvas = torch.cat([prompt, torch.full((1, 4), MASK)], dim=1)
+    p = model(canvas).logits[0, prompt.shape[1] + first].double().softmax(-1)
+    frequency = torch.bincount(out.sequences[0, :, prompt.shape[1] + first], minlength=VOCAB) / 4000
+    assert (frequency - p).abs().max() < 5 * math.sqrt(0.25 / 4000)  # five standard errors at worst
+
+
+def test_imh_with_a_large_alpha_and_one_proposal_is_greedy_confidence_decoding(model):
+    prompt = prompts(2)
+    for block_length in (None, 4):
+        out = imh(model, prompt, alpha=1e6, proposals=1, block_length=block_length)
+        greedy = H.generate(model, prompt, block_length=block_length or 8, gen_length=8, steps=8, mask_id=MASK)
+        assert torch.equal(out.sequences[:, 0], greedy)
+
+
+def test_imh_makes_gen_length_forward_calls_whatever_the_proposals_and_samples(model):
+    for proposals, samples in ((1, 1), (4, 3)):
+        recorder = Recorder(model)
+        out = imh(recorder, prompts(2), proposals=proposals, samples=samples, block_length=4, generator=None)
+        assert len(recorder.seen) == 8
+        assert [len(x) for x in recorder.seen] == [2 * samples] + [2 * samples * proposals] * 7
+        assert out.sequences.shape == (2, samples, 6 + 8)
+        commits = out.commit_steps
+        assert (commits.sort(-1).values == torch.arange(8)).all()  # one token a step
+        assert (commits[..., :4].amax(-1) < commits[..., 4:].amin(-1)).all()  # block 0 before block 1
+        assert not (out.sequences == MASK).any()
+
+
+def test_imh_samples_are_reproducible_from_the_generator(model):
+    a, b, c = (imh(model, prompts(2), samples=3, generator=torch.Generator().manual_seed(s)) for s in (5, 5, 6))
+    assert torch.equal(a.sequences, b.sequences) and not torch.equal(a.sequences, c.sequences)
+    assert len({tuple(row) for row in a.sequences[0].tolist()}) > 1  # the samples of a prompt differ
+
+
+def test_imh_with_left_padding_and_its_attention_mask_changes_nothing(model):
+    prompt = prompts(1)
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), prompt], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(prompt)], dim=1)
+    alone = imh(model, prompt, samples=2, generator=torch.Generator().manual_seed(0))
+    beside = imh(model, padded, attention_mask=mask, samples=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(alone.sequences[..., -8:], beside.sequences[..., -8:])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(alpha=0.0), ValueError, "alpha=0.0 must be a finite number > 0"),
+        (dict(alpha=-1), ValueError, "alpha=-1"),
+        (dict(alpha=math.inf), ValueError, "alpha=inf"),
+        (dict(alpha=True), TypeError, "alpha=True must be a real number"),
+        (dict(alpha="2"), TypeError, "alpha='2'"),
+        (dict(proposals=0), ValueError, "proposals=0 must be an int >= 1"),
+        (dict(samples=1.5), TypeError, "samples=1.5 must be an int"),
+        (dict(block_length=3), ValueError, "block_length=3 must be a positive divisor of gen_length=8"),
+        (dict(generator=[None]), TypeError, "generator"),
+    ],
+)
+def test_imh_names_bad_arguments(model, kwargs, error, match):
+    with pytest.raises(error, match=re.escape(match)):
+        imh(model, prompts(1), **kwargs)
+
+
 # The tiny model -----------------------------------------------------------------------------------
 
 
