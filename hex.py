@@ -167,9 +167,7 @@ def decode(
     )
     B = len(input_ids)
     K = len(schedules)
-    x = F.pad(input_ids, (0, gen_length), value=mask_id).repeat_interleave(K, dim=0)  # [prompt | masks]
-    if attention_mask is not None:
-        attention_mask = F.pad(attention_mask.to(x.device), (0, gen_length), value=1).repeat_interleave(K, dim=0)
+    x, attention_mask = _canvas(input_ids, attention_mask, gen_length, mask_id, copies=K)
     commit_step, first_logits = _denoise(
         model, x, attention_mask, schedules * B, generators * B, gen_length, steps, mask_id, K
     )
@@ -180,6 +178,18 @@ def decode(
         commit_step.view(B, K, -1),
         schedules,
     )
+
+
+def _canvas(input_ids, attention_mask, gen_length, mask_id, copies):
+    """Each prompt `copies` times, followed by gen_length masks: (B * copies, L + gen_length), and its mask."""
+    x = F.pad(input_ids, (0, gen_length), value=mask_id).repeat_interleave(copies, dim=0)
+    if attention_mask is not None:
+        attention_mask = F.pad(attention_mask.to(x.device), (0, gen_length), value=1).repeat_interleave(copies, dim=0)
+    return x, attention_mask
+
+
+def _logits(model, x, attention_mask):
+    return (model(x) if attention_mask is None else model(x, attention_mask=attention_mask)).logits
 
 
 def _check_args(model, input_ids, attention_mask, gen_length, steps, mask_id, schedules, generator):
@@ -229,7 +239,7 @@ def _denoise(model, x, attention_mask, schedules, generators, gen_length, steps,
     groups = {key: torch.tensor(rows, device=x.device) for key, rows in groups.items()}  # made once, not per step
     commit_step = torch.full((R, gen_length), -1, dtype=torch.long, device=x.device)
     for t in range(steps):
-        logits = (model(x) if attention_mask is None else model(x, attention_mask=attention_mask)).logits
+        logits = _logits(model, x, attention_mask)
         if t == 0:  # the first pass, shared by every schedule: the likelihood score's logits
             if not 0 <= mask_id < logits.shape[-1]:
                 raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (size {logits.shape[-1]})")
@@ -350,15 +360,11 @@ def tempered_log_probs(logits: torch.Tensor, alpha: float, mask_id: int) -> torc
 
 def suffix_log_mass(logits: torch.Tensor, masked: torch.Tensor, alpha: float, mask_id: int) -> torch.Tensor:
     """The mean-field suffix mass of each canvas, log Z = sum over its masked positions j of log sum_u
-    p_j(u)^alpha: (N, G, V) answer logits and (N, G) booleans -> (N,) float64. It replaces the sum over every
-    completion of p(completion)^alpha, which it equals where the marginals factorise."""
+    p_j(u)^alpha: (N, G, V) answer logits and (N, G) booleans -> (N,). It stands for the sum over every completion
+    of p(completion)^alpha, which it equals where the marginals factorise."""
     no_mask = torch.tensor([mask_id], device=logits.device)
-    n = max(1, CHUNK_ELEMENTS // logits[0].numel())  # canvases per float64 chunk
-    out = []
-    for chunk, where in zip(logits.split(n), masked.split(n)):
-        log_p = chunk.double().index_fill(-1, no_mask, -math.inf).log_softmax(-1)
-        out.append(((alpha * log_p).logsumexp(-1) * where).sum(-1))
-    return torch.cat(out)
+    log_p = logits.float().index_fill(-1, no_mask, -math.inf).log_softmax(-1)  # float32: (N, G, V) is large
+    return ((alpha * log_p).logsumexp(-1) * masked).sum(-1)
 
 
 def imh_chain(log_z: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -390,7 +396,7 @@ def imh_generate(
     step: the position is the most confident masked one of the open block (LLaDA's rule; block_length=None: one
     block); `proposals` tokens are drawn from p_i^alpha; one forward pass over the canvases with each gives their
     marginals, hence their suffix masses Z; the IMH chain over them picks the token, and its canvas's forward pass
-    is the next step's. Every prompt, sample and proposal advances in one batch: gen_length forward calls.
+    is the next step's. Every prompt, sample and proposal advances in one batch: gen_length + 1 forward calls.
     alpha = 1 is plain sampling from p_i; a large alpha seeks the mode of p(x) (with one proposal: greedy)."""
     block_length = gen_length if block_length is None else block_length
     gen_length, _, mask_id, _, _ = _check_args(
@@ -403,41 +409,30 @@ def imh_generate(
     K = _integer("proposals", proposals)
     S = _integer("samples", samples)
     P = input_ids.shape[1]
-    x = F.pad(input_ids, (0, gen_length), value=mask_id).repeat_interleave(S, dim=0)  # (R, P + G), R = B * S
-    if attention_mask is not None:
-        attention_mask = F.pad(attention_mask.to(x.device), (0, gen_length), value=1).repeat_interleave(S, dim=0)
-
-    def answer_logits(canvas, rows_per_canvas):  # (N, P + G) -> (N, G, V)
-        mask = None if attention_mask is None else attention_mask.repeat_interleave(rows_per_canvas, dim=0)
-        return (model(canvas) if mask is None else model(canvas, attention_mask=mask)).logits[:, P:]
-
-    logits = answer_logits(x, 1)  # (R, G, V)
+    x, attention_mask = _canvas(input_ids, attention_mask, gen_length, mask_id, copies=S)  # (R, P + G), R = B * S
+    proposed_mask = None if attention_mask is None else attention_mask.repeat_interleave(K, dim=0)
+    logits = _logits(model, x, attention_mask)[:, P:]  # (R, G, V)
     first_logits = logits[::S].clone()
     rows = torch.arange(len(x), device=x.device)
     block = torch.arange(gen_length, device=x.device) // block_length
     commit_step = torch.full((len(x), gen_length), -1, dtype=torch.long, device=x.device)
     for t in range(gen_length):
         answer = x[:, P:]  # (R, G) view
-        r, cols = ((answer == mask_id) & (block == t // block_length)).nonzero(as_tuple=True)
-        _, conf = x0_and_confidence(logits, r, cols, "low_confidence", 0.0, mask_id)
+        r, c = ((answer == mask_id) & (block == t // block_length)).nonzero(as_tuple=True)
         confidence = torch.full(answer.shape, -math.inf, dtype=torch.float64, device=x.device)
-        confidence[r, cols] = conf
+        confidence[r, c] = x0_and_confidence(logits, r, c, "low_confidence", 0.0, mask_id)[1]
         position = confidence.argmax(-1)  # (R,): the first of equal confidences
         q = tempered_log_probs(logits[rows, position], alpha, mask_id).exp()  # (R, V)
         tokens = torch.multinomial(q, K, replacement=True, generator=generator)  # (R, K)
-        canvases = x.repeat_interleave(K, dim=0)  # (R * K, P + G)
-        canvases[torch.arange(len(canvases)), P + position.repeat_interleave(K)] = tokens.flatten()
-        if t < gen_length - 1:
-            proposed = answer_logits(canvases, K)  # (R * K, G, V)
-            log_z = suffix_log_mass(proposed, canvases[:, P:] == mask_id, alpha, mask_id).view(-1, K)
-        else:  # nothing is left masked: every Z is 1, and no forward pass is needed
-            proposed, log_z = None, torch.zeros(tokens.shape, dtype=torch.float64, device=x.device)
+        proposed = x.repeat_interleave(K, dim=0)  # (R * K, P + G): x with each proposal committed
+        proposed[torch.arange(len(proposed)), P + position.repeat_interleave(K)] = tokens.flatten()
+        proposed_logits = _logits(model, proposed, proposed_mask)[:, P:]  # (R * K, G, V)
+        log_z = suffix_log_mass(proposed_logits, proposed[:, P:] == mask_id, alpha, mask_id).view(-1, K)
         uniforms = torch.rand(len(x), K - 1, generator=generator, dtype=torch.float64, device=x.device)
-        state = imh_chain(log_z, uniforms)
+        state = imh_chain(log_z, uniforms)  # (R,)
         answer[rows, position] = tokens[rows, state]
         commit_step[rows, position] = t
-        if proposed is not None:
-            logits = proposed.unflatten(0, (-1, K))[rows, state]  # the chosen canvas's marginals
+        logits = proposed_logits.unflatten(0, (-1, K))[rows, state]  # the chosen canvas's marginals
     sequences = x.view(len(input_ids), S, -1)
     return HexOutput(
         sequences,
@@ -872,21 +867,32 @@ def miniature_picture(figures: dict, answers: torch.Tensor, commit_steps: torch.
     return figure
 
 
-def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS, questions: int = 300) -> dict:
-    """python hex.py --miniature: train (resuming a killed training) or load the cached weights, decode the
-    held-out prompts with every method of a prompt in one lockstep batch, print the table, draw the picture."""
-    prompts, _, lengths = chain_examples(questions, torch.Generator().manual_seed(2510), visible_length)
+def miniature_weights(seed: int, visible_length: bool, held_out: torch.Tensor, steps: int = MINI_STEPS):
+    """A seed's trained miniature: its cached weights, or a training (resumed from its checkpoint) that caches them."""
     name = f"seed{seed}-visible" if visible_length else f"seed{seed}"
     weights = MINI_CACHE / f"{name}.pt"
     if weights.exists():
         model = miniature_model(seed)
         model.load_state_dict(torch.load(weights))
         print(f"   the trained weights from {weights}")
-    else:
-        checkpoint = MINI_CACHE / f"{name}.checkpoint.pt"
-        model = train_miniature(steps, seed, visible_length, held_out=prompts, checkpoint=checkpoint)
-        _save_atomically(model.state_dict(), weights)
-        checkpoint.unlink(missing_ok=True)
+        return model
+    checkpoint = MINI_CACHE / f"{name}.checkpoint.pt"
+    model = train_miniature(steps, seed, visible_length, held_out=held_out, checkpoint=checkpoint)
+    _save_atomically(model.state_dict(), weights)
+    checkpoint.unlink(missing_ok=True)
+    return model
+
+
+def held_out_chains(visible_length: bool, questions: int = 300):
+    """The held-out prompts no training sees, their responses and chain lengths."""
+    return chain_examples(questions, torch.Generator().manual_seed(2510), visible_length)
+
+
+def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS) -> dict:
+    """python hex.py --miniature: train (resuming a killed training) or load the cached weights, decode the
+    held-out prompts with every method of a prompt in one lockstep batch, print the table, draw the picture."""
+    prompts, _, lengths = held_out_chains(visible_length)
+    model = miniature_weights(seed, visible_length, prompts, steps)
     start = time.perf_counter()
     schedules = [schedule for _, schedule in MINI_METHODS]
     outs = [  # 50 prompts at a time: a CPU's caches hold the batch
@@ -896,13 +902,95 @@ def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS, question
     answers = torch.cat([out.sequences[..., -64:] for out in outs])  # (N, K, 64)
     commit_steps = torch.cat([out.commit_steps for out in outs])
     figures = miniature_figures(answers, commit_steps, lengths)
-    print(f"   {questions} held-out prompts, gen_length 64, steps 32, temperature 0, decoded in ", end="")
+    print(f"   {len(prompts)} held-out prompts, gen_length 64, steps 32, temperature 0, decoded in ", end="")
     print(f"{time.perf_counter() - start:.0f} s\n{miniature_table(figures)}")
     example = int((lengths > 8).long().argmax())  # the first held-out prompt with a long chain
-    picture = MINI_CACHE / f"{name}.png"
+    picture = MINI_CACHE / (f"seed{seed}-visible.png" if visible_length else f"seed{seed}.png")
     if miniature_picture(figures, answers[example], commit_steps[example], picture) is not None:
         print(f"   the picture: {picture} (its lower panel: held-out prompt {example}, k = {lengths[example]})")
     return figures
+
+
+# 11. python hex.py --miniature --dilemma: the second paper's quality-exploration dilemma on the miniature ----
+
+
+DILEMMA_K = (1, 2, 4, 8)  # pass@k's k
+
+
+def pass_at_k(n: int, right: int, k: int) -> float:
+    """The unbiased estimate of pass@k from n samples of which `right` are right (Chen et al., 2021)."""
+    return 1 - math.comb(n - right, k) / math.comb(n, k)
+
+
+def dilemma_decodes(model, prompts: torch.Tensor, samples: int, proposals: int, seed: int) -> dict:
+    """Each method's answers (N, n, 64) on the miniature's canvas, one token committed per step (the paper's setup),
+    one block: greedy confidence (its n samples are one decode), confidence and random order at the paper's local
+    temperature 0.5, the IMH at alpha 2 = 1 / 0.5, and HEX's five experts at temperature 0 as a set of candidates."""
+    canvas = dict(gen_length=64, steps=64, mask_id=MINI_MASK)
+    stream = torch.Generator().manual_seed(seed)
+    greedy = decode(model, prompts, schedules=[Schedule(64)], **canvas).sequences
+    sampled = decode(model, prompts, schedules=[Schedule(64, temperature=0.5)] * samples, generator=stream, **canvas)
+    random = decode(model, prompts, schedules=[Schedule(64, "random", 0.5)] * samples, generator=stream, **canvas)
+    imh = imh_generate(
+        model,
+        prompts,
+        gen_length=64,
+        alpha=2.0,
+        proposals=proposals,
+        samples=samples,
+        mask_id=MINI_MASK,
+        generator=stream,
+    )
+    experts = decode(model, prompts, schedules=[s for _, s in MINI_METHODS[:MINI_EXPERTS]], **canvas)
+    return {
+        "confidence, greedy": greedy.expand(-1, samples, -1),
+        "confidence, temperature 0.5": sampled.sequences,
+        "random order, temperature 0.5": random.sequences,
+        f"IMH, alpha 2, {proposals} proposals": imh.sequences,
+        "HEX's experts (blocks 4-64)": experts.sequences,
+    }
+
+
+def dilemma_row(stated: torch.Tensor, lengths: torch.Tensor) -> dict:
+    """One method's answers (N, n) (0: none readable) against the true lengths (N,): pass@k for each k <= n of
+    DILEMMA_K and the majority vote's accuracy, each as (mean over prompts, 95% Wilson interval over prompts:
+    conservative for a prompt's fractional pass@k), and the distinct readable answers per prompt."""
+    n = stated.shape[1]
+    right = (stated == lengths[:, None]).sum(1).tolist()
+
+    def mean(values):
+        return sum(values) / len(values), wilson(sum(values), len(values))
+
+    row = {f"pass@{k}": mean([pass_at_k(n, c, k) for c in right]) for k in DILEMMA_K if k <= n}
+    votes = [majority_vote([a or None for a in answers])[0] for answers in stated.tolist()]
+    row["vote"] = mean([float(v == k) for v, k in zip(votes, lengths.tolist())])
+    row["distinct"] = sum(len(set(answers) - {0}) for answers in stated.tolist()) / len(stated)
+    return row
+
+
+def dilemma(seed: int, questions: int = 64, samples: int = 8, proposals: int = 4) -> dict:
+    """python hex.py --miniature --dilemma: pass@k, distinct answers and the vote of each method's samples on the
+    first `questions` held-out prompts of the miniature's cached weights (trained first if need be). The sizes
+    keep it within 10 minutes on two cores: the IMH's forward passes carry samples x proposals rows a prompt."""
+    prompts, _, lengths = held_out_chains(visible_length=False)
+    model = miniature_weights(seed, False, prompts)
+    prompts, lengths = prompts[:questions], lengths[:questions]
+    start = time.perf_counter()
+    rows = {
+        label: dilemma_row(chain_answer(answers[..., -64:]), lengths)
+        for label, answers in dilemma_decodes(model, prompts, samples, proposals, seed).items()
+    }
+    print(f"   {questions} held-out prompts, {samples} samples each, decoded in {time.perf_counter() - start:.0f} s")
+    columns = [f"pass@{k}" for k in DILEMMA_K] + ["vote"]
+    lines = [f"| method | {' | '.join(columns)} | distinct answers |", "|---" * (len(columns) + 2) + "|"]
+    for label, row in rows.items():
+        cells = [
+            f"{100 * row[c][0]:.1f} [{100 * row[c][1][0]:.0f}, {100 * row[c][1][1]:.0f}]" if c in row else "-"
+            for c in columns
+        ]
+        lines.append(f"| {label} | {' | '.join(cells)} | {row['distinct']:.2f} |")
+    print("\n".join(lines))
+    return rows
 
 
 def _positive(kind):
@@ -933,12 +1021,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     add("--visible-length", action="store_true", help="--miniature's control: the prompt shows k")
     add("--seed", type=int, help="--miniature's training seed (default 1)")
+    add("--dilemma", action="store_true", help="--miniature: the IMH sampler's pass@k against confidence decoding")
     args = parser.parse_args(argv)
-    if args.miniature:
-        miniature(1 if args.seed is None else args.seed, args.visible_length)
+    seed = 1 if args.seed is None else args.seed
+    if args.miniature and args.dilemma:
+        if args.visible_length:
+            parser.error("--dilemma runs on the miniature's own task: drop --visible-length")
+        dilemma(seed)
         return
-    if args.seed is not None or args.visible_length:
-        parser.error("--seed and --visible-length set up --miniature: add --miniature, or drop them")
+    if args.miniature:
+        miniature(seed, args.visible_length)
+        return
+    if args.seed is not None or args.visible_length or args.dilemma:
+        parser.error("--seed, --visible-length and --dilemma set up --miniature: add --miniature, or drop them")
     cuda = torch.cuda.is_available()
     tiny = args.shape == "tiny"
     if not tiny and not cuda:

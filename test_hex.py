@@ -555,12 +555,11 @@ def test_imh_with_a_large_alpha_and_one_proposal_is_greedy_confidence_decoding(m
         assert torch.equal(out.sequences[:, 0], greedy)
 
 
-def test_imh_makes_gen_length_forward_calls_whatever_the_proposals_and_samples(model):
+def test_imh_makes_gen_length_plus_one_forward_calls_whatever_the_proposals_and_samples(model):
     for proposals, samples in ((1, 1), (4, 3)):
         recorder = Recorder(model)
         out = imh(recorder, prompts(2), proposals=proposals, samples=samples, block_length=4, generator=None)
-        assert len(recorder.seen) == 8
-        assert [len(x) for x in recorder.seen] == [2 * samples] + [2 * samples * proposals] * 7
+        assert [len(x) for x in recorder.seen] == [2 * samples] + [2 * samples * proposals] * 8  # gen_length + 1
         assert out.sequences.shape == (2, samples, 6 + 8)
         commits = out.commit_steps
         assert (commits.sort(-1).values == torch.arange(8)).all()  # one token a step
@@ -600,6 +599,40 @@ def test_imh_with_left_padding_and_its_attention_mask_changes_nothing(model):
 def test_imh_names_bad_arguments(model, kwargs, error, match):
     with pytest.raises(error, match=re.escape(match)):
         imh(model, prompts(1), **kwargs)
+
+
+def test_pass_at_k_is_the_share_of_k_subsets_with_a_right_sample():
+    import itertools
+
+    for n, right in ((5, 0), (5, 2), (8, 3), (8, 8)):
+        verdicts = [True] * right + [False] * (n - right)
+        for k in (1, 2, 4, 5):
+            subsets = list(itertools.combinations(verdicts, k))
+            assert math.isclose(H.pass_at_k(n, right, k), sum(map(any, subsets)) / len(subsets))
+
+
+def test_dilemma_row_by_hand():
+    stated = torch.tensor([[5, 5, 0, 7], [0, 0, 0, 0], [6, 6, 6, 6]])  # answers of 4 samples; 0: unreadable
+    row = H.dilemma_row(stated, lengths=torch.tensor([5, 9, 7]))
+    assert row["pass@1"][0] == pytest.approx((2 / 4 + 0 + 0) / 3)
+    assert row["pass@2"][0] == pytest.approx((1 - 1 / 6) / 3)  # C(2, 2) / C(4, 2) pairs miss prompt 0
+    assert row["pass@4"][0] == pytest.approx(1 / 3) and "pass@8" not in row  # no estimate from 4 samples
+    assert row["vote"][0] == pytest.approx(1 / 3)
+    assert row["distinct"] == pytest.approx((2 + 0 + 1) / 3)
+    low, high = row["pass@1"][1]
+    assert 0 < low < row["pass@1"][0] < high < 1
+
+
+def test_dilemma_prints_every_method_from_the_cached_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(H, "MINI_CACHE", tmp_path)
+    torch.save(H.miniature_model(seed=7).state_dict(), tmp_path / "seed7.pt")  # untrained: the table's form only
+    rows = H.dilemma(seed=7, questions=3, samples=2, proposals=2)
+    printed = capsys.readouterr().out
+    assert f"the trained weights from {tmp_path / 'seed7.pt'}" in printed and "training" not in printed
+    assert len(rows) == 5 and all(label in printed for label in rows)
+    samples = {"pass@1", "pass@2", "vote", "distinct"}
+    assert [set(row) for row in rows.values()] == [samples] * 4 + [samples | {"pass@4"}]  # HEX: 5 candidates
+    assert rows["confidence, greedy"]["distinct"] <= 1  # one decode, however many samples
 
 
 # The tiny model -----------------------------------------------------------------------------------
