@@ -815,15 +815,33 @@ def miniature_figures(answers: torch.Tensor, commit_steps: torch.Tensor, lengths
     return dict(rows=rows, hex_minus_chosen=paired_difference(hex_right.tolist(), chosen_right), chosen=chosen)
 
 
+def percent(fraction: float | None, interval: tuple[float, float] | None = None) -> str:
+    """A fraction in percent with one decimal, and its interval if given; "-" for None."""
+    if fraction is None:
+        return "-"
+    text = f"{100 * fraction:.1f}"
+    return text if interval is None else f"{text} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
+
+
+def markdown_table(columns: list[str], rows: dict[str, list[str]]) -> list[str]:
+    """A Markdown table's lines: the method and `columns` as its header, then a line per labelled row of cells."""
+    lines = [f"| method | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
+    return lines + [f"| {label} | {' | '.join(cells)} |" for label, cells in rows.items()]
+
+
 def miniature_table(figures: dict) -> str:
     """The figures as a Markdown table, in percent, and HEX against the cross-fitted block."""
-    lines = ["| method | accuracy [95%] | k <= 8 | k > 8 | EoT-first | cut short |", "|---|---|---|---|---|---|"]
-    for label, row in figures["rows"].items():
-        low, high = row.ci95
-        rest = " | ".join(
-            "-" if x is None else f"{100 * x:.1f}" for x in (row.short, row.long, row.eot_first, row.cut_short)
-        )
-        lines.append(f"| {label} | {100 * row.accuracy:.1f} [{100 * low:.1f}, {100 * high:.1f}] | {rest} |")
+    cells = {
+        label: [
+            percent(r.accuracy, r.ci95),
+            percent(r.short),
+            percent(r.long),
+            percent(r.eot_first),
+            percent(r.cut_short),
+        ]
+        for label, r in figures["rows"].items()
+    }
+    lines = markdown_table(["accuracy [95%]", "k <= 8", "k > 8", "EoT-first", "cut short"], cells)
     paired = figures["hex_minus_chosen"]
     low, high = paired["ci95"]
     lines.append(
@@ -923,32 +941,25 @@ def pass_at_k(n: int, right: int, k: int) -> float:
 
 
 def dilemma_decodes(model, prompts: torch.Tensor, samples: int, proposals: int, seed: int) -> dict:
-    """Each method's answers (N, n, 64) on the miniature's canvas, one token committed per step (the paper's setup),
-    one block: greedy confidence (its n samples are one decode), confidence and random order at the paper's local
-    temperature 0.5, the IMH at alpha 2 = 1 / 0.5, and HEX's five experts at temperature 0 as a set of candidates."""
-    canvas = dict(gen_length=64, steps=64, mask_id=MINI_MASK)
+    """Each method's answers (N, n, 64), one token committed per step (the paper's setup), one block: greedy
+    confidence (its n samples are one decode), confidence and random order at the paper's local temperature 0.5,
+    HEX's five experts at temperature 0 as a set of candidates, and the IMH at alpha 2 = 1 / 0.5."""
+    canvas = dict(gen_length=64, mask_id=MINI_MASK)
     stream = torch.Generator().manual_seed(seed)
-    greedy = decode(model, prompts, schedules=[Schedule(64)], **canvas).sequences
-    sampled = decode(model, prompts, schedules=[Schedule(64, temperature=0.5)] * samples, generator=stream, **canvas)
-    random = decode(model, prompts, schedules=[Schedule(64, "random", 0.5)] * samples, generator=stream, **canvas)
-    imh = imh_generate(
-        model,
-        prompts,
-        gen_length=64,
-        alpha=2.0,
-        proposals=proposals,
-        samples=samples,
-        mask_id=MINI_MASK,
-        generator=stream,
-    )
-    experts = decode(model, prompts, schedules=[s for _, s in MINI_METHODS[:MINI_EXPERTS]], **canvas)
-    return {
-        "confidence, greedy": greedy.expand(-1, samples, -1),
-        "confidence, temperature 0.5": sampled.sequences,
-        "random order, temperature 0.5": random.sequences,
-        f"IMH, alpha 2, {proposals} proposals": imh.sequences,
-        "HEX's experts (blocks 4-64)": experts.sequences,
+    schedules = {
+        "confidence, greedy": [Schedule(64)],
+        "confidence, temperature 0.5": [Schedule(64, temperature=0.5)] * samples,
+        "random order, temperature 0.5": [Schedule(64, "random", 0.5)] * samples,
+        "HEX's experts (blocks 4-64)": [schedule for _, schedule in MINI_METHODS[:MINI_EXPERTS]],
     }
+    answers = {
+        label: decode(model, prompts, schedules=group, steps=64, generator=stream, **canvas).sequences
+        for label, group in schedules.items()
+    }
+    answers["confidence, greedy"] = answers["confidence, greedy"].expand(-1, samples, -1)
+    imh = imh_generate(model, prompts, alpha=2.0, proposals=proposals, samples=samples, generator=stream, **canvas)
+    answers[f"IMH, alpha 2, {proposals} proposals"] = imh.sequences
+    return answers
 
 
 def dilemma_row(stated: torch.Tensor, lengths: torch.Tensor) -> dict:
@@ -976,20 +987,15 @@ def dilemma(seed: int, questions: int = 64, samples: int = 8, proposals: int = 4
     model = miniature_weights(seed, False, prompts)
     prompts, lengths = prompts[:questions], lengths[:questions]
     start = time.perf_counter()
-    rows = {
-        label: dilemma_row(chain_answer(answers[..., -64:]), lengths)
-        for label, answers in dilemma_decodes(model, prompts, samples, proposals, seed).items()
-    }
+    decodes = dilemma_decodes(model, prompts, samples, proposals, seed)
+    rows = {label: dilemma_row(chain_answer(answers[..., -64:]), lengths) for label, answers in decodes.items()}
     print(f"   {questions} held-out prompts, {samples} samples each, decoded in {time.perf_counter() - start:.0f} s")
     columns = [f"pass@{k}" for k in DILEMMA_K] + ["vote"]
-    lines = [f"| method | {' | '.join(columns)} | distinct answers |", "|---" * (len(columns) + 2) + "|"]
-    for label, row in rows.items():
-        cells = [
-            f"{100 * row[c][0]:.1f} [{100 * row[c][1][0]:.0f}, {100 * row[c][1][1]:.0f}]" if c in row else "-"
-            for c in columns
-        ]
-        lines.append(f"| {label} | {' | '.join(cells)} | {row['distinct']:.2f} |")
-    print("\n".join(lines))
+    cells = {
+        label: [percent(*row[c]) if c in row else "-" for c in columns] + [f"{row['distinct']:.2f}"]
+        for label, row in rows.items()
+    }
+    print("\n".join(markdown_table(columns + ["distinct answers"], cells)))
     return rows
 
 
