@@ -906,10 +906,10 @@ def held_out_chains(visible_length: bool, questions: int = 300):
     return chain_examples(questions, torch.Generator().manual_seed(2510), visible_length)
 
 
-def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS) -> dict:
+def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS, questions: int = 300) -> dict:
     """python hex.py --miniature: train (resuming a killed training) or load the cached weights, decode the
     held-out prompts with every method of a prompt in one lockstep batch, print the table, draw the picture."""
-    prompts, _, lengths = held_out_chains(visible_length)
+    prompts, _, lengths = held_out_chains(visible_length, questions)
     model = miniature_weights(seed, visible_length, prompts, steps)
     start = time.perf_counter()
     schedules = [schedule for _, schedule in MINI_METHODS]

@@ -3,6 +3,7 @@
     python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct [--task math500|arc-c|truthfulqa]
     python run_gsm8k.py --model Dream-org/Dream-v0-Instruct-7B                     # the Dream family
     python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --methods hex sc         # HEX against self-consistency
+    python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --methods imh --task math500  # the IMH sampler
     torchrun --nproc_per_node 8 run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct      # several GPUs
     python run_gsm8k.py --output results/RUN.jsonl --rescore                       # re-read answers, no model
 
@@ -54,6 +55,7 @@ from hex import (
     Schedule,
     cross_fitted,
     decode,
+    imh_generate,
     majority_vote,
     paired_difference,
     steps_per_block,
@@ -62,9 +64,16 @@ from hex import (
 
 RULES = ("authors", "robust")
 BASELINES = ("topk_margin", "low_confidence", "random")  # one block of gen_length; the name is the remasking
-METHODS = ("hex", "sc", *BASELINES)  # sc: self-consistency, the control (one schedule, sampled)
+METHODS = ("hex", "sc", *BASELINES, "imh")  # sc: self-consistency, the control; imh: hex.imh_generate's samples
+OPT_IN = ("sc", "imh")  # methods a run decodes only when asked (a finished run can grow by them)
+SAMPLED = ("hex", "sc", "imh")  # methods with several candidates a question: a vote, pass@k
 PAPER_NAMES = dict(
-    hex="HEX", sc="Self-consistency", topk_margin="Top-K margin", low_confidence="Top-K", random="Random"
+    hex="HEX",
+    sc="Self-consistency",
+    topk_margin="Top-K margin",
+    low_confidence="Top-K",
+    random="Random",
+    imh="IMH (reconstructed)",
 )
 SC_TEMPERATURE = 0.7  # self-consistency's temperature when --temperature is 0 (this project's choice)
 END_TOKENS = ("<|endoftext|>", "<|eot_id|>", "<|im_end|>")  # end-of-text and end-of-turn (LLaDA, Qwen/Dream)
@@ -82,9 +91,9 @@ class UsageError(Exception):
 class Candidate(TypedDict):
     """One decoded answer of a question: an entry of a record's `candidates`."""
 
-    method: str  # "hex", "sc" or a one-block baseline's remasking rule (METHODS)
+    method: str  # "hex", "sc", "imh" or a one-block baseline's remasking rule (METHODS)
     block_length: int
-    sample: int  # HEX: the sample of its block length; SC: its sample; a baseline: 0
+    sample: int  # HEX: the sample of its block length; SC, the IMH: its sample; a baseline: 0
     text: str  # the decoded answer, special tokens kept (as the authors decode)
     answers: dict[str, Any]  # the answer each rule (RULES) reads from the text; None: nothing readable
     score: float  # mean log-prob under the first forward pass (the likelihood tie-break)
@@ -101,6 +110,7 @@ class Record(TypedDict):
     gold: dict[str, Any]  # the reference as each rule reads it
     candidates: list[Candidate]
     forward_calls: float  # the batch's forward calls per question
+    decodes: list[dict]  # each decode of its batch: its methods, forward calls, rows (canvases) per call
     seconds: float  # the batch's decoding seconds per question
     batch_size: int  # questions decoded together, left padded (numerics may shift slightly)
     batch: int  # the id of its batch's first question: the batch a grown run decodes new methods in
@@ -108,7 +118,8 @@ class Record(TypedDict):
 
 def candidate_plan(settings: dict) -> list[tuple[str, int, Schedule]]:
     """Every candidate of a question as (method, sample, schedule): HEX's experts (low-confidence remasking at
-    --temperature), self-consistency's samples of one schedule, then each one-block baseline."""
+    --temperature), self-consistency's samples of one schedule, each one-block baseline, then the IMH's samples
+    (one block, the confidence position rule, local temperature 1 / alpha: what its schedule can say of it)."""
     methods = settings["methods"]
     plan = [
         ("hex", s, Schedule(b, "low_confidence", settings["temperature"]))
@@ -121,7 +132,9 @@ def candidate_plan(settings: dict) -> list[tuple[str, int, Schedule]]:
         for s in range(settings["sc_samples"])
         if "sc" in methods
     ]
-    return plan + [(m, 0, Schedule(settings["gen_length"], m)) for m in methods if m in BASELINES]
+    plan += [(m, 0, Schedule(settings["gen_length"], m)) for m in methods if m in BASELINES]
+    imh = Schedule(settings["gen_length"], "low_confidence", 1 / settings.get("imh_alpha", 1))  # as imh_generate's
+    return plan + [("imh", s, imh) for s in range(settings.get("imh_samples", 0)) if "imh" in methods]
 
 
 def left_pad(prompts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -143,9 +156,10 @@ def decode_batch(
     device: torch.device,
     methods: list[str] | None = None,
 ) -> list[Record]:
-    """Every candidate of `methods` (default: the run's) of a batch of questions in one lockstep decode (`steps`
-    forward calls in all): a record per question. Each method draws from its own stream, seeded by the batch's
-    first question, so adding or dropping a method changes no other method's candidates."""
+    """Every candidate of `methods` (default: the run's) of a batch of questions: all but the IMH's in one lockstep
+    decode (`steps` forward calls in all), the IMH's samples in a second (gen_length + 1 calls); a record per
+    question. Each method draws from its own stream, seeded by the batch's first question, so adding or dropping
+    a method changes no other method's candidates."""
     ids, attention = left_pad([task.build_prompt(tokenizer, p["row"]) for p in batch], device)
     methods = methods or settings["methods"]
     streams = {
@@ -153,31 +167,64 @@ def decode_batch(
         for m in methods
     }
     plan = [(m, n, s) for m, n, s in candidate_plan(settings) if m in methods]
-    calls = []
-    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
-    start = time.perf_counter()
-    try:
-        out = decode(
+    lockstep = [(m, n, s) for m, n, s in plan if m != "imh"]
+    runs = {}  # the decodes of the batch, by the methods each decodes
+    if lockstep:
+        runs[tuple(dict.fromkeys(m for m, _, _ in lockstep))] = functools.partial(
+            decode,
             model,
             ids,
             attention,
-            schedules=[s for _, _, s in plan],
+            schedules=[s for _, _, s in lockstep],
             gen_length=settings["gen_length"],
             steps=settings["steps"],
             mask_id=mask_id,
-            generator=[streams[m] for m, _, _ in plan],
+            generator=[streams[m] for m, _, _ in lockstep],
         )
-    finally:
-        hook.remove()
+    if "imh" in methods:
+        runs["imh",] = functools.partial(
+            imh_generate,
+            model,
+            ids,
+            attention,
+            gen_length=settings["gen_length"],
+            alpha=settings["imh_alpha"],
+            proposals=settings["imh_proposals"],
+            samples=settings["imh_samples"],
+            mask_id=mask_id,
+            generator=streams["imh"],
+        )
+    start = time.perf_counter()
+    outs = []
+    decodes = []  # each decode's cost
+    for names, run in runs.items():
+        out, rows = counted_calls(model, run)
+        outs.append(out)
+        decodes.append(dict(methods=list(names), forward_calls=len(rows), rows_per_call=fmean(rows)))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    sequences = torch.cat([o.sequences for o in outs], dim=1)  # (B, K, L + gen_length): the plan's order
+    scores = torch.cat([o.scores for o in outs], dim=1)
+    commit_steps = torch.cat([o.commit_steps for o in outs], dim=1)
     cost = dict(
-        forward_calls=len(calls) / len(batch),
+        forward_calls=sum(d["forward_calls"] for d in decodes) / len(batch),
+        decodes=decodes,
         seconds=round((time.perf_counter() - start) / len(batch), 3),
         batch_size=len(batch),
         batch=batch[0]["id"],
     )
+    out = HexOutput(sequences, scores, commit_steps, [s for _, _, s in plan])
     return records_of(tokenizer, task, batch, plan, out, cost)
+
+
+def counted_calls(model: nn.Module, run: Callable[[], Any]) -> tuple[Any, list[int]]:
+    """run()'s result, and the rows (canvases) of each forward call it made to `model`."""
+    rows = []
+    hook = model.register_forward_pre_hook(lambda _, args: rows.append(len(args[0])))
+    try:
+        return run(), rows
+    finally:
+        hook.remove()
 
 
 def records_of(tokenizer, task: Task, batch: list[dict], plan: list, out: HexOutput, cost: dict) -> list[Record]:
@@ -264,8 +311,8 @@ def eot_first_share(candidate: Candidate) -> float:
 def candidate_figures(records: list[Record], judged: dict, rule: str, method: str, block: int | None = None) -> dict:
     """For the candidates of `method` (of one block length, if given), counted over questions (a question's
     samples are not independent): accuracy, each question's share of right ones averaged, with a Wilson interval
-    on the number of questions, and the other rule's; the oracle (some candidate right); collapse and EoT-first
-    shares."""
+    on the number of questions, and the other rule's; the oracle (some candidate right); the distinct readable
+    answers a question; collapse and EoT-first shares."""
     other = RULES[1 - RULES.index(rule)]
     picked = [
         [
@@ -282,6 +329,7 @@ def candidate_figures(records: list[Record], judged: dict, rule: str, method: st
         ci95=wilson(sum(shares), len(shares)),
         other_rule_accuracy=fmean(fmean(p for _, _, p in question) for question in picked),
         oracle=fmean(any(o for _, o, _ in question) for question in picked),
+        distinct=fmean(len({c["answers"][rule] for c, _, _ in question} - {None}) for question in picked),
         collapse_rate=fmean(map(collapsed, flat)),
         eot_first_share=fmean(map(eot_first_share, flat)),
     )
@@ -407,7 +455,7 @@ def summarize(records: list[Record], settings: dict, rule: str, methods: list[st
         methods=table,
         block_lengths=experts,
         paired=paired_comparisons(records, judged[rule], shown) if "hex" in shown else {},
-        votes={m: votes_curve(records, oks, m, rule, tie_break) for m in ("hex", "sc") if m in shown},
+        votes={m: votes_curve(records, oks, m, rule, tie_break) for m in SAMPLED if m in shown},
         agreement=agreement(records, oks, rule) if "hex" in shown else dict(groups=[]),
         forward_calls_per_question=fmean(r["forward_calls"] for r in records),
         seconds_per_question=fmean(r["seconds"] for r in records),
@@ -431,6 +479,11 @@ def protocol(settings: dict) -> str:
         text += (
             f"; SC block length {settings['sc_block_length']}, temperature {settings['sc_temperature']:g}, "
             f"{settings['sc_samples']} samples"
+        )
+    if "imh" in settings["methods"]:
+        text += (
+            f"; IMH (this project's reconstruction) alpha {settings['imh_alpha']:g}, {settings['imh_proposals']} "
+            f"proposals, {settings['imh_samples']} samples, one block, one token a step"
         )
     return text
 
@@ -486,7 +539,8 @@ def controls_table(summary: dict, pct: Callable) -> list[str]:
     lines = []
     for m, curve in summary["votes"].items():
         lines.append(
-            f"{PAPER_NAMES[m]}, a vote over k random candidates (expected) -- k: accuracy / tie rate / pass@k"
+            f"{PAPER_NAMES[m]}, a vote over k random candidates (expected) -- k: accuracy / tie rate / pass@k "
+            f"({summary['methods'][m]['distinct']:.2f} distinct readable answers a question)"
         )
         cells = [
             f"{v['votes']}: {100 * v['accuracy']:.1f} / {100 * v['tie_rate']:.1f} / {100 * v['pass_at_k']:.1f}"
@@ -584,7 +638,7 @@ def _accuracy_bars(ax, summary, paper):
     errors = (
         (torch.tensor(heights) - 100 * torch.tensor([v["ci95"] for v in bars]).T).abs().tolist()
     )  # (2, bars): down, up
-    colours = [dict(hex="tab:blue", sc="tab:purple").get(m, "tab:gray") for m, _ in methods]
+    colours = [dict(hex="tab:blue", sc="tab:purple", imh="tab:green").get(m, "tab:gray") for m, _ in methods]
     colours += ["tab:cyan"] * len(summary["block_lengths"])
     ax.bar(range(len(bars)), heights, color=colours, edgecolor="black", capsize=4, yerr=errors)
     for i, h in enumerate(heights):  # the edge and the label keep a 0% bar visible
@@ -604,7 +658,11 @@ def _accuracy_bars(ax, summary, paper):
 def _votes_plot(ax, summary, paper):
     from matplotlib.ticker import MaxNLocator
 
-    styles = dict(hex=dict(color="tab:blue", linewidth=4, alpha=0.45), sc=dict(color="tab:purple", linewidth=1.5))
+    styles = dict(
+        hex=dict(color="tab:blue", linewidth=4, alpha=0.45),
+        sc=dict(color="tab:purple", linewidth=1.5),
+        imh=dict(color="tab:green", linewidth=1.5),
+    )
     for m, curve in summary["votes"].items():  # HEX broad and pale under SC: equal curves both stay visible
         votes = [v["votes"] for v in curve]
         for key, line, what in (
@@ -1283,6 +1341,9 @@ AS_GIVEN = (  # settings the files keep as the command line gave them
     "sc_block_length",
     "sc_samples",
     "sc_temperature",
+    "imh_samples",
+    "imh_alpha",
+    "imh_proposals",
     "tie_break",
     "seed",
 )
@@ -1290,7 +1351,9 @@ COMPARED = ("task", "data", "model", *AS_GIVEN, "dtype")  # a rerun must match t
 
 
 METHOD_SETTINGS = dict(
-    hex=("block_lengths", "samples_per_block", "temperature"), sc=("sc_block_length", "sc_samples", "sc_temperature")
+    hex=("block_lengths", "samples_per_block", "temperature"),
+    sc=("sc_block_length", "sc_samples", "sc_temperature"),
+    imh=("imh_samples", "imh_alpha", "imh_proposals"),
 )
 
 
@@ -1333,7 +1396,11 @@ def merged(held: Record, new: Record, settings: dict) -> Record:
     """A held record grown by a new decode's candidates, in the order of the run's candidate plan."""
     candidates = {(c["method"], c["sample"], c["block_length"]): c for c in held["candidates"] + new["candidates"]}
     order = [(m, n, s.block_length) for m, n, s in candidate_plan(settings)]
-    costs = dict(forward_calls=held["forward_calls"] + new["forward_calls"], seconds=held["seconds"] + new["seconds"])
+    costs = dict(
+        forward_calls=held["forward_calls"] + new["forward_calls"],
+        decodes=held.get("decodes", []) + new["decodes"],  # a record from before records kept them has none
+        seconds=held["seconds"] + new["seconds"],
+    )
     return held | costs | dict(candidates=[candidates[key] for key in order])
 
 
@@ -1506,10 +1573,10 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--methods",
         nargs="+",
-        default=[m for m in METHODS if m != "sc"],
+        default=[m for m in METHODS if m not in OPT_IN],
         choices=METHODS,
         metavar="METHOD",
-        help=f"any of {', '.join(METHODS)} (default: all but sc, the control, which a finished run can add)",
+        help=f"any of {', '.join(METHODS)} (default: all but {' and '.join(OPT_IN)}, which a finished run can add)",
     )
     add("--block-lengths", type=int, nargs="+", help="HEX's; default: gen_length/32 x (1 2 4 8 16)")
     add(
@@ -1522,6 +1589,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--sc-block-length", type=int, default=32, help="self-consistency's one schedule (default: %(default)s)")
     add("--sc-samples", type=int, help="default: HEX's votes (block lengths x samples): equal cost")
     add("--sc-temperature", type=float, help=f"default: --temperature if > 0, else {SC_TEMPERATURE}")
+    add("--imh-samples", type=int, default=8, help="the IMH's samples a question (default: %(default)s)")
+    add(
+        "--imh-alpha", type=float, default=2.0, help="its target p(x)^alpha; 2: temperature 0.5 (default: %(default)s)"
+    )
+    add("--imh-proposals", type=int, default=8, help="its proposals a step (default: %(default)s)")
     add(
         "--answer-rule",
         choices=RULES,
@@ -1552,7 +1624,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     names the flag (argparse's own errors exit at once with status 2)."""
     args = build_parser().parse_args(argv)
     args.methods = [m for m in METHODS if m in args.methods]
-    for name in ("limit", "batch_size", "samples_per_block", "gen_length", "steps", "sc_samples", "sc_block_length"):
+    numbers = ("limit", "batch_size", "samples_per_block", "gen_length", "steps", "sc_samples", "sc_block_length")
+    for name in (*numbers, "imh_samples", "imh_proposals"):
         if (value := getattr(args, name)) is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.block_lengths is not None and min(args.block_lengths) < 1:
@@ -1562,6 +1635,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("temperature", "sc_temperature"):
         if (value := getattr(args, name)) is not None and not 0 <= value < math.inf:
             raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+    if not 0 < args.imh_alpha < math.inf:
+        raise UsageError(f"--imh-alpha must be a finite number > 0, got {args.imh_alpha}")
     if "hex" in args.methods and args.samples_per_block > 1 and args.temperature == 0:
         raise UsageError(
             f"--samples-per-block {args.samples_per_block} at --temperature 0: temperature 0 is "
