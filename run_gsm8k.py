@@ -1108,6 +1108,19 @@ def _one_line(error, limit=300):
     return text if len(text) <= limit else text[: limit - 4].rsplit(" ", 1)[0] + " ..."
 
 
+def first_broken_line(data: bytes) -> str:
+    """ ", line N is not a JSON object" for the first such line of a JSONL file, numbered as an editor numbers
+    lines (pyarrow's own message counts rows from 0 and skips blank lines); "" when every line is one."""
+    for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
+        try:
+            if not line.strip() or isinstance(json.loads(line), dict):
+                continue
+        except ValueError:
+            pass
+        return f", line {number} is not a JSON object"
+    return ""
+
+
 def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
     """The task's rows in the dataset's own format and the data's identity (source, fingerprint, rows): a local
     JSONL or parquet file, read by pyarrow, else the split through the `datasets` library."""
@@ -1140,8 +1153,10 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
             read = pyarrow.parquet.read_table if file.suffix == ".parquet" else pyarrow.json.read_json
             rows = read(pyarrow.BufferReader(data)).to_pylist()
         except Exception as error:  # noqa: BLE001 -- a damaged or foreign file
+            where = "" if file.suffix == ".parquet" else first_broken_line(data)
             raise UsageError(
-                f"--data {path}: not a JSONL file (one JSON object per line) or a parquet file ({_one_line(error)})"
+                f"--data {path}: not a JSONL file (one JSON object per line) or a parquet file{where} "
+                f"({_one_line(error)})"
             ) from None
         source = {
             "source": str(file.resolve()),

@@ -1853,7 +1853,8 @@ def test_checkpoint_bad_arguments_give_one_message_and_no_files(checkpoint, data
 @pytest.mark.parametrize(
     "content,message",
     [
-        ('{"question": "q", "answer": "#### 1"}\n\n{not json\n', "not a JSONL file (one JSON object per line)"),
+        ('{"question": "q", "answer": "#### 1"}\n\n{not json\n', "parquet file, line 3 is not a JSON object"),
+        ('{"question": "q", "answer": "#### 1"}\n[1]\n', "line 2 is not a JSON object"),
         ('{"question": "q", "answer": "#### 1"}\n{"question": "q", "answer": "no marker"}\n', "row 2: the answer"),
         ('{"problem": "q", "answer": "1"}\n', "row 1: needs string fields 'question' and 'answer'"),
         ("[1, 2]\n", "not a JSONL file (one JSON object per line) or a parquet file"),
