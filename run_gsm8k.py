@@ -1896,29 +1896,34 @@ def decode_questions(
             grow.setdefault((held.get("batch", p["id"]), missing), []).append(p)
     work += [(batch, list(missing)) for (_, missing), batch in grow.items()]
     todo = sum(len(batch) for batch, _ in work)
-    if rank == 0 and (todo < len(mine) or grow):
-        added = sorted({m for _, missing in grow for m in missing}, key=METHODS.index)
-        print(
-            f"resuming {files.output}: {len(mine) - todo} of {len(mine)} questions done, {len(fresh)} to decode"
-            + f", {todo - len(fresh)} to grow by {' '.join(added)} (only its candidates)" * bool(grow)
-        )
+    held = len(mine) - len(fresh)
+    to_grow = todo - len(fresh)
+    added = " ".join(sorted({m for _, missing in grow for m in missing}, key=METHODS.index))
+    growth = f", {to_grow} of them to grow by {added} (only its candidates)" if grow else ""
+    if rank == 0 and (held or grow):
+        print(f"resuming {files.output}: {held} of {len(mine)} questions held{growth}, {len(fresh)} to decode")
     sink = files.output.with_suffix(f".part{rank}.jsonl") if world > 1 else files.output
     if sink.is_file() and (text := sink.read_bytes()) and not text.endswith(b"\n"):
         sink.write_bytes(text[: text.rfind(b"\n") + 1])
     bar = tqdm(  # the finished questions count too
         total=len(mine), initial=len(mine) - todo, desc=task.title + f" rank {rank}" * (world > 1), disable=not todo
     )
+    decoded = grown = 0
     try:
         with sink.open("a", encoding="utf-8") as out:
             for batch, methods in work:
                 for record in decode_batch(model, tokenizer, task, batch, settings, mask_id, device, methods):
                     if record["id"] in done:
                         record = merged(done[record["id"]], record, settings)
+                        grown += 1
+                    else:
+                        decoded += 1
                     out.write(json.dumps(record) + "\n")
                     out.flush()
                     bar.update()
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(f"{bar.n} of {len(mine)} questions are saved in {sink}") from None
+        growth = f" ({grown} of the {to_grow} to grow by {added} grown)" if grow else ""
+        raise KeyboardInterrupt(f"{held + decoded} of {len(mine)} questions are saved in {sink}{growth}") from None
     finally:
         bar.close()
     if world > 1:

@@ -2806,7 +2806,8 @@ def test_checkpoint_a_run_grows_by_a_method_and_decodes_only_its_rows(checkpoint
     rows = counting_decodes(monkeypatch)
     summary = run(checkpoint, data, grown, "--methods", "hex", "sc", "--sc-block-length", "8", "--dtype", "float64")
     assert rows == [(2, 8, 0.7)] * 6 * 2, "two batches of two questions: SC's six samples, nothing of HEX"
-    assert "to grow by sc (only its candidates)" in capsys.readouterr().out
+    resuming = f"resuming {grown}: 4 of 4 questions held, 4 of them to grow by sc (only its candidates), 0 to decode"
+    assert resuming in capsys.readouterr().out
     assert "HEX - SC" in summary["paired"]
     run(checkpoint, data, together, "--methods", "hex", "sc", "--sc-block-length", "8", "--dtype", "float64")
     rows.clear()
@@ -2875,6 +2876,30 @@ def test_checkpoint_bad_imh_settings_are_one_line_and_leave_nothing(
     err = one_line_error(capsys, run_args(checkpoint, data, tmp_path / "o.jsonl", "--methods", "imh", *extra))
     assert message in err
     assert files(tmp_path) == ["gsm8k.jsonl"]
+
+
+def test_checkpoint_growth_stopped_midway_says_every_question_is_saved(
+    checkpoint, data, tmp_path, capsys, monkeypatch
+):
+    output = tmp_path / "o.jsonl"
+    run(checkpoint, data, output, "--methods", "hex")
+    capsys.readouterr()
+    real = R.decode_batch
+    calls = []
+
+    def stopped_after_one_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(R, "decode_batch", stopped_after_one_batch)
+    with pytest.raises(SystemExit) as stop:
+        run(checkpoint, data, output, "--methods", "hex", "sc", "--sc-block-length", "8")
+    err = capsys.readouterr().err
+    assert stop.value.code == 130
+    assert f"4 of 4 questions are saved in {output} (2 of the 4 to grow by sc grown)" in err
+    assert sum("sc" in R.methods_of(r) for r in R.RunFiles(output).records().values()) == 2
 
 
 def test_unreachable_hub_is_one_line_within_seconds(tmp_path):
