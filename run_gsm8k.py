@@ -497,7 +497,7 @@ def summary_table(summary: dict) -> str:
     settings = summary["settings"]
     lines = [
         f"{TASKS[summary['task']].title}, {summary['questions']} question{'s' * (summary['questions'] > 1)}; "
-        f"{protocol(settings)}",
+        f"{protocol(settings | dict(methods=list(summary['methods'])))}",  # the methods shown
         f"answers read by the {summary['answer_rule']} rule ({summary['other_rule']} rule beside); every interval "
         "is 95% over questions",
         f"{'method':<30}{'accuracy':>9}  {'95% interval':<18}{summary['other_rule']:>9}{'tie rate':>10}{'oracle':>9}"

@@ -5,6 +5,7 @@ import inspect
 import math
 import os
 import re
+import shlex
 from collections import Counter
 from pathlib import Path
 
@@ -2824,6 +2825,7 @@ def test_checkpoint_a_run_grows_by_a_method_and_decodes_only_its_rows(checkpoint
     run(checkpoint, data, grown, "--methods", "hex", "--dtype", "float64")
     out = capsys.readouterr().out
     assert "Self-consistency" not in out and "HEX - SC" not in out, "asked for HEX: nothing of SC"
+    assert "SC block length" not in out, "nor its settings in the header"
 
 
 def test_checkpoint_a_finished_run_grows_by_the_imh_without_touching_other_candidates(
@@ -2948,10 +2950,11 @@ _mark_by_what_each_test_needs()
 
 
 def offline_demo(folder: Path = HERE / "results" / "offline-demo") -> None:
-    """`python test_hex.py`: run_gsm8k.py end to end, offline, in about a minute: a tiny LLaDA-format checkpoint
-    and six GSM8K-format questions written to `folder`, a run of every method (SC too), its summary and PNG.
-    The model is a labelled stand-in, not a result: it boxes the last digit of the question as its answer, so
-    it is right on the three questions whose answer that is, and the summary shows answers read and scored."""
+    """`python test_hex.py`: run_gsm8k.py end to end, offline, in about ten seconds: a tiny LLaDA-format checkpoint
+    and six GSM8K-format questions written to `folder`, a run of every method (SC and the IMH too), its summary and
+    PNG. The model is a labelled stand-in, not a result: it boxes the last digit of the question as its answer, so
+    it is right on the three questions whose answer that is, and the summary shows answers read and scored. It
+    prints the command it runs, to rerun and vary (a --gen-length needs block lengths that divide it)."""
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = write_checkpoint(folder / "tiny-llada-stand-in", stand_in=True)
     questions = [
@@ -2964,33 +2967,14 @@ def offline_demo(folder: Path = HERE / "results" / "offline-demo") -> None:
     ]
     data = write_rows(folder / "gsm8k.jsonl", [{"question": q, "answer": f"#### {a}"} for q, a in questions])
     print(f"Offline demo in {folder}: a tiny stand-in model that boxes the question's last digit (not a result)")
-    R.main(
-        [
-            "--model",
-            str(checkpoint),
-            "--data",
-            str(data),
-            "--output",
-            str(folder / "run.jsonl"),
-            "--no-resume",
-            "--gen-length",
-            "32",
-            "--steps",
-            "16",
-            "--block-lengths",
-            "4",
-            "8",
-            "16",
-            "--sc-block-length",
-            "8",
-            "--methods",
-            *R.METHODS,
-            "--samples-per-block",
-            "2",
-            "--temperature",
-            "0.7",
-        ]
-    )
+    argv = [
+        *("--model", str(checkpoint), "--data", str(data), "--output", str(folder / "run.jsonl"), "--no-resume"),
+        *("--gen-length", "32", "--steps", "16", "--block-lengths", "4", "8", "16", "--sc-block-length", "8"),
+        *("--methods", *R.METHODS, "--samples-per-block", "2", "--temperature", "0.7"),
+        *("--imh-samples", "4", "--imh-proposals", "2"),
+    ]
+    print(f"the command: {shlex.join(['python', 'run_gsm8k.py', *argv])}")
+    R.main(argv)
 
 
 if __name__ == "__main__":
