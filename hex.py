@@ -599,7 +599,8 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = p + z * z / (2 * n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     denominator = 1 + z * z / n
-    return max(0.0, (centre - half) / denominator), min(1.0, (centre + half) / denominator)
+    low, high = (centre - half) / denominator, (centre + half) / denominator
+    return max(0.0, min(p, low)), min(1.0, max(p, high))  # min, max: rounding never puts p outside at 0 or n
 
 
 def paired_difference(first: Sequence[bool], second: Sequence[bool], z: float = 1.96) -> dict:

@@ -750,6 +750,8 @@ def test_wilson_over_questions_keeps_its_width_at_the_ends():
     assert high == 1.0 and 0.5 < low < 0.7  # 6/6 right: 61% to 100%
     assert H.wilson(0, 6)[0] == 0.0
     assert all(0.0 <= x <= 1.0 for n in (1, 2, 7) for k in range(n + 1) for x in H.wilson(k, n))
+    for n in range(1, 400):  # all right or none: the interval holds the share itself despite rounding
+        assert H.wilson(n, n)[1] == 1.0 and H.wilson(0, n)[0] == 0.0 and H.wilson(n, n)[0] < 1.0
 
 
 def test_cross_fitting_does_not_flatter_a_lucky_expert():
