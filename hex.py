@@ -99,6 +99,7 @@ def x0_and_confidence(
     logits: torch.Tensor,
     rows: torch.Tensor,
     cols: torch.Tensor,
+    *,
     remasking: str,
     temperature: float,
     mask_id: int,
@@ -108,7 +109,8 @@ def x0_and_confidence(
     Gumbel-max sample of softmax(logits / temperature), never the mask token; and its confidence by
     `remasking`: "low_confidence" (the paper's Top-K) p(x0) under the untempered softmax, "topk_margin"
     p(top-1) - p(top-2), "random" uniform noise. Float64 as the authors, a chunk of positions at a time."""
-    out = []
+    x0s = []
+    confidences = []
     n = max(1, CHUNK_ELEMENTS // logits.shape[-1])  # positions per chunk
     for r, c in zip(rows.split(n), cols.split(n)):
         chunk = logits[r, c].double()  # (n, V)
@@ -122,10 +124,12 @@ def x0_and_confidence(
             conf = torch.rand(len(x0), generator=generator, device=chunk.device, dtype=torch.float64)
         elif remasking == "low_confidence":
             conf = chunk.softmax(-1).gather(-1, x0[:, None]).squeeze(-1)
-        else:  # topk_margin: p(top-1) - p(top-2)
-            conf = -chunk.softmax(-1).topk(2, dim=-1).values.diff(dim=-1).squeeze(-1)
-        out.append((x0, conf))
-    return tuple(torch.cat(parts) for parts in zip(*out))
+        else:  # topk_margin
+            top = chunk.softmax(-1).topk(2, dim=-1).values  # (n, 2)
+            conf = top[:, 0] - top[:, 1]  # p(top-1) - p(top-2)
+        x0s.append(x0)
+        confidences.append(conf)
+    return torch.cat(x0s), torch.cat(confidences)
 
 
 def most_confident(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -231,8 +235,10 @@ def _denoise(model, x, attention_mask, schedules, generators, gen_length, steps,
     R = x.shape[0]
     P = x.shape[1] - gen_length
     plans = [semi_ar_plan(s.block_length, gen_length, steps) for s in schedules]
-    open_index, k = (torch.tensor(list(p), device=x.device) for p in zip(*plans))  # (R, steps) each
-    block = (torch.arange(gen_length) // torch.tensor([[s.block_length] for s in schedules])).to(x.device)  # (R, G)
+    open_index = torch.tensor([blocks for blocks, _ in plans], device=x.device)  # (R, steps): each step's open block
+    k = torch.tensor([counts for _, counts in plans], device=x.device)  # (R, steps): tokens each step commits
+    block_lengths = torch.tensor([s.block_length for s in schedules], device=x.device)
+    block = torch.arange(gen_length, device=x.device) // block_lengths[:, None]  # (R, G): each position's block
     groups = {}  # rows scored together: by rule, temperature and the stream they draw from
     for r, (s, g) in enumerate(zip(schedules, generators)):  # (so a schedule with its own stream draws as alone)
         groups.setdefault((s.remasking, s.temperature, g), []).append(r)
@@ -250,7 +256,15 @@ def _denoise(model, x, attention_mask, schedules, generators, gen_length, steps,
         prediction = answer.clone()
         for (remasking, temperature, generator), group in groups.items():
             r, cols = candidate[group].nonzero(as_tuple=True)
-            x0, conf = x0_and_confidence(logits, group[r], cols + P, remasking, temperature, mask_id, generator)
+            x0, conf = x0_and_confidence(
+                logits,
+                group[r],
+                cols + P,
+                remasking=remasking,
+                temperature=temperature,
+                mask_id=mask_id,
+                generator=generator,
+            )
             confidence[group[r], cols] = conf
             prediction[group[r], cols] = x0
         del logits  # never hold two steps' logits at once
@@ -378,6 +392,16 @@ def imh_chain(log_z: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return state
 
 
+def confident_position(logits: torch.Tensor, candidates: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """(R,) each row's most confident candidate position by LLaDA's rule, p(x0) at temperature 0, the first of
+    equal ones: answer logits (R, G, V) and candidates (R, G), at least one a row."""
+    r, c = candidates.nonzero(as_tuple=True)
+    _, conf = x0_and_confidence(logits, r, c, remasking="low_confidence", temperature=0.0, mask_id=mask_id)
+    confidence = torch.full(candidates.shape, -math.inf, dtype=torch.float64, device=logits.device)
+    confidence[r, c] = conf
+    return confidence.argmax(-1)
+
+
 @torch.no_grad()
 def imh_generate(
     model: Callable,
@@ -418,10 +442,7 @@ def imh_generate(
     commit_step = torch.full((len(x), gen_length), -1, dtype=torch.long, device=x.device)
     for t in range(gen_length):
         answer = x[:, P:]  # (R, G) view
-        r, c = ((answer == mask_id) & (block == t // block_length)).nonzero(as_tuple=True)
-        confidence = torch.full(answer.shape, -math.inf, dtype=torch.float64, device=x.device)
-        confidence[r, c] = x0_and_confidence(logits, r, c, "low_confidence", 0.0, mask_id)[1]
-        position = confidence.argmax(-1)  # (R,): the first of equal confidences
+        position = confident_position(logits, (answer == mask_id) & (block == t // block_length), mask_id)  # (R,)
         q = tempered_log_probs(logits[rows, position], alpha, mask_id).exp()  # (R, V)
         tokens = torch.multinomial(q, K, replacement=True, generator=generator)  # (R, K)
         proposed = x.repeat_interleave(K, dim=0)  # (R * K, P + G): x with each proposal committed
@@ -914,9 +935,9 @@ def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS, question
     model = miniature_weights(seed, visible_length, prompts, steps)
     start = time.perf_counter()
     schedules = [schedule for _, schedule in MINI_METHODS]
-    outs = [  # 50 prompts at a time: a CPU's caches hold the batch
+    outs = [  # 8 prompts x 6 methods = 48 rows a call: a CPU's caches hold them (44k tokens/s, 26k at 300 rows)
         decode(model, chunk, schedules=schedules, gen_length=64, steps=32, mask_id=MINI_MASK)
-        for chunk in prompts.split(50)
+        for chunk in prompts.split(8)
     ]
     answers = torch.cat([out.sequences[..., -64:] for out in outs])  # (N, K, 64)
     commit_steps = torch.cat([out.commit_steps for out in outs])
@@ -941,12 +962,11 @@ def pass_at_k(n: int, right: int, k: int) -> float:
     return 1 - math.comb(n - right, k) / math.comb(n, k)
 
 
-def dilemma_decodes(model, prompts: torch.Tensor, samples: int, proposals: int, seed: int) -> dict:
+def dilemma_decodes(model, prompts: torch.Tensor, samples: int, proposals: int, stream: torch.Generator) -> dict:
     """Each method's answers (N, n, 64), one token committed per step (the paper's setup), one block: greedy
     confidence (its n samples are one decode), confidence and random order at the paper's local temperature 0.5,
     HEX's five experts at temperature 0 as a set of candidates, and the IMH at alpha 2 = 1 / 0.5."""
     canvas = dict(gen_length=64, mask_id=MINI_MASK)
-    stream = torch.Generator().manual_seed(seed)
     schedules = {
         "confidence, greedy": [Schedule(64)],
         "confidence, temperature 0.5": [Schedule(64, temperature=0.5)] * samples,
@@ -988,7 +1008,11 @@ def dilemma(seed: int, questions: int = 64, samples: int = 8, proposals: int = 4
     model = miniature_weights(seed, False, prompts)
     prompts, lengths = prompts[:questions], lengths[:questions]
     start = time.perf_counter()
-    decodes = dilemma_decodes(model, prompts, samples, proposals, seed)
+    stream = torch.Generator().manual_seed(seed)
+    chunks = [  # 2 prompts at a time: the IMH's 2 x samples x proposals rows a call, the size a CPU runs fastest
+        dilemma_decodes(model, chunk, samples, proposals, stream) for chunk in prompts.split(2)
+    ]
+    decodes = {label: torch.cat([chunk[label] for chunk in chunks]) for label in chunks[0]}
     rows = {label: dilemma_row(chain_answer(answers[..., -64:]), lengths) for label, answers in decodes.items()}
     print(f"   {questions} held-out prompts, {samples} samples each, decoded in {time.perf_counter() - start:.0f} s")
     columns = [f"pass@{k}" for k in DILEMMA_K] + ["vote"]
