@@ -963,7 +963,7 @@ def pass_at_k(n: int, right: int, k: int) -> float:
 
 
 def dilemma_decodes(model, prompts: torch.Tensor, samples: int, proposals: int, stream: torch.Generator) -> dict:
-    """Each method's answers (N, n, 64), one token committed per step (the paper's setup), one block: greedy
+    """Each method's sequences (N, n, 14 + 64), one token committed per step (the paper's setup), one block: greedy
     confidence (its n samples are one decode), confidence and random order at the paper's local temperature 0.5,
     HEX's five experts at temperature 0 as a set of candidates, and the IMH at alpha 2 = 1 / 0.5."""
     canvas = dict(gen_length=64, mask_id=MINI_MASK)

@@ -167,33 +167,7 @@ def decode_batch(
         for m in methods
     }
     plan = [(m, n, s) for m, n, s in candidate_plan(settings) if m in methods]
-    lockstep = [(m, n, s) for m, n, s in plan if m != "imh"]
-    runs = {}  # the decodes of the batch, by the methods each decodes
-    if lockstep:
-        runs[tuple(dict.fromkeys(m for m, _, _ in lockstep))] = functools.partial(
-            decode,
-            model,
-            ids,
-            attention,
-            schedules=[s for _, _, s in lockstep],
-            gen_length=settings["gen_length"],
-            steps=settings["steps"],
-            mask_id=mask_id,
-            generator=[streams[m] for m, _, _ in lockstep],
-        )
-    if "imh" in methods:
-        runs["imh",] = functools.partial(
-            imh_generate,
-            model,
-            ids,
-            attention,
-            gen_length=settings["gen_length"],
-            alpha=settings["imh_alpha"],
-            proposals=settings["imh_proposals"],
-            samples=settings["imh_samples"],
-            mask_id=mask_id,
-            generator=streams["imh"],
-        )
+    runs = planned_decodes(model, ids, attention, plan, settings, mask_id, streams)
     start = time.perf_counter()
     outs = []
     decodes = []  # each decode's cost
@@ -215,6 +189,39 @@ def decode_batch(
     )
     out = HexOutput(sequences, scores, commit_steps, [s for _, _, s in plan])
     return records_of(tokenizer, task, batch, plan, out, cost)
+
+
+def planned_decodes(model, ids, attention, plan: list, settings: dict, mask_id: int, streams: dict) -> dict:
+    """The decodes of a batch, each a call by the methods it decodes: every candidate of the plan but the IMH's in
+    one lockstep `decode`, the IMH's samples in `imh_generate`."""
+    lockstep = [(m, n, s) for m, n, s in plan if m != "imh"]
+    runs = {}
+    if lockstep:
+        runs[tuple(dict.fromkeys(m for m, _, _ in lockstep))] = functools.partial(
+            decode,
+            model,
+            ids,
+            attention,
+            schedules=[s for _, _, s in lockstep],
+            gen_length=settings["gen_length"],
+            steps=settings["steps"],
+            mask_id=mask_id,
+            generator=[streams[m] for m, _, _ in lockstep],
+        )
+    if any(m == "imh" for m, _, _ in plan):
+        runs["imh",] = functools.partial(
+            imh_generate,
+            model,
+            ids,
+            attention,
+            gen_length=settings["gen_length"],
+            alpha=settings["imh_alpha"],
+            proposals=settings["imh_proposals"],
+            samples=settings["imh_samples"],
+            mask_id=mask_id,
+            generator=streams["imh"],
+        )
+    return runs
 
 
 def counted_calls(model: nn.Module, run: Callable[[], Any]) -> tuple[Any, list[int]]:
@@ -1568,6 +1575,26 @@ class RunFiles:
 # 10. The command line ----------------------------------------------------------------------------------------------
 
 
+def add_method_settings(add: Callable) -> None:
+    """HEX's, self-consistency's and the IMH's flags (METHOD_SETTINGS), each read only when its method runs."""
+    add("--block-lengths", type=int, nargs="+", help="HEX's; default: gen_length/32 x (1 2 4 8 16)")
+    add(
+        "--samples-per-block",
+        type=int,
+        default=1,
+        help="HEX samples per block length (needs --temperature > 0) (default: %(default)s)",
+    )
+    add("--temperature", type=float, default=0.0, help="HEX's sampling temperature (default: %(default)s)")
+    add("--sc-block-length", type=int, default=32, help="self-consistency's one schedule (default: %(default)s)")
+    add("--sc-samples", type=int, help="default: HEX's votes (block lengths x samples): equal cost")
+    add("--sc-temperature", type=float, help=f"default: --temperature if > 0, else {SC_TEMPERATURE}")
+    add("--imh-samples", type=int, default=8, help="the IMH's samples a question (default: %(default)s)")
+    add(
+        "--imh-alpha", type=float, default=2.0, help="its target p(x)^alpha; 2: temperature 0.5 (default: %(default)s)"
+    )
+    add("--imh-proposals", type=int, default=8, help="its proposals a step (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
@@ -1593,22 +1620,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD",
         help=f"any of {', '.join(METHODS)} (default: all but {' and '.join(OPT_IN)}, which a finished run can add)",
     )
-    add("--block-lengths", type=int, nargs="+", help="HEX's; default: gen_length/32 x (1 2 4 8 16)")
-    add(
-        "--samples-per-block",
-        type=int,
-        default=1,
-        help="HEX samples per block length (needs --temperature > 0) (default: %(default)s)",
-    )
-    add("--temperature", type=float, default=0.0, help="HEX's sampling temperature (default: %(default)s)")
-    add("--sc-block-length", type=int, default=32, help="self-consistency's one schedule (default: %(default)s)")
-    add("--sc-samples", type=int, help="default: HEX's votes (block lengths x samples): equal cost")
-    add("--sc-temperature", type=float, help=f"default: --temperature if > 0, else {SC_TEMPERATURE}")
-    add("--imh-samples", type=int, default=8, help="the IMH's samples a question (default: %(default)s)")
-    add(
-        "--imh-alpha", type=float, default=2.0, help="its target p(x)^alpha; 2: temperature 0.5 (default: %(default)s)"
-    )
-    add("--imh-proposals", type=int, default=8, help="its proposals a step (default: %(default)s)")
+    add_method_settings(parser.add_argument_group("the methods' own settings").add_argument)
     add(
         "--answer-rule",
         choices=RULES,
@@ -1864,6 +1876,25 @@ def on_rank0(fn: Callable[[], Any], world: int, rank: int) -> Any:
     return result[0][1]
 
 
+def growth_batches(mine: list[dict], done: dict[int, Record], settings: dict) -> dict[tuple, list[dict]]:
+    """The held questions that lack a method the run has grown by, grouped by (their batch's first question, the
+    methods they lack): each group grows in the batch it was first decoded in, with the same streams."""
+    grow = {}
+    for p in mine:
+        held = done.get(p["id"])
+        missing = tuple(m for m in settings["methods"] if held and m not in methods_of(held))
+        if missing:  # a record from before records named their batch grows alone
+            grow.setdefault((held.get("batch", p["id"]), missing), []).append(p)
+    return grow
+
+
+def cut_torn_line(path: Path) -> None:
+    """Cut a last line without its newline: what an interrupted write leaves."""
+    text = path.read_bytes() if path.is_file() else b""
+    if text and not text.endswith(b"\n"):
+        path.write_bytes(text[: text.rfind(b"\n") + 1])
+
+
 def decode_questions(
     model,
     tokenizer,
@@ -1888,12 +1919,7 @@ def decode_questions(
     fresh = [p for p in mine if p["id"] not in done]
     size = settings["batch_size"]
     work = [(fresh[i : i + size], settings["methods"]) for i in range(0, len(fresh), size)]
-    grow = {}  # (its batch's first question, the methods it lacks): the questions to grow together
-    for p in mine:
-        held = done.get(p["id"])
-        missing = tuple(m for m in settings["methods"] if held and m not in methods_of(held))
-        if missing:  # a record from before records named their batch grows alone
-            grow.setdefault((held.get("batch", p["id"]), missing), []).append(p)
+    grow = growth_batches(mine, done, settings)
     work += [(batch, list(missing)) for (_, missing), batch in grow.items()]
     todo = sum(len(batch) for batch, _ in work)
     held = len(mine) - len(fresh)
@@ -1903,11 +1929,9 @@ def decode_questions(
     if rank == 0 and (held or grow):
         print(f"resuming {files.output}: {held} of {len(mine)} questions held{growth}, {len(fresh)} to decode")
     sink = files.output.with_suffix(f".part{rank}.jsonl") if world > 1 else files.output
-    if sink.is_file() and (text := sink.read_bytes()) and not text.endswith(b"\n"):
-        sink.write_bytes(text[: text.rfind(b"\n") + 1])
-    bar = tqdm(  # the finished questions count too
-        total=len(mine), initial=len(mine) - todo, desc=task.title + f" rank {rank}" * (world > 1), disable=not todo
-    )
+    cut_torn_line(sink)
+    desc = task.title if world == 1 else f"{task.title} rank {rank}"
+    bar = tqdm(total=len(mine), initial=len(mine) - todo, desc=desc, disable=not todo)  # the finished count too
     decoded = grown = 0
     try:
         with sink.open("a", encoding="utf-8") as out:
