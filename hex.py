@@ -907,9 +907,14 @@ def miniature_picture(figures: dict, answers: torch.Tensor, commit_steps: torch.
     return figure
 
 
+def miniature_name(seed: int, visible_length: bool) -> str:
+    """The stem of a run's files in MINI_CACHE: its weights, checkpoint and picture."""
+    return f"seed{seed}-visible" if visible_length else f"seed{seed}"
+
+
 def miniature_weights(seed: int, visible_length: bool, held_out: torch.Tensor, steps: int = MINI_STEPS):
     """A seed's trained miniature: its cached weights, or a training (resumed from its checkpoint) that caches them."""
-    name = f"seed{seed}-visible" if visible_length else f"seed{seed}"
+    name = miniature_name(seed, visible_length)
     weights = MINI_CACHE / f"{name}.pt"
     if weights.exists():
         model = miniature_model(seed)
@@ -945,7 +950,7 @@ def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS, question
     print(f"   {len(prompts)} held-out prompts, gen_length 64, steps 32, temperature 0, decoded in ", end="")
     print(f"{time.perf_counter() - start:.0f} s\n{miniature_table(figures)}")
     example = int((lengths > 8).long().argmax())  # the first held-out prompt with a long chain
-    picture = MINI_CACHE / (f"seed{seed}-visible.png" if visible_length else f"seed{seed}.png")
+    picture = MINI_CACHE / f"{miniature_name(seed, visible_length)}.png"
     if miniature_picture(figures, answers[example], commit_steps[example], picture) is not None:
         print(f"   the picture: {picture} (its lower panel: held-out prompt {example}, k = {lengths[example]})")
     return figures
