@@ -133,8 +133,10 @@ def candidate_plan(settings: dict) -> list[tuple[str, int, Schedule]]:
         if "sc" in methods
     ]
     plan += [(m, 0, Schedule(settings["gen_length"], m)) for m in methods if m in BASELINES]
-    imh = Schedule(settings["gen_length"], "low_confidence", 1 / settings.get("imh_alpha", 1))  # as imh_generate's
-    return plan + [("imh", s, imh) for s in range(settings.get("imh_samples", 0)) if "imh" in methods]
+    if "imh" in methods:  # one block, local temperature 1 / alpha: what a Schedule can say of imh_generate's
+        imh = Schedule(settings["gen_length"], "low_confidence", 1 / settings["imh_alpha"])
+        plan += [("imh", s, imh) for s in range(settings["imh_samples"])]
+    return plan
 
 
 def left_pad(prompts: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor | None]:
