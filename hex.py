@@ -45,6 +45,16 @@ def _integer(name, value, minimum=1):
     return operator.index(value)
 
 
+def _real(name, value, positive=False):
+    """value as a finite float >= 0 (> 0 if positive), or a TypeError/ValueError that names the argument."""
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}={value!r} must be a real number {bound}")
+    if not (0 < value < math.inf or value == 0 and not positive):
+        raise ValueError(f"{name}={value!r} must be a finite number {bound}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How one candidate is decoded. HEX's experts are Schedule(b), b in 8..128 (the block length is the hidden
@@ -58,11 +68,7 @@ class Schedule:
         object.__setattr__(self, "block_length", _integer("block_length", self.block_length))
         if self.remasking not in REMASKING:
             raise ValueError(f"remasking={self.remasking!r} must be one of {REMASKING}")
-        if not isinstance(self.temperature, numbers.Real) or isinstance(self.temperature, bool):
-            raise TypeError(f"temperature={self.temperature!r} must be a real number >= 0")
-        if not 0 <= self.temperature < math.inf:
-            raise ValueError(f"temperature={self.temperature!r} must be a finite number >= 0")
-        object.__setattr__(self, "temperature", float(self.temperature))
+        object.__setattr__(self, "temperature", _real("temperature", self.temperature))
 
 
 def steps_per_block(gen_length: int, steps: int, block_length: int) -> int:
@@ -426,10 +432,7 @@ def imh_generate(
     gen_length, _, mask_id, _, _ = _check_args(
         model, input_ids, attention_mask, gen_length, gen_length, mask_id, [Schedule(block_length)], generator
     )
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(f"alpha={alpha!r} must be a real number > 0")
-    if not 0 < alpha < math.inf:
-        raise ValueError(f"alpha={alpha!r} must be a finite number > 0 (1: plain sampling; 2: temperature 0.5)")
+    alpha = _real("alpha", alpha, positive=True)
     K = _integer("proposals", proposals)
     S = _integer("samples", samples)
     P = input_ids.shape[1]

@@ -8,15 +8,17 @@
     python run_gsm8k.py --output results/RUN.jsonl --rescore                       # re-read answers, no model
 
 The authors' protocol (their HEX/eval code, built on d1): zero-shot, each task's system prompt and
-`<reasoning>` prefix, gen_length 256, steps 128, block lengths 8..128. A question's path, and this file's order:
+`<reasoning>` prefix, gen_length 256, steps 128, block lengths 8..128. A question's path:
 
     question -> prompt -> one lockstep decode of every method (`steps` forward calls) -> a record per question,
     appended to the JSONL at once -> each method's vote -> verdicts by the authors' rule and a robust one ->
     summary, the readers' controls and the figure, all recomputed from the records alone
 
-1. records and decoding; 2. the vote and the verdicts; 3. the summary and the controls; 4. the figure; then
-what they stand on: 5. the authors' prompts and answer rules; 6. robust rules; 7. tasks and data; 8. model
-families; 9. run files (resuming, one writer, growing by a method); 10. the command line; 11. main.
+Part one is the evaluation, which touches no file, rank or flag: 1. a task; 2. the authors' prompts and answer
+rules; 3. robust rules; 4. the four tasks; 5. a batch of questions to records (`decode_batch`, `records_of`);
+6. the vote and the verdicts; 7. records to a summary (`summarize`) and its tables. Part two is the harness that
+calls only those: 8. data files; 9. model families; 10. the figure; 11. run files (resuming, one writer, growing
+by a method); 12. the command line; 13. main.
 """
 
 from __future__ import annotations
@@ -85,7 +87,399 @@ class UsageError(Exception):
     """A mistake in the command or its inputs: reported as one line on stderr, never a traceback."""
 
 
-# 1. A question's records: every method decoded in one lockstep batch -----------------------------------------------
+# Part one, the evaluation: tasks, a batch of questions to records, records to a summary ==============================
+
+
+# 1. A task: a prompt and a scoring rule over a row (simple-evals' shape) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """One benchmark: where its rows come from, how a row becomes a prompt and a reference, and each answer
+    rule's extractor and comparator (`extract[rule](text)`, `equal[rule](answer, gold)`)."""
+
+    title: str
+    hub: tuple[str, str | None, str]  # datasets.load_dataset(path, config, split=split)
+    fields: str  # the row format, for messages
+    system_prompt: str
+    question: Callable[[dict], str]
+    gold: dict[str, Callable[[dict], Any]]
+    extract: dict[str, Callable[[str], Any]]
+    equal: dict[str, Callable[[Any, Any], bool]]
+    order: Callable[[int], Sequence[int]] = range  # the authors' row order, when not the file's
+
+    def build_prompt(self, tokenizer, row: dict) -> list[int]:
+        """The authors' prompt: the task's system text, a blank line and the question as one user turn, in the
+        chat template with the generation prompt, then `<reasoning>`. The template writes the BOS token."""
+        chat = [{"role": "user", "content": self.system_prompt + "\n\n" + self.question(row)}]
+        text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + "<reasoning>"
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    def parse_gold(self, row: dict, rule: str = "authors") -> Any:
+        """A row's reference answer as `rule` compares it."""
+        return self.gold[_rule(rule)](row)
+
+    def extract_answer(self, text: str, rule: str = "authors") -> Any:
+        """The answer a decoded text gives under `rule` ("authors": their parser, quirks included; "robust": this
+        project's reading); None when nothing can be read."""
+        return self.extract[_rule(rule)](text)
+
+    def is_correct(self, answer: Any, gold: Any, rule: str = "authors") -> bool:
+        """Whether an extracted (or voted) answer matches the reference under `rule`."""
+        return bool(self.equal[_rule(rule)](answer, gold))
+
+
+def _rule(rule):
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r} must be one of {', '.join(RULES)}")
+    return rule
+
+
+# 2. The authors' prompts and answer rules (verbatim from their code, quirks annotated) -------------------------------
+
+FORMAT = (
+    "Respond in the following format:\n"
+    "<reasoning>\nYour reasoning here\n</reasoning>\n<answer>\n\\boxed{...}\n</answer>"
+)
+MATH_EXPERT = "You are a math expert. You will be given a question to solve. Solve it step by step. "
+GSM8K_PROMPT = MATH_EXPERT + "Wrap the final answer in a \\boxed{}. \n" + FORMAT  # note the space after "\boxed{}."
+MATH500_PROMPT = MATH_EXPERT + "Wrap the final answer in a \\boxed{}.\n" + FORMAT + '" \n'
+# MATH500's quirks: no space after "\boxed{}.", and a stray `" ` line after </answer>
+CHOICE_INSTRUCTIONS = """Think step by step, but output only ONE final choice.
+Wrap ONLY the final choice letter in a \\boxed{}.
+
+Respond in the following format:
+<reasoning>
+Your reasoning here
+</reasoning>
+<answer>
+\\boxed{...}
+</answer>"""  # the part HEX's ARC-C and TruthfulQA prompts share, after their first line
+ARC_C_PROMPT = (
+    "You are a science and reasoning expert. You will be given a multiple-choice question with "
+    "options labeled A, B, C, D (and sometimes E).\n" + CHOICE_INSTRUCTIONS
+)
+TRUTHFULQA_PROMPT = (
+    "You are a careful, factual reasoning assistant. You will be given a multiple-choice "
+    "question with options labeled A, B, C, D.\n" + CHOICE_INSTRUCTIONS
+)
+
+
+def multiple_choice(stem: str, labels: list, texts: list) -> str:
+    """The authors' multiple-choice question: stem, the labelled options, and the instruction."""
+    options = "\n".join(f"{str(label).strip()}. {str(text).strip()}" for label, text in zip(labels, texts))
+    return f"{str(stem).strip()}\n\nOptions:\n{options}\n\nChoose ONE letter."
+
+
+def _finite(x):
+    return x if math.isfinite(x) else None
+
+
+def _answer_tag(text):
+    return match.group(1) if (match := ANSWER_TAG.search(text)) else None
+
+
+def gsm8k_answer_authors(text: str) -> float | None:
+    """The authors' GSM8K rule: the first non-empty `\\boxed{...}` (non-greedy: `\\boxed{1,000}` reads 1.0)
+    as a float, else its first number; failing that, `<answer>` as a float, else its last number."""
+    for content in (c.strip() for c in re.findall(r"\\boxed{(.*?)}", text)):
+        if content and not re.fullmatch(r"\.+", content):
+            try:
+                return _finite(float(content))
+            except ValueError:
+                if numbers := re.findall(r"-?\d+\.?\d*", content):
+                    return _finite(float(numbers[0]))
+    if inner := (_answer_tag(text) or "").strip():
+        try:
+            return _finite(float(inner))
+        except ValueError:
+            return _finite(float(numbers[-1])) if (numbers := re.findall(r"-?\d+\.?\d*", inner)) else None
+    return None
+
+
+def gsm8k_gold_authors(row: dict) -> float | None:
+    """d1's GSM8K reference: digits and commas after `####`; no minus sign, so a negative reference is None."""
+    match = re.search(r"####\s*\$?([\d,]+(?:\.\d+)?)", row["answer"])
+    return float(match.group(1).replace(",", "")) if match else None
+
+
+def last_box_authors(text: str) -> str | None:
+    """d1's `remove_boxed(last_boxed_only_string(text))`: a `\\boxed ` form reads to the next `$`; else the last
+    `\\boxed`'s brace-balanced group without its wrapper (a `\\fbox{...}`, only when no `\\boxed` exists, keeps
+    its); no box gives the whole text; an unclosed box None."""
+    if "\\boxed " in text:
+        return text.split("\\boxed ")[-1].split("$")[0]
+    if (start := text.rfind("\\boxed") if "\\boxed" in text else text.rfind("\\fbox")) < 0:
+        return text
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if text[i] == "}" and depth == 0:
+            box = text[start : i + 1]
+            return box[len("\\boxed{") : -1] if box.startswith("\\boxed{") else box
+    return None
+
+
+def boxed_answer_authors(text: str) -> str | None:
+    """The authors' `parse_math_answers` (MATH500, ARC-C, TruthfulQA): the last box; when it is empty or
+    unclosed, the stripped `<answer>` text. Special tokens stay in."""
+    answer = last_box_authors(text)
+    return inner.strip() if not answer and (inner := _answer_tag(text)) is not None else answer
+
+
+def _fix_fracs(s):
+    parts = s.split("\\frac")
+    out = parts[0]
+    for part in parts[1:]:
+        if part[0] == "{":
+            out += "\\frac" + part
+        elif len(part) < 2:  # an empty part raises, as theirs does, and is_equiv falls back
+            return s
+        elif part[1] == "{":
+            out += "\\frac{" + part[0] + "}" + part[1:]
+        else:
+            out += "\\frac{" + part[0] + "}{" + part[1] + "}" + part[2:]
+    return out
+
+
+def _fix_sqrt(s):
+    parts = s.split("\\sqrt")
+    return parts[0] + "".join("\\sqrt" + (p if p[0] == "{" else "{" + p[0] + "}" + p[1:]) for p in parts[1:])
+
+
+def _fix_a_slash_b(s):
+    if len(s.split("/")) != 2:
+        return s
+    a, b = (int(x) for x in s.split("/"))  # a non-integer part raises, as theirs does
+    return f"\\frac{{{a}}}{{{b}}}" if s == f"{a}/{b}" else s
+
+
+def strip_string(s: str) -> str:
+    """Hendrycks' MATH normalisation as in the authors' code, step for step (it may raise: their is_equiv
+    then compares the raw strings)."""
+    s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\").replace("tfrac", "frac").replace("dfrac", "frac")
+    s = s.replace("\\left", "").replace("\\right", "").replace("^{\\circ}", "").replace("^\\circ", "")
+    s = s.replace("\\$", "")
+    if "\\text{ " in s:  # units on the right
+        if len(units := s.split("\\text{ ")) != 2:
+            raise ValueError("more than one unit")
+        s = units[0]
+    s = s.replace("\\%", "").replace(" .", " 0.").replace("{.", "{0.")
+    if not s:
+        return s
+    s = "0" + s if s[0] == "." else s
+    if len(s.split("=")) == 2 and len(s.split("=")[0]) <= 2:
+        s = s.split("=")[1]
+    s = _fix_fracs(_fix_sqrt(s).replace(" ", ""))
+    return _fix_a_slash_b("\\frac{1}{2}" if s == "0.5" else s)
+
+
+def is_equiv_authors(answer: Any, gold: Any) -> bool:
+    """The authors' `is_equiv(voted, gold)`: equal after strip_string, else (if that raises) raw equality."""
+    if type(answer) is float or type(gold) is float:
+        try:
+            return abs(float(answer) - float(gold)) < 1e-6
+        except (TypeError, ValueError):
+            return False
+    if answer is None or gold is None:
+        return answer is None and gold is None
+    try:
+        return strip_string(answer) == strip_string(gold)
+    except Exception:  # noqa: BLE001 -- theirs catches everything
+        return answer == gold
+
+
+# 3. Robust rules: this project's reading, beside the authors' --------------------------------------------------------
+
+
+def _numbers(text):
+    """Numbers in text, reading `1,000`, `$18`, `\\$18`, `-5`, `−5`, `.5`, `\\frac{1}{2}` and units."""
+    text = text.replace("−", "-").replace("\\$", " ").replace("$", " ").replace("\\%", " ")
+    text = re.sub(
+        r"\\d?frac\{(-?[\d.]+)\}\{([\d.]+)\}", lambda m: str(float(m[1]) / float(m[2])) if float(m[2]) else m[0], text
+    )
+    return [float(n) for n in re.findall(r"-?(?:\d+(?:\.\d+)?|\.\d+)", re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text))]
+
+
+def _boxed(text):
+    """Contents of every `\\boxed{...}` or `\\fbox{...}`, braces balanced (an unclosed box runs to the end)."""
+    contents = []
+    for start in (m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)):
+        depth = 1
+        i = start
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        contents.append(text[start : i - 1] if depth == 0 else text[start:])
+    return contents
+
+
+def _without_special_tokens(text):
+    """Drop `<|...|>` tokens (end-of-text, end-of-turn...), which the decoded text keeps as the authors keep them."""
+    return re.sub(r"<\|[^<>|]{1,64}\|>", " ", text)
+
+
+def gsm8k_answer_robust(text: str) -> float | None:
+    """The authors' order of evidence (first real `\\boxed{}`, then `<answer>`), read robustly, then a final
+    "The answer is N" (or "#### N") line."""
+    text = _without_special_tokens(text)
+    for content in _boxed(text):
+        if content.strip().strip(".") and (numbers := _numbers(content)):
+            return _finite(numbers[0])
+    if numbers := _numbers(_answer_tag(text) or ""):
+        return _finite(numbers[-1])
+    lines = re.findall(r"(?:answer is|answer:|####)\s*:?\s*([^\n]*)", text, re.IGNORECASE)
+    return _finite(numbers[0]) if lines and (numbers := _numbers(lines[-1])) else None
+
+
+def gsm8k_gold_robust(row: dict) -> float:
+    """GSM8K's reference: the number after `####`, commas removed, negatives kept."""
+    if "####" not in row["answer"]:
+        raise ValueError("the answer has no '#### N' line")
+    return float(row["answer"].rsplit("####", 1)[1].strip().replace(",", "").replace("$", ""))
+
+
+def same_answer(answer: Any, gold: Any) -> bool:
+    return answer is not None and answer == gold
+
+
+def normalize_math(s: str) -> str:
+    """A LaTeX-safe normal form for voting: `\\dfrac` and `\\frac12` as `\\frac{1}{2}`; no `\\left`/`\\right`,
+    spacing commands, degrees, `\\%`, `$`, trailing units or `x =` prefix; `\\text{}` unwrapped."""
+    s = re.sub(r"\\[dt]frac", r"\\frac", s.strip().strip("$").strip())
+    s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", re.sub(r"\\sqrt\s*(\d)", r"\\sqrt{\1}", s))
+    s = re.sub(r"\^\{?\\circ\}?|\\%|%|\\\$", "", re.sub(r"\\left(?![a-zA-Z])|\\right(?![a-zA-Z])|\\[!,;:]", "", s))
+    s = re.sub(r"(?<=\d)\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z ]+\}\s*$", "", s)
+    s = re.sub(r"^[a-zA-Z]\s*=\s*(?=\S)", "", re.sub(r"\\(?:text|mbox|mathrm|textbf)\{([^{}]*)\}", r"\1", s))
+    return re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
+
+
+def math_answer_robust(text: str) -> str | None:
+    """The last non-empty box, else the `<answer>` content; never the whole text. Normalised."""
+    text = _without_special_tokens(text)
+    if boxes := [b for b in _boxed(text) if b.strip().strip(".")]:
+        return normalize_math(boxes[-1]) or None
+    return (normalize_math(inner) or None) if (inner := _answer_tag(text)) is not None else None
+
+
+SYMBOLIC_LIMIT = 100  # characters: longer answers are compared as normal forms only
+BEYOND_REACH = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\{?\s*-?\d{3,}|\d{2,}\s*!|\d{31,}")  # towers, big powers, n!, huge n
+BASE_SUBSCRIPT = re.compile(r"(?<![\w\\])\d[0-9A-F]*_\{?(\d{1,2})\}?")  # 2516_8, 1A_{16}: another base
+
+
+@functools.lru_cache(maxsize=65536)
+def math_equal(answer: str | None, gold: str | None) -> bool:
+    """Equal normal forms, or equal mathematics by math-verify (`0.5` = `\\frac12`, `x+1` = `1+x`). The same
+    strings get the same verdict on any machine and load: math-verify's wall-clock timeouts (after which it
+    says "not equal") are off, and what it is given is bounded by form instead (SYMBOLIC_LIMIT characters, no
+    BEYOND_REACH: power towers, 3-digit exponents, n! of 2 digits, 31 digits); beyond, only equal normal
+    forms count. A number in another base (`2516_8`) equals only itself."""
+    if answer is None or gold is None:
+        return False
+    a, g = (re.sub(r"_\{(\d+)\}", r"_\1", s.replace(" ", "")) for s in (answer, gold))
+    if a == g or BASE_SUBSCRIPT.search(a) or BASE_SUBSCRIPT.search(g):
+        return a == g
+    if any(len(s) > SYMBOLIC_LIMIT or BEYOND_REACH.search(s) for s in (a, g)):
+        return False
+    from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout is disabled" notice: bounded above
+    try:
+        expected = parse(f"${gold}$", parsing_timeout=None)
+        found = parse(f"${answer}$", parsing_timeout=None)
+        return bool(expected and found and verify(expected, found, timeout_seconds=None))
+    except Exception:  # noqa: BLE001 -- an answer math-verify cannot read is simply not equal
+        return False
+
+
+def _option(s):
+    """The option label a short answer names: `B`, `(B)`, `B.`, `B) text`, `b`, `\\text{B}`, `Option B`."""
+    s = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", s).strip().strip("$*").strip()
+    s = re.sub(r"^(?:option|choice|answer)\s*:?\s*", "", s, flags=re.IGNORECASE)
+    match = re.match(r"[(\[]?([A-E1-5])[)\].:]*(?:\s|$)", s) or re.match(r"[(\[]?([a-e])[)\].:]*$", s)
+    return match.group(1).upper() if match else None
+
+
+def choice_answer_robust(text: str) -> str | None:
+    """The option in the last box naming one, else in `<answer>`, else after a final "answer is"."""
+    text = _without_special_tokens(text)
+    phrases = re.findall(r"answer is:?\s*([^\n]{1,20})", text, re.IGNORECASE)
+    candidates = [*reversed(_boxed(text)), _answer_tag(text) or "", phrases[-1] if phrases else ""]
+    return next((label for c in candidates if (label := _option(c)) is not None), None)
+
+
+# 4. The tasks: the paper's four benchmarks ---------------------------------------------------------------------------
+
+
+def _arc_gold(row):
+    if row["answerKey"].strip() not in [str(label).strip() for label in row["choices"]["label"]]:
+        raise ValueError(f"answerKey {row['answerKey']!r} is not one of the labels {row['choices']['label']}")
+    return row["answerKey"].strip()
+
+
+def _truthfulqa_gold(row):
+    if type(row["label"]) is not int or not 0 <= row["label"] < len(row["choices"]) <= 26:
+        raise KeyError("label")
+    return chr(65 + row["label"])
+
+
+def _truthfulqa_order(n):
+    """The authors iterate TruthfulQA in a numpy-seed-42 permutation (it matters only for slices)."""
+    import numpy
+
+    return numpy.random.RandomState(42).choice(n, n, replace=False).tolist()
+
+
+CHOICE_RULES = dict(
+    extract={"authors": boxed_answer_authors, "robust": choice_answer_robust},
+    equal={"authors": is_equiv_authors, "robust": same_answer},
+)  # ARC-C and TruthfulQA
+TASKS: dict[str, Task] = {
+    "gsm8k": Task(
+        "GSM8K",
+        ("openai/gsm8k", "main", "test"),
+        "string fields 'question' and 'answer' (GSM8K's)",
+        GSM8K_PROMPT,
+        lambda row: row["question"],
+        gold={"authors": gsm8k_gold_authors, "robust": gsm8k_gold_robust},
+        extract={"authors": gsm8k_answer_authors, "robust": gsm8k_answer_robust},
+        equal={"authors": same_answer, "robust": same_answer},
+    ),
+    "math500": Task(
+        "MATH500",
+        ("HuggingFaceH4/MATH-500", None, "test"),
+        "string fields 'problem' and 'answer' (MATH-500's)",
+        MATH500_PROMPT,
+        lambda row: row["problem"],
+        gold={"authors": lambda row: row["answer"], "robust": lambda row: normalize_math(row["answer"])},
+        extract={"authors": boxed_answer_authors, "robust": math_answer_robust},
+        equal={"authors": is_equiv_authors, "robust": math_equal},
+    ),
+    "arc-c": Task(
+        "ARC-C",
+        ("allenai/ai2_arc", "ARC-Challenge", "test"),
+        "'question', 'answerKey' and 'choices' {'text': [...], 'label': [...]} (ai2_arc's)",
+        ARC_C_PROMPT,
+        lambda row: multiple_choice(row["question"], row["choices"]["label"], row["choices"]["text"]),
+        gold={"authors": _arc_gold, "robust": lambda row: _arc_gold(row).upper()},
+        **CHOICE_RULES,
+    ),
+    "truthfulqa": Task(
+        "TruthfulQA",
+        ("EleutherAI/truthful_qa_mc", "multiple_choice", "validation"),
+        "'question', 'choices' (a list of options) and 'label' (the right option's index)",
+        TRUTHFULQA_PROMPT,
+        lambda row: multiple_choice(
+            row["question"], [chr(65 + i) for i in range(len(row["choices"]))], row["choices"]
+        ),
+        gold={"authors": _truthfulqa_gold, "robust": _truthfulqa_gold},
+        **CHOICE_RULES,
+        order=_truthfulqa_order,
+    ),
+}
+
+
+# 5. A question's records: every method decoded in one lockstep batch -------------------------------------------------
 
 
 class Candidate(TypedDict):
@@ -275,7 +669,7 @@ def end_of_text_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-# 2. The vote and the verdicts --------------------------------------------------------------------------------------
+# 6. The vote and the verdicts ----------------------------------------------------------------------------------------
 
 
 def method_answers(candidates: list[Candidate], rule: str, tie_break: str) -> dict[str, tuple[Any, bool]]:
@@ -299,7 +693,7 @@ def verdicts(task: Task, record: Record, rule: str, tie_break: str) -> tuple[dic
     )
 
 
-# 3. The summary: the paper's figures and the readers' controls, from the records alone -----------------------------
+# 7. The summary: the paper's figures and the readers' controls, from the records alone -------------------------------
 
 
 def collapsed(candidate: Candidate) -> bool:
@@ -581,522 +975,10 @@ def controls_table(summary: dict, pct: Callable) -> list[str]:
     return lines
 
 
-# 4. The figure -----------------------------------------------------------------------------------------------------
+# Part two, the harness: data files, checkpoints, the figure, run files, the command line =============================
 
-PAPER_ACCURACY = {  # LLaDA-8B-Instruct, gen_length 256, steps 128 (the paper's table)
-    "gsm8k": dict(hex=82.18, topk_margin=24.72, low_confidence=22.52, random=50.87),
-    "math500": dict(hex=40.00, topk_margin=16.40, low_confidence=16.60, random=16.80),
-    "arc-c": dict(hex=87.80, topk_margin=54.18, low_confidence=47.87, random=70.05),
-    "truthfulqa": dict(hex=57.46, topk_margin=28.36, low_confidence=29.82, random=42.40),
-}
-PAPER_GSM8K_VOTES = [
-    (5, 82.18, 4.1),
-    (10, 85.75, 4.3),
-    (15, 87.19, 2.4),
-    (20, 87.79, 2.5),
-    (25, 88.10, 1.35),
-    (30, 88.10, 1.05),
-]  # (votes, accuracy %, tie rate %), read off the paper's plot
 
-
-def write_figures(summary: dict, records: list[Record], path: Path) -> None:
-    """One PNG: accuracy per method and per HEX expert with 95% intervals over questions (the paper's bars, its
-    figures marked only where this run is its setting); expected accuracy, tie rate and pass@k against votes for
-    HEX and SC (its scaling plot); the step that committed each answer position of one question (its Fig. 2);
-    how often experts agree."""
-    from matplotlib.figure import Figure  # no pyplot: no window, no global state
-
-    settings = summary["settings"]
-    paper = "llada-8b-instruct" in settings["model"].lower() and (
-        settings["gen_length"],
-        settings["steps"],
-        settings["block_lengths"],
-    ) == (256, 128, [8, 16, 32, 64, 128])
-    fig = Figure(figsize=(14, 9), layout="constrained")
-    axes = fig.subplots(2, 2)
-    fig.suptitle(
-        f"{settings['model']} on {TASKS[summary['task']].title}, {summary['questions']} question"
-        f"{'s' * (summary['questions'] > 1)}, "
-        f"{summary['answer_rule']} rule (this run, not the paper's figures)\n{protocol(settings)}",
-        fontsize=9,
-    )
-    _accuracy_bars(axes[0, 0], summary, paper)
-    _votes_plot(axes[0, 1], summary, paper and summary["task"] == "gsm8k")
-    record = next((r for r in records if any(map(collapsed, r["candidates"]))), records[0])
-    rows = [c for c in record["candidates"] if c["sample"] == 0]
-    labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
-    title = f"Commit order, question {record['id']}: the step that committed each position (red |: end-of-text)"
-    _heatmap(axes[1, 0], [c["commit_order"] for c in rows], labels, None, "step", title, settings["steps"] - 1)
-    ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
-    if ends:  # thin marks: at gen_length 256 a run of end-of-text is a red band
-        axes[1, 0].scatter(*zip(*ends), marker="|", s=60, linewidths=0.6, color="red")
-    table = summary["agreement"]
-    if table["groups"]:
-        values = [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]]
-        title = "Expert agreement: % of candidate pairs with the same answer, both readable"
-        _heatmap(axes[1, 1], values, table["groups"], table["groups"], "%", title, 100)
-    else:
-        axes[1, 1].set_axis_off()
-    fig.savefig(path, dpi=100, format="png")
-
-
-def _accuracy_bars(ax, summary, paper):
-    methods = list(summary["methods"].items())  # first, so a method's bar is its index here
-    bars = [v for _, v in methods] + list(summary["block_lengths"].values())
-    heights = [100 * v["accuracy"] for v in bars]
-    errors = (
-        (torch.tensor(heights) - 100 * torch.tensor([v["ci95"] for v in bars]).T).abs().tolist()
-    )  # (2, bars): down, up
-    colours = [dict(hex="tab:blue", sc="tab:purple", imh="tab:green").get(m, "tab:gray") for m, _ in methods]
-    colours += ["tab:cyan"] * len(summary["block_lengths"])
-    ax.bar(range(len(bars)), heights, color=colours, edgecolor="black", capsize=4, yerr=errors)
-    for i, h in enumerate(heights):  # the edge and the label keep a 0% bar visible
-        ax.annotate(f"{h:.1f}%", (i, h), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
-    published = PAPER_ACCURACY[summary["task"]]
-    reported = [(i, published[m]) for i, (m, _) in enumerate(methods) if m in published]
-    if paper and reported:
-        of_hex = "5 votes, temperature 0" if summary["task"] == "gsm8k" else "its best, protocol not stated"
-        label = f"the paper's table (LLaDA-8B-Instruct; HEX: {of_hex})"
-        ax.scatter(*zip(*reported), marker="_", s=600, color="tab:red", zorder=3, label=label)
-        ax.legend(loc="upper right", fontsize=8)
-    labels = [v["paper_name"] for _, v in methods] + [f"block {b}" for b in summary["block_lengths"]]
-    ax.set_xticks(range(len(bars)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="accuracy (%), 95% interval over questions", ylim=(0, 105), title="Methods and each HEX expert")
-
-
-def _votes_plot(ax, summary, paper):
-    from matplotlib.ticker import MaxNLocator
-
-    styles = dict(
-        hex=dict(color="tab:blue", linewidth=4, alpha=0.45),
-        sc=dict(color="tab:purple", linewidth=1.5),
-        imh=dict(color="tab:green", linewidth=1.5),
-    )
-    for m, curve in summary["votes"].items():  # HEX broad and pale under SC: equal curves both stay visible
-        votes = [v["votes"] for v in curve]
-        for key, line, what in (
-            ("accuracy", "o-", "expected accuracy"),
-            ("tie_rate", "s--", "tie rate"),
-            ("pass_at_k", "^:", "pass@k"),
-        ):
-            ax.plot(votes, [100 * v[key] for v in curve], line, label=f"{PAPER_NAMES[m]}, {what}", **styles[m])
-    if paper and "hex" in summary["votes"]:
-        n, accuracy, tie = zip(*PAPER_GSM8K_VOTES)
-        ax.plot(
-            n,
-            accuracy,
-            "o:",
-            color="tab:red",
-            alpha=0.5,
-            label="HEX accuracy, the paper (seeds x 5 blocks; temperature not stated)",
-        )
-        ax.plot(n, tie, "s:", color="tab:red", alpha=0.3, label="HEX tie rate, the paper")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    title = "A vote over k candidates drawn at random" if ax.lines else "Votes: one candidate per method, no curve"
-    ax.set(xlabel="votes k", ylabel="%", ylim=(0, 105), title=title)
-    if ax.lines:
-        ax.legend(fontsize=8)
-
-
-def _heatmap(ax, values, rows, columns, unit, title, vmax):
-    """values as an image on a fixed scale; with columns, each cell labelled in a colour legible on it."""
-    image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=vmax)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
-    if columns:
-        ax.set_xticks(range(len(columns)), columns, fontsize=8)
-        for i, row in enumerate(values):
-            for j, v in enumerate(row):
-                if v == v:  # not NaN
-                    ink = "black" if v > vmax / 2 else "white"  # viridis is dark low, light high
-                    ax.annotate(f"{v:.0f}", (j, i), ha="center", va="center", fontsize=8, color=ink)
-    ax.set_title(title, fontsize=10)
-    ax.figure.colorbar(image, ax=ax, label=unit, fraction=0.03)
-
-
-# 5. The authors' prompts and answer rules (verbatim from their code, quirks annotated) -----------------------------
-
-FORMAT = (
-    "Respond in the following format:\n"
-    "<reasoning>\nYour reasoning here\n</reasoning>\n<answer>\n\\boxed{...}\n</answer>"
-)
-MATH_EXPERT = "You are a math expert. You will be given a question to solve. Solve it step by step. "
-GSM8K_PROMPT = MATH_EXPERT + "Wrap the final answer in a \\boxed{}. \n" + FORMAT  # note the space after "\boxed{}."
-MATH500_PROMPT = MATH_EXPERT + "Wrap the final answer in a \\boxed{}.\n" + FORMAT + '" \n'
-# MATH500's quirks: no space after "\boxed{}.", and a stray `" ` line after </answer>
-CHOICE_INSTRUCTIONS = """Think step by step, but output only ONE final choice.
-Wrap ONLY the final choice letter in a \\boxed{}.
-
-Respond in the following format:
-<reasoning>
-Your reasoning here
-</reasoning>
-<answer>
-\\boxed{...}
-</answer>"""  # the part HEX's ARC-C and TruthfulQA prompts share, after their first line
-ARC_C_PROMPT = (
-    "You are a science and reasoning expert. You will be given a multiple-choice question with "
-    "options labeled A, B, C, D (and sometimes E).\n" + CHOICE_INSTRUCTIONS
-)
-TRUTHFULQA_PROMPT = (
-    "You are a careful, factual reasoning assistant. You will be given a multiple-choice "
-    "question with options labeled A, B, C, D.\n" + CHOICE_INSTRUCTIONS
-)
-
-
-def multiple_choice(stem: str, labels: list, texts: list) -> str:
-    """The authors' multiple-choice question: stem, the labelled options, and the instruction."""
-    options = "\n".join(f"{str(label).strip()}. {str(text).strip()}" for label, text in zip(labels, texts))
-    return f"{str(stem).strip()}\n\nOptions:\n{options}\n\nChoose ONE letter."
-
-
-def _finite(x):
-    return x if math.isfinite(x) else None
-
-
-def _answer_tag(text):
-    return match.group(1) if (match := ANSWER_TAG.search(text)) else None
-
-
-def gsm8k_answer_authors(text: str) -> float | None:
-    """The authors' GSM8K rule: the first non-empty `\\boxed{...}` (non-greedy: `\\boxed{1,000}` reads 1.0)
-    as a float, else its first number; failing that, `<answer>` as a float, else its last number."""
-    for content in (c.strip() for c in re.findall(r"\\boxed{(.*?)}", text)):
-        if content and not re.fullmatch(r"\.+", content):
-            try:
-                return _finite(float(content))
-            except ValueError:
-                if numbers := re.findall(r"-?\d+\.?\d*", content):
-                    return _finite(float(numbers[0]))
-    if inner := (_answer_tag(text) or "").strip():
-        try:
-            return _finite(float(inner))
-        except ValueError:
-            return _finite(float(numbers[-1])) if (numbers := re.findall(r"-?\d+\.?\d*", inner)) else None
-    return None
-
-
-def gsm8k_gold_authors(row: dict) -> float | None:
-    """d1's GSM8K reference: digits and commas after `####`; no minus sign, so a negative reference is None."""
-    match = re.search(r"####\s*\$?([\d,]+(?:\.\d+)?)", row["answer"])
-    return float(match.group(1).replace(",", "")) if match else None
-
-
-def last_box_authors(text: str) -> str | None:
-    """d1's `remove_boxed(last_boxed_only_string(text))`: a `\\boxed ` form reads to the next `$`; else the last
-    `\\boxed`'s brace-balanced group without its wrapper (a `\\fbox{...}`, only when no `\\boxed` exists, keeps
-    its); no box gives the whole text; an unclosed box None."""
-    if "\\boxed " in text:
-        return text.split("\\boxed ")[-1].split("$")[0]
-    if (start := text.rfind("\\boxed") if "\\boxed" in text else text.rfind("\\fbox")) < 0:
-        return text
-    depth = 0
-    for i in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        if text[i] == "}" and depth == 0:
-            box = text[start : i + 1]
-            return box[len("\\boxed{") : -1] if box.startswith("\\boxed{") else box
-    return None
-
-
-def boxed_answer_authors(text: str) -> str | None:
-    """The authors' `parse_math_answers` (MATH500, ARC-C, TruthfulQA): the last box; when it is empty or
-    unclosed, the stripped `<answer>` text. Special tokens stay in."""
-    answer = last_box_authors(text)
-    return inner.strip() if not answer and (inner := _answer_tag(text)) is not None else answer
-
-
-def _fix_fracs(s):
-    parts = s.split("\\frac")
-    out = parts[0]
-    for part in parts[1:]:
-        if part[0] == "{":
-            out += "\\frac" + part
-        elif len(part) < 2:  # an empty part raises, as theirs does, and is_equiv falls back
-            return s
-        elif part[1] == "{":
-            out += "\\frac{" + part[0] + "}" + part[1:]
-        else:
-            out += "\\frac{" + part[0] + "}{" + part[1] + "}" + part[2:]
-    return out
-
-
-def _fix_sqrt(s):
-    parts = s.split("\\sqrt")
-    return parts[0] + "".join("\\sqrt" + (p if p[0] == "{" else "{" + p[0] + "}" + p[1:]) for p in parts[1:])
-
-
-def _fix_a_slash_b(s):
-    if len(s.split("/")) != 2:
-        return s
-    a, b = (int(x) for x in s.split("/"))  # a non-integer part raises, as theirs does
-    return f"\\frac{{{a}}}{{{b}}}" if s == f"{a}/{b}" else s
-
-
-def strip_string(s: str) -> str:
-    """Hendrycks' MATH normalisation as in the authors' code, step for step (it may raise: their is_equiv
-    then compares the raw strings)."""
-    s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\").replace("tfrac", "frac").replace("dfrac", "frac")
-    s = s.replace("\\left", "").replace("\\right", "").replace("^{\\circ}", "").replace("^\\circ", "")
-    s = s.replace("\\$", "")
-    if "\\text{ " in s:  # units on the right
-        if len(units := s.split("\\text{ ")) != 2:
-            raise ValueError("more than one unit")
-        s = units[0]
-    s = s.replace("\\%", "").replace(" .", " 0.").replace("{.", "{0.")
-    if not s:
-        return s
-    s = "0" + s if s[0] == "." else s
-    if len(s.split("=")) == 2 and len(s.split("=")[0]) <= 2:
-        s = s.split("=")[1]
-    s = _fix_fracs(_fix_sqrt(s).replace(" ", ""))
-    return _fix_a_slash_b("\\frac{1}{2}" if s == "0.5" else s)
-
-
-def is_equiv_authors(answer: Any, gold: Any) -> bool:
-    """The authors' `is_equiv(voted, gold)`: equal after strip_string, else (if that raises) raw equality."""
-    if type(answer) is float or type(gold) is float:
-        try:
-            return abs(float(answer) - float(gold)) < 1e-6
-        except (TypeError, ValueError):
-            return False
-    if answer is None or gold is None:
-        return answer is None and gold is None
-    try:
-        return strip_string(answer) == strip_string(gold)
-    except Exception:  # noqa: BLE001 -- theirs catches everything
-        return answer == gold
-
-
-# 6. Robust rules: this project's reading, beside the authors' ------------------------------------------------------
-
-
-def _numbers(text):
-    """Numbers in text, reading `1,000`, `$18`, `\\$18`, `-5`, `−5`, `.5`, `\\frac{1}{2}` and units."""
-    text = text.replace("−", "-").replace("\\$", " ").replace("$", " ").replace("\\%", " ")
-    text = re.sub(
-        r"\\d?frac\{(-?[\d.]+)\}\{([\d.]+)\}", lambda m: str(float(m[1]) / float(m[2])) if float(m[2]) else m[0], text
-    )
-    return [float(n) for n in re.findall(r"-?(?:\d+(?:\.\d+)?|\.\d+)", re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text))]
-
-
-def _boxed(text):
-    """Contents of every `\\boxed{...}` or `\\fbox{...}`, braces balanced (an unclosed box runs to the end)."""
-    contents = []
-    for start in (m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)):
-        depth = 1
-        i = start
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        contents.append(text[start : i - 1] if depth == 0 else text[start:])
-    return contents
-
-
-def _without_special_tokens(text):
-    """Drop `<|...|>` tokens (end-of-text, end-of-turn...), which the decoded text keeps as the authors keep them."""
-    return re.sub(r"<\|[^<>|]{1,64}\|>", " ", text)
-
-
-def gsm8k_answer_robust(text: str) -> float | None:
-    """The authors' order of evidence (first real `\\boxed{}`, then `<answer>`), read robustly, then a final
-    "The answer is N" (or "#### N") line."""
-    text = _without_special_tokens(text)
-    for content in _boxed(text):
-        if content.strip().strip(".") and (numbers := _numbers(content)):
-            return _finite(numbers[0])
-    if numbers := _numbers(_answer_tag(text) or ""):
-        return _finite(numbers[-1])
-    lines = re.findall(r"(?:answer is|answer:|####)\s*:?\s*([^\n]*)", text, re.IGNORECASE)
-    return _finite(numbers[0]) if lines and (numbers := _numbers(lines[-1])) else None
-
-
-def gsm8k_gold_robust(row: dict) -> float:
-    """GSM8K's reference: the number after `####`, commas removed, negatives kept."""
-    if "####" not in row["answer"]:
-        raise ValueError("the answer has no '#### N' line")
-    return float(row["answer"].rsplit("####", 1)[1].strip().replace(",", "").replace("$", ""))
-
-
-def same_answer(answer: Any, gold: Any) -> bool:
-    return answer is not None and answer == gold
-
-
-def normalize_math(s: str) -> str:
-    """A LaTeX-safe normal form for voting: `\\dfrac` and `\\frac12` as `\\frac{1}{2}`; no `\\left`/`\\right`,
-    spacing commands, degrees, `\\%`, `$`, trailing units or `x =` prefix; `\\text{}` unwrapped."""
-    s = re.sub(r"\\[dt]frac", r"\\frac", s.strip().strip("$").strip())
-    s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", re.sub(r"\\sqrt\s*(\d)", r"\\sqrt{\1}", s))
-    s = re.sub(r"\^\{?\\circ\}?|\\%|%|\\\$", "", re.sub(r"\\left(?![a-zA-Z])|\\right(?![a-zA-Z])|\\[!,;:]", "", s))
-    s = re.sub(r"(?<=\d)\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z ]+\}\s*$", "", s)
-    s = re.sub(r"^[a-zA-Z]\s*=\s*(?=\S)", "", re.sub(r"\\(?:text|mbox|mathrm|textbf)\{([^{}]*)\}", r"\1", s))
-    return re.sub(r"\s+", " ", s).strip().rstrip(".").strip()
-
-
-def math_answer_robust(text: str) -> str | None:
-    """The last non-empty box, else the `<answer>` content; never the whole text. Normalised."""
-    text = _without_special_tokens(text)
-    if boxes := [b for b in _boxed(text) if b.strip().strip(".")]:
-        return normalize_math(boxes[-1]) or None
-    return (normalize_math(inner) or None) if (inner := _answer_tag(text)) is not None else None
-
-
-SYMBOLIC_LIMIT = 100  # characters: longer answers are compared as normal forms only
-BEYOND_REACH = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\{?\s*-?\d{3,}|\d{2,}\s*!|\d{31,}")  # towers, big powers, n!, huge n
-BASE_SUBSCRIPT = re.compile(r"(?<![\w\\])\d[0-9A-F]*_\{?(\d{1,2})\}?")  # 2516_8, 1A_{16}: another base
-
-
-@functools.lru_cache(maxsize=65536)
-def math_equal(answer: str | None, gold: str | None) -> bool:
-    """Equal normal forms, or equal mathematics by math-verify (`0.5` = `\\frac12`, `x+1` = `1+x`). The same
-    strings get the same verdict on any machine and load: math-verify's wall-clock timeouts (after which it
-    says "not equal") are off, and what it is given is bounded by form instead (SYMBOLIC_LIMIT characters, no
-    BEYOND_REACH: power towers, 3-digit exponents, n! of 2 digits, 31 digits); beyond, only equal normal
-    forms count. A number in another base (`2516_8`) equals only itself."""
-    if answer is None or gold is None:
-        return False
-    a, g = (re.sub(r"_\{(\d+)\}", r"_\1", s.replace(" ", "")) for s in (answer, gold))
-    if a == g or BASE_SUBSCRIPT.search(a) or BASE_SUBSCRIPT.search(g):
-        return a == g
-    if any(len(s) > SYMBOLIC_LIMIT or BEYOND_REACH.search(s) for s in (a, g)):
-        return False
-    from math_verify import parse, verify
-
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout is disabled" notice: bounded above
-    try:
-        expected = parse(f"${gold}$", parsing_timeout=None)
-        found = parse(f"${answer}$", parsing_timeout=None)
-        return bool(expected and found and verify(expected, found, timeout_seconds=None))
-    except Exception:  # noqa: BLE001 -- an answer math-verify cannot read is simply not equal
-        return False
-
-
-def _option(s):
-    """The option label a short answer names: `B`, `(B)`, `B.`, `B) text`, `b`, `\\text{B}`, `Option B`."""
-    s = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", s).strip().strip("$*").strip()
-    s = re.sub(r"^(?:option|choice|answer)\s*:?\s*", "", s, flags=re.IGNORECASE)
-    match = re.match(r"[(\[]?([A-E1-5])[)\].:]*(?:\s|$)", s) or re.match(r"[(\[]?([a-e])[)\].:]*$", s)
-    return match.group(1).upper() if match else None
-
-
-def choice_answer_robust(text: str) -> str | None:
-    """The option in the last box naming one, else in `<answer>`, else after a final "answer is"."""
-    text = _without_special_tokens(text)
-    phrases = re.findall(r"answer is:?\s*([^\n]{1,20})", text, re.IGNORECASE)
-    candidates = [*reversed(_boxed(text)), _answer_tag(text) or "", phrases[-1] if phrases else ""]
-    return next((label for c in candidates if (label := _option(c)) is not None), None)
-
-
-# 7. Tasks and data -------------------------------------------------------------------------------------------------
-
-
-def _arc_gold(row):
-    if row["answerKey"].strip() not in [str(label).strip() for label in row["choices"]["label"]]:
-        raise ValueError(f"answerKey {row['answerKey']!r} is not one of the labels {row['choices']['label']}")
-    return row["answerKey"].strip()
-
-
-def _truthfulqa_gold(row):
-    if type(row["label"]) is not int or not 0 <= row["label"] < len(row["choices"]) <= 26:
-        raise KeyError("label")
-    return chr(65 + row["label"])
-
-
-def _truthfulqa_order(n):
-    """The authors iterate TruthfulQA in a numpy-seed-42 permutation (it matters only for slices)."""
-    import numpy
-
-    return numpy.random.RandomState(42).choice(n, n, replace=False).tolist()
-
-
-@dataclass(frozen=True)
-class Task:
-    """One benchmark: where its rows come from, how a row becomes a prompt and a reference, and each answer
-    rule's extractor and comparator (`extract[rule](text)`, `equal[rule](answer, gold)`)."""
-
-    title: str
-    hub: tuple[str, str | None, str]  # datasets.load_dataset(path, config, split=split)
-    fields: str  # the row format, for messages
-    system_prompt: str
-    question: Callable[[dict], str]
-    gold: dict[str, Callable[[dict], Any]]
-    extract: dict[str, Callable[[str], Any]]
-    equal: dict[str, Callable[[Any, Any], bool]]
-    order: Callable[[int], Sequence[int]] = range  # the authors' row order, when not the file's
-
-    def build_prompt(self, tokenizer, row: dict) -> list[int]:
-        """The authors' prompt: the task's system text, a blank line and the question as one user turn, in the
-        chat template with the generation prompt, then `<reasoning>`. The template writes the BOS token."""
-        chat = [{"role": "user", "content": self.system_prompt + "\n\n" + self.question(row)}]
-        text = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + "<reasoning>"
-        return tokenizer(text, add_special_tokens=False).input_ids
-
-    def parse_gold(self, row: dict, rule: str = "authors") -> Any:
-        """A row's reference answer as `rule` compares it."""
-        return self.gold[_rule(rule)](row)
-
-    def extract_answer(self, text: str, rule: str = "authors") -> Any:
-        """The answer a decoded text gives under `rule` ("authors": their parser, quirks included; "robust": this
-        project's reading); None when nothing can be read."""
-        return self.extract[_rule(rule)](text)
-
-    def is_correct(self, answer: Any, gold: Any, rule: str = "authors") -> bool:
-        """Whether an extracted (or voted) answer matches the reference under `rule`."""
-        return bool(self.equal[_rule(rule)](answer, gold))
-
-
-def _rule(rule):
-    if rule not in RULES:
-        raise ValueError(f"rule={rule!r} must be one of {', '.join(RULES)}")
-    return rule
-
-
-CHOICE_RULES = dict(
-    extract={"authors": boxed_answer_authors, "robust": choice_answer_robust},
-    equal={"authors": is_equiv_authors, "robust": same_answer},
-)  # ARC-C and TruthfulQA
-TASKS: dict[str, Task] = {
-    "gsm8k": Task(
-        "GSM8K",
-        ("openai/gsm8k", "main", "test"),
-        "string fields 'question' and 'answer' (GSM8K's)",
-        GSM8K_PROMPT,
-        lambda row: row["question"],
-        gold={"authors": gsm8k_gold_authors, "robust": gsm8k_gold_robust},
-        extract={"authors": gsm8k_answer_authors, "robust": gsm8k_answer_robust},
-        equal={"authors": same_answer, "robust": same_answer},
-    ),
-    "math500": Task(
-        "MATH500",
-        ("HuggingFaceH4/MATH-500", None, "test"),
-        "string fields 'problem' and 'answer' (MATH-500's)",
-        MATH500_PROMPT,
-        lambda row: row["problem"],
-        gold={"authors": lambda row: row["answer"], "robust": lambda row: normalize_math(row["answer"])},
-        extract={"authors": boxed_answer_authors, "robust": math_answer_robust},
-        equal={"authors": is_equiv_authors, "robust": math_equal},
-    ),
-    "arc-c": Task(
-        "ARC-C",
-        ("allenai/ai2_arc", "ARC-Challenge", "test"),
-        "'question', 'answerKey' and 'choices' {'text': [...], 'label': [...]} (ai2_arc's)",
-        ARC_C_PROMPT,
-        lambda row: multiple_choice(row["question"], row["choices"]["label"], row["choices"]["text"]),
-        gold={"authors": _arc_gold, "robust": lambda row: _arc_gold(row).upper()},
-        **CHOICE_RULES,
-    ),
-    "truthfulqa": Task(
-        "TruthfulQA",
-        ("EleutherAI/truthful_qa_mc", "multiple_choice", "validation"),
-        "'question', 'choices' (a list of options) and 'label' (the right option's index)",
-        TRUTHFULQA_PROMPT,
-        lambda row: multiple_choice(
-            row["question"], [chr(65 + i) for i in range(len(row["choices"]))], row["choices"]
-        ),
-        gold={"authors": _truthfulqa_gold, "robust": _truthfulqa_gold},
-        **CHOICE_RULES,
-        order=_truthfulqa_order,
-    ),
-}
+# 8. Data files: a task's rows, checked -------------------------------------------------------------------------------
 
 
 def row_problem(task: Task, row: Any) -> str | None:
@@ -1179,7 +1061,7 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
     return rows, {**source, "rows": len(rows)}
 
 
-# 8. Model families: each checkpoint's own model file, fitted to this transformers, as a mask predictor -------------
+# 9. Model families: each checkpoint's own model file, fitted to this transformers, as a mask predictor ---------------
 
 
 def _transformers_version():
@@ -1353,7 +1235,139 @@ def find_mask_id(tokenizer, config) -> int:
     return mask_id
 
 
-# 9. Run files: records, settings, one writer, resuming, growing ----------------------------------------------------
+# 10. The figure ------------------------------------------------------------------------------------------------------
+
+PAPER_ACCURACY = {  # LLaDA-8B-Instruct, gen_length 256, steps 128 (the paper's table)
+    "gsm8k": dict(hex=82.18, topk_margin=24.72, low_confidence=22.52, random=50.87),
+    "math500": dict(hex=40.00, topk_margin=16.40, low_confidence=16.60, random=16.80),
+    "arc-c": dict(hex=87.80, topk_margin=54.18, low_confidence=47.87, random=70.05),
+    "truthfulqa": dict(hex=57.46, topk_margin=28.36, low_confidence=29.82, random=42.40),
+}
+PAPER_GSM8K_VOTES = [
+    (5, 82.18, 4.1),
+    (10, 85.75, 4.3),
+    (15, 87.19, 2.4),
+    (20, 87.79, 2.5),
+    (25, 88.10, 1.35),
+    (30, 88.10, 1.05),
+]  # (votes, accuracy %, tie rate %), read off the paper's plot
+
+
+def write_figures(summary: dict, records: list[Record], path: Path) -> None:
+    """One PNG: accuracy per method and per HEX expert with 95% intervals over questions (the paper's bars, its
+    figures marked only where this run is its setting); expected accuracy, tie rate and pass@k against votes for
+    HEX and SC (its scaling plot); the step that committed each answer position of one question (its Fig. 2);
+    how often experts agree."""
+    from matplotlib.figure import Figure  # no pyplot: no window, no global state
+
+    settings = summary["settings"]
+    paper = "llada-8b-instruct" in settings["model"].lower() and (
+        settings["gen_length"],
+        settings["steps"],
+        settings["block_lengths"],
+    ) == (256, 128, [8, 16, 32, 64, 128])
+    fig = Figure(figsize=(14, 9), layout="constrained")
+    axes = fig.subplots(2, 2)
+    fig.suptitle(
+        f"{settings['model']} on {TASKS[summary['task']].title}, {summary['questions']} question"
+        f"{'s' * (summary['questions'] > 1)}, "
+        f"{summary['answer_rule']} rule (this run, not the paper's figures)\n{protocol(settings)}",
+        fontsize=9,
+    )
+    _accuracy_bars(axes[0, 0], summary, paper)
+    _votes_plot(axes[0, 1], summary, paper and summary["task"] == "gsm8k")
+    record = next((r for r in records if any(map(collapsed, r["candidates"]))), records[0])
+    rows = [c for c in record["candidates"] if c["sample"] == 0]
+    labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
+    title = f"Commit order, question {record['id']}: the step that committed each position (red |: end-of-text)"
+    _heatmap(axes[1, 0], [c["commit_order"] for c in rows], labels, None, "step", title, settings["steps"] - 1)
+    ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
+    if ends:  # thin marks: at gen_length 256 a run of end-of-text is a red band
+        axes[1, 0].scatter(*zip(*ends), marker="|", s=60, linewidths=0.6, color="red")
+    table = summary["agreement"]
+    if table["groups"]:
+        values = [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]]
+        title = "Expert agreement: % of candidate pairs with the same answer, both readable"
+        _heatmap(axes[1, 1], values, table["groups"], table["groups"], "%", title, 100)
+    else:
+        axes[1, 1].set_axis_off()
+    fig.savefig(path, dpi=100, format="png")
+
+
+def _accuracy_bars(ax, summary, paper):
+    methods = list(summary["methods"].items())  # first, so a method's bar is its index here
+    bars = [v for _, v in methods] + list(summary["block_lengths"].values())
+    heights = [100 * v["accuracy"] for v in bars]
+    errors = (
+        (torch.tensor(heights) - 100 * torch.tensor([v["ci95"] for v in bars]).T).abs().tolist()
+    )  # (2, bars): down, up
+    colours = [dict(hex="tab:blue", sc="tab:purple", imh="tab:green").get(m, "tab:gray") for m, _ in methods]
+    colours += ["tab:cyan"] * len(summary["block_lengths"])
+    ax.bar(range(len(bars)), heights, color=colours, edgecolor="black", capsize=4, yerr=errors)
+    for i, h in enumerate(heights):  # the edge and the label keep a 0% bar visible
+        ax.annotate(f"{h:.1f}%", (i, h), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
+    published = PAPER_ACCURACY[summary["task"]]
+    reported = [(i, published[m]) for i, (m, _) in enumerate(methods) if m in published]
+    if paper and reported:
+        of_hex = "5 votes, temperature 0" if summary["task"] == "gsm8k" else "its best, protocol not stated"
+        label = f"the paper's table (LLaDA-8B-Instruct; HEX: {of_hex})"
+        ax.scatter(*zip(*reported), marker="_", s=600, color="tab:red", zorder=3, label=label)
+        ax.legend(loc="upper right", fontsize=8)
+    labels = [v["paper_name"] for _, v in methods] + [f"block {b}" for b in summary["block_lengths"]]
+    ax.set_xticks(range(len(bars)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set(ylabel="accuracy (%), 95% interval over questions", ylim=(0, 105), title="Methods and each HEX expert")
+
+
+def _votes_plot(ax, summary, paper):
+    from matplotlib.ticker import MaxNLocator
+
+    styles = dict(
+        hex=dict(color="tab:blue", linewidth=4, alpha=0.45),
+        sc=dict(color="tab:purple", linewidth=1.5),
+        imh=dict(color="tab:green", linewidth=1.5),
+    )
+    for m, curve in summary["votes"].items():  # HEX broad and pale under SC: equal curves both stay visible
+        votes = [v["votes"] for v in curve]
+        for key, line, what in (
+            ("accuracy", "o-", "expected accuracy"),
+            ("tie_rate", "s--", "tie rate"),
+            ("pass_at_k", "^:", "pass@k"),
+        ):
+            ax.plot(votes, [100 * v[key] for v in curve], line, label=f"{PAPER_NAMES[m]}, {what}", **styles[m])
+    if paper and "hex" in summary["votes"]:
+        n, accuracy, tie = zip(*PAPER_GSM8K_VOTES)
+        ax.plot(
+            n,
+            accuracy,
+            "o:",
+            color="tab:red",
+            alpha=0.5,
+            label="HEX accuracy, the paper (seeds x 5 blocks; temperature not stated)",
+        )
+        ax.plot(n, tie, "s:", color="tab:red", alpha=0.3, label="HEX tie rate, the paper")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    title = "A vote over k candidates drawn at random" if ax.lines else "Votes: one candidate per method, no curve"
+    ax.set(xlabel="votes k", ylabel="%", ylim=(0, 105), title=title)
+    if ax.lines:
+        ax.legend(fontsize=8)
+
+
+def _heatmap(ax, values, rows, columns, unit, title, vmax):
+    """values as an image on a fixed scale; with columns, each cell labelled in a colour legible on it."""
+    image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=vmax)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    if columns:
+        ax.set_xticks(range(len(columns)), columns, fontsize=8)
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                if v == v:  # not NaN
+                    ink = "black" if v > vmax / 2 else "white"  # viridis is dark low, light high
+                    ax.annotate(f"{v:.0f}", (j, i), ha="center", va="center", fontsize=8, color=ink)
+    ax.set_title(title, fontsize=10)
+    ax.figure.colorbar(image, ax=ax, label=unit, fraction=0.03)
+
+
+# 11. Run files: records, settings, one writer, resuming, growing -----------------------------------------------------
 
 AS_GIVEN = (  # settings the files keep as the command line gave them
     "mask_id",
@@ -1574,7 +1588,7 @@ class RunFiles:
         return records
 
 
-# 10. The command line ----------------------------------------------------------------------------------------------
+# 12. The command line ------------------------------------------------------------------------------------------------
 
 
 def add_method_settings(add: Callable) -> None:
@@ -1745,7 +1759,7 @@ def check_output(text: str) -> Path:
     return output
 
 
-# 11. main: parse, data, settings, done already?, model, decode what is missing, report -----------------------------
+# 13. main: parse, data, settings, done already?, model, decode what is missing, report -------------------------------
 
 
 def main(argv: list[str] | None = None) -> dict | None:
