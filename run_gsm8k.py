@@ -44,7 +44,7 @@ from datetime import timedelta
 from itertools import combinations, permutations
 from pathlib import Path
 from statistics import fmean
-from typing import Any, Callable, Sequence, TypedDict
+from typing import Any, Callable, NamedTuple, Sequence, TypedDict
 from urllib.parse import urlparse
 
 import torch
@@ -85,6 +85,11 @@ ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 class UsageError(Exception):
     """A mistake in the command or its inputs: reported as one line on stderr, never a traceback."""
+
+
+def plural(n: int, word: str) -> str:
+    """ "1 question", "3 questions": a count and its noun (regular plurals only)."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 # Part one, the evaluation: tasks, a batch of questions to records, records to a summary ==============================
@@ -176,7 +181,8 @@ def _finite(x):
 
 
 def _answer_tag(text):
-    return match.group(1) if (match := ANSWER_TAG.search(text)) else None
+    match = ANSWER_TAG.search(text)
+    return match.group(1) if match else None
 
 
 def gsm8k_answer_authors(text: str) -> float | None:
@@ -187,14 +193,17 @@ def gsm8k_answer_authors(text: str) -> float | None:
             try:
                 return _finite(float(content))
             except ValueError:
-                if numbers := re.findall(r"-?\d+\.?\d*", content):
+                numbers = re.findall(r"-?\d+\.?\d*", content)
+                if numbers:
                     return _finite(float(numbers[0]))
-    if inner := (_answer_tag(text) or "").strip():
-        try:
-            return _finite(float(inner))
-        except ValueError:
-            return _finite(float(numbers[-1])) if (numbers := re.findall(r"-?\d+\.?\d*", inner)) else None
-    return None
+    inner = (_answer_tag(text) or "").strip()
+    if not inner:
+        return None
+    try:
+        return _finite(float(inner))
+    except ValueError:
+        numbers = re.findall(r"-?\d+\.?\d*", inner)
+        return _finite(float(numbers[-1])) if numbers else None
 
 
 def gsm8k_gold_authors(row: dict) -> float | None:
@@ -209,7 +218,8 @@ def last_box_authors(text: str) -> str | None:
     its); no box gives the whole text; an unclosed box None."""
     if "\\boxed " in text:
         return text.split("\\boxed ")[-1].split("$")[0]
-    if (start := text.rfind("\\boxed") if "\\boxed" in text else text.rfind("\\fbox")) < 0:
+    start = text.rfind("\\boxed") if "\\boxed" in text else text.rfind("\\fbox")
+    if start < 0:
         return text
     depth = 0
     for i in range(start, len(text)):
@@ -224,7 +234,8 @@ def boxed_answer_authors(text: str) -> str | None:
     """The authors' `parse_math_answers` (MATH500, ARC-C, TruthfulQA): the last box; when it is empty or
     unclosed, the stripped `<answer>` text. Special tokens stay in."""
     answer = last_box_authors(text)
-    return inner.strip() if not answer and (inner := _answer_tag(text)) is not None else answer
+    inner = _answer_tag(text)
+    return inner.strip() if not answer and inner is not None else answer
 
 
 def _fix_fracs(s):
@@ -261,7 +272,8 @@ def strip_string(s: str) -> str:
     s = s.replace("\\left", "").replace("\\right", "").replace("^{\\circ}", "").replace("^\\circ", "")
     s = s.replace("\\$", "")
     if "\\text{ " in s:  # units on the right
-        if len(units := s.split("\\text{ ")) != 2:
+        units = s.split("\\text{ ")
+        if len(units) != 2:
             raise ValueError("more than one unit")
         s = units[0]
     s = s.replace("\\%", "").replace(" .", " 0.").replace("{.", "{0.")
@@ -324,12 +336,15 @@ def gsm8k_answer_robust(text: str) -> float | None:
     "The answer is N" (or "#### N") line."""
     text = _without_special_tokens(text)
     for content in _boxed(text):
-        if content.strip().strip(".") and (numbers := _numbers(content)):
+        numbers = _numbers(content) if content.strip().strip(".") else []
+        if numbers:
             return _finite(numbers[0])
-    if numbers := _numbers(_answer_tag(text) or ""):
+    numbers = _numbers(_answer_tag(text) or "")
+    if numbers:
         return _finite(numbers[-1])
     lines = re.findall(r"(?:answer is|answer:|####)\s*:?\s*([^\n]*)", text, re.IGNORECASE)
-    return _finite(numbers[0]) if lines and (numbers := _numbers(lines[-1])) else None
+    numbers = _numbers(lines[-1]) if lines else []
+    return _finite(numbers[0]) if numbers else None
 
 
 def gsm8k_gold_robust(row: dict) -> float:
@@ -357,9 +372,11 @@ def normalize_math(s: str) -> str:
 def math_answer_robust(text: str) -> str | None:
     """The last non-empty box, else the `<answer>` content; never the whole text. Normalised."""
     text = _without_special_tokens(text)
-    if boxes := [b for b in _boxed(text) if b.strip().strip(".")]:
+    boxes = [b for b in _boxed(text) if b.strip().strip(".")]
+    if boxes:
         return normalize_math(boxes[-1]) or None
-    return (normalize_math(inner) or None) if (inner := _answer_tag(text)) is not None else None
+    inner = _answer_tag(text)
+    return None if inner is None else normalize_math(inner) or None
 
 
 SYMBOLIC_LIMIT = 100  # characters: longer answers are compared as normal forms only
@@ -405,7 +422,8 @@ def choice_answer_robust(text: str) -> str | None:
     text = _without_special_tokens(text)
     phrases = re.findall(r"answer is:?\s*([^\n]{1,20})", text, re.IGNORECASE)
     candidates = [*reversed(_boxed(text)), _answer_tag(text) or "", phrases[-1] if phrases else ""]
-    return next((label for c in candidates if (label := _option(c)) is not None), None)
+    labels = [_option(c) for c in candidates]
+    return next((label for label in labels if label is not None), None)
 
 
 # 4. The tasks: the paper's four benchmarks ---------------------------------------------------------------------------
@@ -681,15 +699,28 @@ def method_answers(candidates: list[Candidate], rule: str, tie_break: str) -> di
     return {m: majority_vote(*zip(*pairs), tie_break) for m, pairs in answers.items()}
 
 
-def verdicts(task: Task, record: Record, rule: str, tie_break: str) -> tuple[dict, list[bool]]:
-    """Under `rule`: per method (answer, tie, right), and per candidate whether it is right."""
+class Vote(NamedTuple):
+    answer: Any  # the method's answer (None: nothing readable)
+    tie: bool  # whether another answer had as many votes
+    right: bool
+
+
+class Verdicts(NamedTuple):
+    """One question judged under one rule."""
+
+    methods: dict[str, Vote]  # per method: its vote
+    candidates: list[bool]  # per candidate, in the record's order: whether its answer is right
+
+
+def verdicts(task: Task, record: Record, rule: str, tie_break: str) -> Verdicts:
+    """Under `rule`: each method's vote and whether it is right, and whether each candidate is right."""
     gold = record["gold"][rule]
-    return (
-        {
-            m: (a, tie, task.is_correct(a, gold, rule))
-            for m, (a, tie) in method_answers(record["candidates"], rule, tie_break).items()
+    votes = method_answers(record["candidates"], rule, tie_break)
+    return Verdicts(
+        methods={
+            method: Vote(answer, tie, task.is_correct(answer, gold, rule)) for method, (answer, tie) in votes.items()
         },
-        [task.is_correct(c["answers"][rule], gold, rule) for c in record["candidates"]],
+        candidates=[task.is_correct(c["answers"][rule], gold, rule) for c in record["candidates"]],
     )
 
 
@@ -717,13 +748,13 @@ def candidate_figures(records: list[Record], judged: dict, rule: str, method: st
     on the number of questions, and the other rule's; the oracle (some candidate right); the distinct readable
     answers a question; collapse and EoT-first shares."""
     other = RULES[1 - RULES.index(rule)]
-    picked = [
+    picked = [  # per question: (candidate, right, right by the other rule) of the candidates counted
         [
-            (c, o, p)
-            for c, o, p in zip(r["candidates"], ok, other_ok)
+            (c, right, other_right)
+            for c, right, other_right in zip(r["candidates"], mine.candidates, theirs.candidates)
             if c["method"] == method and block in (None, c["block_length"])
         ]
-        for r, (_, ok), (_, other_ok) in zip(records, judged[rule], judged[other])
+        for r, mine, theirs in zip(records, judged[rule], judged[other])
     ]
     shares = [fmean(o for _, o, _ in question) for question in picked]
     flat = [c for question in picked for c, _, _ in question]
@@ -738,39 +769,50 @@ def candidate_figures(records: list[Record], judged: dict, rule: str, method: st
     )
 
 
-def votes_curve(records: list[Record], oks: list[list[bool]], method: str, rule: str, tie_break: str) -> list:
+class Ballot(NamedTuple):  # one candidate in a vote
+    answer: Any
+    score: float  # the likelihood tie-break's
+    right: bool
+
+
+def votes_curve(records: list[Record], right: list[list[bool]], method: str, rule: str, tie_break: str) -> list:
     """For k = 1..n of `method`'s n candidates per question: the expected accuracy and tie rate of a vote over
     k of them drawn at random (every k-subset where there are at most `subsets`, else `subsets` random ones
     from a fixed seed; a subset keeps the candidates' order, so ties fall as in the full vote), and pass@k,
     the unbiased chance that one of k is right, 1 - C(n - c, k) / C(n, k) (Chen et al. 2021); each averaged
-    over questions. `oks`: each candidate's verdict, which is also the verdict of a vote for its answer."""
+    over questions. `right`: each candidate's verdict per question, which is also the verdict of a vote for its
+    answer."""
     subsets = 50
     draw = random.Random(0)
-    mine = [  # per question: (answer, score, verdict) of each of its candidates of `method`
-        [(c["answers"][rule], c["score"], o) for c, o in zip(record["candidates"], ok) if c["method"] == method]
-        for record, ok in zip(records, oks)
+    ballots = [  # per question: its candidates of `method`
+        [
+            Ballot(c["answers"][rule], c["score"], is_right)
+            for c, is_right in zip(record["candidates"], question_right)
+            if c["method"] == method
+        ]
+        for record, question_right in zip(records, right)
     ]
-    n = len(mine[0])
+    n = len(ballots[0])
     curve = []
     for k in range(1, n + 1) if n > 1 else []:
         accuracy = []
         ties = []
         pass_at = []
-        for picked in mine:
-            right = {answer: o for answer, _, o in picked}
+        for question in ballots:
+            answer_right = {ballot.answer: ballot.right for ballot in question}
             if math.comb(n, k) <= subsets:
-                picks = list(combinations(picked, k))
+                drawn = list(combinations(question, k))
             else:
-                picks = [[picked[i] for i in sorted(draw.sample(range(n), k))] for _ in range(subsets)]
-            votes = [majority_vote([a for a, _, _ in p], [s for _, s, _ in p], tie_break) for p in picks]
-            accuracy.append(fmean(right.get(a, False) for a, _ in votes))
+                drawn = [[question[i] for i in sorted(draw.sample(range(n), k))] for _ in range(subsets)]
+            votes = [majority_vote([b.answer for b in vote], [b.score for b in vote], tie_break) for vote in drawn]
+            accuracy.append(fmean(answer_right.get(answer, False) for answer, _ in votes))
             ties.append(fmean(tie for _, tie in votes))
-            pass_at.append(1 - math.comb(n - sum(o for _, _, o in picked), k) / math.comb(n, k))
+            pass_at.append(1 - math.comb(n - sum(ballot.right for ballot in question), k) / math.comb(n, k))
         curve.append(dict(votes=k, accuracy=fmean(accuracy), tie_rate=fmean(ties), pass_at_k=fmean(pass_at)))
     return curve
 
 
-def agreement(records: list[Record], oks: list[list[bool]], rule: str) -> dict:
+def agreement(records: list[Record], right: list[list[bool]], rule: str) -> dict:
     """Expert diversity: for each pair of groups (each HEX block length; SC's samples as one group), over the
     pairs of a question's candidates, one from each group (never a candidate with itself): the share that give
     the same answer among the pairs where both answers are readable, and the share where exactly one of the two
@@ -782,15 +824,16 @@ def agreement(records: list[Record], oks: list[list[bool]], rule: str) -> dict:
     labels = [g for g in dict.fromkeys(map(group, records[0]["candidates"])) if g]  # the plan's order
     same = {}  # (group, group): per question, the share of agreeing pairs where both answers are readable
     single = {}  # (group, group): per question, the share of pairs where exactly one is right
-    for record, ok in zip(records, oks):
+    for record, question_right in zip(records, right):
         pairs = {}
-        for x, y in permutations(range(len(ok)), 2):
+        for x, y in permutations(range(len(question_right)), 2):
             first = record["candidates"][x]
             second = record["candidates"][y]
-            pair = (first["answers"][rule], second["answers"][rule], ok[x] != ok[y])
+            pair = (first["answers"][rule], second["answers"][rule], question_right[x] != question_right[y])
             pairs.setdefault((group(first), group(second)), []).append(pair)
         for key, found in pairs.items():
-            if readable := [a == b for a, b, _ in found if a is not None and b is not None]:
+            readable = [a == b for a, b, _ in found if a is not None and b is not None]
+            if readable:
                 same.setdefault(key, []).append(fmean(readable))
             single.setdefault(key, []).append(fmean(one for _, _, one in found))
 
@@ -810,15 +853,16 @@ def paired_comparisons(records: list[Record], judged: list, shown: list[str]) ->
     advance); minus the best block length chosen on the other half of the questions (two-fold cross-fitting,
     never scored on the questions it was chosen on): the paper's claim and its controls, on the same questions,
     with Agresti-Min paired intervals."""
-    hex_right = [v["hex"][2] for v, _ in judged]
-    others = {"HEX - SC": [v["sc"][2] for v, _ in judged]} if "sc" in shown else {}
+    hex_right = [question.methods["hex"].right for question in judged]
+    others = {"HEX - SC": [question.methods["sc"].right for question in judged]} if "sc" in shown else {}
     alone = {}
-    for r, (_, ok) in zip(records, judged):
-        for c, o in zip(r["candidates"], ok):
+    for r, question in zip(records, judged):
+        for c, right in zip(r["candidates"], question.candidates):
             if c["method"] == "hex" and c["sample"] == 0:
-                alone.setdefault(c["block_length"], []).append(o)
+                alone.setdefault(c["block_length"], []).append(right)
     for b, right in alone.items():
-        others[f"HEX - block {b}" + " (fixed in advance)" * (b == 32)] = right
+        name = f"HEX - block {b} (fixed in advance)" if b == 32 else f"HEX - block {b}"
+        others[name] = right
     chosen_right, chosen = cross_fitted(alone)
     others[CROSS_FITTED] = chosen_right
     paired = {name: paired_difference(hex_right, right) for name, right in others.items()}
@@ -835,20 +879,20 @@ def summarize(records: list[Record], settings: dict, rule: str, methods: list[st
     judged = {r: [verdicts(task, record, r, tie_break) for record in records] for r in RULES}
     shown = [m for m in settings["methods"] if m in (methods or settings["methods"])]
     table = {}
-    for m in shown:  # a method's verdict is its vote's
-        right = [v[m][2] for v, _ in judged[rule]]
-        table[m] = candidate_figures(records, judged, rule, m) | dict(
-            paper_name=PAPER_NAMES[m],
+    for method in shown:  # a method's verdict is its vote's
+        right = [question.methods[method].right for question in judged[rule]]
+        table[method] = candidate_figures(records, judged, rule, method) | dict(
+            paper_name=PAPER_NAMES[method],
             accuracy=fmean(right),
             ci95=wilson(sum(right), len(right)),
             correct=sum(right),
-            other_rule_accuracy=fmean(v[m][2] for v, _ in judged[other]),
-            tie_rate=fmean(v[m][1] for v, _ in judged[rule]),
+            other_rule_accuracy=fmean(question.methods[method].right for question in judged[other]),
+            tie_rate=fmean(question.methods[method].tie for question in judged[rule]),
         )
     experts = {}
     for b in settings["block_lengths"] if "hex" in shown else []:
         experts[b] = candidate_figures(records, judged, rule, "hex", b)
-    oks = [ok for _, ok in judged[rule]]
+    candidates_right = [question.candidates for question in judged[rule]]
     return dict(
         task=settings["task"],
         questions=len(records),
@@ -858,8 +902,8 @@ def summarize(records: list[Record], settings: dict, rule: str, methods: list[st
         methods=table,
         block_lengths=experts,
         paired=paired_comparisons(records, judged[rule], shown) if "hex" in shown else {},
-        votes={m: votes_curve(records, oks, m, rule, tie_break) for m in SAMPLED if m in shown},
-        agreement=agreement(records, oks, rule) if "hex" in shown else dict(groups=[]),
+        votes={m: votes_curve(records, candidates_right, m, rule, tie_break) for m in SAMPLED if m in shown},
+        agreement=agreement(records, candidates_right, rule) if "hex" in shown else dict(groups=[]),
         forward_calls_per_question=fmean(r["forward_calls"] for r in records),
         seconds_per_question=fmean(r["seconds"] for r in records),
         settings=settings,
@@ -874,8 +918,8 @@ def protocol(settings: dict) -> str:
         ties = dict(first="the answer seen first (the authors' rule)", likelihood="the higher likelihood score")
         blocks = settings["block_lengths"]
         text += (
-            f", HEX block lengths {' '.join(map(str, blocks))}, temperature {settings['temperature']:g}, {k} "
-            f"sample{'s' * (k > 1)} per block length ({k * len(blocks)} vote{'s' * (k * len(blocks) > 1)}), "
+            f", HEX block lengths {' '.join(map(str, blocks))}, temperature {settings['temperature']:g}, "
+            f"{plural(k, 'sample')} per block length ({plural(k * len(blocks), 'vote')}), "
             f"ties to {ties[settings['tie_break']]}"
         )
     if "sc" in settings["methods"]:
@@ -899,7 +943,7 @@ def summary_table(summary: dict) -> str:
 
     settings = summary["settings"]
     lines = [
-        f"{TASKS[summary['task']].title}, {summary['questions']} question{'s' * (summary['questions'] > 1)}; "
+        f"{TASKS[summary['task']].title}, {plural(summary['questions'], 'question')}; "
         f"{protocol(settings | dict(methods=list(summary['methods'])))}",  # the methods shown
         f"answers read by the {summary['answer_rule']} rule ({summary['other_rule']} rule beside); every interval "
         "is 95% over questions",
@@ -1031,7 +1075,8 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
         rows = list(map(dict, dataset))
         source = {"source": f"hub:{name}/{config or 'default'}/{split}", "fingerprint": dataset._fingerprint}
     else:
-        if not (file := Path(path).expanduser()).is_file():
+        file = Path(path).expanduser()
+        if not file.is_file():
             raise UsageError(
                 f"--data {path}: "
                 + ("is a folder; pass the task's JSONL or parquet file" if file.is_dir() else "no such file")
@@ -1102,7 +1147,8 @@ def fit_dream_code(model_class: type, config) -> type:
     from transformers import PreTrainedModel
 
     module = sys.modules[model_class.__module__]
-    if (rope := getattr(module, "ROPE_INIT_FUNCTIONS", None)) is not None and "default" not in rope:
+    rope = getattr(module, "ROPE_INIT_FUNCTIONS", None)
+    if rope is not None and "default" not in rope:
         module.ROPE_INIT_FUNCTIONS = {**rope, "default": _default_rope}
     own = PreTrainedModel.from_pretrained.__func__
     return (
@@ -1163,7 +1209,8 @@ FAMILIES = {  # by the config's model_type, lower case
 
 def model_family(config, name: str) -> Family:
     """The family of a checkpoint, from its config's model_type (never from its name)."""
-    if (kind := str(getattr(config, "model_type", "") or "")).lower() not in FAMILIES:
+    kind = str(getattr(config, "model_type", "") or "")
+    if kind.lower() not in FAMILIES:
         known = ", ".join(f"{f.name} ({key!r}: {f.checkpoints})" for key, f in FAMILIES.items())
         raise UsageError(
             f"--model {name}: model_type {kind!r} is not a supported masked diffusion family; supported: {known}"
@@ -1213,10 +1260,12 @@ def load_model(name: str, config, device: torch.device, dtype: torch.dtype) -> n
         )
     except (OSError, ValueError) as error:
         raise UsageError(f"--model {name}: cannot load its weights ({_one_line(error)})") from None
-    if missing := sorted(info.get("missing_keys") or []):
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        named = ", ".join(missing[:5]) if len(missing) <= 5 else ", ".join(missing[:5]) + ", ..."
         raise UsageError(
-            f"--model {name}: the checkpoint has no weights for {len(missing)} parameter(s) "
-            f"({', '.join(missing[:5])}{', ...' * (len(missing) > 5)}); they would be random"
+            f"--model {name}: the checkpoint has no weights for {plural(len(missing), 'parameter')} ({named}); "
+            "they would be random"
         )
     return family.wrap(model).to(device).eval()
 
@@ -1230,7 +1279,8 @@ def find_mask_id(tokenizer, config) -> int:
         vocab.get("<|mask|>"),
         getattr(config, "mask_token_id", None),
     ]
-    if (mask_id := next((i for i in found if i is not None), None)) is None:
+    mask_id = next((i for i in found if i is not None), None)
+    if mask_id is None:
         raise UsageError("cannot tell the mask token id from the tokenizer or config: pass --mask-id")
     return mask_id
 
@@ -1269,8 +1319,7 @@ def write_figures(summary: dict, records: list[Record], path: Path) -> None:
     fig = Figure(figsize=(14, 9), layout="constrained")
     axes = fig.subplots(2, 2)
     fig.suptitle(
-        f"{settings['model']} on {TASKS[summary['task']].title}, {summary['questions']} question"
-        f"{'s' * (summary['questions'] > 1)}, "
+        f"{settings['model']} on {TASKS[summary['task']].title}, {plural(summary['questions'], 'question')}, "
         f"{summary['answer_rule']} rule (this run, not the paper's figures)\n{protocol(settings)}",
         fontsize=9,
     )
@@ -1752,7 +1801,8 @@ def resolve_device(requested: str | None) -> torch.device:
 
 def check_output(text: str) -> Path:
     """--output as a results file that can exist: not a folder, under no file."""
-    if (output := Path(text).expanduser()).is_dir():
+    output = Path(text).expanduser()
+    if output.is_dir():
         raise UsageError(f"--output {text}: is a folder; name a results file, e.g. --output {output / 'run.jsonl'}")
     if not (nearest := next(p for p in output.parents if p.exists())).is_dir():
         raise UsageError(f"--output {text}: {nearest} is a file, not a folder")
@@ -1798,7 +1848,8 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     offline_unless_reachable(args)
     rows, data = load_rows(task, args.data)
     problems = [{"id": i, "row": rows[i]} for i in task.order(len(rows))]
-    if not (problems := problems[args.offset :][: args.limit]):
+    problems = problems[args.offset :][: args.limit]
+    if not problems:
         raise UsageError(f"--offset {args.offset} is past the {len(rows)} rows of {data['source']}")
     settings = run_settings(args, data, device)
     requested = {p["id"] for p in problems}
@@ -1821,7 +1872,8 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         tokenizer, config = load_tokenizer(args.model)
         model_family(config, args.model)  # an unknown family is refused before the weights load
         mask_id = args.mask_id if args.mask_id is not None else find_mask_id(tokenizer, config)
-        if not 0 <= mask_id < (vocab := getattr(config, "vocab_size", None) or len(tokenizer)):
+        vocab = getattr(config, "vocab_size", None) or len(tokenizer)
+        if not 0 <= mask_id < vocab:
             raise UsageError(f"--mask-id {mask_id} is outside the model's vocabulary (size {vocab})")
         if tokenizer.chat_template is None:
             raise UsageError(
@@ -1983,10 +2035,15 @@ def report(settings: dict, files: RunFiles, requested: set[int], args: argparse.
         write_atomically(files.summary, json.dumps(whole, indent=1))
         write_atomically(files.figure, lambda path: write_figures(whole, ordered, path))
     print(summary_table(summary))
-    if len(chosen) < len(records) or fewer:
+    if fewer:
         print(
-            f"(the {len(chosen)} questions{' and methods' * fewer} asked for; the summary file and the figure cover "
-            f"all {len(records)} finished questions{' and every method' * fewer})"
+            f"(the {len(chosen)} questions and methods asked for; the summary file and the figure cover all "
+            f"{len(records)} finished questions and every method)"
+        )
+    elif len(chosen) < len(records):
+        print(
+            f"(the {len(chosen)} questions asked for; the summary file and the figure cover all {len(records)} "
+            "finished questions)"
         )
     print(
         f"records: {files.output}\n"
@@ -2002,7 +2059,8 @@ def report(settings: dict, files: RunFiles, requested: set[int], args: argparse.
 def rescore(args: argparse.Namespace) -> dict:
     """--rescore: re-read every stored candidate's text by the current answer rules and rewrite the records, the
     summary and the figure, without the model. The settings keep the run's own and note the rescoring."""
-    if not (files := RunFiles(check_output(args.output))).settings.is_file():
+    files = RunFiles(check_output(args.output))
+    if not files.settings.is_file():
         raise UsageError(f"--rescore: {files.output} has no settings file ({files.settings.name}): nothing to rescore")
     try:
         files.open()

@@ -1354,7 +1354,7 @@ def test_checkpoint_each_task_end_to_end(checkpoint, tmp_path, task, capsys):
         for rule in R.RULES:
             hex_rows = [c for c in r["candidates"] if c["method"] == "hex"]
             answer, tie = H.majority_vote([c["answers"][rule] for c in hex_rows])
-            voted = R.verdicts(R.TASKS[task], r, rule, "first")[0]["hex"]
+            voted = R.verdicts(R.TASKS[task], r, rule, "first").methods["hex"]
             assert voted == (answer, tie, R.TASKS[task].is_correct(answer, r["gold"][rule], rule))
     saved = json.loads(output.with_suffix(".summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
@@ -1362,7 +1362,7 @@ def test_checkpoint_each_task_end_to_end(checkpoint, tmp_path, task, capsys):
         recomputed = R.summarize(lines(output), saved["settings"], rule)
 
         def right(m, x):
-            return [R.verdicts(R.TASKS[task], r, x, "first")[0][m][2] for r in records]
+            return [R.verdicts(R.TASKS[task], r, x, "first").methods[m].right for r in records]
 
         for m, v in recomputed["methods"].items():
             assert v["accuracy"] == sum(right(m, rule)) / 2 and v["other_rule_accuracy"] == sum(right(m, other)) / 2
@@ -2754,7 +2754,7 @@ def test_checkpoint_hex_against_sc_in_one_run(checkpoint, data, tmp_path, capsys
     paired = summary["paired"]["HEX - SC"]
 
     def right(m):
-        return [R.verdicts(R.TASKS["gsm8k"], r, "authors", "first")[0][m][2] for r in records]
+        return [R.verdicts(R.TASKS["gsm8k"], r, "authors", "first").methods[m].right for r in records]
 
     assert paired == R.paired_difference(right("hex"), right("sc"))
     assert [v["votes"] for v in summary["votes"]["sc"]] == list(range(1, 7))
