@@ -1293,21 +1293,21 @@ PAPER_ACCURACY = {  # LLaDA-8B-Instruct, gen_length 256, steps 128 (the paper's 
     "arc-c": dict(hex=87.80, topk_margin=54.18, low_confidence=47.87, random=70.05),
     "truthfulqa": dict(hex=57.46, topk_margin=28.36, low_confidence=29.82, random=42.40),
 }
-PAPER_GSM8K_VOTES = [
-    (5, 82.18, 4.1),
-    (10, 85.75, 4.3),
-    (15, 87.19, 2.4),
-    (20, 87.79, 2.5),
-    (25, 88.10, 1.35),
-    (30, 88.10, 1.05),
-]  # (votes, accuracy %, tie rate %), read off the paper's plot
+PAPER_GSM8K_VOTES = [  # HEX on GSM8K, % (LLaDA-8B-Instruct), read off the paper's plot
+    dict(votes=5, accuracy=82.18, tie_rate=4.1),
+    dict(votes=10, accuracy=85.75, tie_rate=4.3),
+    dict(votes=15, accuracy=87.19, tie_rate=2.4),
+    dict(votes=20, accuracy=87.79, tie_rate=2.5),
+    dict(votes=25, accuracy=88.10, tie_rate=1.35),
+    dict(votes=30, accuracy=88.10, tie_rate=1.05),
+]
 
 
-def write_figures(summary: dict, records: list[Record], path: Path) -> None:
+def write_figures(summary: dict, records: list[Record], path: Path):
     """One PNG: accuracy per method and per HEX expert with 95% intervals over questions (the paper's bars, its
     figures marked only where this run is its setting); expected accuracy, tie rate and pass@k against votes for
     HEX and SC (its scaling plot); the step that committed each answer position of one question (its Fig. 2);
-    how often experts agree."""
+    how often experts agree. Returns the matplotlib Figure."""
     from matplotlib.figure import Figure  # no pyplot: no window, no global state
 
     settings = summary["settings"]
@@ -1332,7 +1332,9 @@ def write_figures(summary: dict, records: list[Record], path: Path) -> None:
     _heatmap(axes[1, 0], [c["commit_order"] for c in rows], labels, None, "step", title, settings["steps"] - 1)
     ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
     if ends:  # thin marks: at gen_length 256 a run of end-of-text is a red band
-        axes[1, 0].scatter(*zip(*ends), marker="|", s=60, linewidths=0.6, color="red")
+        positions = [i for i, _ in ends]
+        candidate_rows = [r for _, r in ends]
+        axes[1, 0].scatter(positions, candidate_rows, marker="|", s=60, linewidths=0.6, color="red")
     table = summary["agreement"]
     if table["groups"]:
         values = [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]]
@@ -1341,26 +1343,28 @@ def write_figures(summary: dict, records: list[Record], path: Path) -> None:
     else:
         axes[1, 1].set_axis_off()
     fig.savefig(path, dpi=100, format="png")
+    return fig
 
 
 def _accuracy_bars(ax, summary, paper):
     methods = list(summary["methods"].items())  # first, so a method's bar is its index here
     bars = [v for _, v in methods] + list(summary["block_lengths"].values())
     heights = [100 * v["accuracy"] for v in bars]
-    errors = (
-        (torch.tensor(heights) - 100 * torch.tensor([v["ci95"] for v in bars]).T).abs().tolist()
-    )  # (2, bars): down, up
+    below = [100 * (v["accuracy"] - v["ci95"][0]) for v in bars]
+    above = [100 * (v["ci95"][1] - v["accuracy"]) for v in bars]
     colours = [dict(hex="tab:blue", sc="tab:purple", imh="tab:green").get(m, "tab:gray") for m, _ in methods]
     colours += ["tab:cyan"] * len(summary["block_lengths"])
-    ax.bar(range(len(bars)), heights, color=colours, edgecolor="black", capsize=4, yerr=errors)
+    ax.bar(range(len(bars)), heights, color=colours, edgecolor="black", capsize=4, yerr=[below, above])
     for i, h in enumerate(heights):  # the edge and the label keep a 0% bar visible
         ax.annotate(f"{h:.1f}%", (i, h), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
     published = PAPER_ACCURACY[summary["task"]]
-    reported = [(i, published[m]) for i, (m, _) in enumerate(methods) if m in published]
+    names = list(summary["methods"])
+    reported = [i for i, name in enumerate(names) if name in published]  # the bars the paper has a figure for
     if paper and reported:
         of_hex = "5 votes, temperature 0" if summary["task"] == "gsm8k" else "its best, protocol not stated"
         label = f"the paper's table (LLaDA-8B-Instruct; HEX: {of_hex})"
-        ax.scatter(*zip(*reported), marker="_", s=600, color="tab:red", zorder=3, label=label)
+        figures = [published[names[i]] for i in reported]
+        ax.scatter(reported, figures, marker="_", s=600, color="tab:red", zorder=3, label=label)
         ax.legend(loc="upper right", fontsize=8)
     labels = [v["paper_name"] for _, v in methods] + [f"block {b}" for b in summary["block_lengths"]]
     ax.set_xticks(range(len(bars)), labels, rotation=30, ha="right", fontsize=8)
@@ -1384,7 +1388,9 @@ def _votes_plot(ax, summary, paper):
         ):
             ax.plot(votes, [100 * v[key] for v in curve], line, label=f"{PAPER_NAMES[m]}, {what}", **styles[m])
     if paper and "hex" in summary["votes"]:
-        n, accuracy, tie = zip(*PAPER_GSM8K_VOTES)
+        n = [point["votes"] for point in PAPER_GSM8K_VOTES]
+        accuracy = [point["accuracy"] for point in PAPER_GSM8K_VOTES]
+        tie = [point["tie_rate"] for point in PAPER_GSM8K_VOTES]
         ax.plot(
             n,
             accuracy,
