@@ -39,7 +39,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import timedelta
 from itertools import combinations, permutations
 from pathlib import Path
@@ -528,26 +528,61 @@ class Record(TypedDict):
     batch: int  # the id of its batch's first question: the batch a grown run decodes new methods in
 
 
-def candidate_plan(settings: dict) -> list[tuple[str, int, Schedule]]:
+@dataclass(frozen=True)
+class Settings:
+    """What a run decodes and how it votes, as its settings file keeps it (`asdict`): a rerun must match COMPARED,
+    its methods may grow. The defaults are the authors' protocol on GSM8K (the command line fills in its own)."""
+
+    task: str = "gsm8k"
+    data: dict = field(default_factory=dict)  # the rows' identity: source, fingerprint, rows
+    model: str = "GSAI-ML/LLaDA-8B-Instruct"
+    mask_id: int | None = None  # None: from the tokenizer or config
+    gen_length: int = 256
+    steps: int = 128
+    block_lengths: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])  # HEX's experts
+    samples_per_block: int = 1
+    temperature: float = 0.0  # HEX's
+    sc_block_length: int = 32
+    sc_samples: int = 5
+    sc_temperature: float = SC_TEMPERATURE
+    imh_samples: int = 8
+    imh_alpha: float = 2.0
+    imh_proposals: int = 8
+    tie_break: str = "first"  # the vote's, "first" or "likelihood"
+    seed: int = 0  # of every method's random stream
+    methods: list[str] = field(default_factory=lambda: [m for m in METHODS if m not in OPT_IN])
+    batch_size: int = 1
+    dtype: str = "float32"
+    environments: list[dict] = field(default_factory=list)  # the settings file's history: each start's machine
+    rescored: list[dict] = field(default_factory=list)  # and each --rescore
+
+    @classmethod
+    def from_file(cls, stored: dict) -> Settings:
+        """Settings as a settings file (or a summary) stores them; a key an older file lacks takes its default."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in stored.items() if key in known})
+
+
+def candidate_plan(settings: Settings) -> list[tuple[str, int, Schedule]]:
     """Every candidate of a question as (method, sample, schedule): HEX's experts (low-confidence remasking at
     --temperature), self-consistency's samples of one schedule, each one-block baseline, then the IMH's samples
     (one block, the confidence position rule, local temperature 1 / alpha: what its schedule can say of it)."""
-    methods = settings["methods"]
+    methods = settings.methods
     plan = [
-        ("hex", s, Schedule(b, "low_confidence", settings["temperature"]))
-        for s in range(settings["samples_per_block"])
-        for b in settings["block_lengths"]
+        ("hex", s, Schedule(b, "low_confidence", settings.temperature))
+        for s in range(settings.samples_per_block)
+        for b in settings.block_lengths
         if "hex" in methods
     ]
     plan += [
-        ("sc", s, Schedule(settings["sc_block_length"], "low_confidence", settings["sc_temperature"]))
-        for s in range(settings["sc_samples"])
+        ("sc", s, Schedule(settings.sc_block_length, "low_confidence", settings.sc_temperature))
+        for s in range(settings.sc_samples)
         if "sc" in methods
     ]
-    plan += [(m, 0, Schedule(settings["gen_length"], m)) for m in methods if m in BASELINES]
+    plan += [(m, 0, Schedule(settings.gen_length, m)) for m in methods if m in BASELINES]
     if "imh" in methods:  # one block, local temperature 1 / alpha: what a Schedule can say of imh_generate's
-        imh = Schedule(settings["gen_length"], "low_confidence", 1 / settings["imh_alpha"])
-        plan += [("imh", s, imh) for s in range(settings["imh_samples"])]
+        imh = Schedule(settings.gen_length, "low_confidence", 1 / settings.imh_alpha)
+        plan += [("imh", s, imh) for s in range(settings.imh_samples)]
     return plan
 
 
@@ -565,7 +600,7 @@ def decode_batch(
     tokenizer,
     task: Task,
     batch: list[dict],
-    settings: dict,
+    settings: Settings,
     mask_id: int,
     device: torch.device,
     methods: list[str] | None = None,
@@ -575,9 +610,9 @@ def decode_batch(
     question. Each method draws from its own stream, seeded by the batch's first question, so adding or dropping
     a method changes no other method's candidates."""
     ids, attention = left_pad([task.build_prompt(tokenizer, p["row"]) for p in batch], device)
-    methods = methods or settings["methods"]
+    methods = methods or settings.methods
     streams = {
-        m: torch.Generator(device).manual_seed(settings["seed"] + 10**6 * METHODS.index(m) + batch[0]["id"])
+        m: torch.Generator(device).manual_seed(settings.seed + 10**6 * METHODS.index(m) + batch[0]["id"])
         for m in methods
     }
     plan = [(m, n, s) for m, n, s in candidate_plan(settings) if m in methods]
@@ -605,7 +640,7 @@ def decode_batch(
     return records_of(tokenizer, task, batch, plan, out, cost)
 
 
-def planned_decodes(model, ids, attention, plan: list, settings: dict, mask_id: int, streams: dict) -> dict:
+def planned_decodes(model, ids, attention, plan: list, settings: Settings, mask_id: int, streams: dict) -> dict:
     """The decodes of a batch, each a call by the methods it decodes: every candidate of the plan but the IMH's in
     one lockstep `decode`, the IMH's samples in `imh_generate`."""
     lockstep = [(m, n, s) for m, n, s in plan if m != "imh"]
@@ -617,8 +652,8 @@ def planned_decodes(model, ids, attention, plan: list, settings: dict, mask_id: 
             ids,
             attention,
             schedules=[s for _, _, s in lockstep],
-            gen_length=settings["gen_length"],
-            steps=settings["steps"],
+            gen_length=settings.gen_length,
+            steps=settings.steps,
             mask_id=mask_id,
             generator=[streams[m] for m, _, _ in lockstep],
         )
@@ -628,10 +663,10 @@ def planned_decodes(model, ids, attention, plan: list, settings: dict, mask_id: 
             model,
             ids,
             attention,
-            gen_length=settings["gen_length"],
-            alpha=settings["imh_alpha"],
-            proposals=settings["imh_proposals"],
-            samples=settings["imh_samples"],
+            gen_length=settings.gen_length,
+            alpha=settings.imh_alpha,
+            proposals=settings.imh_proposals,
+            samples=settings.imh_samples,
             mask_id=mask_id,
             generator=streams["imh"],
         )
@@ -870,14 +905,14 @@ def paired_comparisons(records: list[Record], judged: list, shown: list[str]) ->
     return paired
 
 
-def summarize(records: list[Record], settings: dict, rule: str, methods: list[str] | None = None) -> dict:
+def summarize(records: list[Record], settings: Settings, rule: str, methods: list[str] | None = None) -> dict:
     """Every reported figure under `rule` (the other rule's accuracy beside), from the records alone; only
     `methods` (default: the run's) in the methods table. Accuracies and differences are fractions."""
-    task = TASKS[settings["task"]]
+    task = TASKS[settings.task]
     other = RULES[1 - RULES.index(rule)]
-    tie_break = settings["tie_break"]
+    tie_break = settings.tie_break
     judged = {r: [verdicts(task, record, r, tie_break) for record in records] for r in RULES}
-    shown = [m for m in settings["methods"] if m in (methods or settings["methods"])]
+    shown = [m for m in settings.methods if m in (methods or settings.methods)]
     table = {}
     for method in shown:  # a method's verdict is its vote's
         right = [question.methods[method].right for question in judged[rule]]
@@ -890,11 +925,11 @@ def summarize(records: list[Record], settings: dict, rule: str, methods: list[st
             tie_rate=fmean(question.methods[method].tie for question in judged[rule]),
         )
     experts = {}
-    for b in settings["block_lengths"] if "hex" in shown else []:
+    for b in settings.block_lengths if "hex" in shown else []:
         experts[b] = candidate_figures(records, judged, rule, "hex", b)
     candidates_right = [question.candidates for question in judged[rule]]
     return dict(
-        task=settings["task"],
+        task=settings.task,
         questions=len(records),
         answer_rule=rule,
         other_rule=other,
@@ -906,31 +941,31 @@ def summarize(records: list[Record], settings: dict, rule: str, methods: list[st
         agreement=agreement(records, candidates_right, rule) if "hex" in shown else dict(groups=[]),
         forward_calls_per_question=fmean(r["forward_calls"] for r in records),
         seconds_per_question=fmean(r["seconds"] for r in records),
-        settings=settings,
+        settings=asdict(settings),
     )
 
 
-def protocol(settings: dict) -> str:
+def protocol(settings: Settings) -> str:
     """The run's protocol in one line, as the paper states it."""
-    k = settings["samples_per_block"]
-    text = f"gen_length {settings['gen_length']}, steps {settings['steps']}"
-    if "hex" in settings["methods"]:
+    k = settings.samples_per_block
+    text = f"gen_length {settings.gen_length}, steps {settings.steps}"
+    if "hex" in settings.methods:
         ties = dict(first="the answer seen first (the authors' rule)", likelihood="the higher likelihood score")
-        blocks = settings["block_lengths"]
+        blocks = settings.block_lengths
         text += (
-            f", HEX block lengths {' '.join(map(str, blocks))}, temperature {settings['temperature']:g}, "
+            f", HEX block lengths {' '.join(map(str, blocks))}, temperature {settings.temperature:g}, "
             f"{plural(k, 'sample')} per block length ({plural(k * len(blocks), 'vote')}), "
-            f"ties to {ties[settings['tie_break']]}"
+            f"ties to {ties[settings.tie_break]}"
         )
-    if "sc" in settings["methods"]:
+    if "sc" in settings.methods:
         text += (
-            f"; SC block length {settings['sc_block_length']}, temperature {settings['sc_temperature']:g}, "
-            f"{settings['sc_samples']} samples"
+            f"; SC block length {settings.sc_block_length}, temperature {settings.sc_temperature:g}, "
+            f"{settings.sc_samples} samples"
         )
-    if "imh" in settings["methods"]:
+    if "imh" in settings.methods:
         text += (
-            f"; IMH (this project's reconstruction) alpha {settings['imh_alpha']:g}, {settings['imh_proposals']} "
-            f"proposals, {settings['imh_samples']} samples, one block, one token a step"
+            f"; IMH (this project's reconstruction) alpha {settings.imh_alpha:g}, {settings.imh_proposals} "
+            f"proposals, {settings.imh_samples} samples, one block, one token a step"
         )
     return text
 
@@ -941,10 +976,10 @@ def summary_table(summary: dict) -> str:
     def pct(x):
         return "      -" if x is None else f"{100 * x:6.2f}%"
 
-    settings = summary["settings"]
+    settings = Settings.from_file(summary["settings"])
     lines = [
         f"{TASKS[summary['task']].title}, {plural(summary['questions'], 'question')}; "
-        f"{protocol(settings | dict(methods=list(summary['methods'])))}",  # the methods shown
+        f"{protocol(replace(settings, methods=list(summary['methods'])))}",  # the methods shown
         f"answers read by the {summary['answer_rule']} rule ({summary['other_rule']} rule beside); every interval "
         "is 95% over questions",
         f"{'method':<30}{'accuracy':>9}  {'95% interval':<18}{summary['other_rule']:>9}{'tie rate':>10}{'oracle':>9}"
@@ -966,13 +1001,13 @@ def summary_table(summary: dict) -> str:
         "share of right samples; no figure of SC is published"
     )
     lines += [
-        f"run on {e['device_name']} ({settings['dtype']}, torch {e['torch']}, transformers {e['transformers']}, "
+        f"run on {e['device_name']} ({settings.dtype}, torch {e['torch']}, transformers {e['transformers']}, "
         f"{e['world_size']} process(es), mask id {e['mask_id']})"
-        for e in settings.get("environments", [])
+        for e in settings.environments
     ]
     lines += [
         f"rescored without the model on {r['at']} (answers re-read by the rules of that time)"
-        for r in settings.get("rescored", [])
+        for r in settings.rescored
     ]
     lines.append(
         f"{summary['forward_calls_per_question']:.1f} forward calls and {summary['seconds_per_question']:.2f} s per "
@@ -1310,16 +1345,16 @@ def write_figures(summary: dict, records: list[Record], path: Path):
     how often experts agree. Returns the matplotlib Figure."""
     from matplotlib.figure import Figure  # no pyplot: no window, no global state
 
-    settings = summary["settings"]
-    paper = "llada-8b-instruct" in settings["model"].lower() and (
-        settings["gen_length"],
-        settings["steps"],
-        settings["block_lengths"],
+    settings = Settings.from_file(summary["settings"])
+    paper = "llada-8b-instruct" in settings.model.lower() and (
+        settings.gen_length,
+        settings.steps,
+        settings.block_lengths,
     ) == (256, 128, [8, 16, 32, 64, 128])
     fig = Figure(figsize=(14, 9), layout="constrained")
     axes = fig.subplots(2, 2)
     fig.suptitle(
-        f"{settings['model']} on {TASKS[summary['task']].title}, {plural(summary['questions'], 'question')}, "
+        f"{settings.model} on {TASKS[summary['task']].title}, {plural(summary['questions'], 'question')}, "
         f"{summary['answer_rule']} rule (this run, not the paper's figures)\n{protocol(settings)}",
         fontsize=9,
     )
@@ -1329,7 +1364,7 @@ def write_figures(summary: dict, records: list[Record], path: Path):
     rows = [c for c in record["candidates"] if c["sample"] == 0]
     labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
     title = f"Commit order, question {record['id']}: the step that committed each position (red |: end-of-text)"
-    _heatmap(axes[1, 0], [c["commit_order"] for c in rows], labels, None, "step", title, settings["steps"] - 1)
+    _heatmap(axes[1, 0], [c["commit_order"] for c in rows], labels, None, "step", title, settings.steps - 1)
     ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
     if ends:  # thin marks: at gen_length 256 a run of end-of-text is a red band
         positions = [i for i, _ in ends]
@@ -1450,17 +1485,15 @@ METHOD_SETTINGS = dict(
 )
 
 
-def settings_conflict(old: dict, new: dict) -> list[str]:
+def settings_conflict(old: Settings, new: Settings) -> list[str]:
     """What differs between stored settings and a new run's (COMPARED), key by key. The same data under another
     path is the same data; the methods may differ (a run grows), and a method's own settings count only where
     both runs have it."""
     changed = []
-    exempt = {
-        k for m, keys in METHOD_SETTINGS.items() if m not in old["methods"] or m not in new["methods"] for k in keys
-    }
+    exempt = {k for m, keys in METHOD_SETTINGS.items() if m not in old.methods or m not in new.methods for k in keys}
     for key in COMPARED:
-        before = old.get(key)
-        now = new.get(key)
+        before = getattr(old, key)
+        now = getattr(new, key)
         if key in exempt:
             continue
         if key == "data":  # the data is its content
@@ -1473,19 +1506,20 @@ def settings_conflict(old: dict, new: dict) -> list[str]:
     return changed
 
 
-def grown(old: dict, new: dict) -> dict:
+def grown(old: Settings, new: Settings) -> Settings:
     """The stored settings with the methods a new run asks for that they lack, and those methods' own settings:
     the one way a run's settings change. Questions not yet decoded are decoded in batches of the new size."""
-    settings = old | {k: new[k] for m in new["methods"] if m not in old["methods"] for k in METHOD_SETTINGS.get(m, ())}
-    settings["methods"] = [m for m in METHODS if m in old["methods"] or m in new["methods"]]
-    return settings | dict(batch_size=new["batch_size"])
+    added = [m for m in new.methods if m not in old.methods]
+    own = {key: getattr(new, key) for m in added for key in METHOD_SETTINGS.get(m, ())}
+    methods = [m for m in METHODS if m in old.methods or m in new.methods]
+    return replace(old, **own, methods=methods, batch_size=new.batch_size)
 
 
 def methods_of(record: Record) -> set[str]:
     return {c["method"] for c in record["candidates"]}
 
 
-def merged(held: Record, new: Record, settings: dict) -> Record:
+def merged(held: Record, new: Record, settings: Settings) -> Record:
     """A held record grown by a new decode's candidates, in the order of the run's candidate plan."""
     candidates = {(c["method"], c["sample"], c["block_length"]): c for c in held["candidates"] + new["candidates"]}
     order = [(m, n, s.block_length) for m, n, s in candidate_plan(settings)]
@@ -1589,10 +1623,13 @@ class RunFiles:
         self.superseded = lines - len(done)
         return done
 
-    def stored_settings(self) -> dict:
-        return json.loads(self.settings.read_text(encoding="utf-8"))
+    def stored_settings(self) -> Settings:
+        return Settings.from_file(json.loads(self.settings.read_text(encoding="utf-8")))
 
-    def finished(self, settings: dict, requested: set[int], resume: bool) -> tuple[bool, dict]:
+    def write_settings(self, settings: Settings) -> None:
+        write_atomically(self.settings, json.dumps(asdict(settings), indent=1))
+
+    def finished(self, settings: Settings, requested: set[int], resume: bool) -> tuple[bool, Settings]:
         """Whether every question asked for is done with every method of the run, and the run's settings: the
         stored ones grown by the methods asked for that they lack. Results made with other settings, or that
         cannot be checked, are refused; so is work to do in a folder that cannot be written."""
@@ -1607,7 +1644,7 @@ class RunFiles:
                 )
             done = self.records()
             settings = grown(old, settings)  # once a run has grown by a method, it has it (a killed growth resumes)
-            complete = all(q in done and set(settings["methods"]) <= methods_of(done[q]) for q in requested)
+            complete = all(q in done and set(settings.methods) <= methods_of(done[q]) for q in requested)
             settings = old if complete else settings
         elif resume and (self.output.exists() or self.parts()):
             raise UsageError(
@@ -1618,15 +1655,15 @@ class RunFiles:
             raise UsageError(f"--output {self.output}: {self.read_only}; use another --output")
         return complete, settings
 
-    def start(self, settings: dict, resume: bool, environment: dict) -> None:
+    def start(self, settings: Settings, resume: bool, environment: dict) -> None:
         """Write the settings once every check has passed and the model has loaded (--no-resume deletes the old
         files only now), with this machine and what the model gave (mask id, end-of-text ids) appended."""
         if not resume:
             for path in (self.output, self.settings, self.summary, self.figure, *self.parts()):
                 path.unlink(missing_ok=True)
-        seen = settings.get("environments", [])  # a resumed run's settings are the stored ones, grown
-        environments = seen + [environment] * (environment not in seen)
-        write_atomically(self.settings, json.dumps(settings | dict(environments=environments), indent=1))
+        seen = settings.environments  # a resumed run's settings are the stored ones, grown
+        environments = seen if environment in seen else seen + [environment]
+        self.write_settings(replace(settings, environments=environments))
 
     def write_records(self, records: dict[int, Record]) -> None:
         """Replace the JSONL by these records, in id order, and drop torchrun's part files."""
@@ -1885,7 +1922,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
             raise UsageError(
                 f"--model {args.model}: its tokenizer has no chat template (instruct checkpoints have one)"
             )
-        model = load_model(args.model, config, device, getattr(torch, settings["dtype"]))
+        model = load_model(args.model, config, device, getattr(torch, settings.dtype))
         machine = environment(device, world, mask_id, tokenizer)
         on_rank0(lambda: files.start(settings, args.resume, machine), world, rank)
         decode_questions(model, tokenizer, task, problems, settings, mask_id, device, files, world, rank)
@@ -1908,10 +1945,10 @@ def environment(device: torch.device, world: int, mask_id: int, tokenizer) -> di
     )
 
 
-def run_settings(args: argparse.Namespace, data: dict, device: torch.device) -> dict:
+def run_settings(args: argparse.Namespace, data: dict, device: torch.device) -> Settings:
     """What the user asked for, as the settings file keeps it; COMPARED on a rerun (not the batch size)."""
     model = Path(args.model).expanduser()
-    return dict(
+    return Settings(
         task=args.task,
         data=data,
         model=str(model.resolve()) if model.is_dir() else args.model,
@@ -1950,13 +1987,13 @@ def on_rank0(fn: Callable[[], Any], world: int, rank: int) -> Any:
     return result[0][1]
 
 
-def growth_batches(mine: list[dict], done: dict[int, Record], settings: dict) -> dict[tuple, list[dict]]:
+def growth_batches(mine: list[dict], done: dict[int, Record], settings: Settings) -> dict[tuple, list[dict]]:
     """The held questions that lack a method the run has grown by, grouped by (their batch's first question, the
     methods they lack): each group grows in the batch it was first decoded in, with the same streams."""
     grow = {}
     for p in mine:
         held = done.get(p["id"])
-        missing = tuple(m for m in settings["methods"] if held and m not in methods_of(held))
+        missing = tuple(m for m in settings.methods if held and m not in methods_of(held))
         if missing:  # a record from before records named their batch grows alone
             grow.setdefault((held.get("batch", p["id"]), missing), []).append(p)
     return grow
@@ -1974,7 +2011,7 @@ def decode_questions(
     tokenizer,
     task: Task,
     problems: list[dict],
-    settings: dict,
+    settings: Settings,
     mask_id: int,
     device: torch.device,
     files: RunFiles,
@@ -1991,8 +2028,8 @@ def decode_questions(
         torch.distributed.barrier()  # every rank has read before any rank writes
     mine = problems[rank::world]
     fresh = [p for p in mine if p["id"] not in done]
-    size = settings["batch_size"]
-    work = [(fresh[i : i + size], settings["methods"]) for i in range(0, len(fresh), size)]
+    size = settings.batch_size
+    work = [(fresh[i : i + size], settings.methods) for i in range(0, len(fresh), size)]
     grow = growth_batches(mine, done, settings)
     work += [(batch, list(missing)) for (_, missing), batch in grow.items()]
     todo = sum(len(batch) for batch, _ in work)
@@ -2028,14 +2065,14 @@ def decode_questions(
         torch.distributed.barrier()
 
 
-def report(settings: dict, files: RunFiles, requested: set[int], args: argparse.Namespace) -> dict:
+def report(settings: Settings, files: RunFiles, requested: set[int], args: argparse.Namespace) -> dict:
     """Print the summary of the questions and methods asked for; save the summary and the figure of every
     finished question and method (the whole run), unless the folder is read-only."""
     records = files.merge_parts()
     ordered = [records[k] for k in sorted(records)]
     chosen = [r for r in ordered if r["id"] in requested]
     summary = summarize(chosen, settings, args.answer_rule, args.methods)
-    fewer = summary["methods"].keys() != set(settings["methods"])
+    fewer = summary["methods"].keys() != set(settings.methods)
     if not files.read_only:
         whole = summarize(ordered, settings, args.answer_rule) if fewer or len(chosen) < len(ordered) else summary
         write_atomically(files.summary, json.dumps(whole, indent=1))
@@ -2077,16 +2114,15 @@ def rescore(args: argparse.Namespace) -> dict:
         settings = files.stored_settings()
         changed = 0
         for candidate in (c for record in records.values() for c in record["candidates"]):
-            answers = {r: TASKS[settings["task"]].extract[r](candidate["text"]) for r in RULES}
+            answers = {r: TASKS[settings.task].extract[r](candidate["text"]) for r in RULES}
             changed += answers != candidate["answers"]
             candidate["answers"] = answers
         files.write_records(records)
-        settings["rescored"] = settings.get("rescored", []) + [
-            dict(at=time.strftime("%Y-%m-%d %H:%M:%S %Z"), questions=len(records), answers_changed=changed)
-        ]
-        write_atomically(files.settings, json.dumps(settings, indent=1))
+        rescoring = dict(at=time.strftime("%Y-%m-%d %H:%M:%S %Z"), questions=len(records), answers_changed=changed)
+        settings = replace(settings, rescored=settings.rescored + [rescoring])
+        files.write_settings(settings)
         print(f"rescored {len(records)} questions without the model: {changed} candidate answer(s) changed")
-        args.methods = settings["methods"]
+        args.methods = settings.methods
         return report(settings, files, set(records), args)
     finally:
         files.close()

@@ -1326,14 +1326,16 @@ def test_checkpoint_each_task_end_to_end(checkpoint, tmp_path, task, capsys):
     saved = json.loads(output.with_suffix(".summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
     for rule, other in (("authors", "robust"), ("robust", "authors")):
-        recomputed = R.summarize(lines(output), saved["settings"], rule)
+        recomputed = R.summarize(lines(output), R.Settings.from_file(saved["settings"]), rule)
 
         def right(m, x):
             return [R.verdicts(R.TASKS[task], r, x, "first").methods[m].right for r in records]
 
         for m, v in recomputed["methods"].items():
             assert v["accuracy"] == sum(right(m, rule)) / 2 and v["other_rule_accuracy"] == sum(right(m, other)) / 2
-    assert json.loads(json.dumps(R.summarize(lines(output), saved["settings"], "authors"))) == saved
+    assert (
+        json.loads(json.dumps(R.summarize(lines(output), R.Settings.from_file(saved["settings"]), "authors"))) == saved
+    )
     out = capsys.readouterr().out
     assert (
         f"{R.TASKS[task].title}, 2 questions; gen_length 16, steps 8, HEX block lengths 4 8 16, temperature 0.7, "
@@ -1659,11 +1661,11 @@ def test_checkpoint_rescore_rereads_the_texts_without_the_model(checkpoint, data
     changed = sum(c["answers"] != {"authors": None, "robust": None} for r in rescored for c in r["candidates"])
     assert f"rescored 4 questions without the model: {changed} candidate answer(s) changed" in out
     settings = json.loads(output.with_suffix(".config.json").read_text())
-    assert {k: v for k, v in settings.items() if k != "rescored"} == settings_before
+    assert settings_before["rescored"] == [] and settings | dict(rescored=[]) == settings_before, "only the note"
     assert settings["rescored"][0]["answers_changed"] == changed and "rescored without the model on" in out
     saved = json.loads(output.with_suffix(".summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
-    assert saved == json.loads(json.dumps(R.summarize(rescored, settings, "authors")))
+    assert saved == json.loads(json.dumps(R.summarize(rescored, R.Settings.from_file(settings), "authors")))
     assert output.with_suffix(".png").is_file()
     run(checkpoint, data, output, "--limit", "4")  # a later resume keeps the note
     assert json.loads(output.with_suffix(".config.json").read_text())["rescored"] == settings["rescored"]
@@ -2066,17 +2068,7 @@ def test_help_shows_every_default(capsys):
 
 def test_one_question_and_one_vote_are_singular():
     record = hand_record({("hex", 4, 0): 1.0}, 1.0)
-    settings = dict(
-        task="gsm8k",
-        methods=["hex"],
-        block_lengths=[4],
-        tie_break="first",
-        samples_per_block=1,
-        gen_length=16,
-        steps=8,
-        temperature=0.0,
-        dtype="float32",
-    )
+    settings = R.Settings(methods=["hex"], block_lengths=[4], gen_length=16, steps=8)
     text = R.summary_table(R.summarize([record], settings, "authors"))
     assert "GSM8K, 1 question; " in text and "(1 vote)" in text
 
@@ -2674,7 +2666,7 @@ def test_an_expert_interval_counts_questions_not_samples():
     records = [
         hand_record({("hex", 4, 0): float(q < 2), ("hex", 4, 1): float(q < 2)}, 1.0, question=q) for q in range(6)
     ]
-    settings = dict(task="gsm8k", methods=["hex"], block_lengths=[4], tie_break="first", samples_per_block=2)
+    settings = R.Settings(methods=["hex"], block_lengths=[4], samples_per_block=2)
     expert = R.summarize(records, settings, "authors")["block_lengths"][4]
     assert expert["accuracy"] == 2 / 6
     assert expert["ci95"] == R.wilson(2, 6), "six questions, not twelve candidates"
@@ -2689,7 +2681,7 @@ def test_hex_against_an_expert_chosen_on_other_questions():
         hand_record({("hex", 4, 0): 1.0 if right4[q] else 0.0, ("hex", 8, 0): 1.0 if q % 2 else 0.0}, 1.0, q)
         for q in range(8)
     ]
-    settings = dict(task="gsm8k", methods=["hex"], block_lengths=[4, 8], tie_break="first", samples_per_block=1)
+    settings = R.Settings(methods=["hex"], block_lengths=[4, 8])
     paired = R.summarize(records, settings, "authors")["paired"]
     assert list(paired) == [
         "HEX - block 4",
@@ -2737,7 +2729,7 @@ def test_checkpoint_sc_has_its_own_stream_and_changes_no_other_method(checkpoint
         ]
 
     with_sc = sc_settings(checkpoint, "--methods", "hex", "sc", "random", "--samples-per-block", "2")
-    assert with_sc["sc_samples"] == 4 and with_sc["sc_temperature"] == 0.7 and with_sc["sc_block_length"] == 16
+    assert (with_sc.sc_samples, with_sc.sc_temperature, with_sc.sc_block_length) == (4, 0.7, 16)
     first, again = decode(with_sc), decode(with_sc)
     without = decode(sc_settings(checkpoint, "--methods", "hex", "random", "--samples-per-block", "2"))
     assert first == again, "SC reproduces itself on a rerun"
@@ -2797,7 +2789,7 @@ def test_checkpoint_hex_against_sc_in_one_run(checkpoint, data, tmp_path, capsys
     assert "Self-consistency, a vote over k random candidates" in out and "agreement per pair" in out
     assert "HEX - best block chosen on the other half" in out and "HEX - block 4: " in out
     saved = json.loads(output.with_suffix(".summary.json").read_text())
-    assert saved == json.loads(json.dumps(R.summarize(records, saved["settings"], "authors")))
+    assert saved == json.loads(json.dumps(R.summarize(records, R.Settings.from_file(saved["settings"]), "authors")))
 
 
 @pytest.mark.checkpoint
