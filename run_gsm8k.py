@@ -563,26 +563,31 @@ class Settings:
         return cls(**{key: value for key, value in stored.items() if key in known})
 
 
-def candidate_plan(settings: Settings) -> list[tuple[str, int, Schedule]]:
-    """Every candidate of a question as (method, sample, schedule): HEX's experts (low-confidence remasking at
+class Planned(NamedTuple):
+    """One candidate of a question, before it is decoded."""
+
+    method: str
+    sample: int
+    schedule: Schedule
+
+
+def candidate_plan(settings: Settings) -> list[Planned]:
+    """Every candidate of a question: HEX's experts (low-confidence remasking at
     --temperature), self-consistency's samples of one schedule, each one-block baseline, then the IMH's samples
     (one block, the confidence position rule, local temperature 1 / alpha: what its schedule can say of it)."""
     methods = settings.methods
     plan = [
-        ("hex", s, Schedule(b, "low_confidence", settings.temperature))
-        for s in range(settings.samples_per_block)
-        for b in settings.block_lengths
+        Planned("hex", sample, Schedule(block, "low_confidence", settings.temperature))
+        for sample in range(settings.samples_per_block)
+        for block in settings.block_lengths
         if "hex" in methods
     ]
-    plan += [
-        ("sc", s, Schedule(settings.sc_block_length, "low_confidence", settings.sc_temperature))
-        for s in range(settings.sc_samples)
-        if "sc" in methods
-    ]
-    plan += [(m, 0, Schedule(settings.gen_length, m)) for m in methods if m in BASELINES]
+    sc = Schedule(settings.sc_block_length, "low_confidence", settings.sc_temperature)
+    plan += [Planned("sc", sample, sc) for sample in range(settings.sc_samples) if "sc" in methods]
+    plan += [Planned(rule, 0, Schedule(settings.gen_length, rule)) for rule in methods if rule in BASELINES]
     if "imh" in methods:  # one block, local temperature 1 / alpha: what a Schedule can say of imh_generate's
         imh = Schedule(settings.gen_length, "low_confidence", 1 / settings.imh_alpha)
-        plan += [("imh", s, imh) for s in range(settings.imh_samples)]
+        plan += [Planned("imh", sample, imh) for sample in range(settings.imh_samples)]
     return plan
 
 
@@ -609,13 +614,13 @@ def decode_batch(
     decode (`steps` forward calls in all), the IMH's samples in a second (gen_length + 1 calls); a record per
     question. Each method draws from its own stream, seeded by the batch's first question, so adding or dropping
     a method changes no other method's candidates."""
-    ids, attention = left_pad([task.build_prompt(tokenizer, p["row"]) for p in batch], device)
+    ids, attention = left_pad([task.build_prompt(tokenizer, problem["row"]) for problem in batch], device)
     methods = methods or settings.methods
     streams = {
         m: torch.Generator(device).manual_seed(settings.seed + 10**6 * METHODS.index(m) + batch[0]["id"])
         for m in methods
     }
-    plan = [(m, n, s) for m, n, s in candidate_plan(settings) if m in methods]
+    plan = [planned for planned in candidate_plan(settings) if planned.method in methods]
     runs = planned_decodes(model, ids, attention, plan, settings, mask_id, streams)
     start = time.perf_counter()
     outs = []
@@ -636,28 +641,30 @@ def decode_batch(
         batch_size=len(batch),
         batch=batch[0]["id"],
     )
-    out = HexOutput(sequences, scores, commit_steps, [s for _, _, s in plan])
+    out = HexOutput(sequences, scores, commit_steps, [planned.schedule for planned in plan])
     return records_of(tokenizer, task, batch, plan, out, cost)
 
 
-def planned_decodes(model, ids, attention, plan: list, settings: Settings, mask_id: int, streams: dict) -> dict:
+def planned_decodes(
+    model, ids, attention, plan: list[Planned], settings: Settings, mask_id: int, streams: dict
+) -> dict:
     """The decodes of a batch, each a call by the methods it decodes: every candidate of the plan but the IMH's in
     one lockstep `decode`, the IMH's samples in `imh_generate`."""
-    lockstep = [(m, n, s) for m, n, s in plan if m != "imh"]
+    lockstep = [planned for planned in plan if planned.method != "imh"]
     runs = {}
     if lockstep:
-        runs[tuple(dict.fromkeys(m for m, _, _ in lockstep))] = functools.partial(
+        runs[tuple(dict.fromkeys(planned.method for planned in lockstep))] = functools.partial(
             decode,
             model,
             ids,
             attention,
-            schedules=[s for _, _, s in lockstep],
+            schedules=[planned.schedule for planned in lockstep],
             gen_length=settings.gen_length,
             steps=settings.steps,
             mask_id=mask_id,
-            generator=[streams[m] for m, _, _ in lockstep],
+            generator=[streams[planned.method] for planned in lockstep],
         )
-    if any(m == "imh" for m, _, _ in plan):
+    if any(planned.method == "imh" for planned in plan):
         runs["imh",] = functools.partial(
             imh_generate,
             model,
@@ -683,32 +690,34 @@ def counted_calls(model: nn.Module, run: Callable[[], Any]) -> tuple[Any, list[i
         hook.remove()
 
 
-def records_of(tokenizer, task: Task, batch: list[dict], plan: list, out: HexOutput, cost: dict) -> list[Record]:
+def records_of(
+    tokenizer, task: Task, batch: list[dict], plan: list[Planned], out: HexOutput, cost: dict
+) -> list[Record]:
     """A batch's decode as records: each candidate's text (special tokens kept, as the authors decode), both
     rules' answers, likelihood score, commit order and end-of-text map."""
     answers = out.sequences[:, :, -out.commit_steps.shape[-1] :]  # (B, K, G)
     is_end = torch.isin(answers, torch.tensor(end_of_text_ids(tokenizer), device=answers.device)).tolist()
     texts = [[tokenizer.decode(a, skip_special_tokens=False) for a in row] for row in answers.tolist()]
     records = []
-    for q, p in enumerate(batch):
+    for q, problem in enumerate(batch):
         candidates = [
             Candidate(
-                method=m,
-                block_length=s.block_length,
-                sample=n,
+                method=planned.method,
+                block_length=planned.schedule.block_length,
+                sample=planned.sample,
                 text=texts[q][k],
                 answers={r: task.extract[r](texts[q][k]) for r in RULES},
                 score=float(out.scores[q, k]),
                 commit_order=out.commit_steps[q, k].tolist(),
                 end_of_text="".join("_" if e else "." for e in is_end[q][k]),
             )
-            for k, (m, n, s) in enumerate(plan)
+            for k, planned in enumerate(plan)
         ]
         records.append(
             Record(
-                id=p["id"],
-                question=task.question(p["row"]),
-                gold={r: task.gold[r](p["row"]) for r in RULES},
+                id=problem["id"],
+                question=task.question(problem["row"]),
+                gold={r: task.gold[r](problem["row"]) for r in RULES},
                 candidates=candidates,
                 **cost,
             )
@@ -1029,12 +1038,13 @@ def controls_table(summary: dict, pct: Callable) -> list[str]:
             for v in curve
         ]
         lines += ["  " + "   ".join(cells[i : i + 6]) for i in range(0, len(cells), 6)]
-    for name, p in summary["paired"].items():
-        chosen = f" (blocks {p['chosen'][0]} and {p['chosen'][1]})" if "chosen" in p else ""
+    for name, paired in summary["paired"].items():
+        even, odd = paired.get("chosen", (None, None))
+        chosen = f" (blocks {even} and {odd})" if "chosen" in paired else ""
+        low, high = paired["ci95"]
         lines.append(
-            f"{name}{chosen}: {100 * p['difference']:+.2f} points "
-            f"[{100 * p['ci95'][0]:+.2f}, {100 * p['ci95'][1]:+.2f}] (paired, Agresti-Min); "
-            f"only HEX right {p['only_first']}, only the other {p['only_second']}"
+            f"{name}{chosen}: {100 * paired['difference']:+.2f} points [{100 * low:+.2f}, {100 * high:+.2f}] "
+            f"(paired, Agresti-Min); only HEX right {paired['only_first']}, only the other {paired['only_second']}"
         )
     table = summary["agreement"]
     if len(table["groups"]) > 1:
@@ -1522,7 +1532,7 @@ def methods_of(record: Record) -> set[str]:
 def merged(held: Record, new: Record, settings: Settings) -> Record:
     """A held record grown by a new decode's candidates, in the order of the run's candidate plan."""
     candidates = {(c["method"], c["sample"], c["block_length"]): c for c in held["candidates"] + new["candidates"]}
-    order = [(m, n, s.block_length) for m, n, s in candidate_plan(settings)]
+    order = [(planned.method, planned.sample, planned.schedule.block_length) for planned in candidate_plan(settings)]
     costs = dict(
         forward_calls=held["forward_calls"] + new["forward_calls"],
         decodes=held.get("decodes", []) + new["decodes"],  # a record from before records kept them has none
@@ -1895,7 +1905,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     if not problems:
         raise UsageError(f"--offset {args.offset} is past the {len(rows)} rows of {data['source']}")
     settings = run_settings(args, data, device)
-    requested = {p["id"] for p in problems}
+    requested = {problem["id"] for problem in problems}
     if world > 1:  # gloo only synchronises the ranks; no tensors are exchanged
         torch.distributed.init_process_group("gloo", timeout=timedelta(hours=48))
 
@@ -1991,11 +2001,11 @@ def growth_batches(mine: list[dict], done: dict[int, Record], settings: Settings
     """The held questions that lack a method the run has grown by, grouped by (their batch's first question, the
     methods they lack): each group grows in the batch it was first decoded in, with the same streams."""
     grow = {}
-    for p in mine:
-        held = done.get(p["id"])
+    for problem in mine:
+        held = done.get(problem["id"])
         missing = tuple(m for m in settings.methods if held and m not in methods_of(held))
         if missing:  # a record from before records named their batch grows alone
-            grow.setdefault((held.get("batch", p["id"]), missing), []).append(p)
+            grow.setdefault((held.get("batch", problem["id"]), missing), []).append(problem)
     return grow
 
 
@@ -2027,7 +2037,7 @@ def decode_questions(
     if world > 1:
         torch.distributed.barrier()  # every rank has read before any rank writes
     mine = problems[rank::world]
-    fresh = [p for p in mine if p["id"] not in done]
+    fresh = [problem for problem in mine if problem["id"] not in done]
     size = settings.batch_size
     work = [(fresh[i : i + size], settings.methods) for i in range(0, len(fresh), size)]
     grow = growth_batches(mine, done, settings)
