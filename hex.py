@@ -713,10 +713,13 @@ def chain_answer(answers: torch.Tensor) -> torch.Tensor:
 def masked_diffusion_loss(
     model: nn.Module, prompts: torch.Tensor, responses: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """LLaDA's training objective in its SFT form (the paper's models, Sec. 2): per example t ~ U(0, 1), each
+    """LLaDA's training objective in its SFT form (the paper's models, Sec. 2): per example a t in (0, 1), each
     response token masked with probability t, the cross-entropy of the masked tokens weighted by 1 / t and
-    averaged over the response (end-of-text padding included); the prompt is never masked."""
-    t = torch.rand(len(responses), 1, generator=generator).clamp(min=1e-3)  # (B, 1)
+    averaged over the response (end-of-text padding included); the prompt is never masked. Ours: the batch's t
+    are stratified, one in each 1/B of (0, 1) from one shared uniform (MDLM's low-discrepancy sampler): each t is
+    still U(0, 1), so the loss is the same in expectation, with less variance than B independent draws."""
+    B = len(responses)
+    t = ((torch.rand(1, generator=generator) + torch.arange(B) / B) % 1).clamp(min=1e-3)[:, None]  # (B, 1)
     masked = torch.rand(responses.shape, generator=generator) < t  # (B, G)
     x = torch.cat([prompts, responses.masked_fill(masked, MINI_MASK)], dim=1)
     logits = model(x).logits[:, prompts.shape[1] :]  # (B, G, V)
@@ -725,8 +728,11 @@ def masked_diffusion_loss(
 
 
 def miniature_model(seed: int) -> TinyMaskPredictor:
-    """A 4-layer TinyMaskPredictor of 1.1M parameters over the chain task's 128 tokens and 78 positions."""
-    return TinyMaskPredictor(vocab_size=128, d_model=128, n_layers=4, n_heads=4, max_positions=78, seed=seed).eval()
+    """A 4-layer TinyMaskPredictor of 0.70M parameters over the chain task's 128 tokens and 78 positions. Its
+    SwiGLU is 2 x d_model wide (LLaDA's is 3x): a quarter faster to train than 4x, and as accurate here."""
+    return TinyMaskPredictor(
+        vocab_size=128, d_model=128, n_layers=4, n_heads=4, mlp_hidden=256, max_positions=78, seed=seed
+    ).eval()
 
 
 def learning_rate(step: int, steps: int) -> float:
@@ -748,10 +754,9 @@ def train_miniature(
     progress = dict(step=0, steps=steps, loss=math.nan, seconds=0.0)
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint)
-        if state["progress"]["steps"] != steps:
-            raise ValueError(
-                f"{checkpoint} is a training of {state['progress']['steps']} steps, not {steps}: delete it"
-            )
+        shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
+        if state["progress"]["steps"] != steps or {k: v.shape for k, v in state["model"].items()} != shapes:
+            raise ValueError(f"{checkpoint} is another training's (steps or model shape): delete it")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -919,11 +924,15 @@ def miniature_weights(seed: int, visible_length: bool, held_out: torch.Tensor, s
     """A seed's trained miniature: its cached weights, or a training (resumed from its checkpoint) that caches them."""
     name = miniature_name(seed, visible_length)
     weights = MINI_CACHE / f"{name}.pt"
-    if weights.exists():
-        model = miniature_model(seed)
-        model.load_state_dict(torch.load(weights))
+    model = miniature_model(seed)
+    shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
+    cached = torch.load(weights) if weights.exists() else {}
+    if {name: tensor.shape for name, tensor in cached.items()} == shapes:
+        model.load_state_dict(cached)
         print(f"   the trained weights from {weights}")
         return model
+    if cached:
+        print(f"   {weights} holds another model's weights (an older recipe): training again")
     checkpoint = MINI_CACHE / f"{name}.checkpoint.pt"
     model = train_miniature(steps, seed, visible_length, held_out=held_out, checkpoint=checkpoint)
     _save_atomically(model.state_dict(), weights)

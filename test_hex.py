@@ -774,12 +774,32 @@ def test_masked_diffusion_loss_by_hand():
 
     loss = H.masked_diffusion_loss(uniform, prompts, responses, torch.Generator().manual_seed(0))
     draws = torch.Generator().manual_seed(0)
-    t = torch.rand(2, 1, generator=draws).clamp(min=1e-3)
+    t = ((torch.rand(1, generator=draws) + torch.tensor([[0.0], [0.5]])) % 1).clamp(min=1e-3)  # stratified
     masked = torch.rand(2, 4, generator=draws) < t
     assert masked.any() and not masked.all(), "the hand-made case masks some tokens, not all"
     assert (seen[0][:, :3] == prompts).all(), "the prompt is never masked"
     assert ((seen[0][:, 3:] == H.MINI_MASK) == masked).all()
     assert loss.item() == pytest.approx((masked * math.log(V) / t).sum().item() / 8)
+
+
+def test_the_batch_masking_rates_are_stratified():
+    seen = []
+
+    def uniform(x):
+        seen.append(x)
+        return H.MaskPredictorOutput(torch.zeros(*x.shape, 16))
+
+    prompts = torch.full((8, 2), 5)
+    responses = torch.full((8, 20_000), 6)  # so long that each row's masked share is its t to +-0.01
+    for seed in range(10):
+        H.masked_diffusion_loss(uniform, prompts, responses, torch.Generator().manual_seed(seed))
+    rates = torch.stack([(x[:, 2:] == H.MINI_MASK).double().mean(1) for x in seen])  # (10 batches, 8)
+    for batch in rates:
+        eighths = (batch * 8).floor().sort().values
+        assert (eighths == torch.arange(8)).sum() >= 6, "one t in each eighth of (0, 1), up to edge noise"
+        gaps = batch.sort().values.diff()
+        assert torch.allclose(gaps, torch.full_like(gaps, 1 / 8), atol=0.03), "evenly spaced by 1/B"
+    assert not torch.allclose(rates[0], rates[1], atol=0.05), "the shared offset is random"
 
 
 def test_a_few_training_steps_lower_the_loss():
@@ -837,7 +857,7 @@ def test_a_resumed_training_ends_with_the_uninterrupted_weights(tmp_path, monkey
     assert calls[4:] == [4, 5, 6, 7], "it resumed after the checkpoint, losing one step"
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
-    with pytest.raises(ValueError, match="a training of 7 steps, not 9: delete it"):
+    with pytest.raises(ValueError, match=r"is another training.s \(steps or model shape\): delete it"):
         H.train_miniature(9, 0, False, held_out=held_out, checkpoint=checkpoint)
 
 
