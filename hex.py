@@ -729,7 +729,7 @@ def masked_diffusion_loss(
 
 def miniature_model(seed: int) -> TinyMaskPredictor:
     """A 4-layer TinyMaskPredictor of 0.70M parameters over the chain task's 128 tokens and 78 positions. Its
-    SwiGLU is 2 x d_model wide (LLaDA's is 3x): a quarter faster to train than 4x, and as accurate here."""
+    SwiGLU is 2 x d_model wide (LLaDA's is 3x): a quarter faster to train than 4x (README: what it cost)."""
     return TinyMaskPredictor(
         vocab_size=128, d_model=128, n_layers=4, n_heads=4, mlp_hidden=256, max_positions=78, seed=seed
     ).eval()

@@ -816,6 +816,19 @@ def test_a_few_training_steps_lower_the_loss():
     assert after < before - 0.5
 
 
+def test_cached_weights_of_another_model_shape_are_trained_again(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(H, "MINI_CACHE", tmp_path)
+    old = H.TinyMaskPredictor(vocab_size=128, d_model=128, n_layers=4, n_heads=4, max_positions=78)  # SwiGLU 4x
+    torch.save(old.state_dict(), tmp_path / "seed0.pt")
+    held_out = H.held_out_chains(False, questions=4)[0]
+    model = H.miniature_weights(0, False, held_out, steps=2)
+    assert "holds another model's weights (an older recipe): training again" in capsys.readouterr().out
+    assert (
+        model.blocks[0].down.in_features == 256 and torch.load(tmp_path / "seed0.pt").keys() == old.state_dict().keys()
+    )
+    assert torch.load(tmp_path / "seed0.pt")["blocks.0.down.weight"].shape == (128, 256), "replaced by the new one"
+
+
 def test_miniature_caches_the_trained_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     first = H.miniature(seed=0, visible_length=False, steps=2, questions=8)
