@@ -599,12 +599,11 @@ def benchmark(
             seconds.append(time.perf_counter() - start)
         seconds = seconds[1:]  # the warm-up run is not timed
         best[way, B] = min(seconds)
-        mfu = forward_flops(model, B * len(schedules), prompt_length + 256) * 128 / best[way, B] / peak_tflops / 1e12
-        lines.append(
-            f"   {way:<24}{B:>3}{len(calls):>15}{f'{min(seconds) / B:.2f}-{max(seconds) / B:.2f}':>15}"
-            f"{f'{mfu:.0%}' if peak_tflops < math.inf else '-':>6}"
-            f"{f'{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB' if cuda else '-':>10}"
-        )
+        per_question = f"{min(seconds) / B:.2f}-{max(seconds) / B:.2f}"
+        flops = forward_flops(model, B * len(schedules), prompt_length + 256) * 128
+        mfu = f"{flops / best[way, B] / peak_tflops / 1e12:.0%}" if peak_tflops < math.inf else "-"
+        memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
+        lines.append(f"   {way:<24}{B:>3}{len(calls):>15}{per_question:>15}{mfu:>6}{memory:>10}")
     hook.remove()
     ratio = best["each schedule in turn", 1] / best["one lockstep batch", 1]
     return lines + [
