@@ -753,8 +753,7 @@ def train_miniature(
     progress = dict(step=0, steps=steps, loss=math.nan, seconds=0.0)
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint)
-        shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
-        if state["progress"]["steps"] != steps or {k: v.shape for k, v in state["model"].items()} != shapes:
+        if state["progress"]["steps"] != steps or _shapes(state["model"]) != _shapes(model.state_dict()):
             raise ValueError(f"{checkpoint} is another training's (steps or model shape): delete it")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -778,6 +777,11 @@ def train_miniature(
             _save_atomically(dict(state, progress=progress), checkpoint)
         _progress(progress)
     return model.eval()
+
+
+def _shapes(state: dict) -> dict:
+    """A state dict's tensor shapes by name: what tells weights of another model (an older recipe) apart."""
+    return {name: tensor.shape for name, tensor in state.items()}
 
 
 def _save_atomically(obj, path):
@@ -924,9 +928,8 @@ def miniature_weights(seed: int, visible_length: bool, held_out: torch.Tensor, s
     name = miniature_name(seed, visible_length)
     weights = MINI_CACHE / f"{name}.pt"
     model = miniature_model(seed)
-    shapes = {name: tensor.shape for name, tensor in model.state_dict().items()}
     cached = torch.load(weights) if weights.exists() else {}
-    if {name: tensor.shape for name, tensor in cached.items()} == shapes:
+    if _shapes(cached) == _shapes(model.state_dict()):
         model.load_state_dict(cached)
         print(f"   the trained weights from {weights}")
         return model
