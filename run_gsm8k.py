@@ -39,6 +39,7 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import timedelta
 from itertools import combinations, permutations
@@ -1733,10 +1734,10 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--methods",
         nargs="+",
-        default=[m for m in METHODS if m not in OPT_IN],
         choices=METHODS,
         metavar="METHOD",
-        help=f"any of {', '.join(METHODS)} (default: all but {' and '.join(OPT_IN)}, which a finished run can add)",
+        help=f"any of {', '.join(METHODS)} (default: all but {' and '.join(OPT_IN)}, which a finished run can add; "
+        "--lm-eval: hex)",
     )
     add_method_settings(parser.add_argument_group("the methods' own settings").add_argument)
     add(
@@ -1761,6 +1762,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep what --output holds (default); --no-resume starts over",
     )
     add("--rescore", action="store_true", help="re-read --output's texts by today's rules; redo summary and figure")
+    harness = parser.add_argument_group(f"lm-evaluation-harness (pip install lm-eval=={LM_EVAL_VERSION})")
+    harness.add_argument(
+        "--lm-eval", nargs="+", metavar="TASK", help="run lm-eval's generative tasks with --methods, scored by lm-eval"
+    )
+    harness.add_argument("--include-path", nargs="+", default=[], metavar="DIR", help="folders of more task YAMLs")
+    harness.add_argument("--use-cache", metavar="DIR", help="lm-eval's cache: refused (it would merge the candidates)")
     return parser
 
 
@@ -1768,7 +1775,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line with every setting checked and the defaults filled in; a mistake is a UsageError that
     names the flag (argparse's own errors exit at once with status 2)."""
     args = build_parser().parse_args(argv)
-    args.methods = [m for m in METHODS if m in args.methods]
+    if args.use_cache:
+        raise UsageError(
+            "--use-cache: lm-eval's cache keys on a request alone, so all K copies of a question would get one "
+            "answer (HEX: one expert); --lm-eval keeps each question's candidates in --output and resumes from them"
+        )
+    if args.lm_eval and (args.data or args.rescore or args.offset):
+        raise UsageError("--lm-eval reads lm-eval's own tasks and rows: drop --data, --offset and --rescore")
+    default = ["hex"] if args.lm_eval else [m for m in METHODS if m not in OPT_IN]
+    args.methods = [m for m in METHODS if m in (args.methods or default)]
     numbers = ("limit", "batch_size", "samples_per_block", "gen_length", "steps", "sc_samples", "sc_block_length")
     for name in (*numbers, "imh_samples", "imh_proposals"):
         if (value := getattr(args, name)) is not None and value < 1:
@@ -1792,6 +1807,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise UsageError(f"--gen-length {args.gen_length} is odd: pass --steps (the default is gen_length / 2)")
     args.steps = args.steps or args.gen_length // 2
     check_schedules(args)
+    if args.lm_eval:
+        args.output = args.output or f"results/lm-eval-{Path(args.model.rstrip('/')).name}"
+        return args
     args.output = args.output or (
         f"results/{args.task}-{Path(args.model.rstrip('/')).name}-g{args.gen_length}-s"
         f"{args.steps}-t{args.temperature:g}-x{args.samples_per_block}.jsonl"
@@ -1870,7 +1888,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = None
     try:
         args = parse_args(argv)
-        result = rescore(args) if args.rescore else evaluate(args)
+        if args.rescore:
+            result = rescore(args)
+        elif args.lm_eval:
+            result = harness(args)
+        else:
+            result = evaluate(args)
         sys.stdout.flush()  # a closed pipe shows here, not as a traceback when Python exits
         return result
     except UsageError as error:
@@ -1922,17 +1945,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
                 f"all {len(requested)} questions asked for are done in {files.output}: the summary, without the model"
             )
             return report(settings, files, requested, args)
-        tokenizer, config = load_tokenizer(args.model)
-        model_family(config, args.model)  # an unknown family is refused before the weights load
-        mask_id = args.mask_id if args.mask_id is not None else find_mask_id(tokenizer, config)
-        vocab = getattr(config, "vocab_size", None) or len(tokenizer)
-        if not 0 <= mask_id < vocab:
-            raise UsageError(f"--mask-id {mask_id} is outside the model's vocabulary (size {vocab})")
-        if tokenizer.chat_template is None:
-            raise UsageError(
-                f"--model {args.model}: its tokenizer has no chat template (instruct checkpoints have one)"
-            )
-        model = load_model(args.model, config, device, getattr(torch, settings.dtype))
+        model, tokenizer, mask_id = load_checkpoint(args, settings, device)
         machine = environment(device, world, mask_id, tokenizer)
         on_rank0(lambda: files.start(settings, args.resume, machine), world, rank)
         decode_questions(model, tokenizer, task, problems, settings, mask_id, device, files, world, rank)
@@ -1941,6 +1954,26 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         files.close()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+class Checkpoint(NamedTuple):
+    model: nn.Module
+    tokenizer: Any
+    mask_id: int
+
+
+def load_checkpoint(args: argparse.Namespace, settings: Settings, device: torch.device) -> Checkpoint:
+    """--model's tokenizer, its mask id (checked against the vocabulary) and its weights; a family this file does
+    not know, and a tokenizer without a chat template, are refused before the weights load."""
+    tokenizer, config = load_tokenizer(args.model)
+    model_family(config, args.model)
+    mask_id = args.mask_id if args.mask_id is not None else find_mask_id(tokenizer, config)
+    vocab = getattr(config, "vocab_size", None) or len(tokenizer)
+    if not 0 <= mask_id < vocab:
+        raise UsageError(f"--mask-id {mask_id} is outside the model's vocabulary (size {vocab})")
+    if tokenizer.chat_template is None:
+        raise UsageError(f"--model {args.model}: its tokenizer has no chat template (instruct checkpoints have one)")
+    return Checkpoint(load_model(args.model, config, device, getattr(torch, settings.dtype)), tokenizer, mask_id)
 
 
 def environment(device: torch.device, world: int, mask_id: int, tokenizer) -> dict:
@@ -2136,6 +2169,284 @@ def rescore(args: argparse.Namespace) -> dict:
         return report(settings, files, set(records), args)
     finally:
         files.close()
+
+
+# 14. lm-evaluation-harness: every method as an lm-eval model, on any generative task ---------------------------------
+#
+# lm-eval (optional: imported only here) brings its own tasks, prompts and scorers. For a task with `repeats: K` it
+# sends the K copies of a request side by side, with no index; this model decodes them as the K candidates of one
+# question (HEX's experts, SC's or the IMH's samples), and lm-eval's filters vote over them or take one alone.
+
+LM_EVAL_VERSION = "0.4.13"  # the version this file is tested with
+LM_EVAL_FALLBACK = "[invalid]"  # what lm-eval's regex filter returns for an answer it cannot read
+
+
+class HexVote:
+    """lm-eval's filter `hex_vote`: hex's `majority_vote` over each question's extracted answers, so an unreadable
+    answer (the regex filter's fallback) never wins, and a tie goes to the candidate first in order (the authors')."""
+
+    def apply(self, resps, docs):
+        votes = [majority_vote([None if a == LM_EVAL_FALLBACK else a for a in answers])[0] for answers in resps]
+        return [LM_EVAL_FALLBACK if vote is None else vote for vote in votes]
+
+
+class HexPick:
+    """lm-eval's filter `hex_pick`: each question's candidate `index` alone (one HEX expert, or one sample)."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def apply(self, resps, docs):
+        return [answers[self.index] for answers in resps]
+
+
+class Variant(NamedTuple):
+    """A task as one method runs it: the method, and the task YAML that says so."""
+
+    method: str
+    config: dict
+
+
+def harness_tasks(names: list[str], settings: Settings, include: list[str]) -> dict[str, Variant]:
+    """Each named lm-eval task once a method of the run: a YAML that includes the task's own, with `repeats` set to
+    the method's K candidates and, past one candidate, its filters (`harness_filters`). Refused in one line: a name
+    that is not a YAML task, a task scored by log-likelihoods, one that allows more than --gen-length tokens."""
+    from lm_eval.tasks import TaskManager
+
+    index = TaskManager(include_path=include or None).task_index
+    variants = {}
+    for name in names:
+        entry = index.get(name)
+        if entry is None or entry.kind.name != "TASK":
+            raise UsageError(
+                f"--lm-eval {name}: not a YAML task lm-eval knows (a group or tag: name its tasks; "
+                "`lm-eval ls tasks` lists them, --include-path adds folders)"
+            )
+        config = entry.cfg
+        output_type = config.get("output_type", "generate_until")
+        if output_type != "generate_until":
+            raise UsageError(
+                f"--lm-eval {name}: a {output_type} task, scored by log-likelihoods, which this command does not "
+                "estimate for a diffusion model; pick generate_until tasks"
+            )
+        allowed = (config.get("generation_kwargs") or {}).get("max_gen_toks", 0)
+        if allowed > settings.gen_length:
+            raise UsageError(
+                f"--lm-eval {name}: it allows {allowed}-token answers (max_gen_toks) and --gen-length is "
+                f"{settings.gen_length}: pass --gen-length {allowed} (and block lengths that divide it)"
+            )
+        for method in settings.methods:
+            plan = candidate_plan(replace(settings, methods=[method]))
+            variant = dict(include=str(entry.yaml_path), task=f"{name}_{method}", repeats=len(plan))
+            if len(plan) > 1:
+                variant["filter_list"] = harness_filters(name, config, plan, settings)
+            variants[variant["task"]] = Variant(method, variant)
+    return variants
+
+
+def harness_filters(name: str, config: dict, plan: list[Planned], settings: Settings) -> list[dict]:
+    """A task's filters for K candidates: each of its own with the vote in place of its last step (take_first), then
+    the same with each HEX expert, and the first sample of SC or the IMH, alone ("strict-match-block8")."""
+    filters = []
+    for pipeline in config.get("filter_list") or [dict(name="none", filter=[dict(function="take_first")])]:
+        steps = pipeline["filter"]
+        plain = all(isinstance(step.get("function"), str) and step["function"] != "custom" for step in steps)
+        if not plain or len(steps) == 1 or steps[-1]["function"] != "take_first":
+            raise UsageError(
+                f"--lm-eval {name}: its filter {pipeline['name']!r} extracts no answer to vote over (code, or a "
+                "scorer that reads the raw text); this command votes on tasks whose filters extract one (regex)"
+            )
+        filters.append(dict(name=pipeline["name"], filter=[*steps[:-1], dict(function="hex_vote")]))
+        for k, planned in enumerate(plan):
+            if planned.method == "hex" or planned.sample == 0:
+                label = f"block{planned.schedule.block_length}" if planned.method == "hex" else "sample0"
+                if settings.samples_per_block > 1 and planned.method == "hex":
+                    label += f"-sample{planned.sample}"
+                pick = [*steps[:-1], dict(function="hex_pick", index=k)]
+                filters.append(dict(name=f"{pipeline['name']}-{label}", filter=pick))
+    return filters
+
+
+def harness_text(tokenizer, answer: list[int], gen_kwargs: dict, ends: set[int]) -> str:
+    """An answer as lm-eval expects a continuation: up to its first end-of-text token and at most max_gen_toks
+    tokens, decoded without special tokens, cut before the first of its `until` strings."""
+    length = next((i for i, token in enumerate(answer) if token in ends), len(answer))
+    length = min(length, gen_kwargs.get("max_gen_toks", length))
+    text = tokenizer.decode(answer[:length], skip_special_tokens=True)
+    until = gen_kwargs.get("until") or []
+    for stop in [until] if isinstance(until, str) else until:
+        text = text.split(stop)[0]
+    return text
+
+
+class HarnessModel:
+    """Every method of hex as an lm-eval model (`harness_model` gives it lm-eval's LM as a base). The K copies of a
+    request are the K candidates of its question, decoded by its task's method, a batch of questions in one decode
+    call, returned in order. The candidates are kept in `folder` (candidates.rankN.jsonl, a question a line, keyed by
+    the request and the settings): a killed run resumes without decoding a finished question again, and a rerun
+    never collapses them into one answer as lm-eval's cache does. Under torchrun lm-eval splits the questions by
+    rank and this model gathers (gloo)."""
+
+    def __init__(self, checkpoint: Checkpoint, settings: Settings, methods: dict[str, str], folder: Path, device):
+        super().__init__()  # lm-eval's LM
+        self._rank = int(os.environ.get("RANK", 0))
+        self._world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self._device = device
+        self.checkpoint = checkpoint
+        self.settings = settings
+        self.methods = methods  # task name -> method
+        self.identity = {k: v for k, v in asdict(settings).items() if k in COMPARED and k not in ("task", "data")}
+        self.sink = folder / f"candidates.rank{self._rank}.jsonl"
+        cut_torn_line(self.sink)  # what a killed write leaves
+        self.barrier()  # no rank reads a file another is still cutting
+        self.done = {}  # a question's key -> its candidates' texts
+        for part in sorted(folder.glob("candidates.rank*.jsonl")):
+            for line in part.read_text(encoding="utf-8").splitlines():
+                held = json.loads(line)
+                self.done[held["key"]] = held["texts"]
+        self.barrier()  # and none appends before all have read
+
+    def key(self, request) -> str:
+        """A question's identity: lm-eval's task, document, request index and arguments, and the run's settings."""
+        identity = [request.task_name, request.doc_id, request.idx, request.args, self.identity]
+        return hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()
+
+    def generate_until(self, requests: list) -> list[str]:
+        """One answer per request, in order: the j-th copy of a request is candidate j of its question."""
+        keys = [self.key(request) for request in requests]
+        questions = {}  # each question's first request
+        for key, request in zip(keys, requests):
+            questions.setdefault(key, request)
+        todo = [key for key in questions if key not in self.done]
+        bar = tqdm(total=len(questions), initial=len(questions) - len(todo), desc=f"hex on lm-eval, rank {self.rank}")
+        with self.sink.open("a", encoding="utf-8") as out:
+            for method in dict.fromkeys(self.methods[questions[key].task_name] for key in todo):
+                mine = [key for key in todo if self.methods[questions[key].task_name] == method]
+                for start in range(0, len(mine), self.settings.batch_size):
+                    batch = mine[start : start + self.settings.batch_size]
+                    for key, texts in zip(batch, self.decode([questions[key] for key in batch], method)):
+                        self.done[key] = texts
+                        out.write(json.dumps(dict(key=key, texts=texts)) + "\n")
+                        out.flush()
+                        bar.update()
+        bar.close()
+        answers = []
+        taken = Counter()
+        for key in keys:  # lm-eval pads a rank's share by repeating a request's copies: they cycle
+            answers.append(self.done[key][taken[key] % len(self.done[key])])
+            taken[key] += 1
+        return answers
+
+    def decode(self, requests: list, method: str) -> list[list[str]]:
+        """The candidates' texts of a batch of questions (a request each) by `method`, in one decode call: `steps`
+        forward calls (the IMH: gen_length + 1), the method's stream seeded by the batch's first document."""
+        model, tokenizer, mask_id = self.checkpoint
+        ids, attention = left_pad(
+            [tokenizer(r.args[0], add_special_tokens=False).input_ids for r in requests], self.device
+        )
+        plan = candidate_plan(replace(self.settings, methods=[method]))
+        seed = self.settings.seed + 10**6 * METHODS.index(method) + requests[0].doc_id
+        streams = {method: torch.Generator(self.device).manual_seed(seed)}
+        (run,) = planned_decodes(model, ids, attention, plan, self.settings, mask_id, streams).values()
+        answers = run().sequences[:, :, ids.shape[1] :].tolist()  # (B, K, gen_length)
+        ends = set(end_of_text_ids(tokenizer))
+        return [[harness_text(tokenizer, a, r.args[1], ends) for a in row] for r, row in zip(requests, answers)]
+
+    def loglikelihood(self, requests: list):
+        raise UsageError(f"lm-eval task {requests[0].task_name}: log-likelihood requests, which hex does not score")
+
+    loglikelihood_rolling = loglikelihood
+
+    def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
+        """The prompt in the checkpoint's chat template; it writes the BOS token (the context is tokenized without)."""
+        tokenizer = self.checkpoint.tokenizer
+        return tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def chat_template(self, chat_template: bool | str = False) -> str:
+        return self.checkpoint.tokenizer.chat_template
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.checkpoint.tokenizer.name_or_path.replace("/", "__")
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's tensor, stacked: lm-eval gathers the ranks' request counts to pad the shorter shares."""
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        torch.distributed.all_gather(parts, tensor)
+        return torch.stack(parts)
+
+    def gather_object(self, obj: Any, dst: int = 0) -> list | None:
+        parts = [None] * self.world_size if self.rank == dst else None
+        torch.distributed.gather_object(obj, parts, dst=dst)
+        return parts
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+
+@functools.cache
+def harness_model() -> type:
+    """HarnessModel as an lm-eval LM, registered as lm-eval's model "hex", and the two filters: made once, on first
+    use, so that nothing imports lm-eval unless asked."""
+    from lm_eval.api.filter import Filter
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import register_filter, register_model
+
+    register_filter("hex_vote")(type("HexVoteFilter", (HexVote, Filter), {}))
+    register_filter("hex_pick")(type("HexPickFilter", (HexPick, Filter), {}))
+    return register_model("hex")(type("HexLM", (HarnessModel, LM), {}))
+
+
+def harness(args: argparse.Namespace) -> dict | None:
+    """--lm-eval: each named task once a method, decoded here and scored by lm-eval: its results and samples go to
+    the --output folder, its table (each method's vote, each HEX expert alone) to standard output."""
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+        from lm_eval.utils import make_table
+    except ImportError:
+        raise UsageError(f"--lm-eval needs lm-evaluation-harness: pip install lm-eval=={LM_EVAL_VERSION}") from None
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    device = resolve_device(args.device)
+    folder = Path(args.output).expanduser()
+    if folder.is_file():
+        raise UsageError(f"--output {args.output}: a file; --lm-eval writes a folder")
+    offline_unless_reachable(args)
+    settings = replace(run_settings(args, {}, device), task="lm-eval")
+    variants = harness_tasks(args.lm_eval, settings, args.include_path)
+    if world > 1:
+        torch.distributed.init_process_group("gloo", timeout=timedelta(hours=48))
+    try:
+        checkpoint = load_checkpoint(args, settings, device)
+        tasks = folder / "tasks"
+        if rank == 0:  # the task YAMLs, once the model has loaded: a failed start writes nothing
+            tasks.mkdir(parents=True, exist_ok=True)
+            for name, variant in variants.items():  # YAML reads JSON
+                write_atomically(tasks / f"{name}.yaml", json.dumps(variant.config, indent=1))
+        methods = {name: variant.method for name, variant in variants.items()}
+        model = harness_model()(checkpoint, settings, methods, folder, device)  # its barrier: the YAMLs are there
+        manager = TaskManager(include_path=[str(tasks), *args.include_path])
+        results = lm_eval.simple_evaluate(
+            model=model,
+            tasks=list(variants),
+            task_manager=manager,
+            limit=args.limit,
+            log_samples=True,
+            apply_chat_template=True,
+        )
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if results is None:  # not the first rank
+        return None
+    for name, samples in results.pop("samples").items():
+        write_atomically(folder / f"samples_{name}.jsonl", "".join(json.dumps(s, default=str) + "\n" for s in samples))
+    write_atomically(folder / "results.json", json.dumps(results, indent=1, default=str))
+    print(make_table(results))
+    print(f"lm-eval's results and samples, and each question's candidates: {folder}")
+    return results
 
 
 if __name__ == "__main__":
