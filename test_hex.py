@@ -3019,6 +3019,181 @@ def offline_demo(folder: Path = HERE / "results" / "offline-demo") -> None:
     R.main(argv)
 
 
+# run_gsm8k.py --lm-eval: every method as an lm-evaluation-harness model -----------------------------------------
+
+LM_BLOCKS = [2, 4, 8, 16]
+
+
+@pytest.fixture
+def lm_tasks(tmp_path):
+    """A folder with a local lm-eval task: the installed gsm8k_cot, zero-shot, on four local rows."""
+    lm_eval = pytest.importorskip("lm_eval")
+    rows = write_rows(
+        tmp_path / "rows.jsonl", [{"question": f"How many ? {i} + 4", "answer": f"#### {i + 4}"} for i in range(4)]
+    )
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    task = dict(
+        include=str(Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k-cot.yaml"),
+        task="tiny_gsm8k",
+        tag=[],
+        dataset_path="json",
+        dataset_name=None,
+        dataset_kwargs=dict(data_files=dict(test=str(rows))),
+        test_split="test",
+        num_fewshot=0,
+    )
+    (folder / "tiny_gsm8k.yaml").write_text(json.dumps(task))
+    return folder
+
+
+def lm_eval_args(checkpoint, lm_tasks, output, *extra):
+    """Four questions of the local task, HEX's four block lengths sampled at 0.7 (distinct candidates), one a batch."""
+    return [
+        *("--lm-eval", "tiny_gsm8k", "--include-path", lm_tasks, "--model", checkpoint, "--output", output),
+        *("--gen-length", "16", "--steps", "8", "--block-lengths", *map(str, LM_BLOCKS), "--temperature", "0.7"),
+        *extra,
+    ]
+
+
+def spied_decodes(monkeypatch) -> list[dict]:
+    """Every decode call run_gsm8k makes from now on: its block lengths, prompts and forward calls."""
+    calls = []
+    real = R.decode
+
+    def spy(model, ids, attention, **kwargs):
+        out, rows = R.counted_calls(model, lambda: real(model, ids, attention, **kwargs))
+        blocks = [s.block_length for s in kwargs["schedules"]]
+        calls.append(dict(blocks=blocks, prompts=len(ids), forward_calls=len(rows)))
+        return out
+
+    monkeypatch.setattr(R, "decode", spy)
+    return calls
+
+
+def lm_samples(output: Path, task: str = "tiny_gsm8k_hex") -> dict[str, dict[int, dict]]:
+    """lm-eval's logged samples by filter, then by document."""
+    by_filter = {}
+    for sample in lines(output / f"samples_{task}.jsonl"):
+        by_filter.setdefault(sample["filter"], {})[sample["doc_id"]] = sample
+    return by_filter
+
+
+def test_lm_eval_copies_of_a_request_are_one_questions_candidates_and_lm_evals_vote_is_hexs(
+    checkpoint, lm_tasks, tmp_path, monkeypatch
+):
+    calls = spied_decodes(monkeypatch)
+    output = tmp_path / "out"
+    R.main([str(a) for a in lm_eval_args(checkpoint, lm_tasks, output, "--batch-size", "2")])
+    assert calls == [dict(blocks=LM_BLOCKS, prompts=2, forward_calls=8)] * 2, "2 batches of 2 questions x 4 experts"
+    samples = lm_samples(output)
+    for name in ("strict-match", "flexible-extract"):
+        assert set(samples) >= {name, *(f"{name}-block{b}" for b in LM_BLOCKS)}
+    texts = [s["resps"][0] for s in samples["flexible-extract"].values()]
+    assert all(len(t) == 4 for t in texts) and len({t for row in texts for t in row}) > 4, "distinct candidates"
+    for doc, voted in samples["flexible-extract"].items():
+        alone = [samples[f"flexible-extract-block{b}"][doc]["filtered_resps"][0] for b in LM_BLOCKS]  # logged as [x]
+        vote = H.majority_vote([None if a == "[invalid]" else a for a in alone])[0]
+        assert voted["filtered_resps"] == [vote or "[invalid]"]
+    held = [json.loads(line)["texts"] for line in (output / "candidates.rank0.jsonl").read_text().splitlines()]
+    assert sorted(held) == sorted(texts)
+    results = json.loads((output / "results.json").read_text())["results"]["tiny_gsm8k_hex"]
+    right = [voted["exact_match"] for voted in samples["flexible-extract"].values()]
+    assert results["exact_match,flexible-extract"] == pytest.approx(sum(right) / 4)
+
+
+def test_lm_eval_vote_filter_drops_unreadable_answers_and_keeps_the_first_of_a_tie():
+    vote = R.HexVote()
+    answers = [["[invalid]", "[invalid]", "7", "5", "5"], ["[invalid]"] * 3, ["3", "4", "4", "3"]]
+    assert vote.apply(answers, None) == ["5", "[invalid]", "3"]
+    assert R.HexPick(2).apply(answers, None) == ["7", "[invalid]", "4"]
+
+
+def test_lm_eval_rerun_and_a_killed_run_decode_only_unfinished_questions(
+    checkpoint, lm_tasks, tmp_path, monkeypatch, capsys
+):
+    output = tmp_path / "out"
+    args = [str(a) for a in lm_eval_args(checkpoint, lm_tasks, output)]
+    R.main(args)
+    first = lm_samples(output)
+    calls = spied_decodes(monkeypatch)
+    R.main(args)
+    assert calls == [] and lm_samples(output) == first, "a rerun decodes nothing and keeps the K distinct candidates"
+    held = output / "candidates.rank0.jsonl"
+    kept = held.read_text().splitlines()[:2]
+    held.write_text("\n".join(kept) + "\n" + kept[0][:30])  # killed: two questions saved, a third torn
+    R.main(args)
+    assert [c["prompts"] for c in calls] == [1, 1], "only the two lost questions are decoded again"
+    assert lm_samples(output) == first, "with the same streams (seeded by the question, one a batch)"
+    capsys.readouterr()
+    err = one_line_error(capsys, [*args, "--use-cache", tmp_path / "cache"])
+    assert "--use-cache: lm-eval's cache keys on a request alone" in err
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (
+            dict(output_type="multiple_choice", doc_to_choice=["a", "b"]),
+            "a multiple_choice task, scored by log-likelihoods",
+        ),
+        (dict(filter_list=None), "its filter 'none' extracts no answer to vote over"),
+        (
+            dict(generation_kwargs=dict(until=["Q:"], max_gen_toks=64)),
+            "it allows 64-token answers (max_gen_toks) and --gen-length is 16",
+        ),
+    ],
+)
+def test_lm_eval_tasks_it_cannot_run_are_refused_in_one_line_before_loading(
+    checkpoint, lm_tasks, tmp_path, monkeypatch, capsys, config, message
+):
+    task = json.loads((lm_tasks / "tiny_gsm8k.yaml").read_text())
+    (lm_tasks / "tiny_gsm8k.yaml").write_text(json.dumps({**task, **config}))
+    err = one_line_error(capsys, lm_eval_args(checkpoint, lm_tasks, tmp_path / "out"), monkeypatch)
+    assert f"--lm-eval tiny_gsm8k: {message}" in err
+    assert not (tmp_path / "out").exists(), "a failed start writes nothing"
+    err = one_line_error(
+        capsys,
+        [
+            *lm_eval_args(checkpoint, lm_tasks, tmp_path / "out")[:1],
+            "no_such_task",
+            *lm_eval_args(checkpoint, lm_tasks, tmp_path / "out")[2:],
+        ],
+        monkeypatch,
+    )
+    assert "--lm-eval no_such_task: not a YAML task lm-eval knows" in err
+
+
+def test_lm_eval_answer_text_stops_at_end_of_text_max_gen_toks_and_until(loaded):
+    tokenizer = loaded[0]
+    ids = tokenizer.convert_tokens_to_ids
+    answer = ids(["1", "+", "2", "is", "3", "<|endoftext|>", "4"])
+    ends = set(R.end_of_text_ids(tokenizer))
+    assert R.harness_text(tokenizer, answer, {}, ends) == "1 + 2 is 3"
+    assert R.harness_text(tokenizer, answer, dict(until=["is"]), ends) == "1 + 2 "
+    assert R.harness_text(tokenizer, answer, dict(until="+", max_gen_toks=1), ends) == "1"
+
+
+@pytest.mark.slow
+def test_lm_eval_torchrun_two_ranks_give_one_process_results(checkpoint, lm_tasks, tmp_path):
+    args = [str(a) for a in lm_eval_args(checkpoint, lm_tasks, tmp_path / "two")]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "run_gsm8k.py"]
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    result = subprocess.run([*torchrun, *args], capture_output=True, text=True, timeout=300, cwd=HERE, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    R.main([str(a) for a in lm_eval_args(checkpoint, lm_tasks, tmp_path / "one")])
+    two, one = lm_samples(tmp_path / "two"), lm_samples(tmp_path / "one")
+    assert {f: {d: s["resps"] for d, s in docs.items()} for f, docs in two.items()} == {
+        f: {d: s["resps"] for d, s in docs.items()} for f, docs in one.items()
+    }
+    results = [json.loads((tmp_path / n / "results.json").read_text())["results"] for n in ("one", "two")]
+    assert results[0] == results[1]
+    assert sorted(p.name for p in (tmp_path / "two").glob("candidates.*")) == [
+        "candidates.rank0.jsonl",
+        "candidates.rank1.jsonl",
+    ]
+
+
 if __name__ == "__main__":
     offline_demo()
 
