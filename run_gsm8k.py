@@ -5,7 +5,6 @@
     python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --methods hex sc         # HEX against self-consistency
     python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --methods imh --task math500  # the IMH sampler
     torchrun --nproc_per_node 8 run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct      # several GPUs
-    python run_gsm8k.py --output results/RUN.jsonl --rescore                       # re-read answers, no model
 
 The authors' protocol (their HEX/eval code, built on d1): zero-shot, each task's system prompt and
 `<reasoning>` prefix, gen_length 256, steps 128, block lengths 8..128. A question's path:
@@ -42,7 +41,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import timedelta
-from itertools import combinations, permutations
+from itertools import combinations
 from pathlib import Path
 from statistics import fmean
 from typing import Any, Callable, NamedTuple, Sequence, TypedDict
@@ -555,7 +554,6 @@ class Settings:
     batch_size: int = 1
     dtype: str = "float32"
     environments: list[dict] = field(default_factory=list)  # the settings file's history: each start's machine
-    rescored: list[dict] = field(default_factory=list)  # and each --rescore
 
     @classmethod
     def from_file(cls, stored: dict) -> Settings:
@@ -611,22 +609,35 @@ def decode_batch(
     device: torch.device,
     methods: list[str] | None = None,
 ) -> list[Record]:
-    """Every candidate of `methods` (default: the run's) of a batch of questions: all but the IMH's in one lockstep
-    decode (`steps` forward calls in all), the IMH's samples in a second (gen_length + 1 calls); a record per
-    question. Each method draws from its own stream, seeded by the batch's first question, so adding or dropping
-    a method changes no other method's candidates."""
-    ids, attention = left_pad([task.build_prompt(tokenizer, problem["row"]) for problem in batch], device)
-    methods = methods or settings.methods
-    streams = {
-        m: torch.Generator(device).manual_seed(settings.seed + 10**6 * METHODS.index(m) + batch[0]["id"])
-        for m in methods
-    }
-    plan = [planned for planned in candidate_plan(settings) if planned.method in methods]
-    runs = planned_decodes(model, ids, attention, plan, settings, mask_id, streams)
+    """Every candidate of `methods` (default: the run's) of a batch of questions (`decode_prompts`), a record per
+    question with the batch's cost."""
+    prompts = [task.build_prompt(tokenizer, problem["row"]) for problem in batch]
+    plan = [planned for planned in candidate_plan(settings) if planned.method in (methods or settings.methods)]
     start = time.perf_counter()
+    out, decodes = decode_prompts(model, prompts, plan, settings, mask_id, device, first_id=batch[0]["id"])
+    cost = dict(
+        forward_calls=sum(d["forward_calls"] for d in decodes) / len(batch),
+        decodes=decodes,
+        seconds=round((time.perf_counter() - start) / len(batch), 3),
+        batch_size=len(batch),
+        batch=batch[0]["id"],
+    )
+    return records_of(tokenizer, task, batch, plan, out, cost)
+
+
+def decode_prompts(
+    model, prompts: list[list[int]], plan: list[Planned], settings: Settings, mask_id: int, device, first_id: int
+) -> tuple[HexOutput, list[dict]]:
+    """Every candidate of `plan` for a batch of prompts, left padded: all but the IMH's in one lockstep decode
+    (`steps` forward calls in all), the IMH's samples in a second (gen_length + 1 calls). Each method draws from its
+    own stream, seeded by the batch's first question (`first_id`), so adding or dropping a method changes no other
+    method's candidates. Returns the candidates in the plan's order and each decode's cost."""
+    ids, attention = left_pad(prompts, device)
+    seeds = {planned.method: settings.seed + 10**6 * METHODS.index(planned.method) + first_id for planned in plan}
+    streams = {method: torch.Generator(device).manual_seed(seed) for method, seed in seeds.items()}
     outs = []
     decodes = []  # each decode's cost
-    for names, run in runs.items():
+    for names, run in planned_decodes(model, ids, attention, plan, settings, mask_id, streams).items():
         out, rows = counted_calls(model, run)
         outs.append(out)
         decodes.append(dict(methods=list(names), forward_calls=len(rows), rows_per_call=fmean(rows)))
@@ -635,15 +646,7 @@ def decode_batch(
     sequences = torch.cat([o.sequences for o in outs], dim=1)  # (B, K, L + gen_length): the plan's order
     scores = torch.cat([o.scores for o in outs], dim=1)
     commit_steps = torch.cat([o.commit_steps for o in outs], dim=1)
-    cost = dict(
-        forward_calls=sum(d["forward_calls"] for d in decodes) / len(batch),
-        decodes=decodes,
-        seconds=round((time.perf_counter() - start) / len(batch), 3),
-        batch_size=len(batch),
-        batch=batch[0]["id"],
-    )
-    out = HexOutput(sequences, scores, commit_steps, [planned.schedule for planned in plan])
-    return records_of(tokenizer, task, batch, plan, out, cost)
+    return HexOutput(sequences, scores, commit_steps, [planned.schedule for planned in plan]), decodes
 
 
 def planned_decodes(
@@ -857,39 +860,6 @@ def votes_curve(records: list[Record], right: list[list[bool]], method: str, rul
     return curve
 
 
-def agreement(records: list[Record], right: list[list[bool]], rule: str) -> dict:
-    """Expert diversity: for each pair of groups (each HEX block length; SC's samples as one group), over the
-    pairs of a question's candidates, one from each group (never a candidate with itself): the share that give
-    the same answer among the pairs where both answers are readable, and the share where exactly one of the two
-    is right; averaged over questions. Beside them, each group's share of unreadable answers."""
-
-    def group(c: Candidate) -> str | None:
-        return f"block {c['block_length']}" if c["method"] == "hex" else {"sc": "SC"}.get(c["method"])
-
-    labels = [g for g in dict.fromkeys(map(group, records[0]["candidates"])) if g]  # the plan's order
-    same = {}  # (group, group): per question, the share of agreeing pairs where both answers are readable
-    single = {}  # (group, group): per question, the share of pairs where exactly one is right
-    for record, question_right in zip(records, right):
-        pairs = {}
-        for x, y in permutations(range(len(question_right)), 2):
-            first = record["candidates"][x]
-            second = record["candidates"][y]
-            pair = (first["answers"][rule], second["answers"][rule], question_right[x] != question_right[y])
-            pairs.setdefault((group(first), group(second)), []).append(pair)
-        for key, found in pairs.items():
-            readable = [a == b for a, b, _ in found if a is not None and b is not None]
-            if readable:
-                same.setdefault(key, []).append(fmean(readable))
-            single.setdefault(key, []).append(fmean(one for _, _, one in found))
-
-    def matrix(shares):  # rows and columns in labels' order; None where there are no such pairs
-        return [[fmean(shares[a, b]) if (a, b) in shares else None for b in labels] for a in labels]
-
-    answers = [(group(c), c["answers"][rule] is None) for r in records for c in r["candidates"]]
-    unreadable = [fmean(lost for g, lost in answers if g == label) for label in labels]
-    return dict(groups=labels, agree=matrix(same), exactly_one_right=matrix(single), unreadable=unreadable)
-
-
 CROSS_FITTED = "HEX - best block chosen on the other half"
 
 
@@ -948,7 +918,6 @@ def summarize(records: list[Record], settings: Settings, rule: str, methods: lis
         block_lengths=experts,
         paired=paired_comparisons(records, judged[rule], shown) if "hex" in shown else {},
         votes={m: votes_curve(records, candidates_right, m, rule, tie_break) for m in SAMPLED if m in shown},
-        agreement=agreement(records, candidates_right, rule) if "hex" in shown else dict(groups=[]),
         forward_calls_per_question=fmean(r["forward_calls"] for r in records),
         seconds_per_question=fmean(r["seconds"] for r in records),
         settings=asdict(settings),
@@ -1015,10 +984,6 @@ def summary_table(summary: dict) -> str:
         f"{e['world_size']} process(es), mask id {e['mask_id']})"
         for e in settings.environments
     ]
-    lines += [
-        f"rescored without the model on {r['at']} (answers re-read by the rules of that time)"
-        for r in settings.rescored
-    ]
     lines.append(
         f"{summary['forward_calls_per_question']:.1f} forward calls and {summary['seconds_per_question']:.2f} s per "
         "question"
@@ -1027,7 +992,7 @@ def summary_table(summary: dict) -> str:
 
 
 def controls_table(summary: dict, pct: Callable) -> list[str]:
-    """The readers' controls as text: votes curves, paired differences, expert agreement."""
+    """The readers' controls as text: votes curves and paired differences."""
     lines = []
     for m, curve in summary["votes"].items():
         lines.append(
@@ -1046,21 +1011,6 @@ def controls_table(summary: dict, pct: Callable) -> list[str]:
         lines.append(
             f"{name}{chosen}: {100 * paired['difference']:+.2f} points [{100 * low:+.2f}, {100 * high:+.2f}] "
             f"(paired, Agresti-Min); only HEX right {paired['only_first']}, only the other {paired['only_second']}"
-        )
-    table = summary["agreement"]
-    if len(table["groups"]) > 1:
-        lines.append(
-            "agreement per pair of candidates: same answer (pairs where both are readable) / exactly one right\n"
-            f"  {'':<9}" + "".join(f"{g:>17}" for g in table["groups"]) + f"{'unreadable':>12}"
-        )
-        for g, agree, one, lost in zip(
-            table["groups"], table["agree"], table["exactly_one_right"], table["unreadable"]
-        ):
-            cells = "".join(f"{pct(a).strip() + ' / ' + pct(o).strip():>17}" for a, o in zip(agree, one))
-            lines.append(f"  {g:<9}{cells}{pct(lost):>12}")
-        lines.append(
-            "  a fair test of 'two schedules agree less than two samples of one' compares pairs at one temperature:"
-            "\n  --temperature 0.7 --samples-per-block 2 gives same-schedule pairs beside the cross-schedule ones"
         )
     return lines
 
@@ -1352,8 +1302,8 @@ PAPER_GSM8K_VOTES = [  # HEX on GSM8K, % (LLaDA-8B-Instruct), read off the paper
 def write_figures(summary: dict, records: list[Record], path: Path):
     """One PNG: accuracy per method and per HEX expert with 95% intervals over questions (the paper's bars, its
     figures marked only where this run is its setting); expected accuracy, tie rate and pass@k against votes for
-    HEX and SC (its scaling plot); the step that committed each answer position of one question (its Fig. 2);
-    how often experts agree. Returns the matplotlib Figure."""
+    HEX and SC (its scaling plot); the step that committed each answer position of one question (its Fig. 2).
+    Returns the matplotlib Figure."""
     from matplotlib.figure import Figure  # no pyplot: no window, no global state
 
     settings = Settings.from_file(summary["settings"])
@@ -1363,31 +1313,33 @@ def write_figures(summary: dict, records: list[Record], path: Path):
         settings.block_lengths,
     ) == (256, 128, [8, 16, 32, 64, 128])
     fig = Figure(figsize=(14, 9), layout="constrained")
-    axes = fig.subplots(2, 2)
+    axes = fig.subplot_mosaic([["bars", "votes"], ["order", "order"]])
     fig.suptitle(
         f"{settings.model} on {TASKS[summary['task']].title}, {plural(summary['questions'], 'question')}, "
         f"{summary['answer_rule']} rule (this run, not the paper's figures)\n{protocol(settings)}",
         fontsize=9,
+        wrap=True,  # the protocol of a run with every method is wider than the figure
     )
-    _accuracy_bars(axes[0, 0], summary, paper)
-    _votes_plot(axes[0, 1], summary, paper and summary["task"] == "gsm8k")
+    _accuracy_bars(axes["bars"], summary, paper)
+    _votes_plot(axes["votes"], summary, paper and summary["task"] == "gsm8k")
     record = next((r for r in records if any(map(collapsed, r["candidates"]))), records[0])
     rows = [c for c in record["candidates"] if c["sample"] == 0]
     labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
-    title = f"Commit order, question {record['id']}: the step that committed each position (red |: end-of-text)"
-    _heatmap(axes[1, 0], [c["commit_order"] for c in rows], labels, None, "step", title, settings.steps - 1)
+    order = axes["order"]
+    commits = [c["commit_order"] for c in rows]
+    image = order.imshow(
+        commits, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=settings.steps - 1
+    )
+    order.set_yticks(range(len(rows)), labels, fontsize=8)
+    order.set_title(
+        f"Commit order, question {record['id']}: the step that committed each position (red |: end-of-text)"
+    )
+    fig.colorbar(image, ax=order, label="step", fraction=0.03)
     ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
     if ends:  # thin marks: at gen_length 256 a run of end-of-text is a red band
         positions = [i for i, _ in ends]
         candidate_rows = [r for _, r in ends]
-        axes[1, 0].scatter(positions, candidate_rows, marker="|", s=60, linewidths=0.6, color="red")
-    table = summary["agreement"]
-    if table["groups"]:
-        values = [[math.nan if a is None else 100 * a for a in row] for row in table["agree"]]
-        title = "Expert agreement: % of candidate pairs with the same answer, both readable"
-        _heatmap(axes[1, 1], values, table["groups"], table["groups"], "%", title, 100)
-    else:
-        axes[1, 1].set_axis_off()
+        order.scatter(positions, candidate_rows, marker="|", s=60, linewidths=0.6, color="red")
     fig.savefig(path, dpi=100, format="png")
     return fig
 
@@ -1451,21 +1403,6 @@ def _votes_plot(ax, summary, paper):
     ax.set(xlabel="votes k", ylabel="%", ylim=(0, 105), title=title)
     if ax.lines:
         ax.legend(fontsize=8)
-
-
-def _heatmap(ax, values, rows, columns, unit, title, vmax):
-    """values as an image on a fixed scale; with columns, each cell labelled in a colour legible on it."""
-    image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=vmax)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
-    if columns:
-        ax.set_xticks(range(len(columns)), columns, fontsize=8)
-        for i, row in enumerate(values):
-            for j, v in enumerate(row):
-                if v == v:  # not NaN
-                    ink = "black" if v > vmax / 2 else "white"  # viridis is dark low, light high
-                    ax.annotate(f"{v:.0f}", (j, i), ha="center", va="center", fontsize=8, color=ink)
-    ax.set_title(title, fontsize=10)
-    ax.figure.colorbar(image, ax=ax, label=unit, fraction=0.03)
 
 
 # 11. Run files: records, settings, one writer, resuming, growing -----------------------------------------------------
@@ -1761,7 +1698,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="keep what --output holds (default); --no-resume starts over",
     )
-    add("--rescore", action="store_true", help="re-read --output's texts by today's rules; redo summary and figure")
     harness = parser.add_argument_group(f"lm-evaluation-harness (pip install lm-eval=={LM_EVAL_VERSION})")
     harness.add_argument(
         "--lm-eval", nargs="+", metavar="TASK", help="run lm-eval's generative tasks with --methods, scored by lm-eval"
@@ -1780,8 +1716,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "--use-cache: lm-eval's cache keys on a request alone, so all K copies of a question would get one "
             "answer (HEX: one expert); --lm-eval keeps each question's candidates in --output and resumes from them"
         )
-    if args.lm_eval and (args.data or args.rescore or args.offset):
-        raise UsageError("--lm-eval reads lm-eval's own tasks and rows: drop --data, --offset and --rescore")
+    if args.lm_eval and (args.data or args.offset):
+        raise UsageError("--lm-eval reads lm-eval's own tasks and rows: drop --data and --offset")
     default = ["hex"] if args.lm_eval else [m for m in METHODS if m not in OPT_IN]
     args.methods = [m for m in METHODS if m in (args.methods or default)]
     numbers = ("limit", "batch_size", "samples_per_block", "gen_length", "steps", "sc_samples", "sc_block_length")
@@ -1884,16 +1820,11 @@ def check_output(text: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    """Run the evaluation (or --rescore); a usage error ends with one line on stderr and exit status 1."""
+    """Run the evaluation (or --lm-eval); a usage error ends with one line on stderr and exit status 1."""
     args = None
     try:
         args = parse_args(argv)
-        if args.rescore:
-            result = rescore(args)
-        elif args.lm_eval:
-            result = harness(args)
-        else:
-            result = evaluate(args)
+        result = harness(args) if args.lm_eval else evaluate(args)
         sys.stdout.flush()  # a closed pipe shows here, not as a traceback when Python exits
         return result
     except UsageError as error:
@@ -2110,8 +2041,18 @@ def decode_questions(
 
 def report(settings: Settings, files: RunFiles, requested: set[int], args: argparse.Namespace) -> dict:
     """Print the summary of the questions and methods asked for; save the summary and the figure of every
-    finished question and method (the whole run), unless the folder is read-only."""
+    finished question and method (the whole run), unless the folder is read-only. The stored texts are read again
+    by today's answer rules; the records are rewritten where one reads them otherwise than when they were decoded."""
     records = files.merge_parts()
+    task = TASKS[settings.task]
+    reread = 0  # candidates whose answers today's rules read otherwise
+    for candidate in (c for record in records.values() for c in record["candidates"]):
+        answers = {rule: task.extract[rule](candidate["text"]) for rule in RULES}
+        reread += answers != candidate["answers"]
+        candidate["answers"] = answers
+    if reread and not files.read_only:
+        files.write_records(records)
+        print(f"today's answer rules read {plural(reread, 'stored candidate')} otherwise: the records are updated")
     ordered = [records[k] for k in sorted(records)]
     chosen = [r for r in ordered if r["id"] in requested]
     summary = summarize(chosen, settings, args.answer_rule, args.methods)
@@ -2140,35 +2081,6 @@ def report(settings: Settings, files: RunFiles, requested: set[int], args: argpa
         )
     )
     return summary
-
-
-def rescore(args: argparse.Namespace) -> dict:
-    """--rescore: re-read every stored candidate's text by the current answer rules and rewrite the records, the
-    summary and the figure, without the model. The settings keep the run's own and note the rescoring."""
-    files = RunFiles(check_output(args.output))
-    if not files.settings.is_file():
-        raise UsageError(f"--rescore: {files.output} has no settings file ({files.settings.name}): nothing to rescore")
-    try:
-        files.open()
-        if files.read_only:
-            raise UsageError(f"--rescore: {files.read_only}")
-        if not (records := files.records()):
-            raise UsageError(f"--rescore: {files.output} holds no finished question")
-        settings = files.stored_settings()
-        changed = 0
-        for candidate in (c for record in records.values() for c in record["candidates"]):
-            answers = {r: TASKS[settings.task].extract[r](candidate["text"]) for r in RULES}
-            changed += answers != candidate["answers"]
-            candidate["answers"] = answers
-        files.write_records(records)
-        rescoring = dict(at=time.strftime("%Y-%m-%d %H:%M:%S %Z"), questions=len(records), answers_changed=changed)
-        settings = replace(settings, rescored=settings.rescored + [rescoring])
-        files.write_settings(settings)
-        print(f"rescored {len(records)} questions without the model: {changed} candidate answer(s) changed")
-        args.methods = settings.methods
-        return report(settings, files, set(records), args)
-    finally:
-        files.close()
 
 
 # 14. lm-evaluation-harness: every method as an lm-eval model, on any generative task ---------------------------------
@@ -2239,14 +2151,14 @@ def harness_tasks(names: list[str], settings: Settings, include: list[str]) -> d
             plan = candidate_plan(replace(settings, methods=[method]))
             variant = dict(include=str(entry.yaml_path), task=f"{name}_{method}", repeats=len(plan))
             if len(plan) > 1:
-                variant["filter_list"] = harness_filters(name, config, plan, settings)
+                variant["filter_list"] = harness_filters(name, config, plan)
             variants[variant["task"]] = Variant(method, variant)
     return variants
 
 
-def harness_filters(name: str, config: dict, plan: list[Planned], settings: Settings) -> list[dict]:
+def harness_filters(name: str, config: dict, plan: list[Planned]) -> list[dict]:
     """A task's filters for K candidates: each of its own with the vote in place of its last step (take_first), then
-    the same with each HEX expert, and the first sample of SC or the IMH, alone ("strict-match-block8")."""
+    the same with each HEX expert (its first sample) alone, named as "strict-match-block8"."""
     filters = []
     for pipeline in config.get("filter_list") or [dict(name="none", filter=[dict(function="take_first")])]:
         steps = pipeline["filter"]
@@ -2258,12 +2170,9 @@ def harness_filters(name: str, config: dict, plan: list[Planned], settings: Sett
             )
         filters.append(dict(name=pipeline["name"], filter=[*steps[:-1], dict(function="hex_vote")]))
         for k, planned in enumerate(plan):
-            if planned.method == "hex" or planned.sample == 0:
-                label = f"block{planned.schedule.block_length}" if planned.method == "hex" else "sample0"
-                if settings.samples_per_block > 1 and planned.method == "hex":
-                    label += f"-sample{planned.sample}"
+            if planned.method == "hex" and planned.sample == 0:
                 pick = [*steps[:-1], dict(function="hex_pick", index=k)]
-                filters.append(dict(name=f"{pipeline['name']}-{label}", filter=pick))
+                filters.append(dict(name=f"{pipeline['name']}-block{planned.schedule.block_length}", filter=pick))
     return filters
 
 
@@ -2341,14 +2250,10 @@ class HarnessModel:
         """The candidates' texts of a batch of questions (a request each) by `method`, in one decode call: `steps`
         forward calls (the IMH: gen_length + 1), the method's stream seeded by the batch's first document."""
         model, tokenizer, mask_id = self.checkpoint
-        ids, attention = left_pad(
-            [tokenizer(r.args[0], add_special_tokens=False).input_ids for r in requests], self.device
-        )
+        prompts = [tokenizer(request.args[0], add_special_tokens=False).input_ids for request in requests]
         plan = candidate_plan(replace(self.settings, methods=[method]))
-        seed = self.settings.seed + 10**6 * METHODS.index(method) + requests[0].doc_id
-        streams = {method: torch.Generator(self.device).manual_seed(seed)}
-        (run,) = planned_decodes(model, ids, attention, plan, self.settings, mask_id, streams).values()
-        answers = run().sequences[:, :, ids.shape[1] :].tolist()  # (B, K, gen_length)
+        out, _ = decode_prompts(model, prompts, plan, self.settings, mask_id, self.device, requests[0].doc_id)
+        answers = out.sequences[:, :, -self.settings.gen_length :].tolist()  # (B, K, gen_length)
         ends = set(end_of_text_ids(tokenizer))
         return [[harness_text(tokenizer, a, r.args[1], ends) for a in row] for r, row in zip(requests, answers)]
 

@@ -1672,7 +1672,9 @@ def test_checkpoint_no_readable_answer_and_mostly_end_of_text_is_a_collapse(chec
 
 
 @pytest.mark.checkpoint
-def test_checkpoint_rescore_rereads_the_texts_without_the_model(checkpoint, data, tmp_path, monkeypatch, capsys):
+def test_checkpoint_a_finished_run_reads_its_texts_by_todays_rules_without_the_model(
+    checkpoint, data, tmp_path, monkeypatch, capsys
+):
     output = tmp_path / "r.jsonl"
     run(checkpoint, data, output)
     records = lines(output)
@@ -1680,36 +1682,22 @@ def test_checkpoint_rescore_rereads_the_texts_without_the_model(checkpoint, data
         for c in r["candidates"]:
             c["answers"] = {"authors": None, "robust": None}
     output.write_text("".join(json.dumps(r) + "\n" for r in records))
-    settings_before = json.loads(output.with_suffix(".config.json").read_text())
-    output.with_suffix(".png").unlink()
-    monkeypatch.setattr(R, "load_model", lambda *a, **k: pytest.fail("--rescore must not load the model"))
-    monkeypatch.setattr(R, "load_tokenizer", lambda *a, **k: pytest.fail("--rescore must not load the tokenizer"))
+    monkeypatch.setattr(R, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(R, "load_tokenizer", lambda *a, **k: pytest.fail("the tokenizer was loaded"))
     capsys.readouterr()
-    summary = R.main(["--output", str(output), "--rescore"])
-    out = capsys.readouterr().out
-    rescored = lines(output)
-    for r in rescored:
+    summary = run(checkpoint, data, output)
+    reread = lines(output)
+    for r in reread:
         for c in r["candidates"]:
             assert c["answers"] == {rule: R.TASKS["gsm8k"].extract_answer(c["text"], rule) for rule in R.RULES}
-    changed = sum(c["answers"] != {"authors": None, "robust": None} for r in rescored for c in r["candidates"])
-    assert f"rescored 4 questions without the model: {changed} candidate answer(s) changed" in out
-    settings = json.loads(output.with_suffix(".config.json").read_text())
-    assert settings_before["rescored"] == [] and settings | dict(rescored=[]) == settings_before, "only the note"
-    assert settings["rescored"][0]["answers_changed"] == changed and "rescored without the model on" in out
-    saved = json.loads(output.with_suffix(".summary.json").read_text())
-    assert saved == json.loads(json.dumps(summary))
-    assert saved == json.loads(json.dumps(R.summarize(rescored, R.Settings.from_file(settings), "authors")))
-    assert output.with_suffix(".png").is_file()
-    run(checkpoint, data, output, "--limit", "4")  # a later resume keeps the note
-    assert json.loads(output.with_suffix(".config.json").read_text())["rescored"] == settings["rescored"]
-
-
-def test_rescore_of_nothing_is_one_clear_line(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        R.main(["--output", str(tmp_path / "none.jsonl"), "--rescore"])
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "has no settings file (none.config.json): nothing to rescore" in err
-    assert files(tmp_path) == []
+    changed = sum(c["answers"] != {"authors": None, "robust": None} for r in reread for c in r["candidates"])
+    assert (
+        changed > 0 and f"today's answer rules read {changed} stored candidates otherwise" in capsys.readouterr().out
+    )
+    settings = R.Settings.from_file(json.loads(output.with_suffix(".config.json").read_text()))
+    assert json.loads(json.dumps(summary)) == json.loads(json.dumps(R.summarize(reread, settings, "authors")))
+    run(checkpoint, data, output)
+    assert "otherwise" not in capsys.readouterr().out, "once updated, the records agree with today's rules"
 
 
 @pytest.mark.checkpoint
@@ -1723,7 +1711,7 @@ def test_checkpoint_figure_draws_from_the_records_alone(checkpoint, data, tmp_pa
     figure = R.write_figures(summary, records, picture)  # no model, no tokenizer: the JSONL alone
     height, width, _ = imread(picture).shape
     assert (width, height) == (1400, 900)
-    bars, votes, order, agree = figure.axes[:4]
+    bars, votes, order = figure.axes[:3]
     shown = list(summary["methods"].values()) + list(summary["block_lengths"].values())
     assert [round(b.get_height(), 9) for b in bars.patches] == [round(100 * v["accuracy"], 9) for v in shown]
     [hex_accuracy] = [line for line in votes.lines if line.get_label() == "HEX, expected accuracy"]
@@ -1733,9 +1721,6 @@ def test_checkpoint_figure_draws_from_the_records_alone(checkpoint, data, tmp_pa
     record = next((r for r in records if any(map(R.collapsed, r["candidates"]))), records[0])
     first_samples = [c["commit_order"] for c in record["candidates"] if c["sample"] == 0]
     assert order.images[0].get_array().tolist() == first_samples, "the commit order of one question's candidates"
-    wanted = [[math.nan if a is None else 100 * a for a in row] for row in summary["agreement"]["agree"]]
-    drawn = np.ma.filled(agree.images[0].get_array().astype(float), math.nan)
-    assert np.allclose(drawn, wanted, equal_nan=True), "how often each pair of experts agrees"
 
 
 @pytest.mark.checkpoint
@@ -1991,8 +1976,6 @@ def test_checkpoint_read_only_archive(checkpoint, data, tmp_path, capsys, monkey
         nested = archive / "new" / "deeper" / "r.jsonl"
         err = one_line_error(capsys, command(checkpoint, data, nested)[2:])
         assert f"cannot create the folder {nested.parent}" in err
-        err = one_line_error(capsys, ["--output", output, "--rescore"])
-        assert "--rescore:" in err and "cannot be written" in err
         assert snapshot(archive) == before
 
 
@@ -2645,27 +2628,6 @@ def hand_record(answers: dict, gold: float, question: int = 0) -> dict:
     )
 
 
-def test_agreement_matrix_by_hand():
-    records = [
-        hand_record({("hex", 4, 0): 1.0, ("hex", 8, 0): 1.0, ("sc", 32, 0): 2.0, ("sc", 32, 1): 1.0}, 1.0),
-        hand_record({("hex", 4, 0): 3.0, ("hex", 8, 0): None, ("sc", 32, 0): 3.0, ("sc", 32, 1): 3.0}, 5.0),
-    ]
-    oks = [
-        [R.TASKS["gsm8k"].is_correct(c["answers"]["authors"], r["gold"]["authors"]) for c in r["candidates"]]
-        for r in records
-    ]
-    table = R.agreement(records, oks, "authors")
-    assert table["groups"] == ["block 4", "block 8", "SC"]
-    agree, one = table["agree"], table["exactly_one_right"]
-    # block 8 is unreadable in question 1: that pair is left out, so blocks 4 and 8 agree where both read
-    assert agree[0][1] == agree[1][0] == 1.0
-    assert agree[1][2] == 1 / 2  # question 0 only: SC's 2.0 and 1.0 against block 8's 1.0
-    assert agree[0][2] == (1 / 2 + 2 / 2) / 2 and agree[2][2] == (0 + 1) / 2  # SC's two samples with each other
-    assert agree[0][0] is None, "one sample of a block length: no pair within it"
-    assert one[0][2] == (1 / 2 + 0) / 2 and one[1][2] == (1 / 2 + 0) / 2 and one[2][2] == (1 + 0) / 2
-    assert table["unreadable"] == [0.0, 1 / 2, 0.0], "each group's share of unreadable answers"
-
-
 def judge(records):
     """Each hand-made candidate's verdict under the authors' GSM8K rule."""
     return [
@@ -2811,7 +2773,6 @@ def test_checkpoint_hex_against_sc_in_one_run(checkpoint, data, tmp_path, capsys
     assert paired == R.paired_difference(right("hex"), right("sc"))
     assert [v["votes"] for v in summary["votes"]["sc"]] == list(range(1, 7))
     assert [v["votes"] for v in summary["votes"]["hex"]] == list(range(1, 7))
-    assert summary["agreement"]["groups"] == ["block 4", "block 8", "block 16", "SC"]
     assert summary["methods"]["sc"]["oracle"] >= summary["methods"]["sc"]["accuracy"]
     out = capsys.readouterr().out
     assert (
@@ -2819,7 +2780,7 @@ def test_checkpoint_hex_against_sc_in_one_run(checkpoint, data, tmp_path, capsys
         and "HEX - SC: " in out
         and "SC block length 8, temperature 0.7, 6 samples" in out
     )
-    assert "Self-consistency, a vote over k random candidates" in out and "agreement per pair" in out
+    assert "Self-consistency, a vote over k random candidates" in out
     assert "HEX - best block chosen on the other half" in out and "HEX - block 4: " in out
     saved = json.loads(output.with_suffix(".summary.json").read_text())
     assert saved == json.loads(json.dumps(R.summarize(records, R.Settings.from_file(saved["settings"]), "authors")))
