@@ -1328,7 +1328,12 @@ def write_figures(summary: dict, records: list[Record], path: Path):
     order = axes["order"]
     commits = [c["commit_order"] for c in rows]
     image = order.imshow(
-        commits, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=settings.steps - 1
+        commits,
+        aspect="auto",
+        cmap="viridis",
+        interpolation="nearest",
+        vmin=0,
+        vmax=max(map(max, commits)),  # the IMH takes more steps
     )
     order.set_yticks(range(len(rows)), labels, fontsize=8)
     order.set_title(
