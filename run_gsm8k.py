@@ -5,6 +5,7 @@
     python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --methods hex sc         # HEX against self-consistency
     python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --methods imh --task math500  # the IMH sampler
     torchrun --nproc_per_node 8 run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct      # several GPUs
+    python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --lm-eval gsm8k_cot       # an lm-eval task, with HEX
 
 The authors' protocol (their HEX/eval code, built on d1): zero-shot, each task's system prompt and
 `<reasoning>` prefix, gen_length 256, steps 128, block lengths 8..128. A question's path:
@@ -17,7 +18,7 @@ Part one is the evaluation, which touches no file, rank or flag: 1. a task; 2. t
 rules; 3. robust rules; 4. the four tasks; 5. a batch of questions to records (`decode_batch`, `records_of`);
 6. the vote and the verdicts; 7. records to a summary (`summarize`) and its tables. Part two is the harness that
 calls only those: 8. data files; 9. model families; 10. the figure; 11. run files (resuming, one writer, growing
-by a method); 12. the command line; 13. main.
+by a method); 12. the command line; 13. main; 14. every method as an lm-evaluation-harness model (`--lm-eval`).
 """
 
 from __future__ import annotations
