@@ -130,6 +130,10 @@ class Task:
         project's reading); None when nothing can be read."""
         return self.extract[_rule(rule)](text)
 
+    def answers(self, text: str) -> dict[str, Any]:
+        """The answer each rule reads from a decoded text, as a candidate stores them."""
+        return {rule: self.extract[rule](text) for rule in RULES}
+
     def is_correct(self, answer: Any, gold: Any, rule: str = "authors") -> bool:
         """Whether an extracted (or voted) answer matches the reference under `rule`."""
         return bool(self.equal[_rule(rule)](answer, gold))
@@ -711,7 +715,7 @@ def records_of(
                 block_length=planned.schedule.block_length,
                 sample=planned.sample,
                 text=texts[q][k],
-                answers={r: task.extract[r](texts[q][k]) for r in RULES},
+                answers=task.answers(texts[q][k]),
                 score=float(out.scores[q, k]),
                 commit_order=out.commit_steps[q, k].tolist(),
                 end_of_text="".join("_" if e else "." for e in is_end[q][k]),
@@ -2053,7 +2057,7 @@ def report(settings: Settings, files: RunFiles, requested: set[int], args: argpa
     task = TASKS[settings.task]
     reread = 0  # candidates whose answers today's rules read otherwise
     for candidate in (c for record in records.values() for c in record["candidates"]):
-        answers = {rule: task.extract[rule](candidate["text"]) for rule in RULES}
+        answers = task.answers(candidate["text"])
         reread += answers != candidate["answers"]
         candidate["answers"] = answers
     if reread and not files.read_only:
