@@ -2215,6 +2215,7 @@ class HarnessModel:
         self.settings = settings
         self.methods = methods  # task name -> method
         self.identity = {k: v for k, v in asdict(settings).items() if k in COMPARED and k not in ("task", "data")}
+        self.ends = set(end_of_text_ids(checkpoint.tokenizer))
         self.sink = folder / f"candidates.rank{self._rank}.jsonl"
         cut_torn_line(self.sink)  # what a killed write leaves
         self.barrier()  # no rank reads a file another is still cutting
@@ -2236,11 +2237,14 @@ class HarnessModel:
         questions = {}  # each question's first request
         for key, request in zip(keys, requests):
             questions.setdefault(key, request)
-        todo = [key for key in questions if key not in self.done]
-        bar = tqdm(total=len(questions), initial=len(questions) - len(todo), desc=f"hex on lm-eval, rank {self.rank}")
+        todo = {}  # method -> the keys of its questions not yet decoded
+        for key, request in questions.items():
+            if key not in self.done:
+                todo.setdefault(self.methods[request.task_name], []).append(key)
+        finished = len(questions) - sum(map(len, todo.values()))
+        bar = tqdm(total=len(questions), initial=finished, desc=f"hex on lm-eval, rank {self.rank}")
         with self.sink.open("a", encoding="utf-8") as out:
-            for method in dict.fromkeys(self.methods[questions[key].task_name] for key in todo):
-                mine = [key for key in todo if self.methods[questions[key].task_name] == method]
+            for method, mine in todo.items():
                 for start in range(0, len(mine), self.settings.batch_size):
                     batch = mine[start : start + self.settings.batch_size]
                     for key, texts in zip(batch, self.decode([questions[key] for key in batch], method)):
@@ -2264,8 +2268,7 @@ class HarnessModel:
         plan = candidate_plan(replace(self.settings, methods=[method]))
         out, _ = decode_prompts(model, prompts, plan, self.settings, mask_id, self.device, requests[0].doc_id)
         answers = out.sequences[:, :, -self.settings.gen_length :].tolist()  # (B, K, gen_length)
-        ends = set(end_of_text_ids(tokenizer))
-        return [[harness_text(tokenizer, a, r.args[1], ends) for a in row] for r, row in zip(requests, answers)]
+        return [[harness_text(tokenizer, a, r.args[1], self.ends) for a in row] for r, row in zip(requests, answers)]
 
     def loglikelihood(self, requests: list):
         raise UsageError(f"lm-eval task {requests[0].task_name}: log-likelihood requests, which hex does not score")
