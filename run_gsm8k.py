@@ -61,6 +61,7 @@ from hex import (
     imh_generate,
     majority_vote,
     paired_difference,
+    pass_at_k,
     steps_per_block,
     wilson,
 )
@@ -860,7 +861,7 @@ def votes_curve(records: list[Record], right: list[list[bool]], method: str, rul
             votes = [majority_vote([b.answer for b in vote], [b.score for b in vote], tie_break) for vote in drawn]
             accuracy.append(fmean(answer_right.get(answer, False) for answer, _ in votes))
             ties.append(fmean(tie for _, tie in votes))
-            pass_at.append(1 - math.comb(n - sum(ballot.right for ballot in question), k) / math.comb(n, k))
+            pass_at.append(pass_at_k(n, sum(ballot.right for ballot in question), k))
         curve.append(dict(votes=k, accuracy=fmean(accuracy), tie_rate=fmean(ties), pass_at_k=fmean(pass_at)))
     return curve
 
@@ -2113,27 +2114,32 @@ class HexVote:
 
 
 class HexPick:
-    """lm-eval's filter `hex_pick`: each question's candidate `index` alone (one HEX expert, or one sample)."""
+    """lm-eval's filter `hex_pick`: each question's candidate `index` alone (one HEX expert), as a list of one that
+    the task's own filters then read as they read all K."""
 
     def __init__(self, index: int):
         self.index = index
 
     def apply(self, resps, docs):
-        return [answers[self.index] for answers in resps]
+        return [[answers[self.index]] for answers in resps]
 
 
 class Variant(NamedTuple):
-    """A task as one method runs it: the method, and the task YAML that says so."""
+    """A task as one method runs it: the method, the task's full config as lm-eval takes it inline, and the names
+    of its filters whose scorer sees every candidate (a code task's)."""
 
     method: str
     config: dict
+    pooled: list[str]
 
 
 def harness_tasks(names: list[str], settings: Settings, include: list[str]) -> dict[str, Variant]:
-    """Each named lm-eval task once a method of the run: a YAML that includes the task's own, with `repeats` set to
-    the method's K candidates and, past one candidate, its filters (`harness_filters`). Refused in one line: a name
-    that is not a YAML task, a task scored by log-likelihoods, one that allows more than --gen-length tokens."""
+    """Each named lm-eval task once a method of the run: its own config (YAML with its includes and functions, as
+    lm-eval loads it) with `repeats` set to the method's K candidates and, past one candidate, its filters
+    (`harness_filters`). Refused in one line: a name that is not a YAML task, a task scored by log-likelihoods,
+    one that allows more than --gen-length tokens."""
     from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._yaml_loader import load_yaml  # as lm-eval's own config loader does (0.4.13)
 
     index = TaskManager(include_path=include or None).task_index
     variants = {}
@@ -2157,33 +2163,60 @@ def harness_tasks(names: list[str], settings: Settings, include: list[str]) -> d
                 f"--lm-eval {name}: it allows {allowed}-token answers (max_gen_toks) and --gen-length is "
                 f"{settings.gen_length}: pass --gen-length {allowed} (and block lengths that divide it)"
             )
+        config = load_yaml(entry.yaml_path, resolve_func=True)
+        pooled = [p["name"] for p in config.get("filter_list") or [] if p["filter"][-1]["function"] != "take_first"]
         for method in settings.methods:
             plan = candidate_plan(replace(settings, methods=[method]))
-            variant = dict(include=str(entry.yaml_path), task=f"{name}_{method}", repeats=len(plan))
+            variant = dict(config, task=f"{name}_{method}", repeats=len(plan))
             if len(plan) > 1:
                 variant["filter_list"] = harness_filters(name, config, plan)
-            variants[variant["task"]] = Variant(method, variant)
+            variants[variant["task"]] = Variant(method, variant, pooled)
     return variants
 
 
 def harness_filters(name: str, config: dict, plan: list[Planned]) -> list[dict]:
-    """A task's filters for K candidates: each of its own with the vote in place of its last step (take_first), then
-    the same with each HEX expert (its first sample) alone, named as "strict-match-block8"."""
+    """A task's filters for K candidates, then each again on each HEX expert (its first sample) alone, named as
+    "strict-match-block8". A filter that extracts an answer and takes the first gets the vote in place of
+    take_first; one that hands the scorer every candidate (code: humaneval's, mbpp's) stays, its scorer's pass@1
+    is then the mean over the K candidates (and `code_pass_at_k` gives pass@k)."""
     filters = []
     for pipeline in config.get("filter_list") or [dict(name="none", filter=[dict(function="take_first")])]:
         steps = pipeline["filter"]
-        plain = all(isinstance(step.get("function"), str) and step["function"] != "custom" for step in steps)
-        if not plain or len(steps) == 1 or steps[-1]["function"] != "take_first":
+        if [step["function"] for step in steps] == ["take_first"]:
             raise UsageError(
-                f"--lm-eval {name}: its filter {pipeline['name']!r} extracts no answer to vote over (code, or a "
-                "scorer that reads the raw text); this command votes on tasks whose filters extract one (regex)"
+                f"--lm-eval {name}: its filter {pipeline['name']!r} hands its scorer one raw text (as minerva_math's):"
+                " no extracted answer to vote over, nor candidates to score; pick a task whose filters extract one"
             )
-        filters.append(dict(name=pipeline["name"], filter=[*steps[:-1], dict(function="hex_vote")]))
+        voted = [*steps[:-1], dict(function="hex_vote")] if steps[-1]["function"] == "take_first" else steps
+        filters.append(dict(name=pipeline["name"], filter=voted))
         for k, planned in enumerate(plan):
             if planned.method == "hex" and planned.sample == 0:
-                pick = [*steps[:-1], dict(function="hex_pick", index=k)]
+                pick = [dict(function="hex_pick", index=k), *steps]
                 filters.append(dict(name=f"{pipeline['name']}-block{planned.schedule.block_length}", filter=pick))
     return filters
+
+
+PASS_AT_1 = ("pass@1", "pass_at_1")  # what humaneval's and mbpp's scorers call a question's pass@1
+
+
+def code_pass_at_k(samples: list[dict], pooled: list[str], candidates: int) -> dict[str, dict[str, tuple]]:
+    """A code task's pass@k over its K candidates, k = 1, 2, 4, ..., K, for each filter whose scorer saw them
+    together: its pass@1 of a question is c / K (c candidates pass), whence Chen et al.'s unbiased pass@k. Per
+    filter and k: the mean over questions and its Wilson interval (conservative for fractional values)."""
+    ks = sorted({2**i for i in range(candidates.bit_length())} | {candidates})
+    table = {}
+    for name in pooled:
+        passed = [
+            round(sample[metric] * candidates)
+            for sample in samples
+            if sample["filter"] == name
+            for metric in sample["metrics"]
+            if metric in PASS_AT_1
+        ]
+        if passed:
+            values = {k: [pass_at_k(candidates, c, k) for c in passed] for k in ks}
+            table[name] = {f"pass@{k}": (fmean(v), wilson(sum(v), len(v))) for k, v in values.items()}
+    return table
 
 
 def harness_text(tokenizer, answer: list[int], gen_kwargs: dict, ends: set[int]) -> str:
@@ -2216,6 +2249,7 @@ class HarnessModel:
         self.methods = methods  # task name -> method
         self.identity = {k: v for k, v in asdict(settings).items() if k in COMPARED and k not in ("task", "data")}
         self.ends = set(end_of_text_ids(checkpoint.tokenizer))
+        folder.mkdir(parents=True, exist_ok=True)  # once the model has loaded: a failed start writes nothing
         self.sink = folder / f"candidates.rank{self._rank}.jsonl"
         cut_torn_line(self.sink)  # what a killed write leaves
         self.barrier()  # no rank reads a file another is still cutting
@@ -2326,7 +2360,6 @@ def harness(args: argparse.Namespace) -> dict | None:
     except ImportError:
         raise UsageError(f"--lm-eval needs lm-evaluation-harness: pip install lm-eval=={LM_EVAL_VERSION}") from None
     world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
     device = resolve_device(args.device)
     folder = Path(args.output).expanduser()
     if folder.is_file():
@@ -2338,18 +2371,12 @@ def harness(args: argparse.Namespace) -> dict | None:
         torch.distributed.init_process_group("gloo", timeout=timedelta(hours=48))
     try:
         checkpoint = load_checkpoint(args, settings, device)
-        tasks = folder / "tasks"
-        if rank == 0:  # the task YAMLs, once the model has loaded: a failed start writes nothing
-            tasks.mkdir(parents=True, exist_ok=True)
-            for name, variant in variants.items():  # YAML reads JSON
-                write_atomically(tasks / f"{name}.yaml", json.dumps(variant.config, indent=1))
         methods = {name: variant.method for name, variant in variants.items()}
-        model = harness_model()(checkpoint, settings, methods, folder, device)  # its barrier: the YAMLs are there
-        manager = TaskManager(include_path=[str(tasks), *args.include_path])
+        model = harness_model()(checkpoint, settings, methods, folder, device)
         results = lm_eval.simple_evaluate(
             model=model,
-            tasks=list(variants),
-            task_manager=manager,
+            tasks=[variant.config for variant in variants.values()],
+            task_manager=TaskManager(include_path=args.include_path or None),
             limit=args.limit,
             log_samples=True,
             apply_chat_template=True,
@@ -2359,10 +2386,17 @@ def harness(args: argparse.Namespace) -> dict | None:
             torch.distributed.destroy_process_group()
     if results is None:  # not the first rank
         return None
-    for name, samples in results.pop("samples").items():
-        write_atomically(folder / f"samples_{name}.jsonl", "".join(json.dumps(s, default=str) + "\n" for s in samples))
+    samples = results.pop("samples")
+    for name, logged in samples.items():
+        write_atomically(folder / f"samples_{name}.jsonl", "".join(json.dumps(s, default=str) + "\n" for s in logged))
     write_atomically(folder / "results.json", json.dumps(results, indent=1, default=str))
     print(make_table(results))
+    for name, variant in variants.items():
+        for pipeline, row in code_pass_at_k(samples[name], variant.pooled, variant.config["repeats"]).items():
+            cells = [
+                f"{k} {100 * mean:.1f} [{100 * low:.1f}, {100 * high:.1f}]" for k, (mean, (low, high)) in row.items()
+            ]
+            print(f"{name} ({pipeline}), pass@k over K = {variant.config['repeats']} candidates: {', '.join(cells)}")
     print(f"lm-eval's results and samples, and each question's candidates: {folder}")
     return results
 

@@ -3063,11 +3063,80 @@ def test_lm_eval_copies_of_a_request_are_one_questions_candidates_and_lm_evals_v
     assert results["exact_match,flexible-extract"] == pytest.approx(sum(right) / 4)
 
 
+CODE_UTILS = """
+def build_predictions(resps, docs):  # humaneval's: the prompt and each candidate
+    return [[doc["prompt"] + r for r in resp] for resp, doc in zip(resps, docs)]
+
+
+def passes(references, predictions):  # code_eval's stand-in: a candidate passes if it holds its reference
+    return {"pass@1": sum(references[0] in p for p in predictions[0]) / len(predictions[0])}
+"""
+
+
+CODE_TASK = r"""
+task: tiny_code
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: ROWS
+test_split: test
+doc_to_text: "{{prompt}}"
+doc_to_target: "{{answer}}"
+output_type: generate_until
+generation_kwargs:
+  until: ["\nclass"]
+  max_gen_toks: 16
+metric_list:
+  - metric: !function utils.passes
+    aggregation: mean
+    higher_is_better: true
+filter_list:
+  - name: create_test
+    filter:
+      - function: custom
+        filter_fn: !function utils.build_predictions
+"""
+
+
+@pytest.fixture
+def lm_code_task(tmp_path):
+    """A local code task shaped as humaneval (a custom filter hands the scorer every candidate, pass@1), with a
+    stand-in for code_eval, which needs the hub: a candidate passes if it holds a "."."""
+    pytest.importorskip("lm_eval")
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "utils.py").write_text(CODE_UTILS)
+    rows = write_rows(tmp_path / "code.jsonl", [{"prompt": f"def f{i}():", "answer": "."} for i in range(4)])
+    task = CODE_TASK.replace("ROWS", str(rows))
+    (folder / "tiny_code.yaml").write_text(task)
+    return folder
+
+
+def test_lm_eval_code_task_scores_every_candidate_and_gives_pass_at_k_over_them(
+    checkpoint, lm_code_task, tmp_path, capsys
+):
+    output = tmp_path / "out"
+    args = lm_eval_args(checkpoint, lm_code_task, output)
+    R.main([str(a) for a in args[:1] + ["tiny_code"] + args[2:]])
+    printed = capsys.readouterr().out
+    samples = lm_samples(output, "tiny_code_hex")
+    passed = [round(sum(samples[f"create_test-block{b}"][doc]["pass@1"] for b in LM_BLOCKS)) for doc in range(4)]
+    for doc, c in enumerate(passed):
+        together = samples["create_test"][doc]
+        assert len(together["filtered_resps"][0]) == 4 and together["pass@1"] == c / 4, "its scorer saw all four"
+    assert 0 < sum(passed) < 16, "the check can tell candidates apart"
+    table = R.code_pass_at_k(list(lines(output / "samples_tiny_code_hex.jsonl")), ["create_test"], 4)
+    for k in (1, 2, 4):
+        expected = sum(1 - math.comb(4 - c, k) / math.comb(4, k) for c in passed) / 4
+        assert table["create_test"][f"pass@{k}"][0] == pytest.approx(expected)
+        assert f"pass@{k} {100 * expected:.1f} [" in printed
+
+
 def test_lm_eval_vote_filter_drops_unreadable_answers_and_keeps_the_first_of_a_tie():
     vote = R.HexVote()
     answers = [["[invalid]", "[invalid]", "7", "5", "5"], ["[invalid]"] * 3, ["3", "4", "4", "3"]]
     assert vote.apply(answers, None) == ["5", "[invalid]", "3"]
-    assert R.HexPick(2).apply(answers, None) == ["7", "[invalid]", "4"]
+    assert R.HexPick(2).apply(answers, None) == [["7"], ["[invalid]"], ["4"]], "a list of one, for the task's filters"
 
 
 def test_lm_eval_rerun_and_a_killed_run_decode_only_unfinished_questions(
@@ -3098,7 +3167,7 @@ def test_lm_eval_rerun_and_a_killed_run_decode_only_unfinished_questions(
             dict(output_type="multiple_choice", doc_to_choice=["a", "b"]),
             "a multiple_choice task, scored by log-likelihoods",
         ),
-        (dict(filter_list=None), "its filter 'none' extracts no answer to vote over"),
+        (dict(filter_list=None), "its filter 'none' hands its scorer one raw text (as minerva_math's)"),
         (
             dict(generation_kwargs=dict(until=["Q:"], max_gen_toks=64)),
             "it allows 64-token answers (max_gen_toks) and --gen-length is 16",
