@@ -558,31 +558,36 @@ SHAPES = {  # TinyMaskPredictor sizes; llada-8b: LLaDA-8B-Instruct's published s
 }
 
 
-def forward_flops(model: TinyMaskPredictor, batch: int, length: int) -> int:
-    """Model FLOPs of one forward pass over (batch, length) tokens (Kaplan et al. 2020; PaLM's MFU appendix):
-    2 x the non-embedding parameters per token (the output head is a matmul, the input embedding a lookup),
-    plus attention's scores and values, 2 x 2 x layers x length x d_model per token."""
-    matmuls = sum(p.numel() for p in model.parameters()) - model.embed.weight.numel()
-    attention = 4 * len(model.blocks) * length * model.embed.embedding_dim
-    return batch * length * (2 * matmuls + attention)
-
-
 # 8. python hex.py: every method of a question in one batch, benchmarked ----------------------------------
 
 
-def benchmark(
-    model: TinyMaskPredictor, prompt_length: int, batch_sizes: Sequence[int], repeats: int, peak_tflops: float
-) -> list[str]:
-    """Every method of B questions (5 HEX experts, 3 one-block baselines; gen_length 256, steps 128) in one
-    lockstep batch, and at B = 1 the authors' way, one schedule after another; each way warmed up by a first,
-    untimed run: forward calls, seconds per question (min-max of `repeats`), MFU, peak GPU memory."""
+def benchmark(shape: str = "tiny", repeats: int | None = None) -> list[str]:
+    """Every method of B questions (5 HEX experts, 3 one-block baselines; gen_length 256, steps 128) on a random
+    model of a SHAPES shape, in one lockstep batch, and at B = 1 the authors' way, one schedule after another; each
+    way warmed up by a first, untimed run: forward calls, seconds per question (min-max of `repeats`, default 3, 1 for
+    llada-8b), peak GPU memory. Every shape but tiny needs CUDA (llada-8b: 16 GB in bfloat16)."""
+    cuda = torch.cuda.is_available()
+    tiny = shape == "tiny"
+    if not tiny and not cuda:
+        raise SystemExit(f"hex.py: error: --shape {shape} needs a CUDA GPU (16 GB in bfloat16); tiny runs here")
+    model = TinyMaskPredictor(
+        **SHAPES[shape], device="cuda" if cuda else "cpu", dtype=None if tiny else torch.bfloat16
+    )
+    model.eval()
+    prompt_length = 16 if tiny else 200
+    repeats = repeats or (3 if tiny else 1)
     schedules = [Schedule(b) for b in (8, 16, 32, 64, 128)] + [Schedule(256, r) for r in REMASKING]
     mask_id = model.embed.num_embeddings - 1  # any id: the weights are random
-    cuda = torch.cuda.is_available()
     calls = []
     hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
-    ways = [("one lockstep batch", B, [schedules]) for B in batch_sizes]
-    lines = [f"   {'way':<24}{'B':>3}{'forward calls':>15}{'s / question':>15}{'MFU':>6}{'GPU':>10}"]
+    where = torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} thread(s)"
+    parameters = sum(p.numel() for p in model.parameters())
+    lines = [
+        f"Benchmark, shape {shape} ({parameters:.3g} parameters) on {where}, prompt {prompt_length} tokens, "
+        f"gen_length 256, steps 128, {repeats} run(s) after a warm-up:",
+        f"   {'way':<24}{'B':>3}{'forward calls':>15}{'s / question':>15}{'GPU':>10}",
+    ]
+    ways = [("one lockstep batch", B, [schedules]) for B in ([1] if tiny else [1, 2, 4, 8])]
     best = {}
     for way, B, groups in ways + [("each schedule in turn", 1, [[s] for s in schedules])]:
         prompt = (torch.arange(B * prompt_length).view(B, -1) % mask_id).to(model.embed.weight.device)
@@ -600,10 +605,8 @@ def benchmark(
         seconds = seconds[1:]  # the warm-up run is not timed
         best[way, B] = min(seconds)
         per_question = f"{min(seconds) / B:.2f}-{max(seconds) / B:.2f}"
-        flops = forward_flops(model, B * len(schedules), prompt_length + 256) * 128
-        mfu = f"{flops / best[way, B] / peak_tflops / 1e12:.0%}" if peak_tflops < math.inf else "-"
         memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
-        lines.append(f"   {way:<24}{B:>3}{len(calls):>15}{per_question:>15}{mfu:>6}{memory:>10}")
+        lines.append(f"   {way:<24}{B:>3}{len(calls):>15}{per_question:>15}{memory:>10}")
     hook.remove()
     ratio = best["each schedule in turn", 1] / best["one lockstep batch", 1]
     return lines + [
@@ -743,9 +746,10 @@ def train_miniature(
     steps: int, seed: int, visible_length: bool, held_out: torch.Tensor, checkpoint: Path | None = None
 ) -> TinyMaskPredictor:
     """AdamW with betas (0.9, 0.98), the gradient norm clipped at 1, batches of 64 fresh examples, never a
-    held-out prompt. Every CHECKPOINT_EVERY steps the whole state (weights, optimizer, random stream, step) goes
-    to `checkpoint`, and a training given an existing checkpoint resumes from it: a killed training loses at
-    most one interval and ends with the weights an uninterrupted one would have."""
+    held-out prompt. Every CHECKPOINT_EVERY steps and at the end, the whole state (weights, optimizer, random
+    stream, step) goes to `checkpoint`, and a training given an existing one resumes from it (a finished training's
+    is its cached weights): a killed training loses at most one interval and ends with the weights an uninterrupted
+    one would have."""
     model = miniature_model(seed).train()
     optimizer = torch.optim.AdamW(model.parameters(), betas=(0.9, 0.98))
     generator = torch.Generator().manual_seed(seed)
@@ -753,13 +757,15 @@ def train_miniature(
     progress = dict(step=0, steps=steps, loss=math.nan, seconds=0.0)
     if checkpoint is not None and checkpoint.exists():
         state = torch.load(checkpoint)
-        if state["progress"]["steps"] != steps or _shapes(state["model"]) != _shapes(model.state_dict()):
+        if state.get("progress", {}).get("steps") != steps or _shapes(state["model"]) != _shapes(model.state_dict()):
             raise ValueError(f"{checkpoint} is another training's (steps or model shape): delete it")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         progress = state["progress"]
-        print(f"   resuming the training at step {progress['step']} from {checkpoint}")
+        finished = progress["step"] == steps
+        where = "the trained weights" if finished else f"resuming the training at step {progress['step']}"
+        print(f"   {where} from {checkpoint}")
     start = time.perf_counter() - progress["seconds"]
     for step in range(progress["step"], steps):
         prompts, responses, _ = chain_examples(64, generator, visible_length)
@@ -772,7 +778,7 @@ def train_miniature(
             group["lr"] = learning_rate(step, steps)
         optimizer.step()
         progress.update(step=step + 1, loss=loss.item(), seconds=time.perf_counter() - start)
-        if checkpoint is not None and (step + 1) % CHECKPOINT_EVERY == 0:
+        if checkpoint is not None and ((step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == steps):
             state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), generator=generator.get_state())
             _save_atomically(dict(state, progress=progress), checkpoint)
         _progress(progress)
@@ -918,28 +924,9 @@ def miniature_picture(figures: dict, answers: torch.Tensor, commit_steps: torch.
     return figure
 
 
-def miniature_name(seed: int, visible_length: bool) -> str:
-    """The stem of a run's files in MINI_CACHE: its weights, checkpoint and picture."""
-    return f"seed{seed}-visible" if visible_length else f"seed{seed}"
-
-
-def miniature_weights(seed: int, visible_length: bool, held_out: torch.Tensor, steps: int = MINI_STEPS):
-    """A seed's trained miniature: its cached weights, or a training (resumed from its checkpoint) that caches them."""
-    name = miniature_name(seed, visible_length)
-    weights = MINI_CACHE / f"{name}.pt"
-    model = miniature_model(seed)
-    cached = torch.load(weights) if weights.exists() else {}
-    if _shapes(cached) == _shapes(model.state_dict()):
-        model.load_state_dict(cached)
-        print(f"   the trained weights from {weights}")
-        return model
-    if cached:
-        print(f"   {weights} holds another model's weights (an older recipe): training again")
-    checkpoint = MINI_CACHE / f"{name}.checkpoint.pt"
-    model = train_miniature(steps, seed, visible_length, held_out=held_out, checkpoint=checkpoint)
-    _save_atomically(model.state_dict(), weights)
-    checkpoint.unlink(missing_ok=True)
-    return model
+def miniature_file(seed: int, visible_length: bool, suffix: str) -> Path:
+    """A run's file in MINI_CACHE: its weights (".pt", the training's last checkpoint) or its picture (".png")."""
+    return MINI_CACHE / (f"seed{seed}-visible{suffix}" if visible_length else f"seed{seed}{suffix}")
 
 
 def held_out_chains(visible_length: bool, questions: int = 300):
@@ -951,7 +938,8 @@ def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS, question
     """python hex.py --miniature: train (resuming a killed training) or load the cached weights, decode the
     held-out prompts with every method of a prompt in one lockstep batch, print the table, draw the picture."""
     prompts, _, lengths = held_out_chains(visible_length, questions)
-    model = miniature_weights(seed, visible_length, prompts, steps)
+    checkpoint = miniature_file(seed, visible_length, ".pt")
+    model = train_miniature(steps, seed, visible_length, held_out=prompts, checkpoint=checkpoint)
     start = time.perf_counter()
     schedules = [schedule for _, schedule in MINI_METHODS]
     outs = [  # 8 prompts x 6 methods = 48 rows a call: a CPU's caches hold them (44k tokens/s, 26k at 300 rows)
@@ -964,7 +952,7 @@ def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS, question
     print(f"   {len(prompts)} held-out prompts, gen_length 64, steps 32, temperature 0, decoded in ", end="")
     print(f"{time.perf_counter() - start:.0f} s\n{miniature_table(figures)}")
     example = int((lengths > 8).long().argmax())  # the first held-out prompt with a long chain
-    picture = MINI_CACHE / f"{miniature_name(seed, visible_length)}.png"
+    picture = miniature_file(seed, visible_length, ".png")
     if miniature_picture(figures, answers[example], commit_steps[example], picture) is not None:
         print(f"   the picture: {picture} (its lower panel: held-out prompt {example}, k = {lengths[example]})")
     return figures
@@ -981,10 +969,10 @@ def pass_at_k(n: int, right: int, k: int) -> float:
     return 1 - math.comb(n - right, k) / math.comb(n, k)
 
 
-def dilemma_decodes(model, prompts: torch.Tensor, samples: int, proposals: int, stream: torch.Generator) -> dict:
-    """Each method's sequences (N, n, 14 + 64), one token committed per step (the paper's setup), one block: greedy
-    confidence (its n samples are one decode), confidence and random order at the paper's local temperature 0.5,
-    HEX's five experts at temperature 0 as a set of candidates, and the IMH at alpha 2 = 1 / 0.5."""
+def dilemma_answers(model, prompts: torch.Tensor, samples: int, proposals: int, stream: torch.Generator) -> dict:
+    """Each method's stated answers (N, n) (0: none readable), one token committed per step (the paper's setup),
+    one block: greedy confidence (its n samples are one decode), confidence and random order at the paper's local
+    temperature 0.5, HEX's five experts at temperature 0 as a set of candidates, and the IMH at alpha 2 = 1 / 0.5."""
     canvas = dict(gen_length=64, mask_id=MINI_MASK)
     schedules = {
         "confidence, greedy": [Schedule(64)],
@@ -999,7 +987,7 @@ def dilemma_decodes(model, prompts: torch.Tensor, samples: int, proposals: int, 
     answers["confidence, greedy"] = answers["confidence, greedy"].expand(-1, samples, -1)
     imh = imh_generate(model, prompts, alpha=2.0, proposals=proposals, samples=samples, generator=stream, **canvas)
     answers[f"IMH, alpha 2, {proposals} proposals"] = imh.sequences
-    return answers
+    return {label: chain_answer(sequences[..., -64:]) for label, sequences in answers.items()}
 
 
 def dilemma_row(stated: torch.Tensor, lengths: torch.Tensor) -> dict:
@@ -1019,20 +1007,20 @@ def dilemma_row(stated: torch.Tensor, lengths: torch.Tensor) -> dict:
     return row
 
 
-def dilemma(seed: int, questions: int = 64, samples: int = 8, proposals: int = 4) -> dict:
+def dilemma(seed: int, steps: int = MINI_STEPS, questions: int = 64, samples: int = 8, proposals: int = 4) -> dict:
     """python hex.py --miniature --dilemma: pass@k, distinct answers and the vote of each method's samples on the
-    first `questions` held-out prompts of the miniature's cached weights (trained first if need be). The sizes
-    keep it within 10 minutes on two cores: the IMH's forward passes carry samples x proposals rows a prompt."""
+    first `questions` held-out prompts, with the miniature's weights (trained first if need be). The sizes keep it
+    within 10 minutes on two cores: the IMH's forward passes carry samples x proposals rows a prompt."""
     prompts, _, lengths = held_out_chains(visible_length=False)
-    model = miniature_weights(seed, False, prompts)
+    checkpoint = miniature_file(seed, False, ".pt")
+    model = train_miniature(steps, seed, False, held_out=prompts, checkpoint=checkpoint)
     prompts, lengths = prompts[:questions], lengths[:questions]
     start = time.perf_counter()
     stream = torch.Generator().manual_seed(seed)
     chunks = [  # 2 prompts at a time: the IMH's 2 x samples x proposals rows a call, the size a CPU runs fastest
-        dilemma_decodes(model, chunk, samples, proposals, stream) for chunk in prompts.split(2)
+        dilemma_answers(model, chunk, samples, proposals, stream) for chunk in prompts.split(2)
     ]
-    decodes = {label: torch.cat([chunk[label] for chunk in chunks]) for label in chunks[0]}
-    rows = {label: dilemma_row(chain_answer(answers[..., -64:]), lengths) for label, answers in decodes.items()}
+    rows = {label: dilemma_row(torch.cat([chunk[label] for chunk in chunks]), lengths) for label in chunks[0]}
     print(f"   {questions} held-out prompts, {samples} samples each, decoded in {time.perf_counter() - start:.0f} s")
     columns = [f"pass@{k}" for k in DILEMMA_K] + ["vote"]
     cells = {
@@ -1062,7 +1050,6 @@ def main(argv: list[str] | None = None) -> None:
     add = parser.add_argument
     add("--shape", choices=list(SHAPES), default="tiny", help="llada-8b: LLaDA-8B's shape, bf16, CUDA")
     add("--repeats", type=_positive(int), help="timed runs per way (default 3; llada-8b 1)")
-    add("--peak-tflops", type=_positive(float), help="dense bf16 peak for MFU (CUDA default 989: H100/H200 SXM)")
     add(
         "--miniature",
         action="store_true",
@@ -1084,22 +1071,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.seed is not None or args.visible_length or args.dilemma:
         parser.error("--seed, --visible-length and --dilemma set up --miniature: add --miniature, or drop them")
-    cuda = torch.cuda.is_available()
-    tiny = args.shape == "tiny"
-    if not tiny and not cuda:
-        raise SystemExit(f"hex.py: error: --shape {args.shape} needs a CUDA GPU (16 GB in bfloat16); tiny runs here")
-    dtype = None if tiny else torch.bfloat16
-    model = TinyMaskPredictor(**SHAPES[args.shape], device="cuda" if cuda else "cpu", dtype=dtype).eval()
-    prompt_length = 16 if tiny else 200
-    repeats = args.repeats or (3 if tiny else 1)
-    where = torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} thread(s)"
-    parameters = sum(p.numel() for p in model.parameters())
-    print(
-        f"Benchmark, shape {args.shape} ({parameters:.3g} parameters) on {where}, prompt {prompt_length} tokens, "
-        f"gen_length 256, steps 128, {repeats} run(s) after a warm-up:"
-    )
-    peak = args.peak_tflops or (989.0 if cuda else math.inf)  # inf: no MFU
-    print("\n".join(benchmark(model, prompt_length, [1] if tiny else [1, 2, 4, 8], repeats, peak)))
+    print("\n".join(benchmark(args.shape, args.repeats)))
 
 
 if __name__ == "__main__":
