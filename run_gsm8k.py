@@ -1715,6 +1715,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     harness.add_argument("--include-path", nargs="+", default=[], metavar="DIR", help="folders of more task YAMLs")
     harness.add_argument("--use-cache", metavar="DIR", help="lm-eval's cache: refused (it would merge the candidates)")
+    harness.add_argument(
+        "--confirm-run-unsafe-code", action="store_true", help="run code tasks (humaneval, mbpp): they execute answers"
+    )
     return parser
 
 
@@ -2133,11 +2136,11 @@ class Variant(NamedTuple):
     pooled: list[str]
 
 
-def harness_tasks(names: list[str], settings: Settings, include: list[str]) -> dict[str, Variant]:
+def harness_tasks(names: list[str], settings: Settings, include: list[str], unsafe: bool) -> dict[str, Variant]:
     """Each named lm-eval task once a method of the run: its own config (YAML with its includes and functions, as
     lm-eval loads it) with `repeats` set to the method's K candidates and, past one candidate, its filters
     (`harness_filters`). Refused in one line: a name that is not a YAML task, a task scored by log-likelihoods,
-    one that allows more than --gen-length tokens."""
+    one that allows more than --gen-length tokens, one that runs the answers' code unless `unsafe`."""
     from lm_eval.tasks import TaskManager
     from lm_eval.tasks._yaml_loader import load_yaml  # as lm-eval's own config loader does (0.4.13)
 
@@ -2164,12 +2167,18 @@ def harness_tasks(names: list[str], settings: Settings, include: list[str]) -> d
                 f"{settings.gen_length}: pass --gen-length {allowed} (and block lengths that divide it)"
             )
         config = load_yaml(entry.yaml_path, resolve_func=True)
-        pooled = [p["name"] for p in config.get("filter_list") or [] if p["filter"][-1]["function"] != "take_first"]
+        if config.get("unsafe_code") and not unsafe:
+            raise UsageError(
+                f"--lm-eval {name}: it runs the answers as code (unsafe_code): pass --confirm-run-unsafe-code, "
+                "as lm-eval asks (its code_eval also wants HF_ALLOW_CODE_EVAL=1)"
+            )
         for method in settings.methods:
             plan = candidate_plan(replace(settings, methods=[method]))
             variant = dict(config, task=f"{name}_{method}", repeats=len(plan))
+            pooled = []
             if len(plan) > 1:
                 variant["filter_list"] = harness_filters(name, config, plan)
+                pooled = [p["name"] for p in variant["filter_list"] if p["filter"][0]["function"] == "take_first_k"]
             variants[variant["task"]] = Variant(method, variant, pooled)
     return variants
 
@@ -2177,18 +2186,21 @@ def harness_tasks(names: list[str], settings: Settings, include: list[str]) -> d
 def harness_filters(name: str, config: dict, plan: list[Planned]) -> list[dict]:
     """A task's filters for K candidates, then each again on each HEX expert (its first sample) alone, named as
     "strict-match-block8". A filter that extracts an answer and takes the first gets the vote in place of
-    take_first; one that hands the scorer every candidate (code: humaneval's, mbpp's) stays, its scorer's pass@1
-    is then the mean over the K candidates (and `code_pass_at_k` gives pass@k)."""
+    take_first. A code task's (`unsafe_code`: humaneval's, mbpp's) hands its scorer all K candidates (take_first_k,
+    then its own steps but take_first), whose pass@1 is then their mean (and `code_pass_at_k` gives pass@k)."""
     filters = []
     for pipeline in config.get("filter_list") or [dict(name="none", filter=[dict(function="take_first")])]:
         steps = pipeline["filter"]
-        if [step["function"] for step in steps] == ["take_first"]:
+        if config.get("unsafe_code"):
+            every = [dict(function="take_first_k", k=len(plan)), *[s for s in steps if s["function"] != "take_first"]]
+            filters.append(dict(name=pipeline["name"], filter=every))
+        elif [step["function"] for step in steps] == ["take_first"]:
             raise UsageError(
                 f"--lm-eval {name}: its filter {pipeline['name']!r} hands its scorer one raw text (as minerva_math's):"
-                " no extracted answer to vote over, nor candidates to score; pick a task whose filters extract one"
+                " no extracted answer to vote over; pick a task whose filters extract one"
             )
-        voted = [*steps[:-1], dict(function="hex_vote")] if steps[-1]["function"] == "take_first" else steps
-        filters.append(dict(name=pipeline["name"], filter=voted))
+        else:
+            filters.append(dict(name=pipeline["name"], filter=[*steps[:-1], dict(function="hex_vote")]))
         for k, planned in enumerate(plan):
             if planned.method == "hex" and planned.sample == 0:
                 pick = [dict(function="hex_pick", index=k), *steps]
@@ -2366,7 +2378,7 @@ def harness(args: argparse.Namespace) -> dict | None:
         raise UsageError(f"--output {args.output}: a file; --lm-eval writes a folder")
     offline_unless_reachable(args)
     settings = replace(run_settings(args, {}, device), task="lm-eval")
-    variants = harness_tasks(args.lm_eval, settings, args.include_path)
+    variants = harness_tasks(args.lm_eval, settings, args.include_path, args.confirm_run_unsafe_code)
     if world > 1:
         torch.distributed.init_process_group("gloo", timeout=timedelta(hours=48))
     try:
@@ -2380,6 +2392,7 @@ def harness(args: argparse.Namespace) -> dict | None:
             limit=args.limit,
             log_samples=True,
             apply_chat_template=True,
+            confirm_run_unsafe_code=args.confirm_run_unsafe_code,
         )
     finally:
         if torch.distributed.is_initialized():

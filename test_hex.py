@@ -3065,11 +3065,17 @@ def build_predictions(resps, docs):  # humaneval's: the prompt and each candidat
 
 def passes(references, predictions):  # code_eval's stand-in: a candidate passes if it holds its reference
     return {"pass@1": sum(references[0] in p for p in predictions[0]) / len(predictions[0])}
+
+
+def pass_at_1(references, predictions):  # mbpp's shape: one text or a list of them, a float
+    candidates = [predictions[0]] if isinstance(predictions[0], str) else predictions[0]
+    return sum(references[0] in p for p in candidates) / len(candidates)
 """
 
 
 CODE_TASK = r"""
 task: tiny_code
+unsafe_code: true
 dataset_path: json
 dataset_kwargs:
   data_files:
@@ -3104,26 +3110,35 @@ def lm_code_task(tmp_path):
     rows = write_rows(tmp_path / "code.jsonl", [{"prompt": f"def f{i}():", "answer": "."} for i in range(4)])
     task = CODE_TASK.replace("ROWS", str(rows))
     (folder / "tiny_code.yaml").write_text(task)
+    mbpp = task.replace("tiny_code", "tiny_mbpp").replace("utils.passes", "utils.pass_at_1")
+    (folder / "tiny_mbpp.yaml").write_text(mbpp[: mbpp.index("filter_list:")])  # no filters: take_first
     return folder
 
 
+@pytest.mark.parametrize(
+    "task, pipeline, metric", [("tiny_code", "create_test", "pass@1"), ("tiny_mbpp", "none", "pass_at_1")]
+)
 def test_lm_eval_code_task_scores_every_candidate_and_gives_pass_at_k_over_them(
-    checkpoint, lm_code_task, tmp_path, capsys
+    checkpoint, lm_code_task, tmp_path, capsys, task, pipeline, metric
 ):
     output = tmp_path / "out"
     args = lm_eval_args(checkpoint, lm_code_task, output)
-    R.main([str(a) for a in args[:1] + ["tiny_code"] + args[2:]])
+    with pytest.raises(SystemExit):  # code runs only when the user says so
+        R.main([str(a) for a in args[:1] + [task] + args[2:]])
+    assert "pass --confirm-run-unsafe-code" in capsys.readouterr().err and not output.exists()
+    R.main([str(a) for a in args[:1] + [task] + args[2:] + ["--confirm-run-unsafe-code"]])
     printed = capsys.readouterr().out
-    samples = lm_samples(output, "tiny_code_hex")
-    passed = [round(sum(samples[f"create_test-block{b}"][doc]["pass@1"] for b in LM_BLOCKS)) for doc in range(4)]
+    samples = lm_samples(output, f"{task}_hex")
+    passed = [round(sum(samples[f"{pipeline}-block{b}"][doc][metric] for b in LM_BLOCKS)) for doc in range(4)]
     for doc, c in enumerate(passed):
-        together = samples["create_test"][doc]
-        assert len(together["filtered_resps"][0]) == 4 and together["pass@1"] == c / 4, "its scorer saw all four"
+        together = samples[pipeline][doc]
+        assert len(together["filtered_resps"][0]) == 4 and together[metric] == c / 4, "its scorer saw all four"
     assert 0 < sum(passed) < 16, "the check can tell candidates apart"
-    table = R.code_pass_at_k(list(lines(output / "samples_tiny_code_hex.jsonl")), ["create_test"], 4)
+    table = R.code_pass_at_k(list(lines(output / f"samples_{task}_hex.jsonl")), [pipeline], 4)
     for k in (1, 2, 4):
         expected = sum(1 - math.comb(4 - c, k) / math.comb(4, k) for c in passed) / 4
-        assert table["create_test"][f"pass@{k}"][0] == pytest.approx(expected)
+        assert table[pipeline][f"pass@{k}"][0] == pytest.approx(expected)
+        assert f"{task}_hex ({pipeline}), pass@k over K = 4 candidates" in printed
         assert f"pass@{k} {100 * expected:.1f} [" in printed
 
 
