@@ -1054,7 +1054,7 @@ def main(argv: list[str] | None = None) -> None:
         "--miniature",
         action="store_true",
         help=f"train a tiny dLLM on a chain task, print the paper's table and "
-        f"draw it; the weights, a killed training's checkpoint and the picture go to ./{MINI_CACHE}/",
+        f"draw it; the weights (the training's checkpoint, resumed) and the picture go to ./{MINI_CACHE}/",
     )
     add("--visible-length", action="store_true", help="--miniature's control: the prompt shows k")
     add("--seed", type=int, help="--miniature's training seed (default 1)")
