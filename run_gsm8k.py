@@ -2166,12 +2166,12 @@ def harness_tasks(names: list[str], settings: Settings, include: list[str], unsa
                 f"--lm-eval {name}: it allows {allowed}-token answers (max_gen_toks) and --gen-length is "
                 f"{settings.gen_length}: pass --gen-length {allowed} (and block lengths that divide it)"
             )
-        config = load_yaml(entry.yaml_path, resolve_func=True)
         if config.get("unsafe_code") and not unsafe:
             raise UsageError(
                 f"--lm-eval {name}: it runs the answers as code (unsafe_code): pass --confirm-run-unsafe-code, "
                 "as lm-eval asks (its code_eval also wants HF_ALLOW_CODE_EVAL=1)"
             )
+        config = load_yaml(entry.yaml_path, resolve_func=True)  # with its functions: the task's own module loads
         for method in settings.methods:
             plan = candidate_plan(replace(settings, methods=[method]))
             variant = dict(config, task=f"{name}_{method}", repeats=len(plan))
