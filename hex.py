@@ -1,14 +1,13 @@
 """HEX: Hidden semi-autoregressive EXperts (arXiv 2510.05040), test-time scaling for masked diffusion LLMs.
 
-A masked diffusion LLM (LLaDA-8B-Instruct) starts from an answer of [MASK] tokens and, over `steps`
-denoising steps, commits the masked positions it is most sure of. Semi-autoregressive decoding cuts the
-answer into blocks of `block_length` tokens, denoised left to right. Each block length is a hidden
-"expert"; HEX decodes with several and takes a majority vote. In the order of the idea: 1. `Schedule`;
-2. one denoising step; 3. `decode` (any schedules in one lockstep batch) and `generate`; 4. `hex_generate`;
-5. `majority_vote`. Nothing after it is needed to use HEX: 6. `imh_generate`, the second paper's sampler
-(arXiv 2604.00375) as this project reconstructs it; 7. `TinyMaskPredictor`; 8. `python hex.py [--shape
-llada-8b]`: the one-batch benchmark; 9. intervals over questions; 10. `python hex.py --miniature`: a masked
-diffusion model trained on this machine shows the paper's collapse and HEX's gain (`--dilemma`: the IMH's).
+A masked diffusion LLM (LLaDA-8B-Instruct) starts from an answer of [MASK] tokens and, over `steps` denoising
+steps, commits the masked positions it is most sure of. Semi-autoregressive decoding cuts the answer into blocks
+of `block_length` tokens, denoised left to right. Each block length is a hidden "expert"; HEX decodes with
+several and takes a majority vote. In the order of the idea: 1. `Schedule`; 2. one denoising step; 3. `decode`,
+the denoising loop, any schedules in one lockstep batch; 4. `hex_generate`; 5. `majority_vote`. Nothing after
+that is needed to use HEX: 6. `imh_generate`, the second paper's sampler (arXiv 2604.00375) as reconstructed
+here; 7. `TinyMaskPredictor`, a random LLaDA-like model; 8. `python hex.py [--shape llada-8b]`, the one-batch
+benchmark; 9. intervals over questions. Needs only torch.
 """
 
 from __future__ import annotations
@@ -17,11 +16,9 @@ import argparse
 import math
 import numbers
 import operator
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Hashable, Sequence
 
 import torch
@@ -89,15 +86,6 @@ def num_transfer_tokens(block_length: int, steps: int) -> list[int]:
     return [base + (i < extra) for i in range(steps)]
 
 
-def semi_ar_plan(block_length: int, gen_length: int, steps: int) -> tuple[list[int], list[int]]:
-    """Per step t: the open block's index and how many tokens t commits. LLaDA's generate loops
-    `for num_block in range(num_blocks): for i in range(steps_per_block):`; this is that plan flattened
-    over t = num_block * steps_per_block + i, so rows with different block lengths advance in lockstep."""
-    spb = steps_per_block(gen_length, steps, block_length)
-    num_blocks = gen_length // block_length
-    return [b for b in range(num_blocks) for _ in range(spb)], num_transfer_tokens(block_length, spb) * num_blocks
-
-
 # 2. One denoising step: predict x0, score it, commit the most confident ----------------------------------
 
 
@@ -145,15 +133,17 @@ def most_confident(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return order.argsort(dim=-1) < k[:, None]  # each position's rank in that order, below k
 
 
-# 3. Decoding any set of schedules in one lockstep batch --------------------------------------------------
+# 3. The denoising loop: any set of schedules in one lockstep batch ---------------------------------------
 
 
 @dataclass
 class HexOutput:
+    """Every prompt's candidates: candidate k of each prompt was decoded by schedules[k]."""
+
     sequences: torch.Tensor  # (B, K, L + gen_length): prompt and answer of every candidate
-    scores: torch.Tensor  # (B, K) float64: mean log-prob of the answer under the first pass
     commit_steps: torch.Tensor  # (B, K, gen_length): the step that committed each answer position
-    schedules: list[Schedule]  # (K,): candidate k of every prompt was decoded by schedules[k]
+    schedules: list[Schedule]  # (K,)
+    scores: torch.Tensor | None = None  # (B, K) float64, only if asked for: the authors' likelihood score
 
 
 @torch.no_grad()
@@ -167,27 +157,91 @@ def decode(
     steps: int = 128,
     mask_id: int = MASK_ID,
     generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
+    score: bool = False,
 ) -> HexOutput:
-    """Decode every prompt with every schedule: B x K candidates advancing as one batch, in `steps` forward
-    calls whatever K. model(x[, attention_mask=...]).logits is (B, T, V); input_ids (B, L) are left padded
-    where attention_mask (B, L) is 0. At temperature 0 candidate k equals schedules[k] run alone; a schedule
-    given its own `generator` (one stream, or one per schedule) draws what it draws alone at any temperature."""
-    gen_length, steps, mask_id, schedules, generators = _check_args(
+    """Decode every prompt with every schedule: B x K candidates advancing as one batch, in `steps` forward calls
+    whatever K. model(x[, attention_mask=...]).logits is (B, T, V); input_ids (B, L) are left padded where
+    attention_mask (B, L) is 0. At temperature 0 candidate k equals schedules[k] run alone; a schedule given its
+    own `generator` (one stream, or one per schedule) draws what it draws alone at any temperature. score=True
+    keeps the first pass's answer logits for `answer_log_likelihood` (the likelihood tie-break's score)."""
+    gen_length = _integer("gen_length", gen_length)
+    steps = _integer("steps", steps)
+    mask_id = _integer("mask_id", mask_id, minimum=0)
+    schedules, generators = _check_args(
         model, input_ids, attention_mask, gen_length, steps, mask_id, schedules, generator
     )
-    B = len(input_ids)
+    B, P = input_ids.shape
     K = len(schedules)
-    x, attention_mask = _canvas(input_ids, attention_mask, gen_length, mask_id, copies=K)
-    commit_step, first_logits = _denoise(
-        model, x, attention_mask, schedules * B, generators * B, gen_length, steps, mask_id, K
-    )
+    x, attention_mask = _canvas(input_ids, attention_mask, gen_length, mask_id, copies=K)  # (R, P + G), R = B * K
+    plan = semi_ar_plan(schedules * B, gen_length, steps, x.device)
+    groups = _scoring_groups(schedules * B, generators * B, x.device)
+    commit_steps = torch.full((B * K, gen_length), -1, dtype=torch.long, device=x.device)
+    first_logits = None
+    for t in range(steps):
+        logits = _logits(model, x, attention_mask)[:, P:]  # (R, G, V): the answer's
+        if t == 0:  # the first canvas is every schedule's: its logits are the likelihood score's
+            _check_vocabulary(mask_id, logits.shape[-1])
+            first_logits = logits[::K].clone() if score else None  # (B, G, V)
+        answer = x[:, P:]  # (R, G), a view: a commit writes into x
+        candidate = (answer == mask_id) & (plan.block == plan.open_block[:, t, None])  # masked, in the open block
+        prediction = answer.clone()
+        confidence = torch.full((B * K, gen_length), -math.inf, dtype=torch.float64, device=x.device)
+        for (remasking, temperature, generator), rows in groups.items():  # rows that share a rule and a stream
+            r, cols = candidate[rows].nonzero(as_tuple=True)
+            x0, conf = x0_and_confidence(
+                logits,
+                rows[r],
+                cols,
+                remasking=remasking,
+                temperature=temperature,
+                mask_id=mask_id,
+                generator=generator,
+            )
+            prediction[rows[r], cols] = x0
+            confidence[rows[r], cols] = conf
+        del logits  # never hold two steps' logits at once
+        commit = most_confident(confidence, plan.tokens[:, t])  # (R, G)
+        answer[commit] = prediction[commit]
+        commit_steps[commit] = t
     sequences = x.view(B, K, -1)
-    return HexOutput(
-        sequences,
-        answer_log_likelihood(first_logits, sequences[:, :, -gen_length:]),
-        commit_step.view(B, K, -1),
-        schedules,
+    scores = None if first_logits is None else answer_log_likelihood(first_logits, sequences[:, :, P:])
+    return HexOutput(sequences, commit_steps.view(B, K, -1), schedules, scores)
+
+
+@dataclass
+class LockstepPlan:
+    """What every row of a lockstep batch does at each step t: LLaDA's two loops, `for num_block in
+    range(num_blocks): for i in range(steps_per_block):`, flattened over t = num_block * steps_per_block + i, so
+    rows of different block lengths advance together."""
+
+    block: torch.Tensor  # (R, G): the block of each answer position
+    open_block: torch.Tensor  # (R, steps): the block open at step t
+    tokens: torch.Tensor  # (R, steps): how many tokens step t commits
+
+
+def semi_ar_plan(schedules: Sequence[Schedule], gen_length: int, steps: int, device=None) -> LockstepPlan:
+    """The lockstep plan of rows decoded by `schedules` (R,): every block gets steps / num_blocks steps."""
+    open_block = []
+    tokens = []
+    for s in schedules:
+        spb = steps_per_block(gen_length, steps, s.block_length)
+        open_block.append([t // spb for t in range(steps)])
+        tokens.append(num_transfer_tokens(s.block_length, spb) * (gen_length // s.block_length))
+    block_lengths = torch.tensor([s.block_length for s in schedules], device=device)
+    return LockstepPlan(
+        block=torch.arange(gen_length, device=device) // block_lengths[:, None],
+        open_block=torch.tensor(open_block, device=device),
+        tokens=torch.tensor(tokens, device=device),
     )
+
+
+def _scoring_groups(schedules, generators, device) -> dict:
+    """Rows scored together, by rule, temperature and the stream they draw from (so that a schedule given its own
+    stream draws what it draws alone): {(remasking, temperature, generator): row indices}."""
+    groups = {}
+    for r, (s, g) in enumerate(zip(schedules, generators)):
+        groups.setdefault((s.remasking, s.temperature, g), []).append(r)
+    return {key: torch.tensor(rows, device=device) for key, rows in groups.items()}
 
 
 def _canvas(input_ids, attention_mask, gen_length, mask_id, copies):
@@ -199,26 +253,36 @@ def _canvas(input_ids, attention_mask, gen_length, mask_id, copies):
 
 
 def _logits(model, x, attention_mask):
-    return (model(x) if attention_mask is None else model(x, attention_mask=attention_mask)).logits
+    """model(x[, attention_mask]).logits, or a TypeError that says what a model must return."""
+    out = model(x) if attention_mask is None else model(x, attention_mask=attention_mask)
+    if not isinstance(getattr(out, "logits", None), torch.Tensor):
+        raise TypeError(
+            f"the model returned {type(out).__name__}: it must return an object whose .logits is a (B, T, V) "
+            "tensor, as transformers models do (wrap a bare tensor in hex.MaskPredictorOutput(logits))"
+        )
+    return out.logits
+
+
+def _check_vocabulary(mask_id, vocab):
+    if not 0 <= mask_id < vocab:
+        raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (size {vocab})")
 
 
 def _check_args(model, input_ids, attention_mask, gen_length, steps, mask_id, schedules, generator):
-    """Every argument check of `decode`, before any forward pass; returns the arguments as used."""
+    """Every check of `decode`'s arguments (gen_length, steps and mask_id already ints), before any forward pass;
+    returns the schedules and a generator for each."""
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.long or input_ids.dim() != 2:
         raise TypeError("input_ids must be a 2-D torch.long tensor of shape (batch, prompt_length)")
     if len(input_ids) == 0:
         raise ValueError("input_ids holds no prompts: its shape must be (batch >= 1, prompt_length)")
     if attention_mask is not None and getattr(attention_mask, "shape", None) != input_ids.shape:
         raise ValueError(f"attention_mask must be a tensor of input_ids' shape {tuple(input_ids.shape)}")
-    gen_length = _integer("gen_length", gen_length)
-    steps = _integer("steps", steps)
-    mask_id = _integer("mask_id", mask_id, minimum=0)
+    if steps > gen_length:
+        raise ValueError(f"steps={steps} must be <= gen_length={gen_length}: a step must commit at least one token")
     try:  # a model without an input embedding to ask is checked after its first forward pass
-        vocab = model.get_input_embeddings().num_embeddings
+        _check_vocabulary(mask_id, model.get_input_embeddings().num_embeddings)
     except (AttributeError, NotImplementedError):
-        vocab = math.inf
-    if mask_id >= vocab:
-        raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (size {vocab})")
+        pass
     if (input_ids == mask_id).any():
         raise ValueError(f"input_ids contain mask_id={mask_id}: the prompt must be fully unmasked")
     schedules = list(schedules)
@@ -231,53 +295,7 @@ def _check_args(model, input_ids, attention_mask, gen_length, steps, mask_id, sc
         raise ValueError(f"generator: {len(generators)} generators for {len(schedules)} schedules; pass one or K")
     if not all(g is None or isinstance(g, torch.Generator) for g in generators):
         raise TypeError(f"generator={generator!r} must be a torch.Generator, None, or a list of them")
-    return gen_length, steps, mask_id, schedules, generators
-
-
-def _denoise(model, x, attention_mask, schedules, generators, gen_length, steps, mask_id, rows_per_prompt):
-    """Denoise canvas x (R, P + G) in place, row r by schedules[r]: per step one forward pass, candidates are the
-    masked positions of a row's open block, committed tokens stay. Returns the commit steps (R, G), and the first
-    pass's answer logits of one row per prompt (every row of a prompt sees the same first canvas)."""
-    R = x.shape[0]
-    P = x.shape[1] - gen_length
-    plans = [semi_ar_plan(s.block_length, gen_length, steps) for s in schedules]
-    open_index = torch.tensor([blocks for blocks, _ in plans], device=x.device)  # (R, steps): each step's open block
-    k = torch.tensor([counts for _, counts in plans], device=x.device)  # (R, steps): tokens each step commits
-    block_lengths = torch.tensor([s.block_length for s in schedules], device=x.device)
-    block = torch.arange(gen_length, device=x.device) // block_lengths[:, None]  # (R, G): each position's block
-    groups = {}  # rows scored together: by rule, temperature and the stream they draw from
-    for r, (s, g) in enumerate(zip(schedules, generators)):  # (so a schedule with its own stream draws as alone)
-        groups.setdefault((s.remasking, s.temperature, g), []).append(r)
-    groups = {key: torch.tensor(rows, device=x.device) for key, rows in groups.items()}  # made once, not per step
-    commit_step = torch.full((R, gen_length), -1, dtype=torch.long, device=x.device)
-    for t in range(steps):
-        logits = _logits(model, x, attention_mask)
-        if t == 0:  # the first pass, shared by every schedule: the likelihood score's logits
-            if not 0 <= mask_id < logits.shape[-1]:
-                raise ValueError(f"mask_id={mask_id} is outside the model's vocabulary (size {logits.shape[-1]})")
-            first_logits = logits[::rows_per_prompt, P:].clone()  # (R / K, gen_length, V)
-        answer = x[:, P:]  # (R, gen_length) view
-        candidate = (answer == mask_id) & (block == open_index[:, t, None])
-        confidence = torch.full((R, gen_length), -math.inf, dtype=torch.float64, device=x.device)
-        prediction = answer.clone()
-        for (remasking, temperature, generator), group in groups.items():
-            r, cols = candidate[group].nonzero(as_tuple=True)
-            x0, conf = x0_and_confidence(
-                logits,
-                group[r],
-                cols + P,
-                remasking=remasking,
-                temperature=temperature,
-                mask_id=mask_id,
-                generator=generator,
-            )
-            confidence[group[r], cols] = conf
-            prediction[group[r], cols] = x0
-        del logits  # never hold two steps' logits at once
-        commit = most_confident(confidence, k[:, t])
-        answer[commit] = prediction[commit]
-        commit_step[commit] = t
-    return commit_step, first_logits
+    return schedules, generators
 
 
 def answer_log_likelihood(first_logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
@@ -320,7 +338,7 @@ def hex_generate(
 ) -> HexOutput:
     """The HEX ensemble: K = samples_per_block x len(block_lengths) candidates per prompt in `steps` forward
     calls; candidate s * len(block_lengths) + j is sample s of block_lengths[j] (at temperature 0, its generate).
-    kwargs go to `decode`: gen_length (256), steps (128), mask_id (LLaDA's), generator."""
+    kwargs go to `decode`: gen_length (256), steps (128), mask_id (LLaDA's), generator, score."""
     if not hasattr(block_lengths, "__iter__"):
         raise TypeError(f"block_lengths={block_lengths!r} must be a sequence of ints, e.g. (8, 16, 32, 64, 128)")
     experts = [Schedule(_integer("block_lengths", b), remasking, temperature) for b in block_lengths]
@@ -363,11 +381,14 @@ def majority_vote(
 
 # 6. The quality-exploration sampler: Independent Metropolis-Hastings toward p(x)^alpha (arXiv 2604.00375) ----
 #
-# The paper's text is not available here: what follows is this project's reconstruction from its abstract and
-# figure (../shared/imh-notes.md). The paper's: one token committed per step; the target, the globally tempered
-# p(x)^alpha; a mean-field estimate of the suffix mass; a single-position IMH over a batch of proposals. Ours:
-# every formula below, the position rule (LLaDA's confidence), the lookahead over the whole masked answer, and
-# one chain move per proposal.
+# The paper's text is not available: this is our reconstruction from its abstract and its Figure 1, and no code
+# of it is published. From the paper: one token committed per step; the target, the globally tempered p(x)^alpha;
+# a mean-field estimate of the suffix mass (a sum over every completion); a single-position IMH over a batch of
+# proposals. Assumed here, where the paper is unknown to us: the position rule (LLaDA's confidence, in the open
+# block); the proposal q(v) ~ p_i(v)^alpha (alpha 2 = the paper's local temperature 0.5); the mean-field lookahead
+# over every masked position of the answer, not the open block alone; one chain move per proposal; every formula
+# below. What follows from it (tested): alpha 1 is plain sampling from p_i, a huge alpha with one proposal is
+# greedy decoding, and Z is exact where the marginals factorise.
 
 
 def tempered_log_probs(logits: torch.Tensor, alpha: float, mask_id: int) -> torch.Tensor:
@@ -421,17 +442,18 @@ def imh_generate(
     block_length: int | None = None,
     mask_id: int = MASK_ID,
     generator: torch.Generator | None = None,
+    score: bool = False,
 ) -> HexOutput:
     """`samples` answers per prompt, sequences (B, samples, L + gen_length), one token committed per step. At each
     step: the position is the most confident masked one of the open block (LLaDA's rule; block_length=None: one
     block); `proposals` tokens are drawn from p_i^alpha; one forward pass over the canvases with each gives their
     marginals, hence their suffix masses Z; the IMH chain over them picks the token, and its canvas's forward pass
     is the next step's. Every prompt, sample and proposal advances in one batch: gen_length + 1 forward calls.
-    alpha = 1 is plain sampling from p_i; a large alpha seeks the mode of p(x) (with one proposal: greedy)."""
+    alpha = 1 is plain sampling from p_i; a large alpha seeks the mode of p(x) (with one proposal: greedy).
+    score=True: the likelihood score, as `decode`'s."""
+    gen_length, mask_id = _integer("gen_length", gen_length), _integer("mask_id", mask_id, 0)
     block_length = gen_length if block_length is None else block_length
-    gen_length, _, mask_id, _, _ = _check_args(
-        model, input_ids, attention_mask, gen_length, gen_length, mask_id, [Schedule(block_length)], generator
-    )
+    _check_args(model, input_ids, attention_mask, gen_length, gen_length, mask_id, [Schedule(block_length)], generator)
     alpha = _real("alpha", alpha, positive=True)
     K = _integer("proposals", proposals)
     S = _integer("samples", samples)
@@ -439,7 +461,8 @@ def imh_generate(
     x, attention_mask = _canvas(input_ids, attention_mask, gen_length, mask_id, copies=S)  # (R, P + G), R = B * S
     proposed_mask = None if attention_mask is None else attention_mask.repeat_interleave(K, dim=0)
     logits = _logits(model, x, attention_mask)[:, P:]  # (R, G, V)
-    first_logits = logits[::S].clone()
+    _check_vocabulary(mask_id, logits.shape[-1])
+    first_logits = logits[::S].clone() if score else None
     rows = torch.arange(len(x), device=x.device)
     block = torch.arange(gen_length, device=x.device) // block_length
     commit_step = torch.full((len(x), gen_length), -1, dtype=torch.long, device=x.device)
@@ -460,9 +483,9 @@ def imh_generate(
     sequences = x.view(len(input_ids), S, -1)
     return HexOutput(
         sequences,
-        answer_log_likelihood(first_logits, sequences[:, :, P:]),
         commit_step.view(len(input_ids), S, -1),
         [Schedule(block_length, "low_confidence", 1 / alpha)] * S,  # the position rule and the local temperature
+        None if first_logits is None else answer_log_likelihood(first_logits, sequences[:, :, P:]),
     )
 
 
@@ -521,12 +544,18 @@ class TinyMaskPredictor(nn.Module):
         **factory,
     ):  # factory: device=, dtype=
         super().__init__()
+        mlp_hidden = 4 * d_model if mlp_hidden is None else mlp_hidden
+        sizes = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, mlp_hidden=mlp_hidden)
+        for name, value in sizes.items():
+            _integer(name, value)
+        if d_model % (2 * n_heads):
+            raise ValueError(
+                f"d_model={d_model} must be a multiple of 2 x n_heads={n_heads} (rotary halves each head)"
+            )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.embed = nn.Embedding(vocab_size, d_model, **factory)
-            self.blocks = nn.ModuleList(
-                TinyBlock(d_model, n_heads, mlp_hidden or 4 * d_model, **factory) for _ in range(n_layers)
-            )
+            self.blocks = nn.ModuleList(TinyBlock(d_model, n_heads, mlp_hidden, **factory) for _ in range(n_layers))
             self.norm = nn.RMSNorm(d_model, **factory)
             self.lm_head = nn.Linear(d_model, vocab_size, bias=False, **factory)  # untied, as LLaDA's
             self.position = None
@@ -650,383 +679,9 @@ def cross_fitted(right: dict[Hashable, Sequence[bool]]) -> tuple[list[bool], lis
     return [right[chosen[i % 2]][i] for i in range(n)], chosen
 
 
-# 10. python hex.py --miniature: the paper on a masked diffusion model trained here ------------------------
-
-PAD = 0  # the chain task's vocabulary: four special tokens, digits, 100 filler words, step tokens S_1..S_14
-MINI_MASK = 1
-EOT = 2
-ANS = 3
-DIGIT = 4
-FILLER = 14
-STEP = 114  # S_j is STEP + j - 1
-MINI_METHODS = (  # (label, schedule) on a 64-token canvas; a block of 64 is one block, the paper's Top-K baseline
-    ("block 4", Schedule(4)),
-    ("block 8", Schedule(8)),
-    ("block 16", Schedule(16)),
-    ("block 32", Schedule(32)),
-    ("one block, Top-K", Schedule(64)),
-    ("one block, Top-K margin", Schedule(64, "topk_margin")),
-)
-MINI_EXPERTS = 5  # HEX votes over the first five methods: blocks 4-64, ties to the smaller block
-MINI_CACHE = Path("results", "miniature")  # relative to the working folder
-MINI_STEPS = 3000  # training steps
-CHECKPOINT_EVERY = 200  # training steps between checkpoints
-
-
-def chain_examples(n: int, generator: torch.Generator, visible_length: bool = False):
-    """n examples: prompts (n, 14), items x_j in 1..3 as digits; responses (n, 64); chain lengths k (n,),
-    uniform over 4..14: k is the first j >= 4 whose running sum s_j = (s_{j-1} + x_j) mod 10 is 0. A response
-    writes, for j = 1..k, S_j, one or two random filler words and s_j; then ANS, S_k; then end-of-text to the
-    end. Every prompt lists 14 items, so k is known only once the chain is written, unless visible_length
-    (the control): then the items after x_k are PAD."""
-    lengths = torch.randint(4, 15, (n,), generator=generator)
-    items = torch.zeros(n, 14, dtype=torch.long)
-    todo = torch.arange(n)
-    while len(todo):  # rejection: redraw until each chain stops at its k
-        items[todo] = torch.randint(1, 4, (len(todo), 14), generator=generator)
-        stops = (items[todo].cumsum(1) % 10 == 0) & (torch.arange(14) >= 3)
-        k = stops.long().argmax(1) + 1  # 1 where no j stops it: never a length
-        todo = todo[k != lengths[todo]]
-    words = torch.randint(FILLER, STEP, (n, 14, 2), generator=generator).tolist()
-    counts = torch.randint(1, 3, (n, 14), generator=generator).tolist()
-    sums = (items.cumsum(1) % 10 + DIGIT).tolist()
-    responses = torch.full((n, 64), EOT)
-    for i, k in enumerate(lengths.tolist()):
-        tokens = [ANS, STEP + k - 1]
-        for j in reversed(range(k)):
-            tokens = [STEP + j, *words[i][j][: counts[i][j]], sums[i][j], *tokens]
-        responses[i, : len(tokens)] = torch.tensor(tokens)
-    prompts = items + DIGIT
-    if visible_length:
-        prompts = prompts.masked_fill(torch.arange(14) >= lengths[:, None], PAD)
-    return prompts, responses, lengths
-
-
-def chain_answer(answers: torch.Tensor) -> torch.Tensor:
-    """(..., G) answers -> (...) the chain length stated after the first ANS, or 0 where none is readable."""
-    stated = F.pad(answers[..., 1:], (0, 1)) - STEP + 1  # what each position's successor states
-    is_ans = answers == ANS
-    value = stated.gather(-1, is_ans.long().argmax(-1, keepdim=True)).squeeze(-1)
-    return torch.where(is_ans.any(-1) & (value >= 1) & (value <= 14), value, 0)
-
-
-def masked_diffusion_loss(
-    model: nn.Module, prompts: torch.Tensor, responses: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """LLaDA's training objective in its SFT form (the paper's models, Sec. 2): per example a t in (0, 1), each
-    response token masked with probability t, the cross-entropy of the masked tokens weighted by 1 / t and
-    averaged over the response (end-of-text padding included); the prompt is never masked. Ours: the batch's t
-    are stratified, one in each 1/B of (0, 1) from one shared uniform (MDLM's low-discrepancy sampler): each t is
-    still U(0, 1), so the loss is the same in expectation, with less variance than B independent draws."""
-    B = len(responses)
-    t = ((torch.rand(1, generator=generator) + torch.arange(B) / B) % 1).clamp(min=1e-3)[:, None]  # (B, 1)
-    masked = torch.rand(responses.shape, generator=generator) < t  # (B, G)
-    x = torch.cat([prompts, responses.masked_fill(masked, MINI_MASK)], dim=1)
-    logits = model(x).logits[:, prompts.shape[1] :]  # (B, G, V)
-    loss = F.cross_entropy(logits.transpose(1, 2), responses, reduction="none")  # (B, G)
-    return (loss * masked / t).mean()
-
-
-def miniature_model(seed: int) -> TinyMaskPredictor:
-    """A 4-layer TinyMaskPredictor of 0.70M parameters over the chain task's 128 tokens and 78 positions. Its
-    SwiGLU is 2 x d_model wide (LLaDA's is 3x): a quarter faster to train than 4x (README: what it cost)."""
-    return TinyMaskPredictor(
-        vocab_size=128, d_model=128, n_layers=4, n_heads=4, mlp_hidden=256, max_positions=78, seed=seed
-    ).eval()
-
-
-def learning_rate(step: int, steps: int) -> float:
-    """AdamW's learning rate at a step: 2e-3 after 100 warm-up steps, then a cosine decay to 5% of it."""
-    return 2e-3 * min((step + 1) / 100, 0.05 + 0.475 * (1 + math.cos(math.pi * step / steps)))
-
-
-def train_miniature(
-    steps: int, seed: int, visible_length: bool, held_out: torch.Tensor, checkpoint: Path | None = None
-) -> TinyMaskPredictor:
-    """AdamW with betas (0.9, 0.98), the gradient norm clipped at 1, batches of 64 fresh examples, never a
-    held-out prompt. Every CHECKPOINT_EVERY steps and at the end, the whole state (weights, optimizer, random
-    stream, step) goes to `checkpoint`, and a training given an existing one resumes from it (a finished training's
-    is its cached weights): a killed training loses at most one interval and ends with the weights an uninterrupted
-    one would have."""
-    model = miniature_model(seed).train()
-    optimizer = torch.optim.AdamW(model.parameters(), betas=(0.9, 0.98))
-    generator = torch.Generator().manual_seed(seed)
-    unseen = {tuple(p) for p in held_out.tolist()}
-    progress = dict(step=0, steps=steps, loss=math.nan, seconds=0.0)
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint)
-        if state.get("progress", {}).get("steps") != steps or _shapes(state["model"]) != _shapes(model.state_dict()):
-            raise ValueError(f"{checkpoint} is another training's (steps or model shape): delete it")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        progress = state["progress"]
-        finished = progress["step"] == steps
-        where = "the trained weights" if finished else f"resuming the training at step {progress['step']}"
-        print(f"   {where} from {checkpoint}")
-    start = time.perf_counter() - progress["seconds"]
-    for step in range(progress["step"], steps):
-        prompts, responses, _ = chain_examples(64, generator, visible_length)
-        keep = torch.tensor([tuple(p) not in unseen for p in prompts.tolist()])
-        loss = masked_diffusion_loss(model, prompts[keep], responses[keep], generator)
-        optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, steps)
-        optimizer.step()
-        progress.update(step=step + 1, loss=loss.item(), seconds=time.perf_counter() - start)
-        if checkpoint is not None and ((step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == steps):
-            state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), generator=generator.get_state())
-            _save_atomically(dict(state, progress=progress), checkpoint)
-        _progress(progress)
-    return model.eval()
-
-
-def _shapes(state: dict) -> dict:
-    """A state dict's tensor shapes by name: what tells weights of another model (an older recipe) apart."""
-    return {name: tensor.shape for name, tensor in state.items()}
-
-
-def _save_atomically(obj, path):
-    """torch.save to a temporary file, then a rename: a kill never leaves half a file at `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    temporary.replace(path)
-
-
-def _progress(progress):
-    """A progress bar with the loss: redrawn in place on a terminal, a line per checkpoint interval in a file."""
-    step, steps = progress["step"], progress["steps"]
-    bar = "#" * (24 * step // steps)
-    text = f"   training [{bar:<24}] step {step}/{steps}, loss {progress['loss']:.3f}, {progress['seconds']:.0f} s"
-    if sys.stdout.isatty():
-        print("\r" + text, end="\n" if step == steps else "", flush=True)
-    elif step == steps or step % CHECKPOINT_EVERY == 0:
-        print(text, flush=True)
-
-
-@dataclass
-class MiniRow:
-    """One method's line of the miniature's table, as fractions of the held-out prompts."""
-
-    accuracy: float
-    ci95: tuple[float, float]  # Wilson, over prompts
-    short: float  # accuracy on chains of k <= 8
-    long: float  # on chains of k > 8
-    eot_first: float | None = None  # end-of-text's share of the first 16 commits (a decoding rule's rows only)
-    cut_short: float | None = None  # share of chains whose last written step S_j is below k
-
-
-def miniature_figures(answers: torch.Tensor, commit_steps: torch.Tensor, lengths: torch.Tensor) -> dict:
-    """The paper's table in miniature from decodes (N, K, G) by MINI_METHODS and the true lengths (N,): a MiniRow
-    per method, HEX (the vote of the first MINI_EXPERTS) and the oracle (any of them right); HEX minus the block
-    chosen on the other half of the prompts (cross-fitted), paired."""
-    stated = chain_answer(answers)  # (N, K)
-    right = stated == lengths[:, None]
-    votes = [majority_vote([a or None for a in row[:MINI_EXPERTS]])[0] or 0 for row in stated.tolist()]
-    hex_right = torch.tensor(votes) == lengths  # 0: no readable answer, never right
-    first = commit_steps.argsort(dim=-1, stable=True)[..., :16]  # (N, K, 16): the first 16 commits
-    eot_first = (answers.gather(-1, first) == EOT).double().mean((0, 2))  # (K,)
-    before_end = ((answers == EOT) | (answers == ANS)).cumsum(-1) == 0
-    written = torch.where(before_end & (answers >= STEP), answers - STEP + 1, 0).amax(-1)  # (N, K)
-    cut_short = (written < lengths[:, None]).double().mean(0)  # (K,)
-    long = lengths > 8
-
-    def row(verdicts, **rule):
-        verdicts = verdicts.double()
-        accuracy = verdicts.mean().item()
-        interval = wilson(int(verdicts.sum()), len(verdicts))
-        return MiniRow(accuracy, interval, verdicts[~long].mean().item(), verdicts[long].mean().item(), **rule)
-
-    rows = {}
-    for k, (label, _) in enumerate(MINI_METHODS):
-        rows[label] = row(right[:, k], eot_first=eot_first[k].item(), cut_short=cut_short[k].item())
-    rows["HEX"] = row(hex_right)
-    rows["oracle"] = row(right[:, :MINI_EXPERTS].any(1))
-    experts = {
-        schedule.block_length: right[:, k].tolist() for k, (_, schedule) in enumerate(MINI_METHODS[:MINI_EXPERTS])
-    }
-    chosen_right, chosen = cross_fitted(experts)
-    return dict(rows=rows, hex_minus_chosen=paired_difference(hex_right.tolist(), chosen_right), chosen=chosen)
-
-
-def percent(fraction: float | None, interval: tuple[float, float] | None = None) -> str:
-    """A fraction in percent with one decimal, and its interval if given; "-" for None."""
-    if fraction is None:
-        return "-"
-    text = f"{100 * fraction:.1f}"
-    return text if interval is None else f"{text} [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]"
-
-
-def markdown_table(columns: list[str], rows: dict[str, list[str]]) -> list[str]:
-    """A Markdown table's lines: the method and `columns` as its header, then a line per labelled row of cells."""
-    lines = [f"| method | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
-    return lines + [f"| {label} | {' | '.join(cells)} |" for label, cells in rows.items()]
-
-
-def miniature_table(figures: dict) -> str:
-    """The figures as a Markdown table, in percent, and HEX against the cross-fitted block."""
-    cells = {
-        label: [
-            percent(r.accuracy, r.ci95),
-            percent(r.short),
-            percent(r.long),
-            percent(r.eot_first),
-            percent(r.cut_short),
-        ]
-        for label, r in figures["rows"].items()
-    }
-    lines = markdown_table(["accuracy [95%]", "k <= 8", "k > 8", "EoT-first", "cut short"], cells)
-    paired = figures["hex_minus_chosen"]
-    low, high = paired["ci95"]
-    lines.append(
-        f"HEX minus the block chosen on the other half of the prompts (blocks {figures['chosen']}): "
-        f"{100 * paired['difference']:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}], paired (Agresti-Min); "
-        f"only HEX right {paired['only_first']}, only the block {paired['only_second']}"
-    )
-    return "\n".join(lines)
-
-
-def miniature_picture(figures: dict, answers: torch.Tensor, commit_steps: torch.Tensor, path: Path):
-    """The table and the mechanism at a glance: accuracy per method with its interval, short and long chains
-    apart; the order in which block 8 and one block commit one prompt's answer (answers and commit_steps (K, G)),
-    end-of-text marked. Returns the matplotlib Figure saved to `path`, or None without matplotlib."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
-    figure = Figure(figsize=(10, 7.5), layout="tight")
-    bars, order = figure.subplots(2, 1, height_ratios=(3, 1.3))
-    rows = list(figures["rows"].values())
-    x = torch.arange(len(rows)).numpy()
-    below = [100 * (r.accuracy - r.ci95[0]) for r in rows]
-    above = [100 * (r.ci95[1] - r.accuracy) for r in rows]
-    accuracy = [100 * r.accuracy for r in rows]
-    bars.bar(x - 0.27, accuracy, 0.27, yerr=[below, above], capsize=3, label="all prompts (95% Wilson)")
-    bars.bar(x, [100 * r.short for r in rows], 0.27, label="short chains (k <= 8)")
-    bars.bar(x + 0.27, [100 * r.long for r in rows], 0.27, label="long chains (k > 8)")
-    bars.set(ylabel="accuracy, %", ylim=(0, 118))
-    bars.set_xticks(x, [label.replace(", ", ",\n") for label in figures["rows"]], fontsize=8)
-    bars.legend(ncol=3, loc="upper center")
-    shown = [1, 4]  # block 8, one block Top-K
-    order.imshow(commit_steps[shown].numpy(), aspect="auto")
-    eot = (answers[shown] == EOT).nonzero().tolist()  # [row, position] of each end-of-text
-    order.scatter([p for _, p in eot], [r for r, _ in eot], marker="x", color="red", label="end-of-text")
-    order.set_yticks([0, 1], [MINI_METHODS[k][0] for k in shown])
-    order.set(xlabel="answer position (colour: the step that committed it, dark = early)")
-    order.legend(loc="upper right")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    return figure
-
-
-def miniature_file(seed: int, visible_length: bool, suffix: str) -> Path:
-    """A run's file in MINI_CACHE: its weights (".pt", the training's last checkpoint) or its picture (".png")."""
-    return MINI_CACHE / (f"seed{seed}-visible{suffix}" if visible_length else f"seed{seed}{suffix}")
-
-
-def held_out_chains(visible_length: bool, questions: int = 300):
-    """The held-out prompts no training sees, their responses and chain lengths."""
-    return chain_examples(questions, torch.Generator().manual_seed(2510), visible_length)
-
-
-def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS, questions: int = 300) -> dict:
-    """python hex.py --miniature: train (resuming a killed training) or load the cached weights, decode the
-    held-out prompts with every method of a prompt in one lockstep batch, print the table, draw the picture."""
-    prompts, _, lengths = held_out_chains(visible_length, questions)
-    checkpoint = miniature_file(seed, visible_length, ".pt")
-    model = train_miniature(steps, seed, visible_length, held_out=prompts, checkpoint=checkpoint)
-    start = time.perf_counter()
-    schedules = [schedule for _, schedule in MINI_METHODS]
-    outs = [  # 8 prompts x 6 methods = 48 rows a call: a CPU's caches hold them (44k tokens/s, 26k at 300 rows)
-        decode(model, chunk, schedules=schedules, gen_length=64, steps=32, mask_id=MINI_MASK)
-        for chunk in prompts.split(8)
-    ]
-    answers = torch.cat([out.sequences[..., -64:] for out in outs])  # (N, K, 64)
-    commit_steps = torch.cat([out.commit_steps for out in outs])
-    figures = miniature_figures(answers, commit_steps, lengths)
-    print(f"   {len(prompts)} held-out prompts, gen_length 64, steps 32, temperature 0, decoded in ", end="")
-    print(f"{time.perf_counter() - start:.0f} s\n{miniature_table(figures)}")
-    example = int((lengths > 8).long().argmax())  # the first held-out prompt with a long chain
-    picture = miniature_file(seed, visible_length, ".png")
-    if miniature_picture(figures, answers[example], commit_steps[example], picture) is not None:
-        print(f"   the picture: {picture} (its lower panel: held-out prompt {example}, k = {lengths[example]})")
-    return figures
-
-
-# 11. python hex.py --miniature --dilemma: the second paper's quality-exploration dilemma on the miniature ----
-
-
-DILEMMA_K = (1, 2, 4, 8)  # pass@k's k
-
-
 def pass_at_k(n: int, right: int, k: int) -> float:
     """The unbiased estimate of pass@k from n samples of which `right` are right (Chen et al., 2021)."""
     return 1 - math.comb(n - right, k) / math.comb(n, k)
-
-
-def dilemma_answers(model, prompts: torch.Tensor, samples: int, proposals: int, stream: torch.Generator) -> dict:
-    """Each method's stated answers (N, n) (0: none readable), one token committed per step (the paper's setup),
-    one block: greedy confidence (its n samples are one decode), confidence and random order at the paper's local
-    temperature 0.5, HEX's five experts at temperature 0 as a set of candidates, and the IMH at alpha 2 = 1 / 0.5."""
-    canvas = dict(gen_length=64, mask_id=MINI_MASK)
-    schedules = {
-        "confidence, greedy": [Schedule(64)],
-        "confidence, temperature 0.5": [Schedule(64, temperature=0.5)] * samples,
-        "random order, temperature 0.5": [Schedule(64, "random", 0.5)] * samples,
-        "HEX's experts (blocks 4-64)": [schedule for _, schedule in MINI_METHODS[:MINI_EXPERTS]],
-    }
-    answers = {
-        label: decode(model, prompts, schedules=group, steps=64, generator=stream, **canvas).sequences
-        for label, group in schedules.items()
-    }
-    answers["confidence, greedy"] = answers["confidence, greedy"].expand(-1, samples, -1)
-    imh = imh_generate(model, prompts, alpha=2.0, proposals=proposals, samples=samples, generator=stream, **canvas)
-    answers[f"IMH, alpha 2, {proposals} proposals"] = imh.sequences
-    return {label: chain_answer(sequences[..., -64:]) for label, sequences in answers.items()}
-
-
-def dilemma_row(stated: torch.Tensor, lengths: torch.Tensor) -> dict:
-    """One method's answers (N, n) (0: none readable) against the true lengths (N,): pass@k for each k <= n of
-    DILEMMA_K and the majority vote's accuracy, each as (mean over prompts, 95% Wilson interval over prompts:
-    conservative for a prompt's fractional pass@k), and the distinct readable answers per prompt."""
-    n = stated.shape[1]
-    right = (stated == lengths[:, None]).sum(1).tolist()
-
-    def mean(values):
-        return sum(values) / len(values), wilson(sum(values), len(values))
-
-    row = {f"pass@{k}": mean([pass_at_k(n, c, k) for c in right]) for k in DILEMMA_K if k <= n}
-    votes = [majority_vote([a or None for a in answers])[0] for answers in stated.tolist()]
-    row["vote"] = mean([float(v == k) for v, k in zip(votes, lengths.tolist())])
-    row["distinct"] = sum(len(set(answers) - {0}) for answers in stated.tolist()) / len(stated)
-    return row
-
-
-def dilemma(seed: int, steps: int = MINI_STEPS, questions: int = 64, samples: int = 8, proposals: int = 4) -> dict:
-    """python hex.py --miniature --dilemma: pass@k, distinct answers and the vote of each method's samples on the
-    first `questions` held-out prompts, with the miniature's weights (trained first if need be). The sizes keep it
-    within 10 minutes on two cores: the IMH's forward passes carry samples x proposals rows a prompt."""
-    prompts, _, lengths = held_out_chains(visible_length=False)
-    checkpoint = miniature_file(seed, False, ".pt")
-    model = train_miniature(steps, seed, False, held_out=prompts, checkpoint=checkpoint)
-    prompts, lengths = prompts[:questions], lengths[:questions]
-    start = time.perf_counter()
-    stream = torch.Generator().manual_seed(seed)
-    chunks = [  # 2 prompts at a time: the IMH's 2 x samples x proposals rows a call, the size a CPU runs fastest
-        dilemma_answers(model, chunk, samples, proposals, stream) for chunk in prompts.split(2)
-    ]
-    rows = {label: dilemma_row(torch.cat([chunk[label] for chunk in chunks]), lengths) for label in chunks[0]}
-    print(f"   {questions} held-out prompts, {samples} samples each, decoded in {time.perf_counter() - start:.0f} s")
-    columns = [f"pass@{k}" for k in DILEMMA_K] + ["vote"]
-    cells = {
-        label: [percent(*row[c]) if c in row else "-" for c in columns] + [f"{row['distinct']:.2f}"]
-        for label, row in rows.items()
-    }
-    print("\n".join(markdown_table(columns + ["distinct answers"], cells)))
-    return rows
 
 
 def _positive(kind):
@@ -1043,32 +698,13 @@ def _positive(kind):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="hex.py", description="HEX's one-batch benchmark, or --miniature: the paper on a CPU."
+        prog="hex.py",
+        description="HEX's one-batch benchmark: every method of a question in one lockstep batch against the "
+        "authors' way, one schedule after another, on a random model. The paper on a CPU: miniature.py.",
     )
-    add = parser.add_argument
-    add("--shape", choices=list(SHAPES), default="tiny", help="llada-8b: LLaDA-8B's shape, bf16, CUDA")
-    add("--repeats", type=_positive(int), help="timed runs per way (default 3; llada-8b 1)")
-    add(
-        "--miniature",
-        action="store_true",
-        help=f"train a tiny dLLM on a chain task, print the paper's table and "
-        f"draw it; the weights (the training's checkpoint, resumed) and the picture go to ./{MINI_CACHE}/",
-    )
-    add("--visible-length", action="store_true", help="--miniature's control: the prompt shows k")
-    add("--seed", type=int, help="--miniature's training seed (default 1)")
-    add("--dilemma", action="store_true", help="--miniature: the IMH sampler's pass@k against confidence decoding")
+    parser.add_argument("--shape", choices=list(SHAPES), default="tiny", help="llada-8b: LLaDA-8B's shape, bf16, CUDA")
+    parser.add_argument("--repeats", type=_positive(int), help="timed runs per way (default 3; llada-8b 1)")
     args = parser.parse_args(argv)
-    seed = 1 if args.seed is None else args.seed
-    if args.miniature and args.dilemma:
-        if args.visible_length:
-            parser.error("--dilemma runs on the miniature's own task: drop --visible-length")
-        dilemma(seed)
-        return
-    if args.miniature:
-        miniature(seed, args.visible_length)
-        return
-    if args.seed is not None or args.visible_length or args.dilemma:
-        parser.error("--seed, --visible-length and --dilemma set up --miniature: add --miniature, or drop them")
     if args.shape != "tiny" and not torch.cuda.is_available():
         raise SystemExit(f"hex.py: error: --shape {args.shape} needs a CUDA GPU (16 GB in bfloat16); tiny runs here")
     print("\n".join(benchmark(args.shape, args.repeats)))

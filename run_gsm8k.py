@@ -652,7 +652,7 @@ def decode_prompts(
     sequences = torch.cat([o.sequences for o in outs], dim=1)  # (B, K, L + gen_length): the plan's order
     scores = torch.cat([o.scores for o in outs], dim=1)
     commit_steps = torch.cat([o.commit_steps for o in outs], dim=1)
-    return HexOutput(sequences, scores, commit_steps, [planned.schedule for planned in plan]), decodes
+    return HexOutput(sequences, commit_steps, [planned.schedule for planned in plan], scores), decodes
 
 
 def planned_decodes(
@@ -673,6 +673,7 @@ def planned_decodes(
             steps=settings.steps,
             mask_id=mask_id,
             generator=[streams[planned.method] for planned in lockstep],
+            score=True,  # every candidate's record keeps its likelihood score (the likelihood tie-break's)
         )
     if any(planned.method == "imh" for planned in plan):
         runs["imh",] = functools.partial(
@@ -686,6 +687,7 @@ def planned_decodes(
             samples=settings.imh_samples,
             mask_id=mask_id,
             generator=streams["imh"],
+            score=True,
         )
     return runs
 

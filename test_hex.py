@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import hex as H
+import miniature as M
 
 VOCAB, MASK = 64, 63
 
@@ -106,6 +107,9 @@ def check_trajectory(seen, final, prompt_len, gen_length, steps, block_lengths):
             assert ((cols >= start) & (cols < start + b)).all(), "committed outside the open block"
 
 
+# ============================================================ hex.py =================================================
+
+
 # The schedule -------------------------------------------------------------------------------------
 
 
@@ -139,7 +143,7 @@ def test_generate_matches_authors_sampler(model, remasking, block_length, steps)
 @pytest.mark.parametrize(
     "remasking,temperature", [("low_confidence", 0.0), ("topk_margin", 0.0), ("random", 0.0), ("low_confidence", 0.8)]
 )
-@pytest.mark.parametrize("block_length,steps", [(4, 12), (4, 36), (12, 6), (24, 5)])
+@pytest.mark.parametrize("block_length,steps", [(4, 12), (4, 24), (12, 6), (24, 5)])
 def test_generate_trajectory_invariants(model, remasking, temperature, block_length, steps):
     recorder, prompt = Recorder(model), prompts()
     out = H.generate(
@@ -222,8 +226,9 @@ def test_left_padding_with_attention_mask_changes_nothing(model):
     padded = H.generate(model, batch, attention, **kw)
     assert torch.equal(padded[0, 3:], H.generate(model, short, **kw)[0])
     assert torch.equal(padded[1], H.generate(model, long, **kw)[0])
-    hexed = H.hex_generate(model, batch, attention, block_lengths=(4, 16), gen_length=16, steps=8, mask_id=MASK)
-    alone = H.hex_generate(model, short, block_lengths=(4, 16), gen_length=16, steps=8, mask_id=MASK)
+    kw = dict(block_lengths=(4, 16), gen_length=16, steps=8, mask_id=MASK, score=True)
+    hexed = H.hex_generate(model, batch, attention, **kw)
+    alone = H.hex_generate(model, short, **kw)
     assert torch.equal(hexed.sequences[0, :, 3:], alone.sequences[0])
     assert torch.allclose(hexed.scores[0], alone.scores[0])
 
@@ -254,9 +259,8 @@ def streams(n, seed=0):
 
 def test_decode_every_method_in_one_batch_equals_each_run_alone(model):
     recorder, prompt, schedules = Recorder(model), prompts(2), every_method(16)
-    out = H.decode(
-        recorder, prompt, schedules=schedules, gen_length=16, steps=8, mask_id=MASK, generator=streams(len(schedules))
-    )
+    kw = dict(gen_length=16, steps=8, mask_id=MASK, score=True)
+    out = H.decode(recorder, prompt, schedules=schedules, generator=streams(len(schedules)), **kw)
     assert len(recorder.seen) == 8, "steps forward calls for every method together"
     assert out.sequences.shape == (2, 6, 6 + 16) and out.schedules == schedules
     check_trajectory(recorder.seen, out.sequences.flatten(0, 1), 6, 16, 8, [s.block_length for s in schedules] * 2)
@@ -273,7 +277,7 @@ def test_decode_every_method_in_one_batch_equals_each_run_alone(model):
             generator=g,
         )
         assert torch.equal(out.sequences[:, k], alone), s
-    lone = H.decode(model, prompt, schedules=schedules[4:5], gen_length=16, steps=8, mask_id=MASK)
+    lone = H.decode(model, prompt, schedules=schedules[4:5], **kw)
     assert torch.equal(out.commit_steps[:, 4:5], lone.commit_steps) and torch.allclose(out.scores[:, 4:5], lone.scores)
 
 
@@ -301,6 +305,7 @@ def test_decode_a_schedule_with_its_own_stream_draws_what_it_draws_alone(model):
         (dict(schedules=[8, 16]), TypeError, "must be a non-empty sequence of hex.Schedule"),
         (dict(generator=streams(3)), ValueError, "generator: 3 generators for 2 schedules"),
         (dict(generator=[0, 1]), TypeError, "generator=[0, 1] must be a torch.Generator, None, or a list of them"),
+        (dict(steps=32), ValueError, "steps=32 must be <= gen_length=16: a step must commit at least one token"),
     ],
 )
 def test_decode_names_bad_arguments(model, kwargs, error, match):
@@ -338,9 +343,12 @@ def test_sampling_is_reproducible_and_varies_across_samples(model):
     assert len({tuple(s.tolist()) for s in a[0]}) > 1, "samples of one schedule should differ"
 
 
-def test_scores_are_mean_first_pass_log_prob_of_final_answer(model):
+def test_scores_are_mean_first_pass_log_prob_of_final_answer_and_only_when_asked(model):
     prompt = prompts(2)
-    out = H.hex_generate(model, prompt, block_lengths=(4, 16), gen_length=16, steps=8, mask_id=MASK)
+    kw = dict(block_lengths=(4, 16), gen_length=16, steps=8, mask_id=MASK)
+    out = H.hex_generate(model, prompt, score=True, **kw)
+    plain = H.hex_generate(model, prompt, **kw)
+    assert plain.scores is None and torch.equal(plain.sequences, out.sequences)
     with torch.no_grad():
         first = model(F.pad(prompt, (0, 16), value=MASK)).logits[:, -16:].log_softmax(-1)  # (B, G, V)
     for k in range(2):
@@ -385,6 +393,28 @@ def test_models_without_an_embedding_to_ask_are_checked_after_the_first_forward(
     model = NoEmbedding(torch.zeros(VOCAB))
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
         H.generate(model, prompts(1), gen_length=8, steps=4, block_length=4, mask_id=VOCAB + 10)
+
+
+def test_a_model_that_returns_a_bare_tensor_is_told_what_to_return(model):
+    with pytest.raises(
+        TypeError, match=re.escape("the model returned Tensor: it must return an object whose .logits")
+    ):
+        H.generate(lambda x: model(x).logits, prompts(1), gen_length=8, steps=4, block_length=4, mask_id=MASK)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(vocab_size=0), ValueError, "vocab_size=0 must be an int >= 1"),
+        (dict(vocab_size=8.0), TypeError, "vocab_size=8.0 must be an int"),
+        (dict(n_layers=0), ValueError, "n_layers=0 must be an int >= 1"),
+        (dict(d_model=30, n_heads=4), ValueError, "d_model=30 must be a multiple of 2 x n_heads=4"),
+        (dict(mlp_hidden=0), ValueError, "mlp_hidden=0 must be an int >= 1"),
+    ],
+)
+def test_tiny_model_names_bad_sizes(kwargs, error, match):
+    with pytest.raises(error, match=re.escape(match)):
+        H.TinyMaskPredictor(**kwargs)
 
 
 def test_numpy_numbers_are_accepted(model):
@@ -576,32 +606,6 @@ def test_pass_at_k_is_the_share_of_k_subsets_with_a_right_sample():
             assert math.isclose(H.pass_at_k(n, right, k), sum(map(any, subsets)) / len(subsets))
 
 
-def test_dilemma_row_by_hand():
-    stated = torch.tensor([[5, 5, 0, 7], [0, 0, 0, 0], [6, 6, 6, 6]])  # answers of 4 samples; 0: unreadable
-    row = H.dilemma_row(stated, lengths=torch.tensor([5, 9, 7]))
-    assert row["pass@1"][0] == pytest.approx((2 / 4 + 0 + 0) / 3)
-    assert row["pass@2"][0] == pytest.approx((1 - 1 / 6) / 3)  # C(2, 2) / C(4, 2) pairs miss prompt 0
-    assert row["pass@4"][0] == pytest.approx(1 / 3) and "pass@8" not in row  # no estimate from 4 samples
-    assert row["vote"][0] == pytest.approx(1 / 3)
-    assert row["distinct"] == pytest.approx((2 + 0 + 1) / 3)
-    low, high = row["pass@1"][1]
-    assert 0 < low < row["pass@1"][0] < high < 1
-
-
-def test_dilemma_prints_every_method_from_the_cached_weights(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(H, "MINI_CACHE", tmp_path)
-    held_out = H.held_out_chains(False)[0]
-    H.train_miniature(2, 7, False, held_out=held_out, checkpoint=tmp_path / "seed7.pt")  # the table's form only
-    capsys.readouterr()
-    rows = H.dilemma(seed=7, steps=2, questions=3, samples=2, proposals=2)
-    printed = capsys.readouterr().out
-    assert f"the trained weights from {tmp_path / 'seed7.pt'}" in printed and "training [" not in printed
-    assert len(rows) == 5 and all(label in printed for label in rows)
-    samples = {"pass@1", "pass@2", "vote", "distinct"}
-    assert [set(row) for row in rows.values()] == [samples] * 3 + [samples | {"pass@4"}, samples]  # HEX: 5
-    assert rows["confidence, greedy"]["distinct"] <= 1  # one decode, however many samples
-
-
 # The tiny model -----------------------------------------------------------------------------------
 
 
@@ -623,6 +627,7 @@ def test_tiny_model_attention_is_bidirectional(model):
         assert not torch.allclose(model(x).logits[0, 0], model(y).logits[0, 0])
 
 
+@pytest.mark.slow
 def test_benchmark_counts_calls_warms_up_and_says_faster_or_slower(capsys):
     H.main(["--repeats", "1"])
     out = capsys.readouterr().out
@@ -643,10 +648,7 @@ def test_benchmark_counts_calls_warms_up_and_says_faster_or_slower(capsys):
     [
         (["--repeats", "0"], "argument --repeats: 0 is not a number > 0"),
         (["--repeats", "-1"], "argument --repeats: -1 is not a number > 0"),
-        (["--seed", "2"], "--seed, --visible-length and --dilemma set up --miniature"),
-        (["--visible-length"], "--seed, --visible-length and --dilemma set up --miniature"),
-        (["--dilemma"], "--seed, --visible-length and --dilemma set up --miniature"),
-        (["--miniature", "--dilemma", "--visible-length"], "--dilemma runs on the miniature's own task"),
+        (["--miniature"], "unrecognized arguments: --miniature"),
     ],
 )
 def test_hex_flags_refuse_what_they_cannot_mean_in_one_line(argv, says, capsys):
@@ -674,6 +676,17 @@ def test_llada_8b_benchmark_without_cuda_is_one_line(capsys, monkeypatch):
 
 
 # Intervals and the cross-fitted expert -------------------------------------------------------------
+
+
+def test_paired_difference_interval_and_counts_by_hand():
+    first, second = [True, True, False, False, True], [True, False, True, False, False]
+    p = H.paired_difference(first, second)
+    assert (p["only_first"], p["only_second"]) == (2, 1)
+    # Agresti-Min: 1/2 added to each cell, n + 2 = 7; d = (2.5 - 1.5) / 7; SE = sqrt(4 - 1 / 7) / 7
+    d, half = 1 / 7, 1.96 * math.sqrt(2.5 + 1.5 - 1 / 7) / 7
+    assert p["difference"] == pytest.approx(0.2) and p["ci95"] == pytest.approx((d - half, d + half))
+    low, high = H.paired_difference([True] * 3, [True] * 3)["ci95"]
+    assert low < -0.3 and high > 0.3, "three concordant questions leave the difference open"
 
 
 def agresti_min(b, c, n, z=1.96):
@@ -724,40 +737,43 @@ def test_cross_fitting_does_not_flatter_a_lucky_expert():
     assert verdicts == [False, True, False, False, False, False, False, False]
 
 
+# ============================================================ miniature.py ===========================================
+
+
 # The paper in miniature ----------------------------------------------------------------------------------
 
 
 def test_chain_task_lengths_answers_and_padding():
-    prompts, responses, lengths = H.chain_examples(300, torch.Generator().manual_seed(0))
+    prompts, responses, lengths = M.chain_examples(300, torch.Generator().manual_seed(0))
     assert prompts.shape == (300, 14) and responses.shape == (300, 64)
     assert set(lengths.tolist()) == set(range(4, 15)), "every chain length 4..14 occurs"
     assert max(Counter(lengths.tolist()).values()) < 50, "chain lengths are about uniform"
     for prompt, response, k in zip(prompts.tolist(), responses.tolist(), lengths.tolist()):
-        items = [x - H.DIGIT for x in prompt]
+        items = [x - M.DIGIT for x in prompt]
         assert all(1 <= x <= 3 for x in items)
         sums = [sum(items[: j + 1]) % 10 for j in range(14)]
         assert sums[k - 1] == 0 and all(s for s in sums[3 : k - 1]), "k: the first j >= 4 with s_j = 0"
-        end = response.index(H.ANS)
-        assert response[end + 1] == H.STEP + k - 1 and set(response[end + 2 :]) == {H.EOT}, "ANS S_k, then EOT"
+        end = response.index(M.ANS)
+        assert response[end + 1] == M.STEP + k - 1 and set(response[end + 2 :]) == {M.EOT}, "ANS S_k, then EOT"
         chain = response[:end]
-        steps = [i for i, t in enumerate(chain) if t >= H.STEP]
-        assert [chain[i] - H.STEP + 1 for i in steps] == list(range(1, k + 1))
+        steps = [i for i, t in enumerate(chain) if t >= M.STEP]
+        assert [chain[i] - M.STEP + 1 for i in steps] == list(range(1, k + 1))
         gaps = [b - a for a, b in zip(steps, steps[1:] + [len(chain)])]
         assert set(gaps) <= {3, 4}, "S_j, one or two filler words, s_j"
-        assert [chain[i + g - 1] - H.DIGIT for i, g in zip(steps, gaps)] == sums[:k]
-    assert (H.chain_answer(responses) == lengths).all()
-    visible, _, same = H.chain_examples(300, torch.Generator().manual_seed(0), visible_length=True)
+        assert [chain[i + g - 1] - M.DIGIT for i, g in zip(steps, gaps)] == sums[:k]
+    assert (M.chain_answer(responses) == lengths).all()
+    visible, _, same = M.chain_examples(300, torch.Generator().manual_seed(0), visible_length=True)
     assert (same == lengths).all()
-    assert ((visible == H.PAD) == (torch.arange(14) >= lengths[:, None])).all(), "the control shows k"
+    assert ((visible == M.PAD) == (torch.arange(14) >= lengths[:, None])).all(), "the control shows k"
 
 
 def test_chain_answer_reads_the_step_after_the_first_ans():
     G = 8
-    answers = torch.full((4, G), H.EOT)
-    answers[0, :2] = torch.tensor([H.ANS, H.STEP + 6])  # states 7
-    answers[1, :4] = torch.tensor([H.ANS, H.FILLER, H.ANS, H.STEP])  # the first ANS states nothing readable
-    answers[2, -1] = H.ANS  # nothing after it
-    assert H.chain_answer(answers).tolist() == [7, 0, 0, 0]
+    answers = torch.full((4, G), M.EOT)
+    answers[0, :2] = torch.tensor([M.ANS, M.STEP + 6])  # states 7
+    answers[1, :4] = torch.tensor([M.ANS, M.FILLER, M.ANS, M.STEP])  # the first ANS states nothing readable
+    answers[2, -1] = M.ANS  # nothing after it
+    assert M.chain_answer(answers).tolist() == [7, 0, 0, 0]
 
 
 def test_masked_diffusion_loss_by_hand():
@@ -770,13 +786,13 @@ def test_masked_diffusion_loss_by_hand():
         seen.append(x)
         return H.MaskPredictorOutput(torch.zeros(*x.shape, V))
 
-    loss = H.masked_diffusion_loss(uniform, prompts, responses, torch.Generator().manual_seed(0))
+    loss = M.masked_diffusion_loss(uniform, prompts, responses, torch.Generator().manual_seed(0))
     draws = torch.Generator().manual_seed(0)
     t = ((torch.rand(1, generator=draws) + torch.tensor([[0.0], [0.5]])) % 1).clamp(min=1e-3)  # stratified
     masked = torch.rand(2, 4, generator=draws) < t
     assert masked.any() and not masked.all(), "the hand-made case masks some tokens, not all"
     assert (seen[0][:, :3] == prompts).all(), "the prompt is never masked"
-    assert ((seen[0][:, 3:] == H.MINI_MASK) == masked).all()
+    assert ((seen[0][:, 3:] == M.MINI_MASK) == masked).all()
     assert loss.item() == pytest.approx((masked * math.log(V) / t).sum().item() / 8)
 
 
@@ -790,8 +806,8 @@ def test_the_batch_masking_rates_are_stratified():
     prompts = torch.full((8, 2), 5)
     responses = torch.full((8, 20_000), 6)  # so long that each row's masked share is its t to +-0.01
     for seed in range(10):
-        H.masked_diffusion_loss(uniform, prompts, responses, torch.Generator().manual_seed(seed))
-    rates = torch.stack([(x[:, 2:] == H.MINI_MASK).double().mean(1) for x in seen])  # (10 batches, 8)
+        M.masked_diffusion_loss(uniform, prompts, responses, torch.Generator().manual_seed(seed))
+    rates = torch.stack([(x[:, 2:] == M.MINI_MASK).double().mean(1) for x in seen])  # (10 batches, 8)
     for batch in rates:
         eighths = (batch * 8).floor().sort().values
         assert (eighths == torch.arange(8)).sum() >= 6, "one t in each eighth of (0, 1), up to edge noise"
@@ -800,52 +816,55 @@ def test_the_batch_masking_rates_are_stratified():
     assert not torch.allclose(rates[0], rates[1], atol=0.05), "the shared offset is random"
 
 
+@pytest.mark.slow
 def test_a_few_training_steps_lower_the_loss():
     torch.manual_seed(0)
-    batch = H.chain_examples(256, torch.Generator().manual_seed(9))[:2]
+    batch = M.chain_examples(256, torch.Generator().manual_seed(9))[:2]
     held_out = batch[0][:4]
 
     def loss_of(model):
         with torch.no_grad():
-            return H.masked_diffusion_loss(model, *batch, torch.Generator().manual_seed(1)).item()
+            return M.masked_diffusion_loss(model, *batch, torch.Generator().manual_seed(1)).item()
 
-    before = loss_of(H.miniature_model(0))
-    after = loss_of(H.train_miniature(12, 0, False, held_out=held_out))
+    before = loss_of(M.miniature_model(0))
+    after = loss_of(M.train_miniature(12, 0, False, held_out=held_out))
     assert after < before - 0.5
 
 
 def test_cached_weights_of_another_recipe_are_refused_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(H, "MINI_CACHE", tmp_path)
+    monkeypatch.setattr(M, "MINI_CACHE", tmp_path)
     old = H.TinyMaskPredictor(vocab_size=128, d_model=128, n_layers=4, n_heads=4, max_positions=78)  # SwiGLU 4x
     torch.save(old.state_dict(), tmp_path / "seed0.pt")  # an older recipe's: weights alone
     with pytest.raises(ValueError, match=r"seed0.pt is another training.s \(steps or model shape\): delete it"):
-        H.miniature(seed=0, visible_length=False, steps=2, questions=4)
+        M.miniature(seed=0, visible_length=False, steps=2, questions=4)
     assert torch.load(tmp_path / "seed0.pt").keys() == old.state_dict().keys(), "left as it was"
 
 
+@pytest.mark.slow
 def test_miniature_caches_the_trained_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    first = H.miniature(seed=0, visible_length=False, steps=2, questions=8)
+    first = M.miniature(seed=0, visible_length=False, steps=2, questions=8)
     names = {p.name for p in (tmp_path / "results/miniature").iterdir()}
     assert names - {"seed0.png"} == {"seed0.pt"}, "one file holds the weights: the finished training's checkpoint"
     assert torch.load(tmp_path / "results/miniature/seed0.pt")["progress"]["step"] == 2, "the finished checkpoint"
-    trained = H.miniature_model(0)
+    trained = M.miniature_model(0)
     trained.load_state_dict(torch.load(tmp_path / "results/miniature/seed0.pt")["model"])
-    again = H.miniature(seed=0, visible_length=False, steps=2, questions=8)
+    again = M.miniature(seed=0, visible_length=False, steps=2, questions=8)
     out = capsys.readouterr().out
     assert out.count("step 2/2") == 1 and "the trained weights from" in out
     assert again == first
     x = torch.randint(0, 128, (2, 30), generator=torch.Generator().manual_seed(0))
-    assert not torch.equal(trained(x).logits, H.miniature_model(0)(x).logits), "the weights were trained"
-    reloaded = H.miniature_model(0)
+    assert not torch.equal(trained(x).logits, M.miniature_model(0)(x).logits), "the weights were trained"
+    reloaded = M.miniature_model(0)
     reloaded.load_state_dict(torch.load(tmp_path / "results/miniature/seed0.pt")["model"])
     assert torch.equal(trained(x).logits, reloaded(x).logits)
 
 
+@pytest.mark.slow
 def test_a_resumed_training_ends_with_the_uninterrupted_weights(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(H, "CHECKPOINT_EVERY", 3)
-    held_out = H.chain_examples(8, torch.Generator().manual_seed(2510))[0]
-    whole = H.train_miniature(7, 0, False, held_out=held_out)
+    monkeypatch.setattr(M, "CHECKPOINT_EVERY", 3)
+    held_out = M.chain_examples(8, torch.Generator().manual_seed(2510))[0]
+    whole = M.train_miniature(7, 0, False, held_out=held_out)
     checkpoint = tmp_path / "run.checkpoint.pt"
     calls = []
 
@@ -857,47 +876,47 @@ def test_a_resumed_training_ends_with_the_uninterrupted_weights(tmp_path, monkey
         if len(calls) == 4:
             raise Killed
 
-    monkeypatch.setattr(H, "_progress", killed_after_four)
+    monkeypatch.setattr(M, "_progress", killed_after_four)
     with pytest.raises(Killed):
-        H.train_miniature(7, 0, False, held_out=held_out, checkpoint=checkpoint)
+        M.train_miniature(7, 0, False, held_out=held_out, checkpoint=checkpoint)
     assert torch.load(checkpoint)["progress"]["step"] == 3 and calls == [1, 2, 3, 4]
-    resumed = H.train_miniature(7, 0, False, held_out=held_out, checkpoint=checkpoint)
+    resumed = M.train_miniature(7, 0, False, held_out=held_out, checkpoint=checkpoint)
     assert calls[4:] == [4, 5, 6, 7], "it resumed after the checkpoint, losing one step"
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
     with pytest.raises(ValueError, match=r"is another training.s \(steps or model shape\): delete it"):
-        H.train_miniature(9, 0, False, held_out=held_out, checkpoint=checkpoint)
+        M.train_miniature(9, 0, False, held_out=held_out, checkpoint=checkpoint)
 
 
 def test_training_progress_is_one_bar_on_a_terminal_and_a_line_per_interval_in_a_file(monkeypatch, capsys):
-    monkeypatch.setattr(H, "CHECKPOINT_EVERY", 2)
+    monkeypatch.setattr(M, "CHECKPOINT_EVERY", 2)
     for step in range(1, 5):
-        H._progress(dict(step=step, steps=4, loss=1.5, seconds=2.0))
+        M._progress(dict(step=step, steps=4, loss=1.5, seconds=2.0))
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         "   training [############            ] step 2/4, loss 1.500, 2 s",
         "   training [########################] step 4/4, loss 1.500, 2 s",
     ]
-    monkeypatch.setattr(H.sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(M.sys.stdout, "isatty", lambda: True)
     for step in range(1, 5):
-        H._progress(dict(step=step, steps=4, loss=1.5, seconds=2.0))
+        M._progress(dict(step=step, steps=4, loss=1.5, seconds=2.0))
     out = capsys.readouterr().out
     assert out.count("\r") == 4 and out.count("\n") == 1 and out.endswith("step 4/4, loss 1.500, 2 s\n")
 
 
 def test_miniature_training_choices():
-    model = H.miniature_model(0)
+    model = M.miniature_model(0)
     assert model.position.weight.shape == (78, 128), "a learned absolute position per canvas position"
     assert model.position.weight.std().item() == pytest.approx(0.02, rel=0.1)
     assert H.TinyMaskPredictor().position is None, "the LLaDA-like model has rotary positions only"
     x = torch.randint(0, 128, (1, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        moved = H.miniature_model(0)
+        moved = M.miniature_model(0)
         moved.position.weight.zero_()
         assert not torch.allclose(model(x).logits, moved(x).logits), "the position embedding is used"
-    assert H.learning_rate(0, 1000) == pytest.approx(2e-5) and H.learning_rate(49, 1000) == pytest.approx(1e-3)
-    assert H.learning_rate(99, 10**5) == pytest.approx(2e-3, rel=1e-4), "100 warm-up steps to 2e-3"
-    assert H.learning_rate(999, 1000) == pytest.approx(1e-4, rel=1e-3), "a cosine decay to 5%"
+    assert M.learning_rate(0, 1000) == pytest.approx(2e-5) and M.learning_rate(49, 1000) == pytest.approx(1e-3)
+    assert M.learning_rate(99, 10**5) == pytest.approx(2e-3, rel=1e-4), "100 warm-up steps to 2e-3"
+    assert M.learning_rate(999, 1000) == pytest.approx(1e-4, rel=1e-3), "a cosine decay to 5%"
     seen = {}
     real_step = torch.optim.AdamW.step
 
@@ -909,19 +928,20 @@ def test_miniature_training_choices():
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch.optim.AdamW, "step", spy)
-        H.train_miniature(1, 0, False, held_out=x[:, :14])
+        M.train_miniature(1, 0, False, held_out=x[:, :14])
     assert seen["betas"] == (0.9, 0.98)
     assert seen["norm"] <= 1.0 + 1e-5, "the gradient norm is clipped at 1 (a fresh model's is larger)"
 
 
+@pytest.mark.slow
 def test_training_is_bitwise_repeatable_and_moves_only_by_rounding_with_the_thread_count():
-    held_out = H.chain_examples(8, torch.Generator().manual_seed(2510))[0]
+    held_out = M.chain_examples(8, torch.Generator().manual_seed(2510))[0]
     threads = torch.get_num_threads()
     weights = []
     try:
         for n in (1, 1, 2):
             torch.set_num_threads(n)
-            weights.append(H.train_miniature(3, 0, False, held_out=held_out).state_dict())
+            weights.append(M.train_miniature(3, 0, False, held_out=held_out).state_dict())
     finally:
         torch.set_num_threads(threads)
     for name in weights[0]:
@@ -934,10 +954,10 @@ def _hand_made_decodes():
     """Four prompts (two short chains, two long ones) decoded by the six methods: block 4 wrong on prompt 0,
     block 8 on prompt 1, one-block Top-K on the long ones, Top-K margin everywhere (chains cut two steps short)."""
     lengths = torch.tensor([5, 6, 10, 12])
-    answers = torch.full((4, 6, 64), H.EOT)
+    answers = torch.full((4, 6, 64), M.EOT)
     for q, k in enumerate(lengths.tolist()):
-        chain = [t for j in range(k) for t in (H.STEP + j, H.FILLER, H.DIGIT)] + [H.ANS, H.STEP + k - 1]
-        short = chain[: 3 * (k - 2)] + [H.ANS, H.STEP + k - 3]
+        chain = [t for j in range(k) for t in (M.STEP + j, M.FILLER, M.DIGIT)] + [M.ANS, M.STEP + k - 1]
+        short = chain[: 3 * (k - 2)] + [M.ANS, M.STEP + k - 3]
         for m in range(6):
             cut = (m == 4 and q >= 2) or (m == 5) or (m == 0 and q == 0) or (m == 1 and q == 1)
             tokens = short if cut else chain
@@ -948,7 +968,7 @@ def _hand_made_decodes():
 
 
 def test_miniature_table_from_hand_made_decodes():
-    figures = H.miniature_figures(*_hand_made_decodes())
+    figures = M.miniature_figures(*_hand_made_decodes())
     rows = figures["rows"]
     assert rows["block 4"].accuracy == rows["block 8"].accuracy == 0.75 and rows["block 16"].accuracy == 1.0
     assert (rows["block 4"].short, rows["block 4"].long) == (0.5, 1.0)
@@ -963,16 +983,16 @@ def test_miniature_table_from_hand_made_decodes():
     # odd questions: the best on the even ones (8), wrong on question 1. Block 16, never wrong, is not chosen.
     assert figures["chosen"] == [4, 8]
     assert figures["hex_minus_chosen"] == H.paired_difference([True] * 4, [False, False, True, True])
-    table = H.miniature_table(figures)
+    table = M.miniature_table(figures)
     assert "| block 4 | 75.0 [" in table and "| HEX | 100.0 [" in table and "| - | - |" in table
 
 
 def test_miniature_picture_shows_the_table_and_the_commit_order(tmp_path):
     pytest.importorskip("matplotlib")
     answers, commit_steps, lengths = _hand_made_decodes()
-    figures = H.miniature_figures(answers, commit_steps, lengths)
+    figures = M.miniature_figures(answers, commit_steps, lengths)
     path = tmp_path / "seed0.png"
-    figure = H.miniature_picture(figures, answers[2], commit_steps[2], path)
+    figure = M.miniature_picture(figures, answers[2], commit_steps[2], path)
     assert path.stat().st_size > 10_000
     bars, order = figure.axes[:2]
     heights = [round(p.get_height(), 6) for p in bars.patches]  # all, then short, then long, by method
@@ -983,9 +1003,39 @@ def test_miniature_picture_shows_the_table_and_the_commit_order(tmp_path):
     assert (torch.tensor(shown.data) == commit_steps[2][[1, 4]]).all(), "block 8's and one block's commit steps"
     eot = torch.tensor(order.collections[0].get_offsets().data)  # (column, row) of each end-of-text
     assert sorted(map(tuple, eot.tolist())) == sorted(
-        (float(c), float(r)) for r, c in (answers[2][[1, 4]] == H.EOT).nonzero().tolist()
+        (float(c), float(r)) for r, c in (answers[2][[1, 4]] == M.EOT).nonzero().tolist()
     )
-    assert H.miniature_picture(figures, answers[2], commit_steps[2], tmp_path / "again.png") is not None
+    assert M.miniature_picture(figures, answers[2], commit_steps[2], tmp_path / "again.png") is not None
+
+
+def test_dilemma_row_by_hand():
+    stated = torch.tensor([[5, 5, 0, 7], [0, 0, 0, 0], [6, 6, 6, 6]])  # answers of 4 samples; 0: unreadable
+    row = M.dilemma_row(stated, lengths=torch.tensor([5, 9, 7]))
+    assert row["pass@1"][0] == pytest.approx((2 / 4 + 0 + 0) / 3)
+    assert row["pass@2"][0] == pytest.approx((1 - 1 / 6) / 3)  # C(2, 2) / C(4, 2) pairs miss prompt 0
+    assert row["pass@4"][0] == pytest.approx(1 / 3) and "pass@8" not in row  # no estimate from 4 samples
+    assert row["vote"][0] == pytest.approx(1 / 3)
+    assert row["distinct"] == pytest.approx((2 + 0 + 1) / 3)
+    low, high = row["pass@1"][1]
+    assert 0 < low < row["pass@1"][0] < high < 1
+
+
+@pytest.mark.slow
+def test_dilemma_prints_every_method_from_the_cached_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(M, "MINI_CACHE", tmp_path)
+    held_out = M.held_out_chains(False)[0]
+    M.train_miniature(2, 7, False, held_out=held_out, checkpoint=tmp_path / "seed7.pt")  # the table's form only
+    capsys.readouterr()
+    rows = M.dilemma(seed=7, steps=2, questions=3, samples=2, proposals=2)
+    printed = capsys.readouterr().out
+    assert f"the trained weights from {tmp_path / 'seed7.pt'}" in printed and "training [" not in printed
+    assert len(rows) == 5 and all(label in printed for label in rows)
+    samples = {"pass@1", "pass@2", "vote", "distinct"}
+    assert [set(row) for row in rows.values()] == [samples] * 3 + [samples | {"pass@4"}, samples]  # HEX: 5
+    assert rows["confidence, greedy"]["distinct"] <= 1  # one decode, however many samples
+
+
+# ============================================================ run_gsm8k.py ===========================================
 
 
 # run_gsm8k.py: a tiny LLaDA-format checkpoint on disk -----------------------------------------
@@ -994,6 +1044,7 @@ import json  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import run_gsm8k as R  # noqa: E402
@@ -2586,17 +2637,6 @@ def test_checkpoint_torchrun_two_ranks_match_one_process_and_resume(checkpoint, 
 # HEX against self-consistency, and a newcomer's follow-ups ------------------------------------------
 
 
-def test_paired_difference_interval_and_counts_by_hand():
-    first, second = [True, True, False, False, True], [True, False, True, False, False]
-    p = R.paired_difference(first, second)
-    assert (p["only_first"], p["only_second"]) == (2, 1)
-    # Agresti-Min: 1/2 added to each cell, n + 2 = 7; d = (2.5 - 1.5) / 7; SE = sqrt(4 - 1 / 7) / 7
-    d, half = 1 / 7, 1.96 * math.sqrt(2.5 + 1.5 - 1 / 7) / 7
-    assert p["difference"] == pytest.approx(0.2) and p["ci95"] == pytest.approx((d - half, d + half))
-    low, high = R.paired_difference([True] * 3, [True] * 3)["ci95"]
-    assert low < -0.3 and high > 0.3, "three concordant questions leave the difference open"
-
-
 def hand_record(answers: dict, gold: float, question: int = 0) -> dict:
     """A record made by hand: {(method, block_length, sample): answer}."""
     candidates = [
@@ -2939,21 +2979,24 @@ def test_unreachable_hub_is_one_line_within_seconds(tmp_path):
 
 
 @pytest.mark.checkpoint
-def test_checkpoint_offline_demo_reads_and_scores_answers(tmp_path, capsys):
-    offline_demo(tmp_path)
+def test_checkpoint_offline_demo_reads_and_scores_answers_and_two_demos_never_share_a_folder(tmp_path, capsys):
+    first, folder = offline_demo(tmp_path), offline_demo(tmp_path)
+    assert first != folder and (first / "run.jsonl").is_file() and (folder / "run.jsonl").is_file()
     out = capsys.readouterr().out
     assert "not a result" in out and re.search(r"HEX \(hex\) +50\.00%", out)
-    summary = json.loads((tmp_path / "run.summary.json").read_text())
-    assert summary["methods"]["hex"]["correct"] == 3 and (tmp_path / "run.png").is_file()
+    summary = json.loads((folder / "run.summary.json").read_text())
+    assert summary["methods"]["hex"]["correct"] == 3 and (folder / "run.png").is_file()
 
 
-def offline_demo(folder: Path = HERE / "results" / "offline-demo") -> None:
+def offline_demo(parent: Path = HERE / "results") -> Path:
     """`python test_hex.py`: run_gsm8k.py end to end, offline, in about ten seconds: a tiny LLaDA-format checkpoint
-    and six GSM8K-format questions written to `folder`, a run of every method (SC and the IMH too), its summary and
+    and six GSM8K-format questions written to a new folder offline-demo-* in `parent` (two demos at once never
+    share a file), a run of every method (SC and the IMH too), its summary and
     PNG. The model is a labelled stand-in, not a result: it boxes the last digit of the question as its answer, so
     it is right on the three questions whose answer that is, and the summary shows answers read and scored. It
     prints the command it runs, to rerun and vary (a --gen-length needs block lengths that divide it)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="offline-demo-", dir=parent))
     checkpoint = write_checkpoint(folder / "tiny-llada-stand-in", stand_in=True)
     questions = [
         ("How many apples ? 7", 7),
@@ -2973,6 +3016,7 @@ def offline_demo(folder: Path = HERE / "results" / "offline-demo") -> None:
     ]
     print(f"the command: {shlex.join(['python', 'run_gsm8k.py', *argv])}")
     R.main(argv)
+    return folder
 
 
 # run_gsm8k.py --lm-eval: every method as an lm-evaluation-harness model -----------------------------------------
@@ -3035,6 +3079,8 @@ def lm_samples(output: Path, task: str = "tiny_gsm8k_hex") -> dict[str, dict[int
     return by_filter
 
 
+@pytest.mark.slow
+@pytest.mark.checkpoint
 def test_lm_eval_copies_of_a_request_are_one_questions_candidates_and_lm_evals_vote_is_hexs(
     checkpoint, lm_tasks, tmp_path, monkeypatch
 ):
@@ -3118,6 +3164,8 @@ def lm_code_task(tmp_path):
 @pytest.mark.parametrize(
     "task, pipeline, metric", [("tiny_code", "create_test", "pass@1"), ("tiny_mbpp", "none", "pass_at_1")]
 )
+@pytest.mark.slow
+@pytest.mark.checkpoint
 def test_lm_eval_code_task_scores_every_candidate_and_gives_pass_at_k_over_them(
     checkpoint, lm_code_task, tmp_path, capsys, task, pipeline, metric
 ):
@@ -3149,6 +3197,8 @@ def test_lm_eval_vote_filter_drops_unreadable_answers_and_keeps_the_first_of_a_t
     assert R.HexPick(2).apply(answers, None) == [["7"], ["[invalid]"], ["4"]], "a list of one, for the task's filters"
 
 
+@pytest.mark.slow
+@pytest.mark.checkpoint
 def test_lm_eval_rerun_and_a_killed_run_decode_only_unfinished_questions(
     checkpoint, lm_tasks, tmp_path, monkeypatch, capsys
 ):
@@ -3184,6 +3234,8 @@ def test_lm_eval_rerun_and_a_killed_run_decode_only_unfinished_questions(
         ),
     ],
 )
+@pytest.mark.slow
+@pytest.mark.checkpoint
 def test_lm_eval_tasks_it_cannot_run_are_refused_in_one_line_before_loading(
     checkpoint, lm_tasks, tmp_path, monkeypatch, capsys, config, message
 ):
@@ -3204,6 +3256,7 @@ def test_lm_eval_tasks_it_cannot_run_are_refused_in_one_line_before_loading(
     assert "--lm-eval no_such_task: not a YAML task lm-eval knows" in err
 
 
+@pytest.mark.checkpoint
 def test_lm_eval_answer_text_stops_at_end_of_text_max_gen_toks_and_until(loaded):
     tokenizer = loaded[0]
     ids = tokenizer.convert_tokens_to_ids
@@ -3214,6 +3267,7 @@ def test_lm_eval_answer_text_stops_at_end_of_text_max_gen_toks_and_until(loaded)
     assert R.harness_text(tokenizer, answer, dict(until="+", max_gen_toks=1), ends) == "1"
 
 
+@pytest.mark.checkpoint
 @pytest.mark.slow
 def test_lm_eval_torchrun_two_ranks_give_one_process_results(checkpoint, lm_tasks, tmp_path):
     args = [str(a) for a in lm_eval_args(checkpoint, lm_tasks, tmp_path / "two")]
@@ -3232,10 +3286,6 @@ def test_lm_eval_torchrun_two_ranks_give_one_process_results(checkpoint, lm_task
         "candidates.rank0.jsonl",
         "candidates.rank1.jsonl",
     ]
-
-
-if __name__ == "__main__":
-    offline_demo()
 
 
 def test_a_long_library_message_is_cut_at_a_word():
@@ -3275,3 +3325,19 @@ def test_a_long_library_message_is_cut_at_a_word():
         "gpu",
         "...",
     }
+
+
+def test_the_demo_answers_help_without_running():
+    result = subprocess.run([sys.executable, "test_hex.py", "--help"], cwd=HERE, capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: test_hex.py" in result.stdout and "Offline demo" not in result.stdout
+
+
+if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(
+        prog="test_hex.py",
+        description="The offline demo: run_gsm8k.py end to end on a tiny stand-in model (not a result), in a new "
+        "results/offline-demo-* folder. The tests: python -m pytest -m 'not slow'.",
+    ).parse_args()
+    offline_demo()
