@@ -2366,7 +2366,9 @@ def harness_model() -> type:
 
 def harness(args: argparse.Namespace) -> dict | None:
     """--lm-eval: each named task once a method, decoded here and scored by lm-eval: its results and samples go to
-    the --output folder, its table (each method's vote, each HEX expert alone) to standard output."""
+    the --output folder, its table (each method's vote, each HEX expert alone) to standard output. Its tasks and
+    their data load before the model, so a task whose data is out of reach is one line, leaving nothing."""
+    offline_unless_reachable(args)  # before lm-eval imports `datasets`, which reads the offline switch then
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager
@@ -2378,19 +2380,25 @@ def harness(args: argparse.Namespace) -> dict | None:
     folder = Path(args.output).expanduser()
     if folder.is_file():
         raise UsageError(f"--output {args.output}: a file; --lm-eval writes a folder")
-    offline_unless_reachable(args)
     settings = replace(run_settings(args, {}, device), task="lm-eval")
     variants = harness_tasks(args.lm_eval, settings, args.include_path, args.confirm_run_unsafe_code)
+    harness_lm = harness_model()  # registers the filters the tasks name
+    try:  # each task's data, from the hub or the local cache: out of reach offline unless cached
+        tasks = TaskManager(include_path=args.include_path or None).load([v.config for v in variants.values()])
+    except OSError as error:  # datasets' ConnectionError, DatasetNotFoundError and FileNotFoundError among them
+        raise UsageError(
+            f"--lm-eval {' '.join(args.lm_eval)}: its data cannot be loaded ({_one_line(error, 160)}); offline, "
+            "give a task local rows with --include-path (README: lm-eval offline)"
+        ) from None
     if world > 1:
         torch.distributed.init_process_group("gloo", timeout=timedelta(hours=48))
     try:
         checkpoint = load_checkpoint(args, settings, device)
         methods = {name: variant.method for name, variant in variants.items()}
-        model = harness_model()(checkpoint, settings, methods, folder, device)
+        model = harness_lm(checkpoint, settings, methods, folder, device)
         results = lm_eval.simple_evaluate(
             model=model,
-            tasks=[variant.config for variant in variants.values()],
-            task_manager=TaskManager(include_path=args.include_path or None),
+            tasks=list(tasks["tasks"].values()),
             limit=args.limit,
             log_samples=True,
             apply_chat_template=True,
