@@ -660,6 +660,8 @@ def paired_difference(first: Sequence[bool], second: Sequence[bool], z: float = 
     """Accuracy of `first` minus `second` on the same n questions (fractions) and Agresti & Min's (2005) 95%
     interval: the paired Wald interval after adding 1/2 to each of the four cells, so it keeps its width when
     no question is discordant; clamped to [-1, 1]."""
+    if len(first) != len(second) or not first:
+        raise ValueError(f"first and second must judge the same n >= 1 questions, got {len(first)} and {len(second)}")
     cells = Counter(zip(map(bool, first), map(bool, second)))
     n = len(first)
     b = cells[True, False]  # only first right

@@ -878,11 +878,17 @@ def paired_comparisons(records: list[Record], judged: list, shown: list[str]) ->
     with Agresti-Min paired intervals."""
     hex_right = [question.methods["hex"].right for question in judged]
     others = {"HEX - SC": [question.methods["sc"].right for question in judged]} if "sc" in shown else {}
-    alone = {}
+    alone = {}  # each expert's verdicts, question by question: an expert is a block length's sample 0
     for r, question in zip(records, judged):
-        for c, right in zip(r["candidates"], question.candidates):
-            if c["method"] == "hex" and c["sample"] == 0:
-                alone.setdefault(c["block_length"], []).append(right)
+        experts = [
+            (c["block_length"], right)
+            for c, right in zip(r["candidates"], question.candidates)
+            if c["method"] == "hex" and c["sample"] == 0
+        ]
+        if len(dict(experts)) < len(experts):
+            raise UsageError(f"question {r['id']} holds a HEX block length twice: its run repeated an expert")
+        for block, right in experts:
+            alone.setdefault(block, []).append(right)
     for b, right in alone.items():
         name = f"HEX - block {b} (fixed in advance)" if b == 32 else f"HEX - block {b}"
         others[name] = right
@@ -1742,6 +1748,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.block_lengths is not None and min(args.block_lengths) < 1:
         raise UsageError(f"--block-lengths must each be >= 1, got {' '.join(map(str, args.block_lengths))}")
+    if args.block_lengths is not None and len(set(args.block_lengths)) < len(args.block_lengths):
+        raise UsageError(
+            f"--block-lengths {' '.join(map(str, args.block_lengths))}: each block length is one expert, named "
+            "once (more votes an expert: --samples-per-block with --temperature > 0)"
+        )
     if args.offset < 0 or (args.mask_id is not None and args.mask_id < 0):
         raise UsageError(f"--offset and --mask-id must be >= 0, got {args.offset} and {args.mask_id}")
     for name in ("temperature", "sc_temperature"):

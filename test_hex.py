@@ -1876,6 +1876,7 @@ def test_checkpoint_failed_start_leaves_nothing_and_the_corrected_command_runs(c
         (["--steps", "0"], "--steps must be >= 1"),
         (["--block-lengths", "0", "16"], "--block-lengths must each be >= 1, got 0 16"),
         (["--block-lengths", "-4", "16"], "--block-lengths must each be >= 1, got -4 16"),
+        (["--block-lengths", "8", "8", "16"], "--block-lengths 8 8 16: each block length is one expert, named once"),
         (["--steps", "6"], "steps=6 must be a multiple"),
         (["--gen-length", "40", "--block-lengths"], "not a multiple of 32"),
         (["--device", "cuda"], "--device cuda: not a device this torch build can use here"),
@@ -2723,6 +2724,47 @@ def test_hex_against_an_expert_chosen_on_other_questions():
     assert paired["HEX - block 4"]["difference"] == 0.0, "two voters: a split goes to block 4, so HEX is block 4"
     assert paired["HEX - best block chosen on the other half"]["difference"] == (5 - 1) / 8
     assert paired["HEX - best block chosen on the other half"]["chosen"] == [8, 4]
+
+
+def test_every_paired_difference_by_hand():
+    # four questions, gold 1; each expert's answer, SC's two samples: (hex 4, hex 8, hex 16, sc, sc)
+    answers = [(1, 1, 2, 1, 1), (1, 2, 2, 2, 2), (2, 2, 1, 1, 1), (2, 1, 1, 2, 1)]
+    records = [
+        hand_record(
+            {("hex", 4, 0): a[0], ("hex", 8, 0): a[1], ("hex", 16, 0): a[2], ("sc", 32, 0): a[3], ("sc", 32, 1): a[4]},
+            gold=1.0,
+            question=q,
+        )
+        for q, a in enumerate(answers)
+    ]
+    settings = R.Settings(methods=["hex", "sc"], block_lengths=[4, 8, 16], sc_samples=2)
+    paired = R.summarize(records, settings, "authors")["paired"]
+    # HEX's votes (ties to the smaller block): 1, 2, 2, 1 -> right on questions 0 and 3
+    # SC's (ties to the first sample): 1, 2, 1, 2 -> right on 0 and 2; block 4: 0, 1; block 8: 0, 3; block 16: 2, 3
+    by_hand = {
+        "HEX - SC": (1, 1),  # (only HEX right, only the other right)
+        "HEX - block 4": (1, 1),
+        "HEX - block 8": (0, 0),
+        "HEX - block 16": (1, 1),
+    }
+    for name, (only_hex, only_other) in by_hand.items():
+        assert (paired[name]["only_first"], paired[name]["only_second"]) == (only_hex, only_other), name
+        assert paired[name]["difference"] == (only_hex - only_other) / 4, name
+    # cross-fitted: the even questions get the block most often right on the odd ones (1, 3: every block once, the
+    # tie to block 4), the odd the even's (0, 2: again once each -> block 4); block 4 is right on 0 and 1
+    cross = paired["HEX - best block chosen on the other half"]
+    assert cross["chosen"] == [4, 4] and (cross["only_first"], cross["only_second"]) == (1, 1)
+
+
+def test_a_question_holding_an_expert_twice_is_refused_not_paired_with_other_questions():
+    records = [hand_record({("hex", 8, 0): 1.0, ("hex", 16, 0): 1.0}, 1.0, q) for q in range(4)]
+    for record in records:  # what --block-lengths 8 8 16 made before it was refused: block 8 twice a question
+        record["candidates"].insert(1, dict(record["candidates"][0], answers={"authors": 2.0, "robust": 2.0}))
+    settings = R.Settings(methods=["hex"], block_lengths=[8, 8, 16])
+    with pytest.raises(R.UsageError, match="question 0 holds a HEX block length twice"):
+        R.summarize(records, settings, "authors")
+    with pytest.raises(ValueError, match="the same n >= 1 questions, got 4 and 8"):
+        H.paired_difference([True] * 4, [True] * 8)
 
 
 def sc_settings(checkpoint, *extra):
