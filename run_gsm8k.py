@@ -535,31 +535,52 @@ class Record(TypedDict):
 
 
 @dataclass(frozen=True)
-class Settings:
-    """What a run decodes and how it votes, as its settings file keeps it (`asdict`): a rerun must match COMPARED,
-    its methods may grow. The defaults are the authors' protocol on GSM8K (the command line fills in its own)."""
+class Declared:
+    """What a setting is to a run, declared once beside its default (`setting`)."""
 
-    task: str = "gsm8k"
-    data: dict = field(default_factory=dict)  # the rows' identity: source, fingerprint, rows
-    model: str = "GSAI-ML/LLaDA-8B-Instruct"
-    mask_id: int | None = None  # None: from the tokenizer or config
-    gen_length: int = 256
-    steps: int = 128
-    block_lengths: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])  # HEX's experts
-    samples_per_block: int = 1
-    temperature: float = 0.0  # HEX's
-    sc_block_length: int = 32
-    sc_samples: int = 5
-    sc_temperature: float = SC_TEMPERATURE
-    imh_samples: int = 8
-    imh_alpha: float = 2.0
-    imh_proposals: int = 8
-    tie_break: str = "first"  # the vote's, "first" or "likelihood"
-    seed: int = 0  # of every method's random stream
-    methods: list[str] = field(default_factory=lambda: [m for m in METHODS if m not in OPT_IN])
-    batch_size: int = 1
-    dtype: str = "float32"
-    environments: list[dict] = field(default_factory=list)  # the settings file's history: each start's machine
+    compared: bool  # a rerun with another value is refused
+    method: str | None  # the method it belongs to: compared only where both runs have that method; grown with it
+    as_given: bool  # the settings file keeps it as its flag --name-with-dashes gave it
+
+
+def setting(default, *, compared: bool = True, method: str | None = None, as_given: bool = True):
+    """A field of Settings: its default (the authors' protocol on GSM8K) and what it is to a run (`Declared`)."""
+    value = dict(default_factory=lambda: type(default)(default)) if isinstance(default, (list, dict)) else {}
+    value = value or dict(default=default)
+    return field(**value, metadata=dict(declared=Declared(compared, method, as_given)))
+
+
+def declared(f) -> Declared:
+    return f.metadata["declared"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a run decodes and how it votes, as its settings file keeps it (`asdict`): a rerun must match every
+    compared setting, its methods may grow. Each field is declared once, with `setting`: the flags' defaults, the
+    comparison on a rerun, growth by a method and lm-eval's identity of a question all read these declarations."""
+
+    task: str = setting("gsm8k", as_given=False)
+    data: dict = setting({}, as_given=False)  # the rows' identity: source, fingerprint, rows
+    model: str = setting("GSAI-ML/LLaDA-8B-Instruct", as_given=False)  # a local folder: its absolute path
+    mask_id: int | None = setting(None)  # None: from the tokenizer or config
+    gen_length: int = setting(256)
+    steps: int = setting(128)
+    block_lengths: list[int] = setting([8, 16, 32, 64, 128], method="hex")  # HEX's experts
+    samples_per_block: int = setting(1, method="hex")
+    temperature: float = setting(0.0, method="hex")
+    sc_block_length: int = setting(32, method="sc")
+    sc_samples: int = setting(5, method="sc")
+    sc_temperature: float = setting(SC_TEMPERATURE, method="sc")
+    imh_samples: int = setting(8, method="imh")
+    imh_alpha: float = setting(2.0, method="imh")
+    imh_proposals: int = setting(8, method="imh")
+    tie_break: str = setting("first")  # the vote's, "first" or "likelihood"
+    seed: int = setting(0)  # of every method's random stream
+    methods: list[str] = setting([m for m in METHODS if m not in OPT_IN], compared=False, as_given=False)
+    batch_size: int = setting(1, compared=False, as_given=False)
+    dtype: str = setting("float32", as_given=False)
+    environments: list[dict] = setting([], compared=False, as_given=False)  # each start's machine
 
     @classmethod
     def from_file(cls, stored: dict) -> Settings:
@@ -1426,42 +1447,23 @@ def _votes_plot(ax, summary, paper):
 
 # 11. Run files: records, settings, one writer, resuming, growing -----------------------------------------------------
 
-AS_GIVEN = (  # settings the files keep as the command line gave them
-    "mask_id",
-    "gen_length",
-    "steps",
-    "block_lengths",
-    "samples_per_block",
-    "temperature",
-    "sc_block_length",
-    "sc_samples",
-    "sc_temperature",
-    "imh_samples",
-    "imh_alpha",
-    "imh_proposals",
-    "tie_break",
-    "seed",
-)
-COMPARED = ("task", "data", "model", *AS_GIVEN, "dtype")  # a rerun must match these; its methods may differ
 
-
-METHOD_SETTINGS = dict(
-    hex=("block_lengths", "samples_per_block", "temperature"),
-    sc=("sc_block_length", "sc_samples", "sc_temperature"),
-    imh=("imh_samples", "imh_alpha", "imh_proposals"),
-)
+def declared_as(**what) -> tuple[str, ...]:
+    """The names of the settings whose declaration says `what`, e.g. declared_as(compared=True)."""
+    return tuple(f.name for f in fields(Settings) if all(getattr(declared(f), k) == v for k, v in what.items()))
 
 
 def settings_conflict(old: Settings, new: Settings) -> list[str]:
-    """What differs between stored settings and a new run's (COMPARED), key by key. The same data under another
-    path is the same data; the methods may differ (a run grows), and a method's own settings count only where
-    both runs have it."""
+    """What differs between stored settings and a new run's (the compared ones), key by key. The same data under
+    another path is the same data; the methods may differ (a run grows), and a method's own settings count only
+    where both runs have it."""
     changed = []
-    exempt = {k for m, keys in METHOD_SETTINGS.items() if m not in old.methods or m not in new.methods for k in keys}
-    for key in COMPARED:
+    for f in fields(old):
+        key = f.name
         before = getattr(old, key)
         now = getattr(new, key)
-        if key in exempt:
+        method = declared(f).method
+        if not declared(f).compared or method is not None and not {method} <= set(old.methods) & set(new.methods):
             continue
         if key == "data":  # the data is its content
             if (before["fingerprint"], before["rows"]) == (now["fingerprint"], now["rows"]):
@@ -1477,7 +1479,7 @@ def grown(old: Settings, new: Settings) -> Settings:
     """The stored settings with the methods a new run asks for that they lack, and those methods' own settings:
     the one way a run's settings change. Questions not yet decoded are decoded in batches of the new size."""
     added = [m for m in new.methods if m not in old.methods]
-    own = {key: getattr(new, key) for m in added for key in METHOD_SETTINGS.get(m, ())}
+    own = {f.name: getattr(new, f.name) for f in fields(new) if declared(f).method in added}
     methods = [m for m in METHODS if m in old.methods or m in new.methods]
     return replace(old, **own, methods=methods, batch_size=new.batch_size)
 
@@ -1651,30 +1653,50 @@ class RunFiles:
 
 
 def add_method_settings(add: Callable) -> None:
-    """HEX's, self-consistency's and the IMH's flags (METHOD_SETTINGS), each read only when its method runs."""
+    """HEX's, self-consistency's and the IMH's flags (their settings' `method`), each read only when it runs."""
+    default = Settings()
     add("--block-lengths", type=int, nargs="+", help="HEX's; default: gen_length/32 x (1 2 4 8 16)")
     add(
         "--samples-per-block",
         type=int,
-        default=1,
+        default=default.samples_per_block,
         help="HEX samples per block length (needs --temperature > 0) (default: %(default)s)",
     )
-    add("--temperature", type=float, default=0.0, help="HEX's sampling temperature (default: %(default)s)")
-    add("--sc-block-length", type=int, default=32, help="self-consistency's one schedule (default: %(default)s)")
+    add(
+        "--temperature",
+        type=float,
+        default=default.temperature,
+        help="HEX's sampling temperature (default: %(default)s)",
+    )
+    add(
+        "--sc-block-length",
+        type=int,
+        default=default.sc_block_length,
+        help="self-consistency's one schedule (default: %(default)s)",
+    )
     add("--sc-samples", type=int, help="default: HEX's votes (block lengths x samples): equal cost")
     add("--sc-temperature", type=float, help=f"default: --temperature if > 0, else {SC_TEMPERATURE}")
-    add("--imh-samples", type=int, default=8, help="the IMH's samples a question (default: %(default)s)")
     add(
-        "--imh-alpha", type=float, default=2.0, help="its target p(x)^alpha; 2: temperature 0.5 (default: %(default)s)"
+        "--imh-samples",
+        type=int,
+        default=default.imh_samples,
+        help="the IMH's samples a question (default: %(default)s)",
     )
-    add("--imh-proposals", type=int, default=8, help="its proposals a step (default: %(default)s)")
+    add(
+        "--imh-alpha",
+        type=float,
+        default=default.imh_alpha,
+        help="its target p(x)^alpha; 2: temperature 0.5 (default: %(default)s)",
+    )
+    add("--imh-proposals", type=int, default=default.imh_proposals, help="its proposals a step (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--task", choices=list(TASKS), default="gsm8k", help="the benchmark (default: %(default)s)")
-    add("--model", default="GSAI-ML/LLaDA-8B-Instruct", help="hub id or local folder (default: %(default)s)")
+    default = Settings()  # the defaults are the settings' declared ones
+    add("--task", choices=list(TASKS), default=default.task, help="the benchmark (default: %(default)s)")
+    add("--model", default=default.model, help="hub id or local folder (default: %(default)s)")
     add("--device", help="cpu, cuda or cuda:N (default: this rank's GPU, else cpu)")
     add(
         "--dtype",
@@ -1684,7 +1706,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data", help="local JSONL or parquet file of the task's rows (default: the hub's split)")
     add("--limit", type=int, help="evaluate at most this many questions")
     add("--offset", type=int, default=0, help="skip this many questions first (default: %(default)s)")
-    add("--gen-length", type=int, default=256, help="answer tokens (default: %(default)s)")
+    add("--gen-length", type=int, default=default.gen_length, help="answer tokens (default: %(default)s)")
     add("--steps", type=int, help="default: gen_length / 2")
     add("--mask-id", type=int, help="default: from the tokenizer or config")
     add(
@@ -1705,11 +1727,11 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--tie-break",
         choices=["first", "likelihood"],
-        default="first",
+        default=default.tie_break,
         help="the vote's: first seen, as the authors (default: %(default)s)",
     )
     add("--batch-size", type=int, default=1, help="questions per call, left padded (default: %(default)s)")
-    add("--seed", type=int, default=0, help="of every method's random stream (default: %(default)s)")
+    add("--seed", type=int, default=default.seed, help="of every method's random stream (default: %(default)s)")
     add("--output", help="JSONL path (default: results/TASK-MODEL-gGEN-sSTEPS-tTEMP-xSAMPLES.jsonl)")
     add(
         "--resume",
@@ -1947,13 +1969,13 @@ def environment(device: torch.device, world: int, mask_id: int, tokenizer) -> di
 
 
 def run_settings(args: argparse.Namespace, data: dict, device: torch.device) -> Settings:
-    """What the user asked for, as the settings file keeps it; COMPARED on a rerun (not the batch size)."""
+    """What the user asked for, as the settings file keeps it (compared on a rerun, as declared)."""
     model = Path(args.model).expanduser()
     return Settings(
         task=args.task,
         data=data,
         model=str(model.resolve()) if model.is_dir() else args.model,
-        **{k: getattr(args, k) for k in AS_GIVEN},
+        **{k: getattr(args, k) for k in declared_as(as_given=True)},
         methods=args.methods,
         batch_size=args.batch_size,
         dtype=args.dtype or ("bfloat16" if device.type == "cuda" else "float32"),
@@ -2272,7 +2294,8 @@ class HarnessModel:
         self.checkpoint = checkpoint
         self.settings = settings
         self.methods = methods  # task name -> method
-        self.identity = {k: v for k, v in asdict(settings).items() if k in COMPARED and k not in ("task", "data")}
+        compared = set(declared_as(compared=True)) - {"task", "data"}
+        self.identity = {k: v for k, v in asdict(settings).items() if k in compared}
         self.ends = set(end_of_text_ids(checkpoint.tokenizer))
         folder.mkdir(parents=True, exist_ok=True)  # once the model has loaded: a failed start writes nothing
         self.sink = folder / f"candidates.rank{self._rank}.jsonl"

@@ -1,6 +1,8 @@
 """Tests for hex.py: CPU only, no network. Run: python -m pytest -q"""
 
 import contextlib
+import dataclasses
+import functools
 import math
 import os
 import re
@@ -2119,6 +2121,38 @@ def test_checkpoint_paths_of_the_wrong_kind_are_named(checkpoint, data, tmp_path
     err = one_line_error(capsys, ["--model", tmp_path / "empty", "--data", data, *out])
     assert "the folder has no config.json and no tokenizer_config.json, so it holds no checkpoint" in err
     assert files(tmp_path) == ["empty", "gsm8k.jsonl", "rows.json"]
+
+
+def another_value(value):
+    """A value of the same kind as `value` that differs from it."""
+    if value is None or isinstance(value, (int, float)):
+        return (value or 0) + 1
+    if isinstance(value, dict):  # the data: another content
+        return dict(source="other.jsonl", fingerprint="0" * 8, rows=value.get("rows", 4))
+    return value + type(value)(["x"] if isinstance(value, list) else "x")
+
+
+def test_every_setting_is_declared_and_a_rerun_with_a_compared_one_changed_is_refused():
+    stored = R.Settings(methods=["hex", "sc", "imh"], data=dict(source="d.jsonl", fingerprint="1" * 8, rows=4))
+    for f in dataclasses.fields(R.Settings):
+        conflict = R.settings_conflict(
+            stored, dataclasses.replace(stored, **{f.name: another_value(getattr(stored, f.name))})
+        )
+        if R.declared(f).compared:
+            assert len(conflict) == 1 and conflict[0].startswith(f"{f.name}: "), f.name
+        else:
+            assert conflict == [], f.name
+    assert {"methods", "batch_size", "environments"} == set(R.declared_as(compared=False))
+
+
+def test_a_new_setting_is_one_declaration():
+    fields = [("beam", int, R.setting(4, method="hex"))]
+    Extended = dataclasses.make_dataclass("Extended", fields, bases=(R.Settings,), frozen=True)
+    data = dict(source="d.jsonl", fingerprint="1" * 8, rows=4)
+    run = functools.partial(Extended, data=data)
+    assert R.settings_conflict(run(beam=4), run(beam=5)) == ["beam: 4 there, 5 now"]
+    assert R.settings_conflict(run(beam=4, methods=["sc"]), run(beam=5, methods=["hex"])) == []
+    assert R.grown(run(methods=["sc"]), run(beam=5, methods=["hex"])).beam == 5, "grown with its method"
 
 
 def test_help_shows_every_default(capsys):
