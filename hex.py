@@ -656,7 +656,17 @@ def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, min(p, low)), min(1.0, max(p, high))  # min, max: rounding never puts p outside at 0 or n
 
 
-def paired_difference(first: Sequence[bool], second: Sequence[bool], z: float = 1.96) -> dict:
+@dataclass
+class PairedDifference:
+    """Accuracy of one method minus another's on the same questions, as fractions."""
+
+    difference: float
+    ci95: tuple[float, float]  # Agresti & Min's 95% interval
+    only_first: int  # questions only the first got right
+    only_second: int
+
+
+def paired_difference(first: Sequence[bool], second: Sequence[bool], z: float = 1.96) -> PairedDifference:
     """Accuracy of `first` minus `second` on the same n questions (fractions) and Agresti & Min's (2005) 95%
     interval: the paired Wald interval after adding 1/2 to each of the four cells, so it keeps its width when
     no question is discordant; clamped to [-1, 1]."""
@@ -669,7 +679,7 @@ def paired_difference(first: Sequence[bool], second: Sequence[bool], z: float = 
     centre = (b - c) / (n + 2)
     half = z * math.sqrt(b + c + 1 - (b - c) ** 2 / (n + 2)) / (n + 2)
     interval = (max(-1.0, centre - half), min(1.0, centre + half))
-    return dict(difference=(b - c) / n, ci95=interval, only_first=b, only_second=c)
+    return PairedDifference((b - c) / n, interval, only_first=b, only_second=c)
 
 
 def cross_fitted(right: dict[Hashable, Sequence[bool]]) -> tuple[list[bool], list[Hashable]]:

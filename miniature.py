@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hex import (
+    PairedDifference,
     Schedule,
     TinyMaskPredictor,
     cross_fitted,
@@ -213,7 +214,16 @@ class MiniRow:
     cut_short: float | None = None  # share of chains whose last written step S_j is below k
 
 
-def miniature_figures(answers: torch.Tensor, commit_steps: torch.Tensor, lengths: torch.Tensor) -> dict:
+@dataclass
+class MiniFigures:
+    """The miniature's table: a row per method, HEX and the oracle; HEX against the block chosen on other prompts."""
+
+    rows: dict[str, MiniRow]
+    hex_minus_chosen: PairedDifference
+    chosen: list[int]  # the block chosen for the even prompts, and for the odd ones
+
+
+def miniature_figures(answers: torch.Tensor, commit_steps: torch.Tensor, lengths: torch.Tensor) -> MiniFigures:
     """The paper's table in miniature from decodes (N, K, G) by MINI_METHODS and the true lengths (N,): a MiniRow
     per method, HEX (the vote of the first MINI_EXPERTS) and the oracle (any of them right); HEX minus the block
     chosen on the other half of the prompts (cross-fitted), paired."""
@@ -243,7 +253,7 @@ def miniature_figures(answers: torch.Tensor, commit_steps: torch.Tensor, lengths
         schedule.block_length: right[:, k].tolist() for k, (_, schedule) in enumerate(MINI_METHODS[:MINI_EXPERTS])
     }
     chosen_right, chosen = cross_fitted(experts)
-    return dict(rows=rows, hex_minus_chosen=paired_difference(hex_right.tolist(), chosen_right), chosen=chosen)
+    return MiniFigures(rows, paired_difference(hex_right.tolist(), chosen_right), chosen)
 
 
 def percent(fraction: float | None, interval: tuple[float, float] | None = None) -> str:
@@ -260,7 +270,7 @@ def markdown_table(columns: list[str], rows: dict[str, list[str]]) -> list[str]:
     return lines + [f"| {label} | {' | '.join(cells)} |" for label, cells in rows.items()]
 
 
-def miniature_table(figures: dict) -> str:
+def miniature_table(figures: MiniFigures) -> str:
     """The figures as a Markdown table, in percent, and HEX against the cross-fitted block."""
     cells = {
         label: [
@@ -270,20 +280,20 @@ def miniature_table(figures: dict) -> str:
             percent(r.eot_first),
             percent(r.cut_short),
         ]
-        for label, r in figures["rows"].items()
+        for label, r in figures.rows.items()
     }
     lines = markdown_table(["accuracy [95%]", "k <= 8", "k > 8", "EoT-first", "cut short"], cells)
-    paired = figures["hex_minus_chosen"]
-    low, high = paired["ci95"]
+    paired = figures.hex_minus_chosen
+    low, high = paired.ci95
     lines.append(
-        f"HEX minus the block chosen on the other half of the prompts (blocks {figures['chosen']}): "
-        f"{100 * paired['difference']:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}], paired (Agresti-Min); "
-        f"only HEX right {paired['only_first']}, only the block {paired['only_second']}"
+        f"HEX minus the block chosen on the other half of the prompts (blocks {figures.chosen}): "
+        f"{100 * paired.difference:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}], paired (Agresti-Min); "
+        f"only HEX right {paired.only_first}, only the block {paired.only_second}"
     )
     return "\n".join(lines)
 
 
-def miniature_picture(figures: dict, answers: torch.Tensor, commit_steps: torch.Tensor, path: Path):
+def miniature_picture(figures: MiniFigures, answers: torch.Tensor, commit_steps: torch.Tensor, path: Path):
     """The table and the mechanism at a glance: accuracy per method with its interval, short and long chains
     apart; the order in which block 8 and one block commit one prompt's answer (answers and commit_steps (K, G)),
     end-of-text marked. Returns the matplotlib Figure saved to `path`, or None without matplotlib."""
@@ -293,7 +303,7 @@ def miniature_picture(figures: dict, answers: torch.Tensor, commit_steps: torch.
         return None
     figure = Figure(figsize=(10, 7.5), layout="tight")
     bars, order = figure.subplots(2, 1, height_ratios=(3, 1.3))
-    rows = list(figures["rows"].values())
+    rows = list(figures.rows.values())
     x = torch.arange(len(rows)).numpy()
     below = [100 * (r.accuracy - r.ci95[0]) for r in rows]
     above = [100 * (r.ci95[1] - r.accuracy) for r in rows]
@@ -302,7 +312,7 @@ def miniature_picture(figures: dict, answers: torch.Tensor, commit_steps: torch.
     bars.bar(x, [100 * r.short for r in rows], 0.27, label="short chains (k <= 8)")
     bars.bar(x + 0.27, [100 * r.long for r in rows], 0.27, label="long chains (k > 8)")
     bars.set(ylabel="accuracy, %", ylim=(0, 118))
-    bars.set_xticks(x, [label.replace(", ", ",\n") for label in figures["rows"]], fontsize=8)
+    bars.set_xticks(x, [label.replace(", ", ",\n") for label in figures.rows], fontsize=8)
     bars.legend(ncol=3, loc="upper center")
     shown = [1, 4]  # block 8, one block Top-K
     order.imshow(commit_steps[shown].numpy(), aspect="auto")
@@ -329,7 +339,7 @@ def held_out_chains(visible_length: bool, questions: int = 300):
     return chain_examples(questions, torch.Generator().manual_seed(2510), visible_length)
 
 
-def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS, questions: int = 300) -> dict:
+def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS, questions: int = 300) -> MiniFigures:
     """python miniature.py: train (resuming a killed training) or load the cached weights, decode the
     held-out prompts with every method of a prompt in one lockstep batch, print the table, draw the picture."""
     prompts, _, lengths = held_out_chains(visible_length, questions)

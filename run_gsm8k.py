@@ -14,7 +14,7 @@ The authors' protocol (their HEX/eval code, built on d1): zero-shot, each task's
     appended to the JSONL at once -> each method's vote -> verdicts by the authors' rule and a robust one ->
     summary, the readers' controls and the figure, all recomputed from the records alone
 
-Part one is the evaluation, which touches no file, rank or flag: 1. a task; 2. the authors' prompts and answer
+Part one is the evaluation, which needs no file, rank, clock or flag: 1. a task; 2. the authors' prompts and answer
 rules; 3. robust rules; 4. the four tasks; 5. a batch of questions to records (`decode_batch`, `records_of`);
 6. the vote and the verdicts; 7. records to a summary (`summarize`) and its tables. Part two is the harness that
 calls only those: 8. data files; 9. model families; 10. the figure; 11. run files (resuming, one writer, growing
@@ -55,6 +55,7 @@ from tqdm import tqdm
 from hex import (
     HexOutput,
     MaskPredictorOutput,
+    PairedDifference,
     Schedule,
     cross_fitted,
     decode,
@@ -637,18 +638,11 @@ def decode_batch(
     methods: list[str] | None = None,
 ) -> list[Record]:
     """Every candidate of `methods` (default: the run's) of a batch of questions (`decode_prompts`), a record per
-    question with the batch's cost."""
+    question with the batch's forward calls; what only the harness knows (seconds, batch) it adds itself."""
     prompts = [task.build_prompt(tokenizer, problem["row"]) for problem in batch]
     plan = [planned for planned in candidate_plan(settings) if planned.method in (methods or settings.methods)]
-    start = time.perf_counter()
     out, decodes = decode_prompts(model, prompts, plan, settings, mask_id, device, first_id=batch[0]["id"])
-    cost = dict(
-        forward_calls=sum(d["forward_calls"] for d in decodes) / len(batch),
-        decodes=decodes,
-        seconds=round((time.perf_counter() - start) / len(batch), 3),
-        batch_size=len(batch),
-        batch=batch[0]["id"],
-    )
+    cost = dict(forward_calls=sum(d["forward_calls"] for d in decodes) / len(batch), decodes=decodes)
     return records_of(tokenizer, task, batch, plan, out, cost)
 
 
@@ -819,7 +813,73 @@ def eot_first_share(candidate: Candidate) -> float:
     return sum(candidate["end_of_text"][i] == "_" for i in first) / len(first)
 
 
-def candidate_figures(records: list[Record], judged: dict, rule: str, method: str, block: int | None = None) -> dict:
+@dataclass
+class Row:
+    """A line of the summary's table, as fractions of questions: a method (its vote) or a HEX expert alone."""
+
+    accuracy: float  # a method's: its vote's; an expert's: each question's share of right samples, averaged
+    ci95: tuple[float, float]  # Wilson, over questions
+    other_rule_accuracy: float
+    oracle: float  # some candidate right
+    distinct: float  # distinct readable answers a question
+    collapse_rate: float  # the [AfterEoT] collapse, over candidates
+    eot_first_share: float
+    paper_name: str | None = None  # a method's only, from here on
+    correct: int | None = None  # questions its vote got right
+    tie_rate: float | None = None
+
+
+@dataclass
+class VotesPoint:
+    """A vote over k of a method's candidates drawn at random, averaged over questions."""
+
+    votes: int  # k
+    accuracy: float
+    tie_rate: float
+    pass_at_k: float
+
+
+@dataclass
+class Paired(PairedDifference):
+    """HEX minus another method, question by question; the cross-fitted comparison says which blocks it chose."""
+
+    chosen: list[int] | None = None  # the block chosen for the even questions, and for the odd ones
+
+
+@dataclass
+class Summary:
+    """Every reported figure of a run under one answer rule, from its records alone: what the table, the controls
+    and the figure print, and `summary.json` (its `asdict`)."""
+
+    task: str
+    questions: int
+    answer_rule: str
+    other_rule: str
+    units: str
+    methods: dict[str, Row]
+    block_lengths: dict[int, Row]  # each HEX expert alone
+    paired: dict[str, Paired]
+    votes: dict[str, list[VotesPoint]]
+    forward_calls_per_question: float
+    seconds_per_question: float | None  # the harness's clock, where the records carry it
+    settings: Settings
+
+    @classmethod
+    def from_file(cls, stored: dict) -> Summary:
+        """A summary as `summary.json` stores it."""
+        return cls(
+            **stored
+            | dict(
+                methods={m: Row(**v) for m, v in stored["methods"].items()},
+                block_lengths={int(b): Row(**v) for b, v in stored["block_lengths"].items()},
+                paired={name: Paired(**v) for name, v in stored["paired"].items()},
+                votes={m: [VotesPoint(**v) for v in curve] for m, curve in stored["votes"].items()},
+                settings=Settings.from_file(stored["settings"]),
+            )
+        )
+
+
+def candidate_figures(records: list[Record], judged: dict, rule: str, method: str, block: int | None = None) -> Row:
     """For the candidates of `method` (of one block length, if given), counted over questions (a question's
     samples are not independent): accuracy, each question's share of right ones averaged, with a Wilson interval
     on the number of questions, and the other rule's; the oracle (some candidate right); the distinct readable
@@ -835,7 +895,7 @@ def candidate_figures(records: list[Record], judged: dict, rule: str, method: st
     ]
     shares = [fmean(o for _, o, _ in question) for question in picked]
     flat = [c for question in picked for c, _, _ in question]
-    return dict(
+    return Row(
         accuracy=fmean(shares),
         ci95=wilson(sum(shares), len(shares)),
         other_rule_accuracy=fmean(fmean(p for _, _, p in question) for question in picked),
@@ -852,7 +912,9 @@ class Ballot(NamedTuple):  # one candidate in a vote
     right: bool
 
 
-def votes_curve(records: list[Record], right: list[list[bool]], method: str, rule: str, tie_break: str) -> list:
+def votes_curve(
+    records: list[Record], right: list[list[bool]], method: str, rule: str, tie_break: str
+) -> list[VotesPoint]:
     """For k = 1..n of `method`'s n candidates per question: the expected accuracy and tie rate of a vote over
     k of them drawn at random (every k-subset where there are at most `subsets`, else `subsets` random ones
     from a fixed seed; a subset keeps the candidates' order, so ties fall as in the full vote), and pass@k,
@@ -885,14 +947,14 @@ def votes_curve(records: list[Record], right: list[list[bool]], method: str, rul
             accuracy.append(fmean(answer_right.get(answer, False) for answer, _ in votes))
             ties.append(fmean(tie for _, tie in votes))
             pass_at.append(pass_at_k(n, sum(ballot.right for ballot in question), k))
-        curve.append(dict(votes=k, accuracy=fmean(accuracy), tie_rate=fmean(ties), pass_at_k=fmean(pass_at)))
+        curve.append(VotesPoint(k, fmean(accuracy), tie_rate=fmean(ties), pass_at_k=fmean(pass_at)))
     return curve
 
 
 CROSS_FITTED = "HEX - best block chosen on the other half"
 
 
-def paired_comparisons(records: list[Record], judged: list, shown: list[str]) -> dict:
+def paired_comparisons(records: list[Record], judged: list, shown: list[str]) -> dict[str, Paired]:
     """HEX minus SC; minus each block length alone (its sample 0; block 32 is the schedule LLaDA and d1 fix in
     advance); minus the best block length chosen on the other half of the questions (two-fold cross-fitting,
     never scored on the questions it was chosen on): the paper's claim and its controls, on the same questions,
@@ -915,12 +977,12 @@ def paired_comparisons(records: list[Record], judged: list, shown: list[str]) ->
         others[name] = right
     chosen_right, chosen = cross_fitted(alone)
     others[CROSS_FITTED] = chosen_right
-    paired = {name: paired_difference(hex_right, right) for name, right in others.items()}
-    paired[CROSS_FITTED]["chosen"] = chosen  # for the even questions, for the odd ones
+    paired = {name: Paired(**asdict(paired_difference(hex_right, right))) for name, right in others.items()}
+    paired[CROSS_FITTED].chosen = chosen
     return paired
 
 
-def summarize(records: list[Record], settings: Settings, rule: str, methods: list[str] | None = None) -> dict:
+def summarize(records: list[Record], settings: Settings, rule: str, methods: list[str] | None = None) -> Summary:
     """Every reported figure under `rule` (the other rule's accuracy beside), from the records alone; only
     `methods` (default: the run's) in the methods table. Accuracies and differences are fractions."""
     task = TASKS[settings.task]
@@ -931,7 +993,8 @@ def summarize(records: list[Record], settings: Settings, rule: str, methods: lis
     table = {}
     for method in shown:  # a method's verdict is its vote's
         right = [question.methods[method].right for question in judged[rule]]
-        table[method] = candidate_figures(records, judged, rule, method) | dict(
+        table[method] = replace(
+            candidate_figures(records, judged, rule, method),
             paper_name=PAPER_NAMES[method],
             accuracy=fmean(right),
             ci95=wilson(sum(right), len(right)),
@@ -943,7 +1006,7 @@ def summarize(records: list[Record], settings: Settings, rule: str, methods: lis
     for b in settings.block_lengths if "hex" in shown else []:
         experts[b] = candidate_figures(records, judged, rule, "hex", b)
     candidates_right = [question.candidates for question in judged[rule]]
-    return dict(
+    return Summary(
         task=settings.task,
         questions=len(records),
         answer_rule=rule,
@@ -954,8 +1017,8 @@ def summarize(records: list[Record], settings: Settings, rule: str, methods: lis
         paired=paired_comparisons(records, judged[rule], shown) if "hex" in shown else {},
         votes={m: votes_curve(records, candidates_right, m, rule, tie_break) for m in SAMPLED if m in shown},
         forward_calls_per_question=fmean(r["forward_calls"] for r in records),
-        seconds_per_question=fmean(r["seconds"] for r in records),
-        settings=asdict(settings),
+        seconds_per_question=fmean(r["seconds"] for r in records) if all("seconds" in r for r in records) else None,
+        settings=settings,
     )
 
 
@@ -984,28 +1047,28 @@ def protocol(settings: Settings) -> str:
     return text
 
 
-def summary_table(summary: dict) -> str:
+def summary_table(summary: Summary) -> str:
     """The summary as plain text, in the paper's words: accuracies in %, differences in points."""
 
     def pct(x):
         return "      -" if x is None else f"{100 * x:6.2f}%"
 
-    settings = Settings.from_file(summary["settings"])
+    settings = summary.settings
     lines = [
-        f"{TASKS[summary['task']].title}, {plural(summary['questions'], 'question')}; "
-        f"{protocol(replace(settings, methods=list(summary['methods'])))}",  # the methods shown
-        f"answers read by the {summary['answer_rule']} rule ({summary['other_rule']} rule beside); every interval "
+        f"{TASKS[summary.task].title}, {plural(summary.questions, 'question')}; "
+        f"{protocol(replace(settings, methods=list(summary.methods)))}",  # the methods shown
+        f"answers read by the {summary.answer_rule} rule ({summary.other_rule} rule beside); every interval "
         "is 95% over questions",
-        f"{'method':<30}{'accuracy':>9}  {'95% interval':<18}{summary['other_rule']:>9}{'tie rate':>10}{'oracle':>9}"
+        f"{'method':<30}{'accuracy':>9}  {'95% interval':<18}{summary.other_rule:>9}{'tie rate':>10}{'oracle':>9}"
         f"{'collapse':>10}{'EoT-first':>10}",
     ]
-    rows = [(f"{v['paper_name']} ({m})", v) for m, v in summary["methods"].items()]
-    rows += [(f"  HEX expert, block {b}", v) for b, v in summary["block_lengths"].items()]
+    rows = [(f"{v.paper_name} ({m})", v) for m, v in summary.methods.items()]
+    rows += [(f"  HEX expert, block {b}", v) for b, v in summary.block_lengths.items()]
     for label, v in rows:
         lines.append(
-            f"{label:<30}{pct(v['accuracy']):>9}  [{pct(v['ci95'][0])}, {pct(v['ci95'][1])}]"
-            f"{pct(v['other_rule_accuracy']):>9}{pct(v.get('tie_rate')):>10}{pct(v.get('oracle')):>9}"
-            f"{pct(v['collapse_rate']):>10}{pct(v['eot_first_share']):>10}"
+            f"{label:<30}{pct(v.accuracy):>9}  [{pct(v.ci95[0])}, {pct(v.ci95[1])}]"
+            f"{pct(v.other_rule_accuracy):>9}{pct(v.tie_rate):>10}{pct(v.oracle):>9}"
+            f"{pct(v.collapse_rate):>10}{pct(v.eot_first_share):>10}"
         )
     lines += controls_table(summary, pct)
     lines.append(
@@ -1020,32 +1083,31 @@ def summary_table(summary: dict) -> str:
         for e in settings.environments
     ]
     lines.append(
-        f"{summary['forward_calls_per_question']:.1f} forward calls and {summary['seconds_per_question']:.2f} s per "
-        "question"
+        f"{summary.forward_calls_per_question:.1f} forward calls"
+        + ("" if summary.seconds_per_question is None else f" and {summary.seconds_per_question:.2f} s")
+        + " per question"
     )
     return "\n".join(lines)
 
 
-def controls_table(summary: dict, pct: Callable) -> list[str]:
+def controls_table(summary: Summary, pct: Callable) -> list[str]:
     """The readers' controls as text: votes curves and paired differences."""
     lines = []
-    for m, curve in summary["votes"].items():
+    for m, curve in summary.votes.items():
         lines.append(
             f"{PAPER_NAMES[m]}, a vote over k random candidates (expected) -- k: accuracy / tie rate / pass@k "
-            f"({summary['methods'][m]['distinct']:.2f} distinct readable answers a question)"
+            f"({summary.methods[m].distinct:.2f} distinct readable answers a question)"
         )
         cells = [
-            f"{v['votes']}: {100 * v['accuracy']:.1f} / {100 * v['tie_rate']:.1f} / {100 * v['pass_at_k']:.1f}"
-            for v in curve
+            f"{v.votes}: {100 * v.accuracy:.1f} / {100 * v.tie_rate:.1f} / {100 * v.pass_at_k:.1f}" for v in curve
         ]
         lines += ["  " + "   ".join(cells[i : i + 6]) for i in range(0, len(cells), 6)]
-    for name, paired in summary["paired"].items():
-        even, odd = paired.get("chosen", (None, None))
-        chosen = f" (blocks {even} and {odd})" if "chosen" in paired else ""
-        low, high = paired["ci95"]
+    for name, paired in summary.paired.items():
+        chosen = "" if paired.chosen is None else f" (blocks {paired.chosen[0]} and {paired.chosen[1]})"
+        low, high = paired.ci95
         lines.append(
-            f"{name}{chosen}: {100 * paired['difference']:+.2f} points [{100 * low:+.2f}, {100 * high:+.2f}] "
-            f"(paired, Agresti-Min); only HEX right {paired['only_first']}, only the other {paired['only_second']}"
+            f"{name}{chosen}: {100 * paired.difference:+.2f} points [{100 * low:+.2f}, {100 * high:+.2f}] "
+            f"(paired, Agresti-Min); only HEX right {paired.only_first}, only the other {paired.only_second}"
         )
     return lines
 
@@ -1334,14 +1396,14 @@ PAPER_GSM8K_VOTES = [  # HEX on GSM8K, % (LLaDA-8B-Instruct), read off the paper
 ]
 
 
-def write_figures(summary: dict, records: list[Record], path: Path):
+def write_figures(summary: Summary, records: list[Record], path: Path):
     """One PNG: accuracy per method and per HEX expert with 95% intervals over questions (the paper's bars, its
     figures marked only where this run is its setting); expected accuracy, tie rate and pass@k against votes for
     HEX and SC (its scaling plot); the step that committed each answer position of one question (its Fig. 2).
     Returns the matplotlib Figure."""
     from matplotlib.figure import Figure  # no pyplot: no window, no global state
 
-    settings = Settings.from_file(summary["settings"])
+    settings = summary.settings
     paper = "llada-8b-instruct" in settings.model.lower() and (
         settings.gen_length,
         settings.steps,
@@ -1350,13 +1412,13 @@ def write_figures(summary: dict, records: list[Record], path: Path):
     fig = Figure(figsize=(14, 9), layout="constrained")
     axes = fig.subplot_mosaic([["bars", "votes"], ["order", "order"]])
     fig.suptitle(
-        f"{settings.model} on {TASKS[summary['task']].title}, {plural(summary['questions'], 'question')}, "
-        f"{summary['answer_rule']} rule (this run, not the paper's figures)\n{protocol(settings)}",
+        f"{settings.model} on {TASKS[summary.task].title}, {plural(summary.questions, 'question')}, "
+        f"{summary.answer_rule} rule (this run, not the paper's figures)\n{protocol(settings)}",
         fontsize=9,
         wrap=True,  # the protocol of a run with every method is wider than the figure
     )
     _accuracy_bars(axes["bars"], summary, paper)
-    _votes_plot(axes["votes"], summary, paper and summary["task"] == "gsm8k")
+    _votes_plot(axes["votes"], summary, paper and summary.task == "gsm8k")
     record = next((r for r in records if any(map(collapsed, r["candidates"]))), records[0])
     rows = [c for c in record["candidates"] if c["sample"] == 0]
     labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
@@ -1385,26 +1447,26 @@ def write_figures(summary: dict, records: list[Record], path: Path):
 
 
 def _accuracy_bars(ax, summary, paper):
-    methods = list(summary["methods"].items())  # first, so a method's bar is its index here
-    bars = [v for _, v in methods] + list(summary["block_lengths"].values())
-    heights = [100 * v["accuracy"] for v in bars]
-    below = [100 * (v["accuracy"] - v["ci95"][0]) for v in bars]
-    above = [100 * (v["ci95"][1] - v["accuracy"]) for v in bars]
+    methods = list(summary.methods.items())  # first, so a method's bar is its index here
+    bars = [v for _, v in methods] + list(summary.block_lengths.values())
+    heights = [100 * v.accuracy for v in bars]
+    below = [100 * (v.accuracy - v.ci95[0]) for v in bars]
+    above = [100 * (v.ci95[1] - v.accuracy) for v in bars]
     colours = [dict(hex="tab:blue", sc="tab:purple", imh="tab:green").get(m, "tab:gray") for m, _ in methods]
-    colours += ["tab:cyan"] * len(summary["block_lengths"])
+    colours += ["tab:cyan"] * len(summary.block_lengths)
     ax.bar(range(len(bars)), heights, color=colours, edgecolor="black", capsize=4, yerr=[below, above])
     for i, h in enumerate(heights):  # the edge and the label keep a 0% bar visible
         ax.annotate(f"{h:.1f}%", (i, h), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
-    published = PAPER_ACCURACY[summary["task"]]
-    names = list(summary["methods"])
+    published = PAPER_ACCURACY[summary.task]
+    names = list(summary.methods)
     reported = [i for i, name in enumerate(names) if name in published]  # the bars the paper has a figure for
     if paper and reported:
-        of_hex = "5 votes, temperature 0" if summary["task"] == "gsm8k" else "its best, protocol not stated"
+        of_hex = "5 votes, temperature 0" if summary.task == "gsm8k" else "its best, protocol not stated"
         label = f"the paper's table (LLaDA-8B-Instruct; HEX: {of_hex})"
         figures = [published[names[i]] for i in reported]
         ax.scatter(reported, figures, marker="_", s=600, color="tab:red", zorder=3, label=label)
         ax.legend(loc="upper right", fontsize=8)
-    labels = [v["paper_name"] for _, v in methods] + [f"block {b}" for b in summary["block_lengths"]]
+    labels = [v.paper_name for _, v in methods] + [f"block {b}" for b in summary.block_lengths]
     ax.set_xticks(range(len(bars)), labels, rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="accuracy (%), 95% interval over questions", ylim=(0, 105), title="Methods and each HEX expert")
 
@@ -1417,15 +1479,17 @@ def _votes_plot(ax, summary, paper):
         sc=dict(color="tab:purple", linewidth=1.5),
         imh=dict(color="tab:green", linewidth=1.5),
     )
-    for m, curve in summary["votes"].items():  # HEX broad and pale under SC: equal curves both stay visible
-        votes = [v["votes"] for v in curve]
+    for m, curve in summary.votes.items():  # HEX broad and pale under SC: equal curves both stay visible
+        votes = [v.votes for v in curve]
         for key, line, what in (
             ("accuracy", "o-", "expected accuracy"),
             ("tie_rate", "s--", "tie rate"),
             ("pass_at_k", "^:", "pass@k"),
         ):
-            ax.plot(votes, [100 * v[key] for v in curve], line, label=f"{PAPER_NAMES[m]}, {what}", **styles[m])
-    if paper and "hex" in summary["votes"]:
+            ax.plot(
+                votes, [100 * getattr(v, key) for v in curve], line, label=f"{PAPER_NAMES[m]}, {what}", **styles[m]
+            )
+    if paper and "hex" in summary.votes:
         n = [point["votes"] for point in PAPER_GSM8K_VOTES]
         accuracy = [point["accuracy"] for point in PAPER_GSM8K_VOTES]
         tie = [point["tie_rate"] for point in PAPER_GSM8K_VOTES]
@@ -1868,7 +1932,7 @@ def check_output(text: str) -> Path:
 # 13. main: parse, data, settings, done already?, model, decode what is missing, report -------------------------------
 
 
-def main(argv: list[str] | None = None) -> dict | None:
+def main(argv: list[str] | None = None) -> Summary | dict | None:
     """Run the evaluation (or --lm-eval); a usage error ends with one line on stderr and exit status 1."""
     args = None
     try:
@@ -1893,7 +1957,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise SystemExit(1) from None
 
 
-def evaluate(args: argparse.Namespace) -> dict | None:
+def evaluate(args: argparse.Namespace) -> Summary | None:
     """Check all that can be checked without the model, take the run's files, load the model, decode what is not
     done yet (each question appended at once), report. Under torchrun, rank 0 owns the files."""
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -2070,7 +2134,11 @@ def decode_questions(
     try:
         with sink.open("a", encoding="utf-8") as out:
             for batch, methods in work:
-                for record in decode_batch(model, tokenizer, task, batch, settings, mask_id, device, methods):
+                start = time.perf_counter()
+                records = decode_batch(model, tokenizer, task, batch, settings, mask_id, device, methods)
+                seconds = round((time.perf_counter() - start) / len(batch), 3)
+                for record in records:
+                    record |= dict(seconds=seconds, batch_size=len(batch), batch=batch[0]["id"])
                     if record["id"] in done:
                         record = merged(done[record["id"]], record, settings)
                         grown += 1
@@ -2088,7 +2156,7 @@ def decode_questions(
         torch.distributed.barrier()
 
 
-def report(settings: Settings, files: RunFiles, requested: set[int], args: argparse.Namespace) -> dict:
+def report(settings: Settings, files: RunFiles, requested: set[int], args: argparse.Namespace) -> Summary:
     """Print the summary of the questions and methods asked for; save the summary and the figure of every
     finished question and method (the whole run), unless the folder is read-only. The stored texts are read again
     by today's answer rules; the records are rewritten where one reads them otherwise than when they were decoded."""
@@ -2105,10 +2173,10 @@ def report(settings: Settings, files: RunFiles, requested: set[int], args: argpa
     ordered = [records[k] for k in sorted(records)]
     chosen = [r for r in ordered if r["id"] in requested]
     summary = summarize(chosen, settings, args.answer_rule, args.methods)
-    fewer = summary["methods"].keys() != set(settings.methods)
+    fewer = summary.methods.keys() != set(settings.methods)
     if not files.read_only:
         whole = summarize(ordered, settings, args.answer_rule) if fewer or len(chosen) < len(ordered) else summary
-        write_atomically(files.summary, json.dumps(whole, indent=1))
+        write_atomically(files.summary, json.dumps(asdict(whole), indent=1))
         write_atomically(files.figure, lambda path: write_figures(whole, ordered, path))
     print(summary_table(summary))
     if fewer:

@@ -683,11 +683,11 @@ def test_llada_8b_benchmark_without_cuda_is_one_line(capsys, monkeypatch):
 def test_paired_difference_interval_and_counts_by_hand():
     first, second = [True, True, False, False, True], [True, False, True, False, False]
     p = H.paired_difference(first, second)
-    assert (p["only_first"], p["only_second"]) == (2, 1)
+    assert (p.only_first, p.only_second) == (2, 1)
     # Agresti-Min: 1/2 added to each cell, n + 2 = 7; d = (2.5 - 1.5) / 7; SE = sqrt(4 - 1 / 7) / 7
     d, half = 1 / 7, 1.96 * math.sqrt(2.5 + 1.5 - 1 / 7) / 7
-    assert p["difference"] == pytest.approx(0.2) and p["ci95"] == pytest.approx((d - half, d + half))
-    low, high = H.paired_difference([True] * 3, [True] * 3)["ci95"]
+    assert p.difference == pytest.approx(0.2) and p.ci95 == pytest.approx((d - half, d + half))
+    low, high = H.paired_difference([True] * 3, [True] * 3).ci95
     assert low < -0.3 and high > 0.3, "three concordant questions leave the difference open"
 
 
@@ -706,10 +706,10 @@ def test_paired_interval_keeps_its_width_and_its_range(n, kind):
     first = [True] * n
     second = [i >= discordant for i in range(n)]  # the first `discordant` questions: only `first` right
     p = H.paired_difference(first, second)
-    assert p["difference"] == discordant / n
-    assert (p["only_first"], p["only_second"]) == (discordant, 0)
-    assert p["ci95"] == pytest.approx(agresti_min(discordant, 0, n))
-    low, high = p["ci95"]
+    assert p.difference == discordant / n
+    assert (p.only_first, p.only_second) == (discordant, 0)
+    assert p.ci95 == pytest.approx(agresti_min(discordant, 0, n))
+    low, high = p.ci95
     assert -1.0 <= low < high <= 1.0
     assert high - low > 0.02, "no discordant question is no certainty"
     if n == 5 and kind == "none":
@@ -717,7 +717,7 @@ def test_paired_interval_keeps_its_width_and_its_range(n, kind):
     if kind == "only" and n == 1:
         assert high == 1.0 and low < 0.5, "the interval stays in the possible range"
     mirrored = H.paired_difference(second, first)
-    assert mirrored["ci95"] == pytest.approx((-high, -low))
+    assert mirrored.ci95 == pytest.approx((-high, -low))
 
 
 def test_wilson_over_questions_keeps_its_width_at_the_ends():
@@ -971,7 +971,7 @@ def _hand_made_decodes():
 
 def test_miniature_table_from_hand_made_decodes():
     figures = M.miniature_figures(*_hand_made_decodes())
-    rows = figures["rows"]
+    rows = figures.rows
     assert rows["block 4"].accuracy == rows["block 8"].accuracy == 0.75 and rows["block 16"].accuracy == 1.0
     assert (rows["block 4"].short, rows["block 4"].long) == (0.5, 1.0)
     assert (rows["one block, Top-K"].short, rows["one block, Top-K"].long) == (1.0, 0.0)
@@ -983,8 +983,8 @@ def test_miniature_table_from_hand_made_decodes():
     assert rows["HEX"].accuracy == 1.0 and rows["oracle"].accuracy == 1.0 and rows["HEX"].eot_first is None
     # even questions: the best block on the odd ones (4, tied with 16, goes first), wrong on question 0;
     # odd questions: the best on the even ones (8), wrong on question 1. Block 16, never wrong, is not chosen.
-    assert figures["chosen"] == [4, 8]
-    assert figures["hex_minus_chosen"] == H.paired_difference([True] * 4, [False, False, True, True])
+    assert figures.chosen == [4, 8]
+    assert figures.hex_minus_chosen == H.paired_difference([True] * 4, [False, False, True, True])
     table = M.miniature_table(figures)
     assert "| block 4 | 75.0 [" in table and "| HEX | 100.0 [" in table and "| - | - |" in table
 
@@ -998,9 +998,9 @@ def test_miniature_picture_shows_the_table_and_the_commit_order(tmp_path):
     assert path.stat().st_size > 10_000
     bars, order = figure.axes[:2]
     heights = [round(p.get_height(), 6) for p in bars.patches]  # all, then short, then long, by method
-    rows = list(figures["rows"].values())
+    rows = list(figures.rows.values())
     assert heights == [100 * r.accuracy for r in rows] + [100 * r.short for r in rows] + [100 * r.long for r in rows]
-    assert [t.get_text().replace("\n", " ") for t in bars.get_xticklabels()] == list(figures["rows"])
+    assert [t.get_text().replace("\n", " ") for t in bars.get_xticklabels()] == list(figures.rows)
     shown = order.images[0].get_array()
     assert (torch.tensor(shown.data) == commit_steps[2][[1, 4]]).all(), "block 8's and one block's commit steps"
     eot = torch.tensor(order.collections[0].get_offsets().data)  # (column, row) of each end-of-text
@@ -1407,17 +1407,22 @@ def test_checkpoint_each_task_end_to_end(checkpoint, tmp_path, task, capsys):
             voted = R.verdicts(R.TASKS[task], r, rule, "first").methods["hex"]
             assert voted == (answer, tie, R.TASKS[task].is_correct(answer, r["gold"][rule], rule))
     saved = json.loads(output.with_suffix(".summary.json").read_text())
-    assert saved == json.loads(json.dumps(summary))
+    assert saved == json.loads(json.dumps(dataclasses.asdict(summary)))
     for rule, other in (("authors", "robust"), ("robust", "authors")):
         recomputed = R.summarize(lines(output), R.Settings.from_file(saved["settings"]), rule)
 
         def right(m, x):
             return [R.verdicts(R.TASKS[task], r, x, "first").methods[m].right for r in records]
 
-        for m, v in recomputed["methods"].items():
-            assert v["accuracy"] == sum(right(m, rule)) / 2 and v["other_rule_accuracy"] == sum(right(m, other)) / 2
+        for m, v in recomputed.methods.items():
+            assert v.accuracy == sum(right(m, rule)) / 2 and v.other_rule_accuracy == sum(right(m, other)) / 2
     assert (
-        json.loads(json.dumps(R.summarize(lines(output), R.Settings.from_file(saved["settings"]), "authors"))) == saved
+        json.loads(
+            json.dumps(
+                dataclasses.asdict(R.summarize(lines(output), R.Settings.from_file(saved["settings"]), "authors"))
+            )
+        )
+        == saved
     )
     out = capsys.readouterr().out
     assert (
@@ -1700,11 +1705,11 @@ def test_checkpoint_a_complete_answer_then_padding_is_no_collapse_but_eot_first_
     answer = ["<answer>", "\\boxed{", "7", "}", "</answer>", "<|eot_id|>"]
     records, summary = scripted_records(checkpoint, answer)
     assert all(c["answers"]["authors"] == 7.0 for c in records[0]["candidates"])
-    assert {m: v["collapse_rate"] for m, v in summary["methods"].items()} == dict.fromkeys(["hex", *R.BASELINES], 0.0)
-    assert summary["methods"]["hex"]["accuracy"] == 1.0
-    eot_first = {m: v["eot_first_share"] for m, v in summary["methods"].items()}
+    assert {m: v.collapse_rate for m, v in summary.methods.items()} == dict.fromkeys(["hex", *R.BASELINES], 0.0)
+    assert summary.methods["hex"].accuracy == 1.0
+    eot_first = {m: v.eot_first_share for m, v in summary.methods.items()}
     assert eot_first["topk_margin"] == eot_first["low_confidence"] == 1.0, "one block commits the padding first"
-    assert summary["block_lengths"][8]["eot_first_share"] == 3 / 8, "block 8 commits its own block first"
+    assert summary.block_lengths[8].eot_first_share == 3 / 8, "block 8 commits its own block first"
     for c in records[0]["candidates"]:
         order = c["commit_order"]
         assert len(order) == 32 and sorted(Counter(order).values()) == [2] * 16  # 2 tokens at each of 16 steps
@@ -1715,10 +1720,10 @@ def test_checkpoint_a_complete_answer_then_padding_is_no_collapse_but_eot_first_
 def test_checkpoint_no_readable_answer_and_mostly_end_of_text_is_a_collapse(checkpoint):
     records, summary = scripted_records(checkpoint, ["<|eot_id|>", "<|endoftext|>"])
     assert all(c["answers"]["robust"] is None for c in records[0]["candidates"])
-    assert {m: v["collapse_rate"] for m, v in summary["methods"].items()} == dict.fromkeys(["hex", *R.BASELINES], 1.0)
-    assert summary["block_lengths"][16]["collapse_rate"] == 1.0
+    assert {m: v.collapse_rate for m, v in summary.methods.items()} == dict.fromkeys(["hex", *R.BASELINES], 1.0)
+    assert summary.block_lengths[16].collapse_rate == 1.0
     half = scripted_records(checkpoint, ["The", "answer", "is"] * 6)[1]  # no answer, but mostly words
-    assert half["methods"]["hex"]["collapse_rate"] == 0.0
+    assert half.methods["hex"].collapse_rate == 0.0
 
 
 @pytest.mark.checkpoint
@@ -1745,7 +1750,7 @@ def test_checkpoint_a_finished_run_reads_its_texts_by_todays_rules_without_the_m
         changed > 0 and f"today's answer rules read {changed} stored candidates otherwise" in capsys.readouterr().out
     )
     settings = R.Settings.from_file(json.loads(output.with_suffix(".config.json").read_text()))
-    assert json.loads(json.dumps(summary)) == json.loads(json.dumps(R.summarize(reread, settings, "authors")))
+    assert summary == R.summarize(reread, settings, "authors")
     run(checkpoint, data, output)
     assert "otherwise" not in capsys.readouterr().out, "once updated, the records agree with today's rules"
 
@@ -1762,12 +1767,12 @@ def test_checkpoint_figure_draws_from_the_records_alone(checkpoint, data, tmp_pa
     height, width, _ = imread(picture).shape
     assert (width, height) == (1400, 900)
     bars, votes, order = figure.axes[:3]
-    shown = list(summary["methods"].values()) + list(summary["block_lengths"].values())
-    assert [round(b.get_height(), 9) for b in bars.patches] == [round(100 * v["accuracy"], 9) for v in shown]
+    shown = list(summary.methods.values()) + list(summary.block_lengths.values())
+    assert [round(b.get_height(), 9) for b in bars.patches] == [round(100 * v.accuracy, 9) for v in shown]
     [hex_accuracy] = [line for line in votes.lines if line.get_label() == "HEX, expected accuracy"]
-    curve = summary["votes"]["hex"]
-    assert list(hex_accuracy.get_xdata()) == [v["votes"] for v in curve]
-    assert list(hex_accuracy.get_ydata()) == pytest.approx([100 * v["accuracy"] for v in curve])
+    curve = summary.votes["hex"]
+    assert list(hex_accuracy.get_xdata()) == [v.votes for v in curve]
+    assert list(hex_accuracy.get_ydata()) == pytest.approx([100 * v.accuracy for v in curve])
     record = next((r for r in records if any(map(R.collapsed, r["candidates"]))), records[0])
     first_samples = [c["commit_order"] for c in record["candidates"] if c["sample"] == 0]
     assert order.images[0].get_array().tolist() == first_samples, "the commit order of one question's candidates"
@@ -1783,7 +1788,7 @@ def test_checkpoint_resume_appends_only_unfinished_questions(checkpoint, data, t
     summary = run(checkpoint, data, output, "--methods", "hex")
     assert output.read_text().startswith(first)
     assert [r["id"] for r in lines(output)] == [0, 1, 2, 3]
-    assert summary["questions"] == 4
+    assert summary.questions == 4
     before = output.read_text()
     capsys.readouterr()
     run(checkpoint, data, output, "--methods", "hex")  # everything done: nothing is appended
@@ -1798,7 +1803,7 @@ def test_checkpoint_finished_run_prints_summary_without_the_model(checkpoint, da
     monkeypatch.setattr(R, "load_tokenizer", lambda *a: pytest.fail("the tokenizer was loaded"))
     monkeypatch.setattr(R, "load_model", lambda *a: pytest.fail("the model was loaded"))
     again = run(checkpoint, data, output, "--methods", "hex", "random", "--answer-rule", "robust")
-    assert again["methods"]["hex"]["accuracy"] == first["methods"]["hex"]["other_rule_accuracy"]
+    assert again.methods["hex"].accuracy == first.methods["hex"].other_rule_accuracy
     assert "answers read by the robust rule (authors rule beside)" in capsys.readouterr().out
 
 
@@ -2006,7 +2011,7 @@ def test_checkpoint_read_only_archive(checkpoint, data, tmp_path, capsys, monkey
         monkeypatch.setattr(R, "load_tokenizer", lambda *a: pytest.fail("the tokenizer was loaded"))
         summary = run(checkpoint, data, output, "--limit", "2")  # finished: the summary, printed, nothing written
         out = capsys.readouterr().out
-        assert summary["questions"] == 2 and "cannot be written" in out and "were not rewritten" in out
+        assert summary.questions == 2 and "cannot be written" in out and "were not rewritten" in out
         err = one_line_error(
             capsys,
             command(checkpoint, data, output)[2:]
@@ -2079,7 +2084,7 @@ def test_checkpoint_a_smaller_limit_prints_its_questions_but_keeps_the_whole_sum
     capsys.readouterr()
     part = run(checkpoint, data, output, "--limit", "2")
     out = capsys.readouterr().out
-    assert part["questions"] == 2 and whole["questions"] == 4
+    assert part.questions == 2 and whole.questions == 4
     assert output.with_suffix(".summary.json").read_text() == saved
     assert "(the 2 questions asked for; the summary file and the figure cover all 4 finished questions)" in out
 
@@ -2441,9 +2446,9 @@ def test_checkpoint_dream_each_task_end_to_end(dream_checkpoint, tmp_path, task,
     prompt = tokenizer.convert_ids_to_tokens(R.TASKS[task].build_prompt(tokenizer, ROWS[task][0]))  # Qwen's chat turns
     assert prompt[:2] == ["<|im_start|>", "system"] and prompt[-3:] == ["<|im_start|>", "assistant", "<reasoning>"]
     assert prompt.count("<|im_end|>") == 2 and "[UNK]" not in prompt[:6]
-    assert summary["questions"] == 2 and output.with_suffix(".png").is_file()
+    assert summary.questions == 2 and output.with_suffix(".png").is_file()
     again = run(dream_checkpoint, data, output, "--task", task)  # finished: resumes to the summary alone
-    assert json.loads(json.dumps(again)) == json.loads(json.dumps(summary))
+    assert again == summary
 
 
 @pytest.mark.checkpoint
@@ -2493,12 +2498,12 @@ def test_checkpoint_unrelated_files_beside_the_results_are_never_merged(checkpoi
 @pytest.mark.checkpoint
 def test_checkpoint_one_sample_per_block_votes_over_experts_drawn_at_random(checkpoint, data, tmp_path, capsys):
     summary = run(checkpoint, data, tmp_path / "o.jsonl", "--samples-per-block", "1", "--methods", "hex", "random")
-    curve = summary["votes"]["hex"]
-    assert [v["votes"] for v in curve] == [1, 2, 3] and "sc" not in summary["votes"]
-    experts = [v["accuracy"] for v in summary["block_lengths"].values()]
-    assert curve[0]["accuracy"] == pytest.approx(sum(experts) / 3), "one expert drawn at random"
-    assert curve[2]["accuracy"] == summary["methods"]["hex"]["accuracy"], "all three: HEX itself"
-    assert curve[2]["pass_at_k"] == summary["methods"]["hex"]["oracle"]
+    curve = summary.votes["hex"]
+    assert [v.votes for v in curve] == [1, 2, 3] and "sc" not in summary.votes
+    experts = [v.accuracy for v in summary.block_lengths.values()]
+    assert curve[0].accuracy == pytest.approx(sum(experts) / 3), "one expert drawn at random"
+    assert curve[2].accuracy == summary.methods["hex"].accuracy, "all three: HEX itself"
+    assert curve[2].pass_at_k == summary.methods["hex"].oracle
     assert "HEX, a vote over k random candidates" in capsys.readouterr().out
 
 
@@ -2713,10 +2718,10 @@ def test_votes_curve_averages_every_subset_and_pass_at_k_by_hand():
     # (2,None): votes 1, 1 tie, 1, 1 tie, 1, 2 -> right in 1 of 6; ties in 2 of 6
     record = hand_record({("hex", 4, 0): 1.0, ("hex", 8, 0): 1.0, ("hex", 16, 0): 2.0, ("hex", 32, 0): None}, 2.0)
     curve = R.votes_curve([record], judge([record]), "hex", "authors", "first")
-    assert [v["votes"] for v in curve] == [1, 2, 3, 4]
-    assert curve[0]["accuracy"] == 1 / 4 and curve[1]["accuracy"] == 1 / 6 and curve[1]["tie_rate"] == 2 / 6
-    assert [v["pass_at_k"] for v in curve] == pytest.approx([1 / 4, 1 / 2, 3 / 4, 1.0])  # 1 - C(3, k) / C(4, k)
-    assert curve[3]["accuracy"] == 0.0, "all four: 1 wins"
+    assert [v.votes for v in curve] == [1, 2, 3, 4]
+    assert curve[0].accuracy == 1 / 4 and curve[1].accuracy == 1 / 6 and curve[1].tie_rate == 2 / 6
+    assert [v.pass_at_k for v in curve] == pytest.approx([1 / 4, 1 / 2, 3 / 4, 1.0])  # 1 - C(3, k) / C(4, k)
+    assert curve[3].accuracy == 0.0, "all four: 1 wins"
 
 
 def test_votes_curve_draws_random_subsets_with_a_fixed_seed():
@@ -2724,8 +2729,8 @@ def test_votes_curve_draws_random_subsets_with_a_fixed_seed():
     records = [hand_record(answers, 0.0, question=q) for q in range(3)]
     curve = R.votes_curve(records, judge(records), "sc", "authors", "first")
     assert curve == R.votes_curve(records, judge(records), "sc", "authors", "first"), "fixed seed"
-    assert 0.0 < curve[5]["accuracy"] < 1.0 and curve[11]["accuracy"] == 1.0  # all 12: 0, 1, 2 tie, 0 first
-    assert curve[0]["pass_at_k"] == pytest.approx(4 / 12)
+    assert 0.0 < curve[5].accuracy < 1.0 and curve[11].accuracy == 1.0  # all 12: 0, 1, 2 tie, 0 first
+    assert curve[0].pass_at_k == pytest.approx(4 / 12)
 
 
 def test_an_expert_interval_counts_questions_not_samples():
@@ -2734,10 +2739,10 @@ def test_an_expert_interval_counts_questions_not_samples():
         hand_record({("hex", 4, 0): float(q < 2), ("hex", 4, 1): float(q < 2)}, 1.0, question=q) for q in range(6)
     ]
     settings = R.Settings(methods=["hex"], block_lengths=[4], samples_per_block=2)
-    expert = R.summarize(records, settings, "authors")["block_lengths"][4]
-    assert expert["accuracy"] == 2 / 6
-    assert expert["ci95"] == R.wilson(2, 6), "six questions, not twelve candidates"
-    assert expert["ci95"] != R.wilson(4, 12)
+    expert = R.summarize(records, settings, "authors").block_lengths[4]
+    assert expert.accuracy == 2 / 6
+    assert expert.ci95 == R.wilson(2, 6), "six questions, not twelve candidates"
+    assert expert.ci95 != R.wilson(4, 12)
 
 
 def test_hex_against_an_expert_chosen_on_other_questions():
@@ -2749,15 +2754,15 @@ def test_hex_against_an_expert_chosen_on_other_questions():
         for q in range(8)
     ]
     settings = R.Settings(methods=["hex"], block_lengths=[4, 8])
-    paired = R.summarize(records, settings, "authors")["paired"]
+    paired = R.summarize(records, settings, "authors").paired
     assert list(paired) == [
         "HEX - block 4",
         "HEX - block 8",
         "HEX - best block chosen on the other half",
     ]
-    assert paired["HEX - block 4"]["difference"] == 0.0, "two voters: a split goes to block 4, so HEX is block 4"
-    assert paired["HEX - best block chosen on the other half"]["difference"] == (5 - 1) / 8
-    assert paired["HEX - best block chosen on the other half"]["chosen"] == [8, 4]
+    assert paired["HEX - block 4"].difference == 0.0, "two voters: a split goes to block 4, so HEX is block 4"
+    assert paired["HEX - best block chosen on the other half"].difference == (5 - 1) / 8
+    assert paired["HEX - best block chosen on the other half"].chosen == [8, 4]
 
 
 def test_every_paired_difference_by_hand():
@@ -2772,7 +2777,7 @@ def test_every_paired_difference_by_hand():
         for q, a in enumerate(answers)
     ]
     settings = R.Settings(methods=["hex", "sc"], block_lengths=[4, 8, 16], sc_samples=2)
-    paired = R.summarize(records, settings, "authors")["paired"]
+    paired = R.summarize(records, settings, "authors").paired
     # HEX's votes (ties to the smaller block): 1, 2, 2, 1 -> right on questions 0 and 3
     # SC's (ties to the first sample): 1, 2, 1, 2 -> right on 0 and 2; block 4: 0, 1; block 8: 0, 3; block 16: 2, 3
     by_hand = {
@@ -2782,12 +2787,28 @@ def test_every_paired_difference_by_hand():
         "HEX - block 16": (1, 1),
     }
     for name, (only_hex, only_other) in by_hand.items():
-        assert (paired[name]["only_first"], paired[name]["only_second"]) == (only_hex, only_other), name
-        assert paired[name]["difference"] == (only_hex - only_other) / 4, name
+        assert (paired[name].only_first, paired[name].only_second) == (only_hex, only_other), name
+        assert paired[name].difference == (only_hex - only_other) / 4, name
     # cross-fitted: the even questions get the block most often right on the odd ones (1, 3: every block once, the
     # tie to block 4), the odd the even's (0, 2: again once each -> block 4); block 4 is right on 0 and 1
     cross = paired["HEX - best block chosen on the other half"]
-    assert cross["chosen"] == [4, 4] and (cross["only_first"], cross["only_second"]) == (1, 1)
+    assert cross.chosen == [4, 4] and (cross.only_first, cross.only_second) == (1, 1)
+
+
+def test_a_summary_file_of_the_earlier_format_reads_back():
+    records = [
+        hand_record({("hex", 4, 0): 1.0, ("hex", 8, 0): float(q), ("sc", 32, 0): 1.0}, 1.0, q) for q in range(4)
+    ]
+    summary = R.summarize(records, R.Settings(methods=["hex", "sc"], block_lengths=[4, 8], sc_samples=1), "authors")
+    earlier = json.loads(json.dumps(dataclasses.asdict(summary)))  # as the file holds it, then as main wrote it:
+    for row in earlier["block_lengths"].values():  # an expert's row had no method fields
+        del row["paper_name"], row["correct"], row["tie_rate"]
+    for paired in earlier["paired"].values():  # only the cross-fitted comparison said what it chose
+        if paired["chosen"] is None:
+            del paired["chosen"]
+    read = R.Summary.from_file(earlier)
+    assert read.block_lengths[8].accuracy == 1 / 4 and read.paired["HEX - SC"].chosen is None
+    assert R.summary_table(read) == R.summary_table(summary)
 
 
 def test_a_question_holding_an_expert_twice_is_refused_not_paired_with_other_questions():
@@ -2878,15 +2899,17 @@ def test_checkpoint_hex_against_sc_in_one_run(checkpoint, data, tmp_path, capsys
     records = lines(output)
     assert all(r["forward_calls"] == 8 / 2 for r in records), "SC joins the lockstep batch: steps calls per batch"
     assert sum(c["method"] == "sc" for c in records[0]["candidates"]) == 6, "as many SC samples as HEX votes"
-    paired = summary["paired"]["HEX - SC"]
+    paired = summary.paired["HEX - SC"]
 
     def right(m):
         return [R.verdicts(R.TASKS["gsm8k"], r, "authors", "first").methods[m].right for r in records]
 
-    assert paired == R.paired_difference(right("hex"), right("sc"))
-    assert [v["votes"] for v in summary["votes"]["sc"]] == list(range(1, 7))
-    assert [v["votes"] for v in summary["votes"]["hex"]] == list(range(1, 7))
-    assert summary["methods"]["sc"]["oracle"] >= summary["methods"]["sc"]["accuracy"]
+    assert dataclasses.asdict(paired) == dataclasses.asdict(R.paired_difference(right("hex"), right("sc"))) | {
+        "chosen": None
+    }
+    assert [v.votes for v in summary.votes["sc"]] == list(range(1, 7))
+    assert [v.votes for v in summary.votes["hex"]] == list(range(1, 7))
+    assert summary.methods["sc"].oracle >= summary.methods["sc"].accuracy
     out = capsys.readouterr().out
     assert (
         "Self-consistency (sc)" in out
@@ -2896,7 +2919,9 @@ def test_checkpoint_hex_against_sc_in_one_run(checkpoint, data, tmp_path, capsys
     assert "Self-consistency, a vote over k random candidates" in out
     assert "HEX - best block chosen on the other half" in out and "HEX - block 4: " in out
     saved = json.loads(output.with_suffix(".summary.json").read_text())
-    assert saved == json.loads(json.dumps(R.summarize(records, R.Settings.from_file(saved["settings"]), "authors")))
+    assert saved == json.loads(
+        json.dumps(dataclasses.asdict(R.summarize(records, R.Settings.from_file(saved["settings"]), "authors")))
+    )
 
 
 @pytest.mark.checkpoint
@@ -2906,12 +2931,12 @@ def test_checkpoint_follow_ups_of_a_finished_run(checkpoint, data, tmp_path, cap
     capsys.readouterr()
     subset = run(checkpoint, data, output, "--limit", "2", "--methods", "hex")  # a subset: what it has
     out = capsys.readouterr().out
-    assert list(subset["methods"]) == ["hex"] and "all 2 questions asked for are done" in out
+    assert list(subset.methods) == ["hex"] and "all 2 questions asked for are done" in out
     assert "the summary file and the figure cover all 2 finished questions and every method" in out
     run(checkpoint, data, output, "--limit", "3", "--batch-size", "1")  # another batch size resumes
     assert "resuming" in capsys.readouterr().out and [r["batch_size"] for r in lines(output)] == [2, 2, 1]
     fewer = run(checkpoint, data, output, "--methods", "hex")  # a subset, questions still to decode: every method
-    assert list(fewer["methods"]) == ["hex"] and "resuming" in capsys.readouterr().out
+    assert list(fewer.methods) == ["hex"] and "resuming" in capsys.readouterr().out
     assert all(R.methods_of(r) == {"hex", "topk_margin", "low_confidence", "random"} for r in lines(output))
 
 
@@ -2939,7 +2964,7 @@ def test_checkpoint_a_run_grows_by_a_method_and_decodes_only_its_rows(checkpoint
     assert rows == [(2, 8, 0.7)] * 6 * 2, "two batches of two questions: SC's six samples, nothing of HEX"
     resuming = f"resuming {grown}: 4 of 4 questions held, 4 of them to grow by sc (only its candidates), 0 to decode"
     assert resuming in capsys.readouterr().out
-    assert "HEX - SC" in summary["paired"]
+    assert "HEX - SC" in summary.paired
     run(checkpoint, data, together, "--methods", "hex", "sc", "--sc-block-length", "8", "--dtype", "float64")
     rows.clear()
 
@@ -2978,11 +3003,11 @@ def test_checkpoint_a_finished_run_grows_by_the_imh_without_touching_other_candi
         imh_decode = new["decodes"][-1]  # gen_length + 1 calls, each of 2 questions x 3 samples x 2 proposals
         assert imh_decode["methods"] == ["imh"] and imh_decode["forward_calls"] == 17
         assert imh_decode["rows_per_call"] == pytest.approx((2 * 3 + 16 * 2 * 3 * 2) / 17)
-    assert [v["votes"] for v in summary["votes"]["imh"]] == [1, 2, 3]
+    assert [v.votes for v in summary.votes["imh"]] == [1, 2, 3]
     distinct = [
         len({c["answers"]["authors"] for c in r["candidates"] if c["method"] == "imh"} - {None}) for r in after
     ]
-    assert summary["methods"]["imh"]["distinct"] == pytest.approx(sum(distinct) / 4)
+    assert summary.methods["imh"].distinct == pytest.approx(sum(distinct) / 4)
     assert "IMH (reconstructed) (imh)" in out and "alpha 2, 2 proposals, 3 samples, one block" in out
     assert "distinct readable answers a question" in out
     together = tmp_path / "together.jsonl"
