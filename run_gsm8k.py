@@ -1411,8 +1411,10 @@ def write_figures(summary: Summary, records: list[Record], path: Path):
     ) == (256, 128, [8, 16, 32, 64, 128])
     fig = Figure(figsize=(14, 9), layout="constrained")
     axes = fig.subplot_mosaic([["bars", "votes"], ["order", "order"]])
+    sizes = [e["parameters"] for e in settings.environments if "parameters" in e]  # older files: none noted
+    tiny = f" (a stand-in of {sizes[-1]:,} parameters, not a result)" if sizes and sizes[-1] < 10**8 else ""
     fig.suptitle(
-        f"{settings.model} on {TASKS[summary.task].title}, {plural(summary.questions, 'question')}, "
+        f"{settings.model}{tiny} on {TASKS[summary.task].title}, {plural(summary.questions, 'question')}, "
         f"{summary.answer_rule} rule (this run, not the paper's figures)\n{protocol(settings)}",
         fontsize=9,
         wrap=True,  # the protocol of a run with every method is wider than the figure
@@ -1423,20 +1425,15 @@ def write_figures(summary: Summary, records: list[Record], path: Path):
     rows = [c for c in record["candidates"] if c["sample"] == 0]
     labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
     order = axes["order"]
-    commits = [c["commit_order"] for c in rows]
-    image = order.imshow(
-        commits,
-        aspect="auto",
-        cmap="viridis",
-        interpolation="nearest",
-        vmin=0,
-        vmax=max(map(max, commits)),  # the IMH takes more steps
-    )
+    commits = [[step / max(c["commit_order"]) for step in c["commit_order"]] for c in rows]  # the IMH takes more
+    image = order.imshow(commits, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
     order.set_yticks(range(len(rows)), labels, fontsize=8)
-    order.set_title(
-        f"Commit order, question {record['id']}: the step that committed each position (red |: end-of-text)"
+    order.set(
+        xlabel="answer position",
+        title=f"Commit order, question {record['id']}: when each answer position was committed, each candidate's "
+        "first step dark, its last bright (red |: end-of-text)",
     )
-    fig.colorbar(image, ax=order, label="step", fraction=0.03)
+    fig.colorbar(image, ax=order, label="share of the candidate's steps", fraction=0.03)
     ends = [(i, r) for r, c in enumerate(rows) for i, e in enumerate(c["end_of_text"]) if e == "_"]
     if ends:  # thin marks: at gen_length 256 a run of end-of-text is a red band
         positions = [i for i, _ in ends]
@@ -1468,10 +1465,16 @@ def _accuracy_bars(ax, summary, paper):
         ax.legend(loc="upper right", fontsize=8)
     labels = [v.paper_name for _, v in methods] + [f"block {b}" for b in summary.block_lengths]
     ax.set_xticks(range(len(bars)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="accuracy (%), 95% interval over questions", ylim=(0, 105), title="Methods and each HEX expert")
+    ax.set(
+        ylabel="accuracy (%), 95% interval over questions",
+        ylim=(0, 105),
+        title="Accuracy: each method, each HEX expert",
+    )
 
 
-def _votes_plot(ax, summary, paper):
+def _votes_plot(ax, summary: Summary, paper: bool):
+    """A vote over k random candidates: a colour a method, a line style a measure, each named once in the legend."""
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     styles = dict(
@@ -1479,34 +1482,26 @@ def _votes_plot(ax, summary, paper):
         sc=dict(color="tab:purple", linewidth=1.5),
         imh=dict(color="tab:green", linewidth=1.5),
     )
+    measures = dict(accuracy=("o-", "expected accuracy"), tie_rate=("s--", "tie rate"), pass_at_k=("^:", "pass@k"))
     for m, curve in summary.votes.items():  # HEX broad and pale under SC: equal curves both stay visible
-        votes = [v.votes for v in curve]
-        for key, line, what in (
-            ("accuracy", "o-", "expected accuracy"),
-            ("tie_rate", "s--", "tie rate"),
-            ("pass_at_k", "^:", "pass@k"),
-        ):
-            ax.plot(
-                votes, [100 * getattr(v, key) for v in curve], line, label=f"{PAPER_NAMES[m]}, {what}", **styles[m]
-            )
+        for key, (line, what) in measures.items():
+            y = [100 * getattr(v, key) for v in curve]
+            ax.plot([v.votes for v in curve], y, line, label=f"{PAPER_NAMES[m]}, {what}", **styles[m])
+    handles = [Line2D([], [], label=PAPER_NAMES[m], **styles[m]) for m in summary.votes]
+    handles += [
+        Line2D([], [], color="black", linestyle=line[1:], marker=line[0], label=what)
+        for line, what in measures.values()
+    ]
     if paper and "hex" in summary.votes:
         n = [point["votes"] for point in PAPER_GSM8K_VOTES]
-        accuracy = [point["accuracy"] for point in PAPER_GSM8K_VOTES]
-        tie = [point["tie_rate"] for point in PAPER_GSM8K_VOTES]
-        ax.plot(
-            n,
-            accuracy,
-            "o:",
-            color="tab:red",
-            alpha=0.5,
-            label="HEX accuracy, the paper (seeds x 5 blocks; temperature not stated)",
-        )
-        ax.plot(n, tie, "s:", color="tab:red", alpha=0.3, label="HEX tie rate, the paper")
+        ax.plot(n, [point["accuracy"] for point in PAPER_GSM8K_VOTES], "o:", color="tab:red", alpha=0.5)
+        ax.plot(n, [point["tie_rate"] for point in PAPER_GSM8K_VOTES], "s:", color="tab:red", alpha=0.3)
+        handles.append(Line2D([], [], color="tab:red", label="the paper's HEX (seeds x 5 blocks), accuracy and ties"))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    title = "A vote over k candidates drawn at random" if ax.lines else "Votes: one candidate per method, no curve"
-    ax.set(xlabel="votes k", ylabel="%", ylim=(0, 105), title=title)
+    title = "A vote over k random candidates" if ax.lines else "Votes: one candidate per method, no curve"
+    ax.set(xlabel="votes k", ylabel="%, averaged over questions", ylim=(0, 105), title=title)
     if ax.lines:
-        ax.legend(fontsize=8)
+        ax.legend(handles=handles, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
 
 
 # 11. Run files: records, settings, one writer, resuming, growing -----------------------------------------------------
@@ -1990,7 +1985,7 @@ def evaluate(args: argparse.Namespace) -> Summary | None:
             )
             return report(settings, files, requested, args)
         model, tokenizer, mask_id = load_checkpoint(args, settings, device)
-        machine = environment(device, world, mask_id, tokenizer)
+        machine = environment(device, world, mask_id, tokenizer, model)
         on_rank0(lambda: files.start(settings, args.resume, machine), world, rank)
         decode_questions(model, tokenizer, task, problems, settings, mask_id, device, files, world, rank)
         return report(files.stored_settings(), files, requested, args) if rank == 0 else None
@@ -2020,9 +2015,10 @@ def load_checkpoint(args: argparse.Namespace, settings: Settings, device: torch.
     return Checkpoint(load_model(args.model, config, device, getattr(torch, settings.dtype)), tokenizer, mask_id)
 
 
-def environment(device: torch.device, world: int, mask_id: int, tokenizer) -> dict:
+def environment(device: torch.device, world: int, mask_id: int, tokenizer, model: nn.Module) -> dict:
     """This machine and what the model gave, as the settings file keeps them per run."""
     return dict(
+        parameters=sum(p.numel() for p in model.parameters()),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         torch=torch.__version__,
         transformers=__import__("transformers").__version__,

@@ -1775,7 +1775,9 @@ def test_checkpoint_figure_draws_from_the_records_alone(checkpoint, data, tmp_pa
     assert list(hex_accuracy.get_ydata()) == pytest.approx([100 * v.accuracy for v in curve])
     record = next((r for r in records if any(map(R.collapsed, r["candidates"]))), records[0])
     first_samples = [c["commit_order"] for c in record["candidates"] if c["sample"] == 0]
-    assert order.images[0].get_array().tolist() == first_samples, "the commit order of one question's candidates"
+    shares = [[step / max(steps) for step in steps] for steps in first_samples]  # each candidate's own steps
+    assert order.images[0].get_array().tolist() == shares, "the commit order of one question's candidates"
+    assert order.get_xlabel() == "answer position" and len(votes.get_legend().get_texts()) <= 6
 
 
 @pytest.mark.checkpoint
