@@ -745,6 +745,14 @@ def test_cross_fitting_does_not_flatter_a_lucky_expert():
 # The paper in miniature ----------------------------------------------------------------------------------
 
 
+def test_miniature_flags_refuse_what_they_cannot_mean_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        M.main(["--dilemma", "--visible-length"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == 2 and error.startswith("miniature.py: error: ")
+    assert "--dilemma runs on the miniature's own task: drop --visible-length" in error
+
+
 def test_chain_task_lengths_answers_and_padding():
     prompts, responses, lengths = M.chain_examples(300, torch.Generator().manual_seed(0))
     assert prompts.shape == (300, 14) and responses.shape == (300, 64)
