@@ -1,4 +1,5 @@
-"""Tests for hex.py: CPU only, no network. Run: python -m pytest -q"""
+"""Tests for hex.py, miniature.py and run_gsm8k.py, grouped by file: CPU only, offline. The fast loop: python -m pytest
+-m "not slow"; everything, as CI: python -m pytest -q. Run as a script: the offline demo of run_gsm8k.py."""
 
 import contextlib
 import dataclasses
