@@ -546,9 +546,10 @@ class Declared:
 
 def setting(default, *, compared: bool = True, method: str | None = None, as_given: bool = True):
     """A field of Settings: its default (the authors' protocol on GSM8K) and what it is to a run (`Declared`)."""
-    value = dict(default_factory=lambda: type(default)(default)) if isinstance(default, (list, dict)) else {}
-    value = value or dict(default=default)
-    return field(**value, metadata=dict(declared=Declared(compared, method, as_given)))
+    metadata = dict(declared=Declared(compared, method, as_given))
+    if isinstance(default, (list, dict)):  # a fresh copy for each Settings
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def declared(f) -> Declared:
@@ -1522,7 +1523,7 @@ def settings_conflict(old: Settings, new: Settings) -> list[str]:
         before = getattr(old, key)
         now = getattr(new, key)
         method = declared(f).method
-        if not declared(f).compared or method is not None and not {method} <= set(old.methods) & set(new.methods):
+        if not declared(f).compared or method is not None and (method not in old.methods or method not in new.methods):
             continue
         if key == "data":  # the data is its content
             if (before["fingerprint"], before["rows"]) == (now["fingerprint"], now["rows"]):
@@ -1711,9 +1712,9 @@ class RunFiles:
 # 12. The command line ------------------------------------------------------------------------------------------------
 
 
-def add_method_settings(add: Callable) -> None:
-    """HEX's, self-consistency's and the IMH's flags (their settings' `method`), each read only when it runs."""
-    default = Settings()
+def add_method_settings(add: Callable, default: Settings) -> None:
+    """HEX's, self-consistency's and the IMH's flags (their settings' `method`), each read only when it runs;
+    `default`: the settings' declared defaults."""
     add("--block-lengths", type=int, nargs="+", help="HEX's; default: gen_length/32 x (1 2 4 8 16)")
     add(
         "--samples-per-block",
@@ -1776,7 +1777,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"any of {', '.join(METHODS)} (default: all but {' and '.join(OPT_IN)}, which a finished run can add; "
         "--lm-eval: hex)",
     )
-    add_method_settings(parser.add_argument_group("the methods' own settings").add_argument)
+    add_method_settings(parser.add_argument_group("the methods' own settings").add_argument, default)
     add(
         "--answer-rule",
         choices=RULES,
@@ -2235,15 +2236,15 @@ class Variant(NamedTuple):
     pooled: list[str]
 
 
-def harness_tasks(names: list[str], settings: Settings, include: list[str], unsafe: bool) -> dict[str, Variant]:
+def harness_tasks(names: list[str], settings: Settings, manager, unsafe: bool) -> dict[str, Variant]:
     """Each named lm-eval task once a method of the run: its own config (YAML with its includes and functions, as
     lm-eval loads it) with `repeats` set to the method's K candidates and, past one candidate, its filters
     (`harness_filters`). Refused in one line: a name that is not a YAML task, a task scored by log-likelihoods,
-    one that allows more than --gen-length tokens, one that runs the answers' code unless `unsafe`."""
-    from lm_eval.tasks import TaskManager
+    one that allows more than --gen-length tokens, one that runs the answers' code unless `unsafe`. `manager`:
+    lm-eval's TaskManager with the --include-path folders."""
     from lm_eval.tasks._yaml_loader import load_yaml  # as lm-eval's own config loader does (0.4.13)
 
-    index = TaskManager(include_path=include or None).task_index
+    index = manager.task_index
     variants = {}
     for name in names:
         entry = index.get(name)
@@ -2479,10 +2480,11 @@ def harness(args: argparse.Namespace) -> dict | None:
     if folder.is_file():
         raise UsageError(f"--output {args.output}: a file; --lm-eval writes a folder")
     settings = replace(run_settings(args, {}, device), task="lm-eval")
-    variants = harness_tasks(args.lm_eval, settings, args.include_path, args.confirm_run_unsafe_code)
+    manager = TaskManager(include_path=args.include_path or None)  # indexes every task's YAML: made once
+    variants = harness_tasks(args.lm_eval, settings, manager, args.confirm_run_unsafe_code)
     harness_lm = harness_model()  # registers the filters the tasks name
     try:  # each task's data, from the hub or the local cache: out of reach offline unless cached
-        tasks = TaskManager(include_path=args.include_path or None).load([v.config for v in variants.values()])
+        tasks = manager.load([v.config for v in variants.values()])
     except OSError as error:  # datasets' ConnectionError, DatasetNotFoundError and FileNotFoundError among them
         raise UsageError(
             f"--lm-eval {' '.join(args.lm_eval)}: its data cannot be loaded ({_one_line(error, 160)}); offline, "
