@@ -55,17 +55,28 @@ def _real(name, value, positive=False):
 @dataclass(frozen=True)
 class Schedule:
     """How one candidate is decoded. HEX's experts are Schedule(b), b in 8..128 (the block length is the hidden
-    expert); the paper's baselines Schedule(gen_length, r), r in "topk_margin", "low_confidence" (Top-K), "random"."""
+    expert); the paper's baselines Schedule(gen_length, r), r in "topk_margin", "low_confidence" (Top-K), "random".
+    Ours, an option: a `threshold` replaces the fixed tokens a step with Fast-dLLM's rule (arXiv 2505.22618): each
+    step commits every masked position of the open block whose confidence clears it, at least the most confident
+    one, so the number of steps depends on the data and outputs change."""
 
     block_length: int
     remasking: str = "low_confidence"
     temperature: float = 0.0
+    threshold: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "block_length", _integer("block_length", self.block_length))
         if self.remasking not in REMASKING:
             raise ValueError(f"remasking={self.remasking!r} must be one of {REMASKING}")
         object.__setattr__(self, "temperature", _real("temperature", self.temperature))
+        if self.threshold is not None:
+            object.__setattr__(self, "threshold", _real("threshold", self.threshold))
+            if self.threshold > 1 or self.remasking == "random":
+                raise ValueError(
+                    f"threshold={self.threshold} with remasking={self.remasking!r}: a threshold is a confidence in "
+                    "[0, 1] of 'low_confidence' or 'topk_margin' (random order has none)"
+                )
 
 
 def steps_per_block(gen_length: int, steps: int, block_length: int) -> int:
@@ -143,7 +154,8 @@ class HexOutput:
     sequences: torch.Tensor  # (B, K, L + gen_length): prompt and answer of every candidate
     commit_steps: torch.Tensor  # (B, K, gen_length): the step that committed each answer position
     schedules: list[Schedule]  # (K,)
-    scores: torch.Tensor | None = None  # (B, K) float64, only if asked for: the authors' likelihood score
+    forward_passes: torch.Tensor  # (B, K): the forward passes each candidate took part in (NFE)
+    forward_calls: int  # the model calls of the whole batch
 
 
 @torch.no_grad()
@@ -157,13 +169,12 @@ def decode(
     steps: int = 128,
     mask_id: int = MASK_ID,
     generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
-    score: bool = False,
 ) -> HexOutput:
     """Decode every prompt with every schedule: B x K candidates advancing as one batch, in `steps` forward calls
-    whatever K. model(x[, attention_mask=...]).logits is (B, T, V); input_ids (B, L) are left padded where
-    attention_mask (B, L) is 0. At temperature 0 candidate k equals schedules[k] run alone; a schedule given its
-    own `generator` (one stream, or one per schedule) draws what it draws alone at any temperature. score=True
-    keeps the first pass's answer logits for `answer_log_likelihood` (the likelihood tie-break's score)."""
+    whatever K (a schedule with a threshold takes as many as it needs). model(x[, attention_mask=...]).logits is
+    (B, T, V); input_ids (B, L) are left padded where attention_mask (B, L) is 0. At temperature 0 candidate k
+    equals schedules[k] run alone; a schedule given its own `generator` (one stream, or one per schedule) draws
+    what it draws alone at any temperature."""
     gen_length = _integer("gen_length", gen_length)
     steps = _integer("steps", steps)
     mask_id = _integer("mask_id", mask_id, minimum=0)
@@ -176,21 +187,27 @@ def decode(
     plan = semi_ar_plan(schedules * B, gen_length, steps, x.device)
     groups = _scoring_groups(schedules * B, generators * B, x.device)
     commit_steps = torch.full((B * K, gen_length), -1, dtype=torch.long, device=x.device)
-    first_logits = None
-    for t in range(steps):
-        logits = _logits(model, x, attention_mask)[:, P:]  # (R, G, V): the answer's
-        if t == 0:  # the first canvas is every schedule's: its logits are the likelihood score's
-            _check_vocabulary(mask_id, logits.shape[-1])
-            first_logits = logits[::K].clone() if score else None  # (B, G, V)
+    forward_passes = torch.zeros(B * K, dtype=torch.long, device=x.device)
+    for t in range(gen_length):
         answer = x[:, P:]  # (R, G), a view: a commit writes into x
-        candidate = (answer == mask_id) & (plan.block == plan.open_block[:, t, None])  # masked, in the open block
+        masked = answer == mask_id
+        active = masked.any(-1).nonzero().squeeze(-1)  # (A,): a row whose answer is full leaves the batch
+        if len(active) == 0:
+            break
+        logits = _logits(model, x[active], None if attention_mask is None else attention_mask[active])[:, P:]
+        forward_passes[active] += 1  # logits (A, G, V): the answers of the active rows
+        _check_vocabulary(mask_id, logits.shape[-1])
+        slot = torch.zeros_like(forward_passes)
+        slot[active] = torch.arange(len(active), device=x.device)  # each row's row in logits
+        open_block = plan.block.gather(1, masked.long().argmax(-1, keepdim=True))  # (R, 1): the leftmost mask's
+        candidate = masked & (plan.block == open_block)  # masked, in the open block
         prediction = answer.clone()
         confidence = torch.full((B * K, gen_length), -math.inf, dtype=torch.float64, device=x.device)
         for (remasking, temperature, generator), rows in groups.items():  # rows that share a rule and a stream
             r, cols = candidate[rows].nonzero(as_tuple=True)
             x0, conf = x0_and_confidence(
                 logits,
-                rows[r],
+                slot[rows[r]],
                 cols,
                 remasking=remasking,
                 temperature=temperature,
@@ -200,38 +217,41 @@ def decode(
             prediction[rows[r], cols] = x0
             confidence[rows[r], cols] = conf
         del logits  # never hold two steps' logits at once
-        commit = most_confident(confidence, plan.tokens[:, t])  # (R, G)
+        clears = (confidence >= plan.threshold[:, None]).sum(-1).clamp(min=1)  # (R,): a threshold row's tokens
+        tokens = torch.where(plan.threshold.isnan(), plan.tokens[:, t], clears)
+        commit = most_confident(confidence, tokens) & candidate  # (R, G)
         answer[commit] = prediction[commit]
         commit_steps[commit] = t
-    sequences = x.view(B, K, -1)
-    scores = None if first_logits is None else answer_log_likelihood(first_logits, sequences[:, :, P:])
-    return HexOutput(sequences, commit_steps.view(B, K, -1), schedules, scores)
+    return HexOutput(
+        x.view(B, K, -1), commit_steps.view(B, K, -1), schedules, forward_passes.view(B, K), int(forward_passes.max())
+    )
 
 
 @dataclass
 class LockstepPlan:
-    """What every row of a lockstep batch does at each step t: LLaDA's two loops, `for num_block in
+    """What every row of a lockstep batch commits at step t: LLaDA's two loops, `for num_block in
     range(num_blocks): for i in range(steps_per_block):`, flattened over t = num_block * steps_per_block + i, so
-    rows of different block lengths advance together."""
+    rows of different block lengths advance together. The open block is the one holding the leftmost mask, since
+    a block's steps fill it."""
 
     block: torch.Tensor  # (R, G): the block of each answer position
-    open_block: torch.Tensor  # (R, steps): the block open at step t
-    tokens: torch.Tensor  # (R, steps): how many tokens step t commits
+    tokens: torch.Tensor  # (R, G): how many tokens step t commits (0 once the row's steps are done)
+    threshold: torch.Tensor  # (R,) float64: a row's confidence threshold, NaN where it follows `tokens`
 
 
 def semi_ar_plan(schedules: Sequence[Schedule], gen_length: int, steps: int, device=None) -> LockstepPlan:
     """The lockstep plan of rows decoded by `schedules` (R,): every block gets steps / num_blocks steps."""
-    open_block = []
     tokens = []
     for s in schedules:
         spb = steps_per_block(gen_length, steps, s.block_length)
-        open_block.append([t // spb for t in range(steps)])
         tokens.append(num_transfer_tokens(s.block_length, spb) * (gen_length // s.block_length))
     block_lengths = torch.tensor([s.block_length for s in schedules], device=device)
     return LockstepPlan(
         block=torch.arange(gen_length, device=device) // block_lengths[:, None],
-        open_block=torch.tensor(open_block, device=device),
-        tokens=torch.tensor(tokens, device=device),
+        tokens=F.pad(torch.tensor(tokens, device=device), (0, gen_length - steps)),
+        threshold=torch.tensor(
+            [math.nan if s.threshold is None else s.threshold for s in schedules], dtype=torch.float64, device=device
+        ),
     )
 
 
@@ -298,11 +318,15 @@ def _check_args(model, input_ids, attention_mask, gen_length, steps, mask_id, sc
     return schedules, generators
 
 
-def answer_log_likelihood(first_logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
-    """The authors' likelihood score, used only by majority_vote(tie_break="likelihood"): the first pass's
-    log-softmax (prompt + all masks) at each final answer token, averaged over all gen_length positions.
-    (B, G, V), (B, K, G) -> (B, K) float64 (its (B, G, V) float64 scratch is smaller than one step's logits)."""
-    log_probs = first_logits.double().log_softmax(-1)  # (B, G, V)
+@torch.no_grad()
+def answer_log_likelihood(
+    model: Callable, input_ids: torch.Tensor, answers: torch.Tensor, attention_mask=None, mask_id: int = MASK_ID
+) -> torch.Tensor:
+    """The authors' likelihood score, for majority_vote(tie_break="likelihood") only: one forward pass over each
+    prompt followed by gen_length masks (every schedule's first canvas), its log-softmax at each candidate's final
+    answer tokens, averaged over the gen_length positions. answers (B, K, G) -> (B, K) float64."""
+    x, attention_mask = _canvas(input_ids, attention_mask, answers.shape[-1], mask_id, copies=1)  # (B, P + G)
+    log_probs = _logits(model, x, attention_mask)[:, input_ids.shape[1] :].double().log_softmax(-1)  # (B, G, V)
     return log_probs.gather(-1, answers.transpose(1, 2)).mean(1)  # (B, G, K) -> (B, K)
 
 
@@ -338,7 +362,7 @@ def hex_generate(
 ) -> HexOutput:
     """The HEX ensemble: K = samples_per_block x len(block_lengths) candidates per prompt in `steps` forward
     calls; candidate s * len(block_lengths) + j is sample s of block_lengths[j] (at temperature 0, its generate).
-    kwargs go to `decode`: gen_length (256), steps (128), mask_id (LLaDA's), generator, score."""
+    kwargs go to `decode`: gen_length (256), steps (128), mask_id (LLaDA's), generator."""
     if not hasattr(block_lengths, "__iter__"):
         raise TypeError(f"block_lengths={block_lengths!r} must be a sequence of ints, e.g. (8, 16, 32, 64, 128)")
     experts = [Schedule(_integer("block_lengths", b), remasking, temperature) for b in block_lengths]
@@ -374,6 +398,72 @@ def majority_vote(
         return tied[0], len(tied) > 1
     best = {a: max(s for b, s in zip(answers, scores) if b == a) for a in tied}
     return max(tied, key=best.__getitem__), True
+
+
+def vote_settled(answers: Sequence[Hashable | None], remaining: int, tie_break: str = "first") -> bool:
+    """Whether `remaining` more answers, whatever they are, cannot change majority_vote(answers): the leader stays
+    ahead even if every one of them goes to one rival, an answer seen or a new one. With tie_break="first" and the
+    remaining answers seen after these, a rival seen after the leader may tie it; with "likelihood" none may."""
+    leader, _ = majority_vote(answers)
+    if leader is None or remaining == 0:
+        return remaining == 0
+    counts = Counter(a for a in answers if a is not None)  # first-seen order
+    after = list(counts).index(leader)  # rivals past this index were seen after the leader
+    first = tie_break == "first"
+    rivals = [c + remaining < counts[leader] + (first and i > after) for i, c in enumerate(counts.values())]
+    return all(rivals[:after] + rivals[after + 1 :]) and remaining < counts[leader] + first
+
+
+@torch.no_grad()
+def decode_in_waves(
+    model: Callable,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    schedules: Sequence[Schedule],
+    read_answer: Callable[[torch.Tensor], Hashable | None],
+    waves: Sequence[int] = (3, 1),
+    tie_break: str = "first",
+    mask_id: int = MASK_ID,
+    **kwargs,
+) -> HexOutput:
+    """`decode` with an exact early stop (ours): each prompt's candidates are decoded in waves of `waves`
+    schedules, in order (the last size repeats), and a prompt leaves once `vote_settled` says its candidates left
+    cannot change its majority vote: the vote equals the vote over all K (at temperature 0 the same candidates,
+    above it the same in distribution). read_answer((G,) answer ids) is a candidate's answer, None if unreadable.
+    A candidate never decoded keeps its masks, commit steps -1 and forward_passes 0. Fewer rows, more calls."""
+    sizes = [_integer("waves", w) for w in waves]
+    if not sizes or tie_break not in ("first", "likelihood"):
+        raise ValueError(f"waves={waves!r} must be sizes >= 1 and tie_break={tie_break!r} 'first' or 'likelihood'")
+    B, P = input_ids.shape
+    K = len(schedules)
+    voting = torch.arange(B, device=input_ids.device)  # the prompts whose vote is still open
+    answers = [[] for _ in range(B)]
+    outs = []  # (prompts, candidates, HexOutput) of each wave
+    done = 0  # candidates decoded
+    while done < K and len(voting):
+        part = slice(done, min(K, done + sizes[min(len(outs), len(sizes) - 1)]))
+        mask = None if attention_mask is None else attention_mask[voting]
+        out = decode(model, input_ids[voting], mask, schedules=schedules[part], mask_id=mask_id, **kwargs)
+        outs.append((voting, part, out))
+        for q, candidates in zip(voting.tolist(), out.sequences[:, :, P:]):
+            answers[q] += map(read_answer, candidates)
+        done = part.stop
+        still_open = [not vote_settled(answers[q], K - done, tie_break) for q in voting.tolist()]
+        voting = voting[torch.tensor(still_open, dtype=torch.bool, device=voting.device)]
+    G = outs[0][2].commit_steps.shape[-1]
+    full = HexOutput(  # every candidate as never decoded, then each wave's
+        _canvas(input_ids, None, G, mask_id, copies=K)[0].view(B, K, -1),
+        torch.full((B, K, G), -1, device=input_ids.device),
+        list(schedules),
+        torch.zeros(B, K, dtype=torch.long, device=input_ids.device),
+        sum(out.forward_calls for _, _, out in outs),
+    )
+    for prompts, part, out in outs:
+        full.sequences[prompts, part] = out.sequences
+        full.commit_steps[prompts, part] = out.commit_steps
+        full.forward_passes[prompts, part] = out.forward_passes
+    return full
 
 
 # HEX ends here: nothing below is needed to use it ==========================================================
@@ -442,15 +532,13 @@ def imh_generate(
     block_length: int | None = None,
     mask_id: int = MASK_ID,
     generator: torch.Generator | None = None,
-    score: bool = False,
 ) -> HexOutput:
     """`samples` answers per prompt, sequences (B, samples, L + gen_length), one token committed per step. At each
     step: the position is the most confident masked one of the open block (LLaDA's rule; block_length=None: one
     block); `proposals` tokens are drawn from p_i^alpha; one forward pass over the canvases with each gives their
     marginals, hence their suffix masses Z; the IMH chain over them picks the token, and its canvas's forward pass
     is the next step's. Every prompt, sample and proposal advances in one batch: gen_length + 1 forward calls.
-    alpha = 1 is plain sampling from p_i; a large alpha seeks the mode of p(x) (with one proposal: greedy).
-    score=True: the likelihood score, as `decode`'s."""
+    alpha = 1 is plain sampling from p_i; a large alpha seeks the mode of p(x) (with one proposal: greedy)."""
     gen_length, mask_id = _integer("gen_length", gen_length), _integer("mask_id", mask_id, 0)
     block_length = gen_length if block_length is None else block_length
     _check_args(model, input_ids, attention_mask, gen_length, gen_length, mask_id, [Schedule(block_length)], generator)
@@ -462,7 +550,6 @@ def imh_generate(
     proposed_mask = None if attention_mask is None else attention_mask.repeat_interleave(K, dim=0)
     logits = _logits(model, x, attention_mask)[:, P:]  # (R, G, V)
     _check_vocabulary(mask_id, logits.shape[-1])
-    first_logits = logits[::S].clone() if score else None
     rows = torch.arange(len(x), device=x.device)
     block = torch.arange(gen_length, device=x.device) // block_length
     commit_step = torch.full((len(x), gen_length), -1, dtype=torch.long, device=x.device)
@@ -480,12 +567,12 @@ def imh_generate(
         answer[rows, position] = tokens[rows, state]
         commit_step[rows, position] = t
         logits = proposed_logits.unflatten(0, (-1, K))[rows, state]  # the chosen canvas's marginals
-    sequences = x.view(len(input_ids), S, -1)
     return HexOutput(
-        sequences,
+        x.view(len(input_ids), S, -1),
         commit_step.view(len(input_ids), S, -1),
         [Schedule(block_length, "low_confidence", 1 / alpha)] * S,  # the position rule and the local temperature
-        None if first_logits is None else answer_log_likelihood(first_logits, sequences[:, :, P:]),
+        forward_passes=torch.full((len(input_ids), S), 1 + gen_length * K, device=x.device),  # K proposals a step
+        forward_calls=gen_length + 1,
     )
 
 
@@ -597,16 +684,12 @@ def benchmark(shape: str = "tiny", repeats: int | None = None) -> list[str]:
     llada-8b), peak GPU memory. Every shape but tiny runs in bfloat16 (llada-8b: 16 GB), on CUDA."""
     cuda = torch.cuda.is_available()
     tiny = shape == "tiny"
-    model = TinyMaskPredictor(
-        **SHAPES[shape], device="cuda" if cuda else "cpu", dtype=None if tiny else torch.bfloat16
-    )
-    model.eval()
+    device = "cuda" if cuda else "cpu"
+    model = TinyMaskPredictor(**SHAPES[shape], device=device, dtype=None if tiny else torch.bfloat16).eval()
     prompt_length = 16 if tiny else 200
     repeats = repeats or (3 if tiny else 1)
     schedules = [Schedule(b) for b in (8, 16, 32, 64, 128)] + [Schedule(256, r) for r in REMASKING]
     mask_id = model.embed.num_embeddings - 1  # any id: the weights are random
-    calls = []
-    hook = model.register_forward_pre_hook(lambda *_: calls.append(1))
     where = torch.cuda.get_device_name() if cuda else f"cpu, {torch.get_num_threads()} thread(s)"
     parameters = sum(p.numel() for p in model.parameters())
     lines = [
@@ -617,24 +700,20 @@ def benchmark(shape: str = "tiny", repeats: int | None = None) -> list[str]:
     ways = [("one lockstep batch", B, [schedules]) for B in ([1] if tiny else [1, 2, 4, 8])]
     best = {}
     for way, B, groups in ways + [("each schedule in turn", 1, [[s] for s in schedules])]:
-        prompt = (torch.arange(B * prompt_length).view(B, -1) % mask_id).to(model.embed.weight.device)
+        prompt = torch.arange(B * prompt_length, device=device).view(B, -1) % mask_id
         seconds = []
         if cuda:  # the peak memory of this way alone
             torch.cuda.reset_peak_memory_stats()
-        for _ in range(repeats + 1):
-            calls.clear()
+        for _ in range(repeats + 1):  # the first run warms up, untimed
             start = time.perf_counter()
-            for group in groups:
-                decode(model, prompt, schedules=group, gen_length=256, steps=128, mask_id=mask_id)
+            outs = [decode(model, prompt, schedules=g, gen_length=256, steps=128, mask_id=mask_id) for g in groups]
             if cuda:
                 torch.cuda.synchronize()
             seconds.append(time.perf_counter() - start)
-        seconds = seconds[1:]  # the warm-up run is not timed
-        best[way, B] = min(seconds)
-        per_question = f"{min(seconds) / B:.2f}-{max(seconds) / B:.2f}"
+        best[way, B] = min(seconds[1:])
+        per_question = f"{min(seconds[1:]) / B:.2f}-{max(seconds[1:]) / B:.2f}"
         memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
-        lines.append(f"   {way:<24}{B:>3}{len(calls):>15}{per_question:>15}{memory:>10}")
-    hook.remove()
+        lines.append(f"   {way:<24}{B:>3}{sum(out.forward_calls for out in outs):>15}{per_question:>15}{memory:>10}")
     ratio = best["each schedule in turn", 1] / best["one lockstep batch", 1]
     return lines + [
         f"   at B = 1 one batch is {max(ratio, 1 / ratio):.2f}x {'faster' if ratio >= 1 else 'slower'} "
@@ -696,18 +775,6 @@ def pass_at_k(n: int, right: int, k: int) -> float:
     return 1 - math.comb(n - right, k) / math.comb(n, k)
 
 
-def _positive(kind):
-    """An argparse type: a number of `kind` > 0, or argparse's one-line error."""
-
-    def parse(text):
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"{text} is not a number > 0")
-        return value
-
-    return parse
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="hex.py",
@@ -715,8 +782,10 @@ def main(argv: list[str] | None = None) -> None:
         "authors' way, one schedule after another, on a random model. The paper on a CPU: miniature.py.",
     )
     parser.add_argument("--shape", choices=list(SHAPES), default="tiny", help="llada-8b: LLaDA-8B's shape, bf16, CUDA")
-    parser.add_argument("--repeats", type=_positive(int), help="timed runs per way (default 3; llada-8b 1)")
+    parser.add_argument("--repeats", type=int, help="timed runs per way (default 3; llada-8b 1)")
     args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"argument --repeats: {args.repeats} is not a number > 0")
     if args.shape != "tiny" and not torch.cuda.is_available():
         raise SystemExit(f"hex.py: error: --shape {args.shape} needs a CUDA GPU (16 GB in bfloat16); tiny runs here")
     print("\n".join(benchmark(args.shape, args.repeats)))

@@ -57,6 +57,7 @@ from hex import (
     MaskPredictorOutput,
     PairedDifference,
     Schedule,
+    answer_log_likelihood,
     cross_fitted,
     decode,
     imh_generate,
@@ -644,7 +645,9 @@ def decode_batch(
     plan = [planned for planned in candidate_plan(settings) if planned.method in (methods or settings.methods)]
     out, decodes = decode_prompts(model, prompts, plan, settings, mask_id, device, first_id=batch[0]["id"])
     cost = dict(forward_calls=sum(d["forward_calls"] for d in decodes) / len(batch), decodes=decodes)
-    return records_of(tokenizer, task, batch, plan, out, cost)
+    ids, attention = left_pad(prompts, device)  # every candidate's likelihood score: one forward pass more
+    scores = answer_log_likelihood(model, ids, out.sequences[:, :, ids.shape[1] :], attention, mask_id)  # (B, K)
+    return records_of(tokenizer, task, batch, plan, out, scores, cost)
 
 
 def decode_prompts(
@@ -665,10 +668,14 @@ def decode_prompts(
         decodes.append(dict(methods=list(names), forward_calls=len(rows), rows_per_call=fmean(rows)))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    sequences = torch.cat([o.sequences for o in outs], dim=1)  # (B, K, L + gen_length): the plan's order
-    scores = torch.cat([o.scores for o in outs], dim=1)
-    commit_steps = torch.cat([o.commit_steps for o in outs], dim=1)
-    return HexOutput(sequences, commit_steps, [planned.schedule for planned in plan], scores), decodes
+    out = HexOutput(
+        torch.cat([o.sequences for o in outs], dim=1),  # (B, K, L + gen_length): the plan's order
+        torch.cat([o.commit_steps for o in outs], dim=1),
+        [planned.schedule for planned in plan],
+        torch.cat([o.forward_passes for o in outs], dim=1),
+        sum(o.forward_calls for o in outs),
+    )
+    return out, decodes
 
 
 def planned_decodes(
@@ -689,7 +696,6 @@ def planned_decodes(
             steps=settings.steps,
             mask_id=mask_id,
             generator=[streams[planned.method] for planned in lockstep],
-            score=True,  # every candidate's record keeps its likelihood score (the likelihood tie-break's)
         )
     if any(planned.method == "imh" for planned in plan):
         runs["imh",] = functools.partial(
@@ -703,7 +709,6 @@ def planned_decodes(
             samples=settings.imh_samples,
             mask_id=mask_id,
             generator=streams["imh"],
-            score=True,
         )
     return runs
 
@@ -719,7 +724,7 @@ def counted_calls(model: nn.Module, run: Callable[[], Any]) -> tuple[Any, list[i
 
 
 def records_of(
-    tokenizer, task: Task, batch: list[dict], plan: list[Planned], out: HexOutput, cost: dict
+    tokenizer, task: Task, batch: list[dict], plan: list[Planned], out: HexOutput, scores: torch.Tensor, cost: dict
 ) -> list[Record]:
     """A batch's decode as records: each candidate's text (special tokens kept, as the authors decode), both
     rules' answers, likelihood score, commit order and end-of-text map."""
@@ -735,7 +740,7 @@ def records_of(
                 sample=planned.sample,
                 text=texts[q][k],
                 answers=task.answers(texts[q][k]),
-                score=float(out.scores[q, k]),
+                score=float(scores[q, k]),
                 commit_order=out.commit_steps[q, k].tolist(),
                 end_of_text="".join("_" if e else "." for e in is_end[q][k]),
             )

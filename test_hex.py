@@ -229,11 +229,12 @@ def test_left_padding_with_attention_mask_changes_nothing(model):
     padded = H.generate(model, batch, attention, **kw)
     assert torch.equal(padded[0, 3:], H.generate(model, short, **kw)[0])
     assert torch.equal(padded[1], H.generate(model, long, **kw)[0])
-    kw = dict(block_lengths=(4, 16), gen_length=16, steps=8, mask_id=MASK, score=True)
+    kw = dict(block_lengths=(4, 16), gen_length=16, steps=8, mask_id=MASK)
     hexed = H.hex_generate(model, batch, attention, **kw)
     alone = H.hex_generate(model, short, **kw)
     assert torch.equal(hexed.sequences[0, :, 3:], alone.sequences[0])
-    assert torch.allclose(hexed.scores[0], alone.scores[0])
+    scores = H.answer_log_likelihood(model, batch, hexed.sequences[:, :, 9:], attention, mask_id=MASK)
+    assert torch.allclose(scores[0], H.answer_log_likelihood(model, short, alone.sequences[:, :, 6:], mask_id=MASK)[0])
 
 
 # HEX in lockstep ----------------------------------------------------------------------------------
@@ -262,7 +263,7 @@ def streams(n, seed=0):
 
 def test_decode_every_method_in_one_batch_equals_each_run_alone(model):
     recorder, prompt, schedules = Recorder(model), prompts(2), every_method(16)
-    kw = dict(gen_length=16, steps=8, mask_id=MASK, score=True)
+    kw = dict(gen_length=16, steps=8, mask_id=MASK)
     out = H.decode(recorder, prompt, schedules=schedules, generator=streams(len(schedules)), **kw)
     assert len(recorder.seen) == 8, "steps forward calls for every method together"
     assert out.sequences.shape == (2, 6, 6 + 16) and out.schedules == schedules
@@ -281,7 +282,8 @@ def test_decode_every_method_in_one_batch_equals_each_run_alone(model):
         )
         assert torch.equal(out.sequences[:, k], alone), s
     lone = H.decode(model, prompt, schedules=schedules[4:5], **kw)
-    assert torch.equal(out.commit_steps[:, 4:5], lone.commit_steps) and torch.allclose(out.scores[:, 4:5], lone.scores)
+    assert torch.equal(out.commit_steps[:, 4:5], lone.commit_steps)
+    assert out.forward_calls == 8 and (out.forward_passes == 8).all(), "each candidate took part in every call"
 
 
 def test_decode_a_schedule_with_its_own_stream_draws_what_it_draws_alone(model):
@@ -324,6 +326,9 @@ def test_decode_names_bad_arguments(model, kwargs, error, match):
         ((8, "greedy"), ValueError, "remasking='greedy' must be one of"),
         ((8, "random", -1), ValueError, "temperature=-1 must be a finite number >= 0"),
         ((8, "random", None), TypeError, "temperature=None must be a real number"),
+        ((8, "random", 0, 0.9), ValueError, "remasking='random': a threshold is a confidence in [0, 1]"),
+        ((8, "low_confidence", 0, 1.5), ValueError, "threshold=1.5 with remasking='low_confidence'"),
+        ((8, "low_confidence", 0, "0.9"), TypeError, "threshold='0.9' must be a real number"),
     ],
 )
 def test_schedule_names_bad_fields(args, error, match):
@@ -346,18 +351,16 @@ def test_sampling_is_reproducible_and_varies_across_samples(model):
     assert len({tuple(s.tolist()) for s in a[0]}) > 1, "samples of one schedule should differ"
 
 
-def test_scores_are_mean_first_pass_log_prob_of_final_answer_and_only_when_asked(model):
+def test_scores_are_mean_first_pass_log_prob_of_final_answer(model):
     prompt = prompts(2)
-    kw = dict(block_lengths=(4, 16), gen_length=16, steps=8, mask_id=MASK)
-    out = H.hex_generate(model, prompt, score=True, **kw)
-    plain = H.hex_generate(model, prompt, **kw)
-    assert plain.scores is None and torch.equal(plain.sequences, out.sequences)
+    out = H.hex_generate(model, prompt, block_lengths=(4, 16), gen_length=16, steps=8, mask_id=MASK)
+    scores = H.answer_log_likelihood(model, prompt, out.sequences[:, :, 6:], mask_id=MASK)
     with torch.no_grad():
         first = model(F.pad(prompt, (0, 16), value=MASK)).logits[:, -16:].log_softmax(-1)  # (B, G, V)
     for k in range(2):
         answer = out.sequences[:, k, -16:]
         expected = first.gather(-1, answer[..., None]).squeeze(-1).mean(-1)
-        assert torch.allclose(out.scores[:, k], expected)
+        assert torch.allclose(scores[:, k], expected)
 
 
 # Bad input ----------------------------------------------------------------------------------------
@@ -491,6 +494,123 @@ def test_majority_vote():
 
 def imh(model, prompt, **kwargs):
     return H.imh_generate(model, prompt, **(dict(gen_length=8, mask_id=MASK) | kwargs))
+
+
+# HEX at a fraction of its cost: the exact early stop, the threshold, forward passes counted ----------------
+
+
+def brute_force_settled(answers, remaining, tie_break, alphabet=("a", "b", "c", None)):
+    """Whether every way the remaining answers could go (and, for the likelihood rule, any scores) keeps the vote."""
+    if remaining == 0:
+        return True
+    vote = H.majority_vote(answers)[0]
+    for rest in __import__("itertools").product(alphabet + ("new",), repeat=remaining):
+        everything = list(answers) + list(rest)
+        answer, tied = H.majority_vote(everything)
+        if answer != vote or (tie_break == "likelihood" and tied):  # a tie the scores could break either way
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "answers, remaining, tie_break, settled",
+    [
+        (["a", "a", "a"], 2, "first", True),  # three of five agree: nothing can catch up
+        (["a", "a", "a"], 3, "first", True),  # a new answer can only tie, and it is seen later
+        (["a", "a", "a"], 3, "likelihood", False),  # ... a tie the likelihood rule could break for it
+        (["a", "a", "b"], 1, "first", True),  # b can reach 2 and tie a, but a was seen first
+        (["a", "a", "b"], 1, "likelihood", False),
+        (["b", "a", "a"], 1, "first", False),  # b can reach 2 and was seen first: it would win the tie
+        (["a", None, None], 2, "first", False),
+        ([None, None], 0, "first", True),  # nothing readable and nothing left: the vote is None
+        ([None], 1, "first", False),
+        (["a", "b"], 0, "likelihood", True),  # nothing left: the vote is what it is
+    ],
+)
+def test_vote_settled_on_crafted_answers_ties_included(answers, remaining, tie_break, settled):
+    assert H.vote_settled(answers, remaining, tie_break) is settled
+    assert brute_force_settled(answers, remaining, tie_break) is settled
+
+
+def test_vote_settled_never_stops_a_vote_that_could_change_and_stops_as_soon_as_it_cannot():
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        n = int(rng.integers(1, 8))
+        answers = [["a", "b", "c", None][i] for i in rng.integers(0, 4, n)]
+        for seen in range(n + 1):
+            for tie_break in ("first", "likelihood"):
+                settled = H.vote_settled(answers[:seen], n - seen, tie_break)
+                assert settled == brute_force_settled(answers[:seen], n - seen, tie_break), (answers, seen)
+
+
+def test_decode_in_waves_gives_the_full_vote_with_fewer_forward_passes(model):
+    prompt, schedules = prompts(6), [H.Schedule(b) for b in (2, 4, 8, 16, 16)]
+    kw = dict(gen_length=16, steps=8, mask_id=MASK)
+    full = H.decode(model, prompt, schedules=schedules, **kw)
+
+    def read(answer):  # a coarse answer, so that votes agree often and tie sometimes
+        return None if answer[0] % 5 == 0 else int(answer[0] % 3)
+
+    recorder = Recorder(model)
+    waves = H.decode_in_waves(recorder, prompt, schedules=schedules, read_answer=read, waves=(2, 1), **kw)
+    decoded = waves.forward_passes > 0
+    assert decoded[:, :2].all() and not decoded.all(), "the first wave is everyone's; some candidates are spared"
+    assert torch.equal(waves.sequences[decoded], full.sequences[decoded])
+    assert (waves.sequences[~decoded][:, 6:] == MASK).all() and (waves.commit_steps[~decoded] == -1).all()
+    assert waves.forward_calls == len(recorder.seen) and waves.forward_passes.sum() == sum(
+        len(x) for x in recorder.seen
+    )
+    for q in range(6):
+        every = [read(a) for a in full.sequences[q, :, 6:]]
+        spared = [read(a) for a, d in zip(waves.sequences[q, :, 6:], decoded[q]) if d]
+        assert H.majority_vote(spared) == H.majority_vote(every)[:1] + (H.majority_vote(spared)[1],)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(waves=()), "waves=() must be sizes >= 1"),
+        (dict(waves=(0,)), "waves=0 must be an int >= 1"),
+        (dict(tie_break="last"), "tie_break='last'"),
+    ],
+)
+def test_decode_in_waves_names_bad_arguments(model, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=re.escape(match)):
+        H.decode_in_waves(
+            model,
+            prompts(1),
+            schedules=[H.Schedule(4)],
+            read_answer=int,
+            gen_length=8,
+            steps=4,
+            mask_id=MASK,
+            **kwargs,
+        )
+
+
+def test_threshold_one_commits_a_token_a_step_and_zero_a_block_a_step(model):
+    prompt = prompts(2)
+    kw = dict(gen_length=16, steps=8, mask_id=MASK)
+    schedules = [H.Schedule(4, threshold=1 - 1e-12), H.Schedule(4, "topk_margin", threshold=0.0), H.Schedule(4)]
+    recorder = Recorder(model)
+    out = H.decode(recorder, prompt, schedules=schedules, **kw)
+    assert torch.equal(out.commit_steps[:, 0].sort(-1).values, torch.arange(16).expand(2, -1)), "one a step"
+    assert torch.equal(out.commit_steps[:, 1], torch.arange(16).div(4, rounding_mode="floor").expand(2, -1))
+    assert out.forward_passes.tolist() == [[16, 4, 8]] * 2 and out.forward_calls == 16
+    rows = [len(x) for x in recorder.seen]
+    assert rows == [6] * 4 + [4] * 4 + [2] * 8, "a candidate whose answer is full leaves the batch"
+    assert torch.equal(out.sequences[:, 2], H.generate(model, prompt, block_length=4, **kw)), "the default is kept"
+
+
+def test_threshold_commits_every_open_block_position_that_clears_it_at_least_one():
+    logits = torch.full((8, 4), -5.0, dtype=torch.float64)
+    logits[:, 0] = torch.tensor([9.0, 9.0, 0.0, 9.0, 9.0, 0.0, 0.0, 0.0])  # p > 0.99 at 0, 1, 3, 4
+    logits[:, 1] = torch.tensor([-5.0, -5.0, 0.0, -5.0, -5.0, 0.0, 0.0, 0.0])  # p < 0.5 elsewhere
+    out = H.decode(
+        FixedLogits(logits), prompts(1), schedules=[H.Schedule(4, threshold=0.9)], gen_length=8, steps=8, mask_id=3
+    )
+    assert out.commit_steps[0, 0].tolist() == [0, 0, 1, 0, 2, 3, 4, 5], "0, 1 and 3 clear it; then one a step"
+    assert out.forward_passes.tolist() == [[6]]
 
 
 def test_imh_proposal_is_p_to_the_alpha_normalised_without_the_mask():
