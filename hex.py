@@ -422,44 +422,46 @@ def decode_in_waves(
     *,
     schedules: Sequence[Schedule],
     read_answer: Callable[[torch.Tensor], Hashable | None],
-    waves: Sequence[int] = (3, 1),
     tie_break: str = "first",
     mask_id: int = MASK_ID,
     **kwargs,
 ) -> HexOutput:
-    """`decode` with an exact early stop (ours): each prompt's candidates are decoded in waves of `waves`
-    schedules, in order (the last size repeats), and a prompt leaves once `vote_settled` says its candidates left
-    cannot change its majority vote: the vote equals the vote over all K (at temperature 0 the same candidates,
-    above it the same in distribution). read_answer((G,) answer ids) is a candidate's answer, None if unreadable.
-    A candidate never decoded keeps its masks, commit steps -1 and forward_passes 0. Fewer rows, more calls."""
-    sizes = [_integer("waves", w) for w in waves]
-    if not sizes or tie_break not in ("first", "likelihood"):
-        raise ValueError(f"waves={waves!r} must be sizes >= 1 and tie_break={tie_break!r} 'first' or 'likelihood'")
+    """`decode` with an exact early stop (ours): each prompt's candidates are decoded in waves, in order, first the
+    fewest that could settle a vote (half of K, rounded up), then one at a time, and a prompt leaves once
+    `vote_settled` says its candidates left cannot change its majority vote. Its vote is the vote over all K (at
+    temperature 0 the same candidates, above it the same in distribution). read_answer((G,) answer ids) is a
+    candidate's answer, None if unreadable, or a list of its answers under several rules, and then a prompt leaves
+    once every rule's vote is settled. A candidate never decoded keeps its masks, commit steps -1 and
+    forward_passes 0. Fewer rows, more calls: a wave is a batch."""
+    if tie_break not in ("first", "likelihood"):
+        raise ValueError(f"tie_break={tie_break!r} must be 'first' or 'likelihood'")
     B, P = input_ids.shape
     K = len(schedules)
     voting = torch.arange(B, device=input_ids.device)  # the prompts whose vote is still open
-    answers = [[] for _ in range(B)]
-    outs = []  # (prompts, candidates, HexOutput) of each wave
+    answers = [[] for _ in range(B)]  # per prompt: each decoded candidate's answers, a list of one per rule
+    waves = []  # (prompts, candidates, HexOutput) of each wave
     done = 0  # candidates decoded
     while done < K and len(voting):
-        part = slice(done, min(K, done + sizes[min(len(outs), len(sizes) - 1)]))
+        part = slice(done, (K + 1) // 2 if done == 0 else done + 1)
         mask = None if attention_mask is None else attention_mask[voting]
         out = decode(model, input_ids[voting], mask, schedules=schedules[part], mask_id=mask_id, **kwargs)
-        outs.append((voting, part, out))
+        waves.append((voting, part, out))
         for q, candidates in zip(voting.tolist(), out.sequences[:, :, P:]):
-            answers[q] += map(read_answer, candidates)
+            answers[q] += [a if isinstance(a := read_answer(c), list) else [a] for c in candidates]
         done = part.stop
-        still_open = [not vote_settled(answers[q], K - done, tie_break) for q in voting.tolist()]
+        still_open = [
+            not all(vote_settled(rule, K - done, tie_break) for rule in zip(*answers[q])) for q in voting.tolist()
+        ]
         voting = voting[torch.tensor(still_open, dtype=torch.bool, device=voting.device)]
-    G = outs[0][2].commit_steps.shape[-1]
+    G = waves[0][2].commit_steps.shape[-1]
     full = HexOutput(  # every candidate as never decoded, then each wave's
         _canvas(input_ids, None, G, mask_id, copies=K)[0].view(B, K, -1),
         torch.full((B, K, G), -1, device=input_ids.device),
         list(schedules),
         torch.zeros(B, K, dtype=torch.long, device=input_ids.device),
-        sum(out.forward_calls for _, _, out in outs),
+        sum(out.forward_calls for _, _, out in waves),
     )
-    for prompts, part, out in outs:
+    for prompts, part, out in waves:
         full.sequences[prompts, part] = out.sequences
         full.commit_steps[prompts, part] = out.commit_steps
         full.forward_passes[prompts, part] = out.forward_passes

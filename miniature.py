@@ -12,6 +12,8 @@ against confidence decoding on the same weights.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import math
 import sys
 import time
@@ -28,6 +30,7 @@ from hex import (
     TinyMaskPredictor,
     cross_fitted,
     decode,
+    decode_in_waves,
     imh_generate,
     majority_vote,
     paired_difference,
@@ -431,6 +434,126 @@ def dilemma(seed: int, steps: int = MINI_STEPS, questions: int = 64, samples: in
     return rows
 
 
+# 7. python miniature.py --cost: HEX at a fraction of its cost, accuracy against forward passes ------------------
+
+
+COST_THRESHOLDS = (0.3, 0.5, 0.7, 0.9, 0.99)  # confidence thresholds of the experts (Fast-dLLM's rule)
+
+
+@dataclass
+class CostRow:
+    """One method on the accuracy-per-compute frontier: its verdicts on the held-out prompts, and what it cost."""
+
+    curve: str  # the line of the picture it is drawn on
+    right: list[bool]  # per prompt
+    passes: torch.Tensor  # (N, K): each of its candidates' forward passes (NFE), 0 where never decoded
+    same_vote: int | None = None  # the early stop: prompts whose vote is the vote over every candidate
+
+    def accuracy(self) -> tuple[float, tuple[float, float]]:  # and its Wilson interval, over prompts
+        return sum(self.right) / len(self.right), wilson(sum(self.right), len(self.right))
+
+    def cost(self) -> float:  # forward passes per prompt, every candidate's
+        return self.passes.sum(1).double().mean().item()
+
+
+def cost_frontier(model, prompts: torch.Tensor, lengths: torch.Tensor, seed: int) -> dict[str, CostRow]:
+    """Each expert alone; HEX, and HEX with the early stop (`decode_in_waves`), at each threshold; self-consistency
+    (block 32, temperature 0.7, as run_gsm8k) with 1 to 5 samples. 16 prompts a call."""
+
+    def run(decoder, **options):  # the stated answers (N, K) (0: none readable) and forward passes (N, K)
+        outs = [decoder(model, p, gen_length=64, steps=32, mask_id=MINI_MASK, **options) for p in prompts.split(16)]
+        stated = torch.cat([chain_answer(out.sequences[..., -64:]) for out in outs])
+        return stated, torch.cat([out.forward_passes for out in outs])
+
+    def vote(stated):  # (N, K) -> (N,): the majority vote, 0 where nothing is readable
+        return torch.tensor([majority_vote([a or None for a in row])[0] or 0 for row in stated.tolist()])
+
+    experts = MINI_METHODS[:MINI_EXPERTS]
+    early = functools.partial(decode_in_waves, read_answer=lambda answer: int(chain_answer(answer)) or None)
+    rows = {}
+    for threshold in (None, *COST_THRESHOLDS):
+        label = "HEX" if threshold is None else f"HEX, threshold {threshold}"
+        schedules = [dataclasses.replace(schedule, threshold=threshold) for _, schedule in experts]
+        stated, passes = run(decode, schedules=schedules)
+        every = vote(stated)
+        if threshold is None:
+            rows |= {
+                e: CostRow("one expert", (stated[:, k] == lengths).tolist(), passes[:, k : k + 1])
+                for k, (e, _) in enumerate(experts)
+            }
+        rows[label] = CostRow("HEX", (every == lengths).tolist(), passes)
+        stated, passes = run(early, schedules=schedules)
+        same = (vote(stated) == every).sum().item()
+        rows[f"{label}, early stop"] = CostRow("HEX, early stop", (vote(stated) == lengths).tolist(), passes, same)
+    stream = torch.Generator().manual_seed(seed)
+    stated, passes = run(decode, schedules=[Schedule(32, temperature=0.7)] * 5, generator=stream)
+    for n in range(1, 6):
+        rows[f"SC, {n} samples"] = CostRow(
+            "self-consistency", (vote(stated[:, :n]) == lengths).tolist(), passes[:, :n]
+        )
+    return rows
+
+
+def cost_table(rows: dict[str, CostRow]) -> str:
+    """The frontier as a Markdown table: accuracy, forward passes per prompt, answer tokens a candidate commits per
+    forward pass, the difference from HEX (paired, Agresti-Min) and, for the early stop, the votes kept."""
+    cells = {}
+    for label, row in rows.items():
+        paired = paired_difference(row.right, rows["HEX"].right)
+        cells[label] = [
+            percent(*row.accuracy()),
+            f"{row.cost():.1f}",
+            f"{64 * (row.passes > 0).sum() / row.passes.sum():.2f}",
+            percent(paired.difference, paired.ci95),
+            "-" if row.same_vote is None else f"{row.same_vote}/{len(row.right)}",
+        ]
+    columns = ["accuracy [95%]", "forward passes", "tokens / pass", "minus HEX [95%]", "HEX's vote"]
+    return "\n".join(markdown_table(columns, cells))
+
+
+def cost_picture(rows: dict[str, CostRow], path: Path):
+    """Accuracy (95% Wilson) against forward passes per prompt, a line per kind of method, each point named. Returns
+    the matplotlib Figure saved to `path`, or None without matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    figure = Figure(figsize=(10, 6), layout="tight")
+    ax = figure.subplots()
+    for curve in dict.fromkeys(row.curve for row in rows.values()):
+        points = {label.removesuffix(", early stop"): row for label, row in rows.items() if row.curve == curve}
+        accuracy = [row.accuracy() for row in points.values()]
+        x = [row.cost() for row in points.values()]
+        y = [100 * a for a, _ in accuracy]
+        error = [
+            [y_ - 100 * low for y_, (_, (low, _)) in zip(y, accuracy)],
+            [100 * high - y_ for y_, (_, (_, high)) in zip(y, accuracy)],
+        ]
+        ax.errorbar(x, y, yerr=error, fmt="o" if curve == "one expert" else "o-", capsize=2, label=curve)
+        for label, at in zip(points, zip(x, y)):
+            ax.annotate(label.split(", ")[-1], at, fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="forward passes per prompt, every candidate's (log scale)", ylabel="accuracy, %", xscale="log")
+    ax.legend(loc="lower right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    return figure
+
+
+def cost(seed: int, steps: int = MINI_STEPS, questions: int = 300) -> dict[str, CostRow]:
+    """python miniature.py --cost: the frontier on the held-out prompts with the miniature's weights (trained first
+    if need be), printed and drawn."""
+    prompts, _, lengths = held_out_chains(visible_length=False, questions=questions)
+    model = train_miniature(steps, seed, False, held_out=prompts, checkpoint=miniature_file(seed, False, ".pt"))
+    start = time.perf_counter()
+    rows = cost_frontier(model, prompts, lengths, seed)
+    print(f"   {questions} held-out prompts, gen_length 64, steps 32, decoded in {time.perf_counter() - start:.0f} s")
+    print(cost_table(rows))
+    picture = miniature_file(seed, False, "-cost.png")
+    if cost_picture(rows, picture) is not None:
+        print(f"   the picture: {picture}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="miniature.py",
@@ -438,15 +561,15 @@ def main(argv: list[str] | None = None) -> None:
         f"weights (the training's checkpoint, resumed) and the picture go to ./{MINI_CACHE}/",
     )
     parser.add_argument("--seed", type=int, default=1, help="the training's seed (default 1)")
-    parser.add_argument(
-        "--visible-length", action="store_true", help="the control: the prompt shows the chain's length"
-    )
-    parser.add_argument("--dilemma", action="store_true", help="the IMH sampler's pass@k against confidence decoding")
+    one = parser.add_mutually_exclusive_group()  # the control's task, or the miniature's own with another table
+    one.add_argument("--visible-length", action="store_true", help="the control: the prompt shows the chain's length")
+    one.add_argument("--dilemma", action="store_true", help="the IMH sampler's pass@k against confidence decoding")
+    one.add_argument("--cost", action="store_true", help="accuracy against forward passes: thresholds, early stop")
     args = parser.parse_args(argv)
-    if args.dilemma and args.visible_length:
-        parser.error("--dilemma runs on the miniature's own task: drop --visible-length")
     if args.dilemma:
         dilemma(args.seed)
+    elif args.cost:
+        cost(args.seed)
     else:
         miniature(args.seed, args.visible_length)
 

@@ -60,6 +60,7 @@ from hex import (
     answer_log_likelihood,
     cross_fitted,
     decode,
+    decode_in_waves,
     imh_generate,
     majority_vote,
     paired_difference,
@@ -517,6 +518,7 @@ class Candidate(TypedDict):
     text: str  # the decoded answer, special tokens kept (as the authors decode)
     answers: dict[str, Any]  # the answer each rule (RULES) reads from the text; None: nothing readable
     score: float  # mean log-prob under the first forward pass (the likelihood tie-break)
+    forward_passes: int  # the forward passes its row took part in (NFE); 0: never decoded (--early-stop)
     end_of_text: str  # per answer position: "_" an end-of-text token, "." any other
     commit_order: list[int]  # per answer position: the step that committed it
 
@@ -572,6 +574,8 @@ class Settings:
     block_lengths: list[int] = setting([8, 16, 32, 64, 128], method="hex")  # HEX's experts
     samples_per_block: int = setting(1, method="hex")
     temperature: float = setting(0.0, method="hex")
+    threshold: float | None = setting(None, method="hex")  # HEX's experts commit what clears it (ours: Fast-dLLM's)
+    early_stop: bool = setting(False, method="hex")  # HEX in waves, a question stopped once its vote is settled
     sc_block_length: int = setting(32, method="sc")
     sc_samples: int = setting(5, method="sc")
     sc_temperature: float = setting(SC_TEMPERATURE, method="sc")
@@ -606,7 +610,7 @@ def candidate_plan(settings: Settings) -> list[Planned]:
     (one block, the confidence position rule, local temperature 1 / alpha: what its schedule can say of it)."""
     methods = settings.methods
     plan = [
-        Planned("hex", sample, Schedule(block, "low_confidence", settings.temperature))
+        Planned("hex", sample, Schedule(block, "low_confidence", settings.temperature, settings.threshold))
         for sample in range(settings.samples_per_block)
         for block in settings.block_lengths
         if "hex" in methods
@@ -643,7 +647,11 @@ def decode_batch(
     question with the batch's forward calls; what only the harness knows (seconds, batch) it adds itself."""
     prompts = [task.build_prompt(tokenizer, problem["row"]) for problem in batch]
     plan = [planned for planned in candidate_plan(settings) if planned.method in (methods or settings.methods)]
-    out, decodes = decode_prompts(model, prompts, plan, settings, mask_id, device, first_id=batch[0]["id"])
+
+    def read_answer(answer):  # each rule's answer, for --early-stop
+        return list(task.answers(tokenizer.decode(answer, skip_special_tokens=False)).values())
+
+    out, decodes = decode_prompts(model, prompts, plan, settings, mask_id, device, batch[0]["id"], read_answer)
     cost = dict(forward_calls=sum(d["forward_calls"] for d in decodes) / len(batch), decodes=decodes)
     ids, attention = left_pad(prompts, device)  # every candidate's likelihood score: one forward pass more
     scores = answer_log_likelihood(model, ids, out.sequences[:, :, ids.shape[1] :], attention, mask_id)  # (B, K)
@@ -651,18 +659,26 @@ def decode_batch(
 
 
 def decode_prompts(
-    model, prompts: list[list[int]], plan: list[Planned], settings: Settings, mask_id: int, device, first_id: int
+    model,
+    prompts: list[list[int]],
+    plan: list[Planned],
+    settings: Settings,
+    mask_id: int,
+    device,
+    first_id: int,
+    read_answer: Callable | None = None,
 ) -> tuple[HexOutput, list[dict]]:
     """Every candidate of `plan` for a batch of prompts, left padded: all but the IMH's in one lockstep decode
     (`steps` forward calls in all), the IMH's samples in a second (gen_length + 1 calls). Each method draws from its
     own stream, seeded by the batch's first question (`first_id`), so adding or dropping a method changes no other
-    method's candidates. Returns the candidates in the plan's order and each decode's cost."""
+    method's candidates; with --early-stop HEX's in waves (`read_answer`: each rule's answer). Returns the
+    candidates in the plan's order and each decode's cost."""
     ids, attention = left_pad(prompts, device)
     seeds = {planned.method: settings.seed + 10**6 * METHODS.index(planned.method) + first_id for planned in plan}
     streams = {method: torch.Generator(device).manual_seed(seed) for method, seed in seeds.items()}
     outs = []
     decodes = []  # each decode's cost
-    for names, run in planned_decodes(model, ids, attention, plan, settings, mask_id, streams).items():
+    for names, run in planned_decodes(model, ids, attention, plan, settings, mask_id, streams, read_answer).items():
         out, rows = counted_calls(model, run)
         outs.append(out)
         decodes.append(dict(methods=list(names), forward_calls=len(rows), rows_per_call=fmean(rows)))
@@ -679,12 +695,28 @@ def decode_prompts(
 
 
 def planned_decodes(
-    model, ids, attention, plan: list[Planned], settings: Settings, mask_id: int, streams: dict
+    model, ids, attention, plan: list[Planned], settings: Settings, mask_id: int, streams: dict, read_answer
 ) -> dict:
     """The decodes of a batch, each a call by the methods it decodes: every candidate of the plan but the IMH's in
-    one lockstep `decode`, the IMH's samples in `imh_generate`."""
-    lockstep = [planned for planned in plan if planned.method != "imh"]
+    one lockstep `decode` (with --early-stop, HEX's first, in `decode_in_waves`), the IMH's samples in
+    `imh_generate`."""
     runs = {}
+    waves = [planned for planned in plan if planned.method == "hex" and settings.early_stop]
+    if waves:
+        runs["hex",] = functools.partial(
+            decode_in_waves,
+            model,
+            ids,
+            attention,
+            schedules=[planned.schedule for planned in waves],
+            read_answer=read_answer,
+            tie_break=settings.tie_break,
+            gen_length=settings.gen_length,
+            steps=settings.steps,
+            mask_id=mask_id,
+            generator=streams["hex"],
+        )
+    lockstep = [planned for planned in plan if planned.method != "imh" and planned not in waves]
     if lockstep:
         runs[tuple(dict.fromkeys(planned.method for planned in lockstep))] = functools.partial(
             decode,
@@ -739,8 +771,9 @@ def records_of(
                 block_length=planned.schedule.block_length,
                 sample=planned.sample,
                 text=texts[q][k],
-                answers=task.answers(texts[q][k]),
+                answers=task.answers(texts[q][k]) if out.forward_passes[q, k] else dict.fromkeys(RULES),
                 score=float(scores[q, k]),
+                forward_passes=int(out.forward_passes[q, k]),
                 commit_order=out.commit_steps[q, k].tolist(),
                 end_of_text="".join("_" if e else "." for e in is_end[q][k]),
             )
@@ -833,6 +866,7 @@ class Row:
     paper_name: str | None = None  # a method's only, from here on
     correct: int | None = None  # questions its vote got right
     tie_rate: float | None = None
+    forward_passes: float | None = None  # its candidates' forward passes a question (records before 2026-12: none)
 
 
 @dataclass
@@ -960,13 +994,15 @@ def votes_curve(
 CROSS_FITTED = "HEX - best block chosen on the other half"
 
 
-def paired_comparisons(records: list[Record], judged: list, shown: list[str]) -> dict[str, Paired]:
+def paired_comparisons(records: list[Record], judged: list, shown: list[str], early_stop: bool) -> dict[str, Paired]:
     """HEX minus SC; minus each block length alone (its sample 0; block 32 is the schedule LLaDA and d1 fix in
     advance); minus the best block length chosen on the other half of the questions (two-fold cross-fitting,
     never scored on the questions it was chosen on): the paper's claim and its controls, on the same questions,
-    with Agresti-Min paired intervals."""
+    with Agresti-Min paired intervals. With --early-stop HEX minus SC only."""
     hex_right = [question.methods["hex"].right for question in judged]
     others = {"HEX - SC": [question.methods["sc"].right for question in judged]} if "sc" in shown else {}
+    if early_stop:
+        return {name: Paired(**asdict(paired_difference(hex_right, right))) for name, right in others.items()}
     alone = {}  # each expert's verdicts, question by question: an expert is a block length's sample 0
     for r, question in zip(records, judged):
         experts = [
@@ -994,11 +1030,14 @@ def summarize(records: list[Record], settings: Settings, rule: str, methods: lis
     task = TASKS[settings.task]
     other = RULES[1 - RULES.index(rule)]
     tie_break = settings.tie_break
+    if settings.early_stop:  # the candidates decoded: every vote is the full vote, but not every expert ran
+        records = [dict(r, candidates=[c for c in r["candidates"] if c["forward_passes"]]) for r in records]
     judged = {r: [verdicts(task, record, r, tie_break) for record in records] for r in RULES}
     shown = [m for m in settings.methods if m in (methods or settings.methods)]
     table = {}
     for method in shown:  # a method's verdict is its vote's
         right = [question.methods[method].right for question in judged[rule]]
+        passes = [[c.get("forward_passes") for c in r["candidates"] if c["method"] == method] for r in records]
         table[method] = replace(
             candidate_figures(records, judged, rule, method),
             paper_name=PAPER_NAMES[method],
@@ -1007,9 +1046,10 @@ def summarize(records: list[Record], settings: Settings, rule: str, methods: lis
             correct=sum(right),
             other_rule_accuracy=fmean(question.methods[method].right for question in judged[other]),
             tie_rate=fmean(question.methods[method].tie for question in judged[rule]),
+            forward_passes=None if None in sum(passes, []) else fmean(map(sum, passes)),
         )
-    experts = {}
-    for b in settings.block_lengths if "hex" in shown else []:
+    experts = {}  # with --early-stop an expert alone is not given: a settled question never decoded some
+    for b in settings.block_lengths if "hex" in shown and not settings.early_stop else []:
         experts[b] = candidate_figures(records, judged, rule, "hex", b)
     candidates_right = [question.candidates for question in judged[rule]]
     return Summary(
@@ -1020,8 +1060,12 @@ def summarize(records: list[Record], settings: Settings, rule: str, methods: lis
         units="accuracies, rates and differences are fractions of questions (printed as % and points)",
         methods=table,
         block_lengths=experts,
-        paired=paired_comparisons(records, judged[rule], shown) if "hex" in shown else {},
-        votes={m: votes_curve(records, candidates_right, m, rule, tie_break) for m in SAMPLED if m in shown},
+        paired=paired_comparisons(records, judged[rule], shown, settings.early_stop) if "hex" in shown else {},
+        votes={
+            m: votes_curve(records, candidates_right, m, rule, tie_break)
+            for m in SAMPLED
+            if m in shown and not (m == "hex" and settings.early_stop)
+        },
         forward_calls_per_question=fmean(r["forward_calls"] for r in records),
         seconds_per_question=fmean(r["seconds"] for r in records) if all("seconds" in r for r in records) else None,
         settings=settings,
@@ -1040,6 +1084,8 @@ def protocol(settings: Settings) -> str:
             f"{plural(k, 'sample')} per block length ({plural(k * len(blocks), 'vote')}), "
             f"ties to {ties[settings.tie_break]}"
         )
+        text += "" if settings.threshold is None else f", confidence threshold {settings.threshold:g}"
+        text += ", in waves stopped once the vote is settled" if settings.early_stop else ""
     if "sc" in settings.methods:
         text += (
             f"; SC block length {settings.sc_block_length}, temperature {settings.sc_temperature:g}, "
@@ -1066,7 +1112,7 @@ def summary_table(summary: Summary) -> str:
         f"answers read by the {summary.answer_rule} rule ({summary.other_rule} rule beside); every interval "
         "is 95% over questions",
         f"{'method':<30}{'accuracy':>9}  {'95% interval':<18}{summary.other_rule:>9}{'tie rate':>10}{'oracle':>9}"
-        f"{'collapse':>10}{'EoT-first':>10}",
+        f"{'collapse':>10}{'EoT-first':>10}{'passes':>8}",
     ]
     rows = [(f"{v.paper_name} ({m})", v) for m, v in summary.methods.items()]
     rows += [(f"  HEX expert, block {b}", v) for b, v in summary.block_lengths.items()]
@@ -1075,13 +1121,20 @@ def summary_table(summary: Summary) -> str:
             f"{label:<30}{pct(v.accuracy):>9}  [{pct(v.ci95[0])}, {pct(v.ci95[1])}]"
             f"{pct(v.other_rule_accuracy):>9}{pct(v.tie_rate):>10}{pct(v.oracle):>9}"
             f"{pct(v.collapse_rate):>10}{pct(v.eot_first_share):>10}"
+            + ("" if v.forward_passes is None else f"{v.forward_passes:>8.0f}")
         )
     lines += controls_table(summary, pct)
     lines.append(
         f"oracle: some candidate is right; collapse: no readable answer (robust rule) and over "
         f"{COLLAPSE_THRESHOLD:.0%} end-of-text (the [AfterEoT] collapse);\nEoT-first: end-of-text among the "
         "first quarter of committed answer tokens (Fig. 2); an expert's accuracy is over questions, each question's "
-        "share of right samples; no figure of SC is published"
+        "share of right samples; passes: its candidates' forward passes a question (NFE); no figure of SC is published"
+        + (
+            "\n--early-stop: a question stopped once HEX's vote was settled, so no HEX expert alone, HEX votes curve "
+            "or HEX minus an expert, and HEX's oracle, collapse and distinct answers are over the experts decoded"
+            if settings.early_stop
+            else ""
+        )
     )
     lines += [
         f"run on {e['device_name']} ({settings.dtype}, torch {e['torch']}, transformers {e['transformers']}, "
@@ -1386,35 +1439,15 @@ def find_mask_id(tokenizer, config) -> int:
 
 # 10. The figure ------------------------------------------------------------------------------------------------------
 
-PAPER_ACCURACY = {  # LLaDA-8B-Instruct, gen_length 256, steps 128 (the paper's table)
-    "gsm8k": dict(hex=82.18, topk_margin=24.72, low_confidence=22.52, random=50.87),
-    "math500": dict(hex=40.00, topk_margin=16.40, low_confidence=16.60, random=16.80),
-    "arc-c": dict(hex=87.80, topk_margin=54.18, low_confidence=47.87, random=70.05),
-    "truthfulqa": dict(hex=57.46, topk_margin=28.36, low_confidence=29.82, random=42.40),
-}
-PAPER_GSM8K_VOTES = [  # HEX on GSM8K, % (LLaDA-8B-Instruct), read off the paper's plot
-    dict(votes=5, accuracy=82.18, tie_rate=4.1),
-    dict(votes=10, accuracy=85.75, tie_rate=4.3),
-    dict(votes=15, accuracy=87.19, tie_rate=2.4),
-    dict(votes=20, accuracy=87.79, tie_rate=2.5),
-    dict(votes=25, accuracy=88.10, tie_rate=1.35),
-    dict(votes=30, accuracy=88.10, tie_rate=1.05),
-]
-
 
 def write_figures(summary: Summary, records: list[Record], path: Path):
-    """One PNG: accuracy per method and per HEX expert with 95% intervals over questions (the paper's bars, its
-    figures marked only where this run is its setting); expected accuracy, tie rate and pass@k against votes for
-    HEX and SC (its scaling plot); the step that committed each answer position of one question (its Fig. 2).
+    """One PNG: accuracy per method and per HEX expert with 95% intervals over questions (the paper's bars);
+    expected accuracy, tie rate and pass@k against votes for HEX and SC (its scaling plot); the step that committed
+    each answer position of one question (its Fig. 2).
     Returns the matplotlib Figure."""
     from matplotlib.figure import Figure  # no pyplot: no window, no global state
 
     settings = summary.settings
-    paper = "llada-8b-instruct" in settings.model.lower() and (
-        settings.gen_length,
-        settings.steps,
-        settings.block_lengths,
-    ) == (256, 128, [8, 16, 32, 64, 128])
     fig = Figure(figsize=(14, 9), layout="constrained")
     axes = fig.subplot_mosaic([["bars", "votes"], ["order", "order"]])
     sizes = [e["parameters"] for e in settings.environments if "parameters" in e]  # older files: none noted
@@ -1425,8 +1458,8 @@ def write_figures(summary: Summary, records: list[Record], path: Path):
         fontsize=9,
         wrap=True,  # the protocol of a run with every method is wider than the figure
     )
-    _accuracy_bars(axes["bars"], summary, paper)
-    _votes_plot(axes["votes"], summary, paper and summary.task == "gsm8k")
+    _accuracy_bars(axes["bars"], summary)
+    _votes_plot(axes["votes"], summary)
     record = next((r for r in records if any(map(collapsed, r["candidates"]))), records[0])
     rows = [c for c in record["candidates"] if c["sample"] == 0]
     labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
@@ -1449,7 +1482,7 @@ def write_figures(summary: Summary, records: list[Record], path: Path):
     return fig
 
 
-def _accuracy_bars(ax, summary, paper):
+def _accuracy_bars(ax, summary):
     methods = list(summary.methods.items())  # first, so a method's bar is its index here
     bars = [v for _, v in methods] + list(summary.block_lengths.values())
     heights = [100 * v.accuracy for v in bars]
@@ -1460,15 +1493,6 @@ def _accuracy_bars(ax, summary, paper):
     ax.bar(range(len(bars)), heights, color=colours, edgecolor="black", capsize=4, yerr=[below, above])
     for i, h in enumerate(heights):  # the edge and the label keep a 0% bar visible
         ax.annotate(f"{h:.1f}%", (i, h), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=8)
-    published = PAPER_ACCURACY[summary.task]
-    names = list(summary.methods)
-    reported = [i for i, name in enumerate(names) if name in published]  # the bars the paper has a figure for
-    if paper and reported:
-        of_hex = "5 votes, temperature 0" if summary.task == "gsm8k" else "its best, protocol not stated"
-        label = f"the paper's table (LLaDA-8B-Instruct; HEX: {of_hex})"
-        figures = [published[names[i]] for i in reported]
-        ax.scatter(reported, figures, marker="_", s=600, color="tab:red", zorder=3, label=label)
-        ax.legend(loc="upper right", fontsize=8)
     labels = [v.paper_name for _, v in methods] + [f"block {b}" for b in summary.block_lengths]
     ax.set_xticks(range(len(bars)), labels, rotation=30, ha="right", fontsize=8)
     ax.set(
@@ -1478,7 +1502,7 @@ def _accuracy_bars(ax, summary, paper):
     )
 
 
-def _votes_plot(ax, summary: Summary, paper: bool):
+def _votes_plot(ax, summary: Summary):
     """A vote over k random candidates: a colour a method, a line style a measure, each named once in the legend."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
@@ -1498,11 +1522,6 @@ def _votes_plot(ax, summary: Summary, paper: bool):
         Line2D([], [], color="black", linestyle=line[1:], marker=line[0], label=what)
         for line, what in measures.values()
     ]
-    if paper and "hex" in summary.votes:
-        n = [point["votes"] for point in PAPER_GSM8K_VOTES]
-        ax.plot(n, [point["accuracy"] for point in PAPER_GSM8K_VOTES], "o:", color="tab:red", alpha=0.5)
-        ax.plot(n, [point["tie_rate"] for point in PAPER_GSM8K_VOTES], "s:", color="tab:red", alpha=0.3)
-        handles.append(Line2D([], [], color="tab:red", label="the paper's HEX (seeds x 5 blocks), accuracy and ties"))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     title = "A vote over k random candidates" if ax.lines else "Votes: one candidate per method, no curve"
     ax.set(xlabel="votes k", ylabel="%, averaged over questions", ylim=(0, 105), title=title)
@@ -1733,6 +1752,8 @@ def add_method_settings(add: Callable, default: Settings) -> None:
         default=default.temperature,
         help="HEX's sampling temperature (default: %(default)s)",
     )
+    add("--threshold", type=float, help="HEX's experts commit every token whose confidence clears it (ours)")
+    add("--early-stop", action="store_true", help="HEX's experts in waves, stopped once the vote is settled (exact)")
     add(
         "--sc-block-length",
         type=int,
@@ -1845,6 +1866,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("temperature", "sc_temperature"):
         if (value := getattr(args, name)) is not None and not 0 <= value < math.inf:
             raise UsageError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise UsageError(f"--threshold must be a confidence in [0, 1], got {args.threshold}")
+    if args.lm_eval and args.early_stop:
+        raise UsageError("--early-stop reads each candidate's answer by the task's rules: --lm-eval's filters read")
     if not 0 < args.imh_alpha < math.inf:
         raise UsageError(f"--imh-alpha must be a finite number > 0, got {args.imh_alpha}")
     if "hex" in args.methods and args.samples_per_block > 1 and args.temperature == 0:
@@ -2233,12 +2258,10 @@ class HexPick:
 
 
 class Variant(NamedTuple):
-    """A task as one method runs it: the method, the task's full config as lm-eval takes it inline, and the names
-    of its filters whose scorer sees every candidate (a code task's)."""
+    """A task as one method runs it: the method, and the task's full config as lm-eval takes it inline."""
 
     method: str
     config: dict
-    pooled: list[str]
 
 
 def harness_tasks(names: list[str], settings: Settings, manager, unsafe: bool) -> dict[str, Variant]:
@@ -2280,11 +2303,9 @@ def harness_tasks(names: list[str], settings: Settings, manager, unsafe: bool) -
         for method in settings.methods:
             plan = candidate_plan(replace(settings, methods=[method]))
             variant = dict(config, task=f"{name}_{method}", repeats=len(plan))
-            pooled = []
             if len(plan) > 1:
                 variant["filter_list"] = harness_filters(name, config, plan)
-                pooled = [p["name"] for p in variant["filter_list"] if p["filter"][0]["function"] == "take_first_k"]
-            variants[variant["task"]] = Variant(method, variant, pooled)
+            variants[variant["task"]] = Variant(method, variant)
     return variants
 
 
@@ -2292,7 +2313,7 @@ def harness_filters(name: str, config: dict, plan: list[Planned]) -> list[dict]:
     """A task's filters for K candidates, then each again on each HEX expert (its first sample) alone, named as
     "strict-match-block8". A filter that extracts an answer and takes the first gets the vote in place of
     take_first. A code task's (`unsafe_code`: humaneval's, mbpp's) hands its scorer all K candidates (take_first_k,
-    then its own steps but take_first), whose pass@1 is then their mean (and `code_pass_at_k` gives pass@k)."""
+    then its own steps but take_first), whose pass@1 is then their mean."""
     filters = []
     for pipeline in config.get("filter_list") or [dict(name="none", filter=[dict(function="take_first")])]:
         steps = pipeline["filter"]
@@ -2311,29 +2332,6 @@ def harness_filters(name: str, config: dict, plan: list[Planned]) -> list[dict]:
                 pick = [dict(function="hex_pick", index=k), *steps]
                 filters.append(dict(name=f"{pipeline['name']}-block{planned.schedule.block_length}", filter=pick))
     return filters
-
-
-PASS_AT_1 = ("pass@1", "pass_at_1")  # what humaneval's and mbpp's scorers call a question's pass@1
-
-
-def code_pass_at_k(samples: list[dict], pooled: list[str], candidates: int) -> dict[str, dict[str, tuple]]:
-    """A code task's pass@k over its K candidates, k = 1, 2, 4, ..., K, for each filter whose scorer saw them
-    together: its pass@1 of a question is c / K (c candidates pass), whence Chen et al.'s unbiased pass@k. Per
-    filter and k: the mean over questions and its Wilson interval (conservative for fractional values)."""
-    ks = sorted({2**i for i in range(candidates.bit_length())} | {candidates})
-    table = {}
-    for name in pooled:
-        passed = [
-            round(sample[metric] * candidates)
-            for sample in samples
-            if sample["filter"] == name
-            for metric in sample["metrics"]
-            if metric in PASS_AT_1
-        ]
-        if passed:
-            values = {k: [pass_at_k(candidates, c, k) for c in passed] for k in ks}
-            table[name] = {f"pass@{k}": (fmean(v), wilson(sum(v), len(v))) for k, v in values.items()}
-    return table
 
 
 def harness_text(tokenizer, answer: list[int], gen_kwargs: dict, ends: set[int]) -> str:
@@ -2399,9 +2397,9 @@ class HarnessModel:
             for method, mine in todo.items():
                 for start in range(0, len(mine), self.settings.batch_size):
                     batch = mine[start : start + self.settings.batch_size]
-                    for key, texts in zip(batch, self.decode([questions[key] for key in batch], method)):
+                    for key, (texts, passes) in zip(batch, self.decode([questions[key] for key in batch], method)):
                         self.done[key] = texts
-                        out.write(json.dumps(dict(key=key, texts=texts)) + "\n")
+                        out.write(json.dumps(dict(key=key, texts=texts, forward_passes=passes)) + "\n")
                         out.flush()
                         bar.update()
         bar.close()
@@ -2412,15 +2410,20 @@ class HarnessModel:
             taken[key] += 1
         return answers
 
-    def decode(self, requests: list, method: str) -> list[list[str]]:
-        """The candidates' texts of a batch of questions (a request each) by `method`, in one decode call: `steps`
-        forward calls (the IMH: gen_length + 1), the method's stream seeded by the batch's first document."""
+    def decode(self, requests: list, method: str) -> list[tuple[list[str], list[int]]]:
+        """The candidates' texts and forward passes of a batch of questions (a request each) by `method`, in one
+        decode call: `steps` forward calls (the IMH: gen_length + 1), the method's stream seeded by the batch's
+        first document."""
         model, tokenizer, mask_id = self.checkpoint
         prompts = [tokenizer(request.args[0], add_special_tokens=False).input_ids for request in requests]
         plan = candidate_plan(replace(self.settings, methods=[method]))
         out, _ = decode_prompts(model, prompts, plan, self.settings, mask_id, self.device, requests[0].doc_id)
         answers = out.sequences[:, :, -self.settings.gen_length :].tolist()  # (B, K, gen_length)
-        return [[harness_text(tokenizer, a, r.args[1], self.ends) for a in row] for r, row in zip(requests, answers)]
+        passes = out.forward_passes.tolist()
+        return [
+            ([harness_text(tokenizer, a, r.args[1], self.ends) for a in row], p)
+            for r, row, p in zip(requests, answers, passes)
+        ]
 
     def loglikelihood(self, requests: list):
         raise UsageError(f"lm-eval task {requests[0].task_name}: log-likelihood requests, which hex does not score")
@@ -2519,12 +2522,6 @@ def harness(args: argparse.Namespace) -> dict | None:
         write_atomically(folder / f"samples_{name}.jsonl", "".join(json.dumps(s, default=str) + "\n" for s in logged))
     write_atomically(folder / "results.json", json.dumps(results, indent=1, default=str))
     print(make_table(results))
-    for name, variant in variants.items():
-        for pipeline, row in code_pass_at_k(samples[name], variant.pooled, variant.config["repeats"]).items():
-            cells = [
-                f"{k} {100 * mean:.1f} [{100 * low:.1f}, {100 * high:.1f}]" for k, (mean, (low, high)) in row.items()
-            ]
-            print(f"{name} ({pipeline}), pass@k over K = {variant.config['repeats']} candidates: {', '.join(cells)}")
     print(f"lm-eval's results and samples, and each question's candidates: {folder}")
     return results
 

@@ -552,9 +552,11 @@ def test_decode_in_waves_gives_the_full_vote_with_fewer_forward_passes(model):
         return None if answer[0] % 5 == 0 else int(answer[0] % 3)
 
     recorder = Recorder(model)
-    waves = H.decode_in_waves(recorder, prompt, schedules=schedules, read_answer=read, waves=(2, 1), **kw)
+    waves = H.decode_in_waves(recorder, prompt, schedules=schedules, read_answer=read, **kw)
     decoded = waves.forward_passes > 0
-    assert decoded[:, :2].all() and not decoded.all(), "the first wave is everyone's; some candidates are spared"
+    assert decoded[:, :3].all() and not decoded.all(), "the first wave, 3 of 5, is everyone's; some are spared"
+    rows = [len(x) for x in recorder.seen]
+    assert rows[:8] == [18] * 8 and max(rows[8:]) <= 6 and len(rows) in (16, 24), "waves of 3, then 1, then 1"
     assert torch.equal(waves.sequences[decoded], full.sequences[decoded])
     assert (waves.sequences[~decoded][:, 6:] == MASK).all() and (waves.commit_steps[~decoded] == -1).all()
     assert waves.forward_calls == len(recorder.seen) and waves.forward_passes.sum() == sum(
@@ -563,29 +565,12 @@ def test_decode_in_waves_gives_the_full_vote_with_fewer_forward_passes(model):
     for q in range(6):
         every = [read(a) for a in full.sequences[q, :, 6:]]
         spared = [read(a) for a, d in zip(waves.sequences[q, :, 6:], decoded[q]) if d]
-        assert H.majority_vote(spared) == H.majority_vote(every)[:1] + (H.majority_vote(spared)[1],)
+        assert H.majority_vote(spared)[0] == H.majority_vote(every)[0], q
 
 
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        (dict(waves=()), "waves=() must be sizes >= 1"),
-        (dict(waves=(0,)), "waves=0 must be an int >= 1"),
-        (dict(tie_break="last"), "tie_break='last'"),
-    ],
-)
-def test_decode_in_waves_names_bad_arguments(model, kwargs, match):
-    with pytest.raises((ValueError, TypeError), match=re.escape(match)):
-        H.decode_in_waves(
-            model,
-            prompts(1),
-            schedules=[H.Schedule(4)],
-            read_answer=int,
-            gen_length=8,
-            steps=4,
-            mask_id=MASK,
-            **kwargs,
-        )
+def test_decode_in_waves_names_a_bad_tie_rule(model):
+    with pytest.raises(ValueError, match=re.escape("tie_break='last' must be 'first' or 'likelihood'")):
+        H.decode_in_waves(model, prompts(1), schedules=[H.Schedule(4)], read_answer=int, tie_break="last")
 
 
 def test_threshold_one_commits_a_token_a_step_and_zero_a_block_a_step(model):
@@ -866,12 +851,13 @@ def test_cross_fitting_does_not_flatter_a_lucky_expert():
 # The paper in miniature ----------------------------------------------------------------------------------
 
 
-def test_miniature_flags_refuse_what_they_cannot_mean_in_one_line(capsys):
+@pytest.mark.parametrize("first, second", [("--dilemma", "--visible-length"), ("--cost", "--dilemma")])
+def test_miniature_flags_refuse_what_they_cannot_mean_in_one_line(capsys, first, second):
     with pytest.raises(SystemExit) as exit_:
-        M.main(["--dilemma", "--visible-length"])
+        M.main([first, second])
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_.value.code == 2 and error.startswith("miniature.py: error: ")
-    assert "--dilemma runs on the miniature's own task: drop --visible-length" in error
+    assert f"argument {second}: not allowed with argument {first}" in error
 
 
 def test_chain_task_lengths_answers_and_padding():
@@ -3400,7 +3386,7 @@ def lm_code_task(tmp_path):
 )
 @pytest.mark.slow
 @pytest.mark.checkpoint
-def test_lm_eval_code_task_scores_every_candidate_and_gives_pass_at_k_over_them(
+def test_lm_eval_code_task_scores_every_candidate_together(
     checkpoint, lm_code_task, tmp_path, capsys, task, pipeline, metric
 ):
     output = tmp_path / "out"
@@ -3409,19 +3395,12 @@ def test_lm_eval_code_task_scores_every_candidate_and_gives_pass_at_k_over_them(
         R.main([str(a) for a in args[:1] + [task] + args[2:]])
     assert "pass --confirm-run-unsafe-code" in capsys.readouterr().err and not output.exists()
     R.main([str(a) for a in args[:1] + [task] + args[2:] + ["--confirm-run-unsafe-code"]])
-    printed = capsys.readouterr().out
     samples = lm_samples(output, f"{task}_hex")
     passed = [round(sum(samples[f"{pipeline}-block{b}"][doc][metric] for b in LM_BLOCKS)) for doc in range(4)]
     for doc, c in enumerate(passed):
         together = samples[pipeline][doc]
         assert len(together["filtered_resps"][0]) == 4 and together[metric] == c / 4, "its scorer saw all four"
     assert 0 < sum(passed) < 16, "the check can tell candidates apart"
-    table = R.code_pass_at_k(list(lines(output / f"samples_{task}_hex.jsonl")), [pipeline], 4)
-    for k in (1, 2, 4):
-        expected = sum(1 - math.comb(4 - c, k) / math.comb(4, k) for c in passed) / 4
-        assert table[pipeline][f"pass@{k}"][0] == pytest.approx(expected)
-        assert f"{task}_hex ({pipeline}), pass@k over K = 4 candidates" in printed
-        assert f"pass@{k} {100 * expected:.1f} [" in printed
 
 
 def test_lm_eval_vote_filter_drops_unreadable_answers_and_keeps_the_first_of_a_tie():
