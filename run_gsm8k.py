@@ -2190,8 +2190,8 @@ def report(settings: Settings, files: RunFiles, requested: set[int], args: argpa
     records = files.merge_parts()
     task = TASKS[settings.task]
     reread = 0  # candidates whose answers today's rules read otherwise
-    for candidate in (c for record in records.values() for c in record["candidates"]):
-        answers = task.answers(candidate["text"])
+    for candidate in (c for r in records.values() for c in r["candidates"] if c.get("forward_passes") != 0):
+        answers = task.answers(candidate["text"])  # a candidate an early stop spared has none
         reread += answers != candidate["answers"]
         candidate["answers"] = answers
     if reread and not files.read_only:

@@ -568,6 +568,24 @@ def test_decode_in_waves_gives_the_full_vote_with_fewer_forward_passes(model):
         assert H.majority_vote(spared)[0] == H.majority_vote(every)[0], q
 
 
+def test_decode_in_waves_with_two_answer_rules_settles_both(model):
+    prompt, schedules = prompts(6), [H.Schedule(b) for b in (2, 4, 8, 16, 16)]
+    kw = dict(gen_length=16, steps=8, mask_id=MASK)
+    full = H.decode(model, prompt, schedules=schedules, **kw)
+
+    def read(answer):  # two rules that often disagree
+        return [int(answer[0] % 2), int(answer[1] % 3)]
+
+    one = H.decode_in_waves(model, prompt, schedules=schedules, read_answer=lambda a: read(a)[0], **kw)
+    both = H.decode_in_waves(model, prompt, schedules=schedules, read_answer=read, **kw)
+    assert (both.forward_passes >= one.forward_passes).all() and both.forward_passes.sum() > one.forward_passes.sum()
+    for q in range(6):
+        spared = [read(a) for a, d in zip(both.sequences[q, :, 6:], both.forward_passes[q]) if d]
+        every = [read(a) for a in full.sequences[q, :, 6:]]
+        for rule in range(2):
+            assert H.majority_vote([a[rule] for a in spared])[0] == H.majority_vote([a[rule] for a in every])[0]
+
+
 def test_decode_in_waves_names_a_bad_tie_rule(model):
     with pytest.raises(ValueError, match=re.escape("tie_break='last' must be 'first' or 'likelihood'")):
         H.decode_in_waves(model, prompts(1), schedules=[H.Schedule(4)], read_answer=int, tie_break="last")
@@ -3098,6 +3116,47 @@ def test_checkpoint_a_run_grows_by_a_method_and_decodes_only_its_rows(checkpoint
     out = capsys.readouterr().out
     assert "Self-consistency" not in out and "HEX - SC" not in out, "asked for HEX: nothing of SC"
     assert "SC block length" not in out, "nor its settings in the header"
+
+
+@pytest.mark.checkpoint
+def test_checkpoint_threshold_and_early_stop_resume_grow_and_are_compared(
+    checkpoint, data, tmp_path, capsys, monkeypatch
+):
+    """Every candidate reads 7: two of HEX's three experts settle each vote, so the third is never decoded."""
+    monkeypatch.setattr(R.Task, "answers", lambda self, text: dict.fromkeys(R.RULES, "7"))
+    output = tmp_path / "out.jsonl"
+    cheaper = ["--samples-per-block", "1", "--temperature", "0", "--threshold", "0.5", "--early-stop"]
+    run(checkpoint, data, output, *cheaper, "--methods", "hex", "--limit", "2")
+    first = [r["candidates"] for r in lines(output)]
+    rows = counting_decodes(monkeypatch)  # the lockstep decodes; and the waves' own:
+    waves, real = [], H.decode
+    monkeypatch.setattr(
+        H, "decode", lambda *a, schedules, **kw: waves.append(schedules) or real(*a, schedules=schedules, **kw)
+    )
+    summary = run(checkpoint, data, output, *cheaper, "--methods", "hex", "random")
+    assert [r["candidates"][:3] for r in lines(output)][:2] == first, "HEX's candidates are kept, then grown"
+    assert "read 2 stored candidates otherwise" not in capsys.readouterr().out, "a spared candidate reads nothing"
+    assert [r["id"] for r in lines(output)] == [0, 1, 2, 3] and summary.questions == 4
+    assert rows == [(2, 16, 0.0)] * 2, "the baseline grows questions 0 and 1 and comes with 2 and 3"
+    assert [[s.block_length for s in wave] for wave in waves] == [[4, 8]], "two experts settle: block 16 never runs"
+    for record in lines(output):
+        passes = {c["block_length"]: c["forward_passes"] for c in record["candidates"] if c["method"] == "hex"}
+        assert passes[16] == 0 and 0 < passes[4] and 0 < passes[8], "a threshold's steps vary; the spared take none"
+        spared = next(c for c in record["candidates"] if c["block_length"] == 16)
+        assert spared["answers"] == {"authors": None, "robust": None}
+    hex_passes = [sum(c["forward_passes"] for c in r["candidates"] if c["method"] == "hex") for r in lines(output)]
+    assert summary.methods["hex"].forward_passes == pytest.approx(sum(hex_passes) / 4)
+    assert summary.methods["random"].forward_passes == 8 and summary.methods["hex"].accuracy == 0
+    assert summary.block_lengths == {} and "hex" not in summary.votes and not summary.paired
+    again = run(checkpoint, data, output, *cheaper, "--methods", "hex", "random")
+    out = capsys.readouterr().out
+    assert again == summary and "all 4 questions asked for are done" in out
+    assert "--early-stop: a question stopped once HEX's vote was settled" in out and "confidence threshold 0.5" in out
+    for flags, name in ((cheaper[:4] + ["--threshold", "0.6", "--early-stop"], "threshold"), (cheaper[:6], "early")):
+        with pytest.raises(SystemExit):
+            run(checkpoint, data, output, *flags, "--methods", "hex", "random")
+        error = capsys.readouterr().err
+        assert name in error, error
 
 
 @pytest.mark.checkpoint
