@@ -531,8 +531,7 @@ class Record(TypedDict):
     question: str
     gold: dict[str, Any]  # the reference as each rule reads it
     candidates: list[Candidate]
-    forward_calls: float  # the batch's forward calls per question
-    decodes: list[dict]  # each decode of its batch: its methods, forward calls, rows (canvases) per call
+    forward_calls: float  # the batch's forward calls per question (each candidate's: its forward_passes)
     seconds: float  # the batch's decoding seconds per question
     batch_size: int  # questions decoded together, left padded (numerics may shift slightly)
     batch: int  # the id of its batch's first question: the batch a grown run decodes new methods in
@@ -651,11 +650,10 @@ def decode_batch(
     def read_answer(answer):  # each rule's answer, for --early-stop
         return list(task.answers(tokenizer.decode(answer, skip_special_tokens=False)).values())
 
-    out, decodes = decode_prompts(model, prompts, plan, settings, mask_id, device, batch[0]["id"], read_answer)
-    cost = dict(forward_calls=sum(d["forward_calls"] for d in decodes) / len(batch), decodes=decodes)
+    out = decode_prompts(model, prompts, plan, settings, mask_id, device, batch[0]["id"], read_answer)
     ids, attention = left_pad(prompts, device)  # every candidate's likelihood score: one forward pass more
     scores = answer_log_likelihood(model, ids, out.sequences[:, :, ids.shape[1] :], attention, mask_id)  # (B, K)
-    return records_of(tokenizer, task, batch, plan, out, scores, cost)
+    return records_of(tokenizer, task, batch, plan, out, scores)
 
 
 def decode_prompts(
@@ -667,96 +665,57 @@ def decode_prompts(
     device,
     first_id: int,
     read_answer: Callable | None = None,
-) -> tuple[HexOutput, list[dict]]:
+) -> HexOutput:
     """Every candidate of `plan` for a batch of prompts, left padded: all but the IMH's in one lockstep decode
-    (`steps` forward calls in all), the IMH's samples in a second (gen_length + 1 calls). Each method draws from its
-    own stream, seeded by the batch's first question (`first_id`), so adding or dropping a method changes no other
-    method's candidates; with --early-stop HEX's in waves (`read_answer`: each rule's answer). Returns the
-    candidates in the plan's order and each decode's cost."""
+    (`steps` forward calls in all), the IMH's samples in a second (gen_length + 1 calls); with --early-stop HEX's
+    first, in waves (`decode_in_waves`, `read_answer`: each rule's answer). Each method draws from its own stream,
+    seeded by the batch's first question (`first_id`), so adding or dropping a method changes no other method's
+    candidates. Returns the candidates in the plan's order, with their forward passes and the calls."""
     ids, attention = left_pad(prompts, device)
     seeds = {planned.method: settings.seed + 10**6 * METHODS.index(planned.method) + first_id for planned in plan}
     streams = {method: torch.Generator(device).manual_seed(seed) for method, seed in seeds.items()}
+    canvas = dict(gen_length=settings.gen_length, mask_id=mask_id)
+    waves = [planned for planned in plan if planned.method == "hex" and settings.early_stop]
+    lockstep = [planned for planned in plan if planned.method != "imh" and planned not in waves]
     outs = []
-    decodes = []  # each decode's cost
-    for names, run in planned_decodes(model, ids, attention, plan, settings, mask_id, streams, read_answer).items():
-        out, rows = counted_calls(model, run)
-        outs.append(out)
-        decodes.append(dict(methods=list(names), forward_calls=len(rows), rows_per_call=fmean(rows)))
+    if waves:
+        tie_break = settings.tie_break
+        kw = dict(read_answer=read_answer, tie_break=tie_break, steps=settings.steps, generator=streams["hex"])
+        schedules = [planned.schedule for planned in waves]
+        outs.append(decode_in_waves(model, ids, attention, schedules=schedules, **kw, **canvas))
+    if lockstep:
+        schedules = [planned.schedule for planned in lockstep]
+        generators = [streams[planned.method] for planned in lockstep]
+        outs.append(
+            decode(model, ids, attention, schedules=schedules, steps=settings.steps, generator=generators, **canvas)
+        )
+    if any(planned.method == "imh" for planned in plan):
+        alpha, proposals, samples = settings.imh_alpha, settings.imh_proposals, settings.imh_samples
+        outs.append(
+            imh_generate(
+                model,
+                ids,
+                attention,
+                alpha=alpha,
+                proposals=proposals,
+                samples=samples,
+                generator=streams["imh"],
+                **canvas,
+            )
+        )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    out = HexOutput(
+    return HexOutput(
         torch.cat([o.sequences for o in outs], dim=1),  # (B, K, L + gen_length): the plan's order
         torch.cat([o.commit_steps for o in outs], dim=1),
         [planned.schedule for planned in plan],
         torch.cat([o.forward_passes for o in outs], dim=1),
         sum(o.forward_calls for o in outs),
     )
-    return out, decodes
-
-
-def planned_decodes(
-    model, ids, attention, plan: list[Planned], settings: Settings, mask_id: int, streams: dict, read_answer
-) -> dict:
-    """The decodes of a batch, each a call by the methods it decodes: every candidate of the plan but the IMH's in
-    one lockstep `decode` (with --early-stop, HEX's first, in `decode_in_waves`), the IMH's samples in
-    `imh_generate`."""
-    runs = {}
-    waves = [planned for planned in plan if planned.method == "hex" and settings.early_stop]
-    if waves:
-        runs["hex",] = functools.partial(
-            decode_in_waves,
-            model,
-            ids,
-            attention,
-            schedules=[planned.schedule for planned in waves],
-            read_answer=read_answer,
-            tie_break=settings.tie_break,
-            gen_length=settings.gen_length,
-            steps=settings.steps,
-            mask_id=mask_id,
-            generator=streams["hex"],
-        )
-    lockstep = [planned for planned in plan if planned.method != "imh" and planned not in waves]
-    if lockstep:
-        runs[tuple(dict.fromkeys(planned.method for planned in lockstep))] = functools.partial(
-            decode,
-            model,
-            ids,
-            attention,
-            schedules=[planned.schedule for planned in lockstep],
-            gen_length=settings.gen_length,
-            steps=settings.steps,
-            mask_id=mask_id,
-            generator=[streams[planned.method] for planned in lockstep],
-        )
-    if any(planned.method == "imh" for planned in plan):
-        runs["imh",] = functools.partial(
-            imh_generate,
-            model,
-            ids,
-            attention,
-            gen_length=settings.gen_length,
-            alpha=settings.imh_alpha,
-            proposals=settings.imh_proposals,
-            samples=settings.imh_samples,
-            mask_id=mask_id,
-            generator=streams["imh"],
-        )
-    return runs
-
-
-def counted_calls(model: nn.Module, run: Callable[[], Any]) -> tuple[Any, list[int]]:
-    """run()'s result, and the rows (canvases) of each forward call it made to `model`."""
-    rows = []
-    hook = model.register_forward_pre_hook(lambda _, args: rows.append(len(args[0])))
-    try:
-        return run(), rows
-    finally:
-        hook.remove()
 
 
 def records_of(
-    tokenizer, task: Task, batch: list[dict], plan: list[Planned], out: HexOutput, scores: torch.Tensor, cost: dict
+    tokenizer, task: Task, batch: list[dict], plan: list[Planned], out: HexOutput, scores: torch.Tensor
 ) -> list[Record]:
     """A batch's decode as records: each candidate's text (special tokens kept, as the authors decode), both
     rules' answers, likelihood score, commit order and end-of-text map."""
@@ -785,7 +744,7 @@ def records_of(
                 question=task.question(problem["row"]),
                 gold={r: task.gold[r](problem["row"]) for r in RULES},
                 candidates=candidates,
-                **cost,
+                forward_calls=out.forward_calls / len(batch),
             )
         )
     return records
@@ -1578,7 +1537,6 @@ def merged(held: Record, new: Record, settings: Settings) -> Record:
     order = [(planned.method, planned.sample, planned.schedule.block_length) for planned in candidate_plan(settings)]
     costs = dict(
         forward_calls=held["forward_calls"] + new["forward_calls"],
-        decodes=held.get("decodes", []) + new["decodes"],  # a record from before records kept them has none
         seconds=held["seconds"] + new["seconds"],
     )
     return held | costs | dict(candidates=[candidates[key] for key in order])
@@ -2417,7 +2375,7 @@ class HarnessModel:
         model, tokenizer, mask_id = self.checkpoint
         prompts = [tokenizer(request.args[0], add_special_tokens=False).input_ids for request in requests]
         plan = candidate_plan(replace(self.settings, methods=[method]))
-        out, _ = decode_prompts(model, prompts, plan, self.settings, mask_id, self.device, requests[0].doc_id)
+        out = decode_prompts(model, prompts, plan, self.settings, mask_id, self.device, requests[0].doc_id)
         answers = out.sequences[:, :, -self.settings.gen_length :].tolist()  # (B, K, gen_length)
         passes = out.forward_passes.tolist()
         return [

@@ -3176,9 +3176,9 @@ def test_checkpoint_a_finished_run_grows_by_the_imh_without_touching_other_candi
         assert [(c["sample"], c["block_length"]) for c in new["candidates"] if c["method"] == "imh"] == [
             (s, 16) for s in range(3)
         ]
-        imh_decode = new["decodes"][-1]  # gen_length + 1 calls, each of 2 questions x 3 samples x 2 proposals
-        assert imh_decode["methods"] == ["imh"] and imh_decode["forward_calls"] == 17
-        assert imh_decode["rows_per_call"] == pytest.approx((2 * 3 + 16 * 2 * 3 * 2) / 17)
+        passes = [c["forward_passes"] for c in new["candidates"] if c["method"] == "imh"]
+        assert passes == [1 + 16 * 2] * 3, "the first pass, then gen_length steps of 2 proposals"
+        assert new["forward_calls"] == old["forward_calls"] + 17 / 2, "gen_length + 1 calls for a batch of 2"
     assert [v.votes for v in summary.votes["imh"]] == [1, 2, 3]
     distinct = [
         len({c["answers"]["authors"] for c in r["candidates"] if c["method"] == "imh"} - {None}) for r in after
@@ -3341,9 +3341,9 @@ def spied_decodes(monkeypatch) -> list[dict]:
     real = R.decode
 
     def spy(model, ids, attention, **kwargs):
-        out, rows = R.counted_calls(model, lambda: real(model, ids, attention, **kwargs))
+        out = real(model, ids, attention, **kwargs)
         blocks = [s.block_length for s in kwargs["schedules"]]
-        calls.append(dict(blocks=blocks, prompts=len(ids), forward_calls=len(rows)))
+        calls.append(dict(blocks=blocks, prompts=len(ids), forward_calls=out.forward_calls))
         return out
 
     monkeypatch.setattr(R, "decode", spy)
