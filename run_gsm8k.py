@@ -3,7 +3,6 @@
     python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct [--task math500|arc-c|truthfulqa]
     python run_gsm8k.py --model Dream-org/Dream-v0-Instruct-7B                     # the Dream family
     python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --methods hex sc         # HEX against self-consistency
-    python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --methods imh --task math500  # the IMH sampler
     torchrun --nproc_per_node 8 run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct      # several GPUs
     python run_gsm8k.py --model GSAI-ML/LLaDA-8B-Instruct --lm-eval gsm8k_cot       # an lm-eval task, with HEX
 
@@ -61,7 +60,6 @@ from hex import (
     cross_fitted,
     decode,
     decode_in_waves,
-    imh_generate,
     majority_vote,
     paired_difference,
     pass_at_k,
@@ -71,16 +69,15 @@ from hex import (
 
 RULES = ("authors", "robust")
 BASELINES = ("topk_margin", "low_confidence", "random")  # one block of gen_length; the name is the remasking
-METHODS = ("hex", "sc", *BASELINES, "imh")  # sc: self-consistency, the control; imh: hex.imh_generate's samples
-OPT_IN = ("sc", "imh")  # methods a run decodes only when asked (a finished run can grow by them)
-SAMPLED = ("hex", "sc", "imh")  # methods with several candidates a question: a vote, pass@k
+METHODS = ("hex", "sc", *BASELINES)  # sc: self-consistency, the control
+OPT_IN = ("sc",)  # methods a run decodes only when asked (a finished run can grow by them)
+SAMPLED = ("hex", "sc")  # methods with several candidates a question: a vote, pass@k
 PAPER_NAMES = dict(
     hex="HEX",
     sc="Self-consistency",
     topk_margin="Top-K margin",
     low_confidence="Top-K",
     random="Random",
-    imh="IMH (reconstructed)",
 )
 SC_TEMPERATURE = 0.7  # self-consistency's temperature when --temperature is 0 (this project's choice)
 END_TOKENS = ("<|endoftext|>", "<|eot_id|>", "<|im_end|>")  # end-of-text and end-of-turn (LLaDA, Qwen/Dream)
@@ -512,9 +509,9 @@ TASKS: dict[str, Task] = {
 class Candidate(TypedDict):
     """One decoded answer of a question: an entry of a record's `candidates`."""
 
-    method: str  # "hex", "sc", "imh" or a one-block baseline's remasking rule (METHODS)
+    method: str  # "hex", "sc" or a one-block baseline's remasking rule (METHODS)
     block_length: int
-    sample: int  # HEX: the sample of its block length; SC, the IMH: its sample; a baseline: 0
+    sample: int  # HEX: the sample of its block length; SC: its sample; a baseline: 0
     text: str  # the decoded answer, special tokens kept (as the authors decode)
     answers: dict[str, Any]  # the answer each rule (RULES) reads from the text; None: nothing readable
     score: float  # mean log-prob under the first forward pass (the likelihood tie-break)
@@ -578,9 +575,6 @@ class Settings:
     sc_block_length: int = setting(32, method="sc")
     sc_samples: int = setting(5, method="sc")
     sc_temperature: float = setting(SC_TEMPERATURE, method="sc")
-    imh_samples: int = setting(8, method="imh")
-    imh_alpha: float = setting(2.0, method="imh")
-    imh_proposals: int = setting(8, method="imh")
     tie_break: str = setting("first")  # the vote's, "first" or "likelihood"
     seed: int = setting(0)  # of every method's random stream
     methods: list[str] = setting([m for m in METHODS if m not in OPT_IN], compared=False, as_given=False)
@@ -604,9 +598,8 @@ class Planned(NamedTuple):
 
 
 def candidate_plan(settings: Settings) -> list[Planned]:
-    """Every candidate of a question: HEX's experts (low-confidence remasking at
-    --temperature), self-consistency's samples of one schedule, each one-block baseline, then the IMH's samples
-    (one block, the confidence position rule, local temperature 1 / alpha: what its schedule can say of it)."""
+    """Every candidate of a question: HEX's experts (low-confidence remasking at --temperature),
+    self-consistency's samples of one schedule, then each one-block baseline."""
     methods = settings.methods
     plan = [
         Planned("hex", sample, Schedule(block, "low_confidence", settings.temperature, settings.threshold))
@@ -617,9 +610,6 @@ def candidate_plan(settings: Settings) -> list[Planned]:
     sc = Schedule(settings.sc_block_length, "low_confidence", settings.sc_temperature)
     plan += [Planned("sc", sample, sc) for sample in range(settings.sc_samples) if "sc" in methods]
     plan += [Planned(rule, 0, Schedule(settings.gen_length, rule)) for rule in methods if rule in BASELINES]
-    if "imh" in methods:  # one block, local temperature 1 / alpha: what a Schedule can say of imh_generate's
-        imh = Schedule(settings.gen_length, "low_confidence", 1 / settings.imh_alpha)
-        plan += [Planned("imh", sample, imh) for sample in range(settings.imh_samples)]
     return plan
 
 
@@ -666,17 +656,16 @@ def decode_prompts(
     first_id: int,
     read_answer: Callable | None = None,
 ) -> HexOutput:
-    """Every candidate of `plan` for a batch of prompts, left padded: all but the IMH's in one lockstep decode
-    (`steps` forward calls in all), the IMH's samples in a second (gen_length + 1 calls); with --early-stop HEX's
-    first, in waves (`decode_in_waves`, `read_answer`: each rule's answer). Each method draws from its own stream,
-    seeded by the batch's first question (`first_id`), so adding or dropping a method changes no other method's
-    candidates. Returns the candidates in the plan's order, with their forward passes and the calls."""
+    """Every candidate of `plan` for a batch of prompts, left padded, in one lockstep decode (`steps` forward
+    calls); with --early-stop HEX's first, in waves (`decode_in_waves`, `read_answer`: each rule's answer). Each
+    method draws from its own stream, seeded by the batch's first question (`first_id`), so adding or dropping a
+    method changes no other method's candidates. Returns the candidates in the plan's order, with their costs."""
     ids, attention = left_pad(prompts, device)
     seeds = {planned.method: settings.seed + 10**6 * METHODS.index(planned.method) + first_id for planned in plan}
     streams = {method: torch.Generator(device).manual_seed(seed) for method, seed in seeds.items()}
     canvas = dict(gen_length=settings.gen_length, mask_id=mask_id)
     waves = [planned for planned in plan if planned.method == "hex" and settings.early_stop]
-    lockstep = [planned for planned in plan if planned.method != "imh" and planned not in waves]
+    lockstep = [planned for planned in plan if planned not in waves]
     outs = []
     if waves:
         tie_break = settings.tie_break
@@ -688,20 +677,6 @@ def decode_prompts(
         generators = [streams[planned.method] for planned in lockstep]
         outs.append(
             decode(model, ids, attention, schedules=schedules, steps=settings.steps, generator=generators, **canvas)
-        )
-    if any(planned.method == "imh" for planned in plan):
-        alpha, proposals, samples = settings.imh_alpha, settings.imh_proposals, settings.imh_samples
-        outs.append(
-            imh_generate(
-                model,
-                ids,
-                attention,
-                alpha=alpha,
-                proposals=proposals,
-                samples=samples,
-                generator=streams["imh"],
-                **canvas,
-            )
         )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -1049,11 +1024,6 @@ def protocol(settings: Settings) -> str:
         text += (
             f"; SC block length {settings.sc_block_length}, temperature {settings.sc_temperature:g}, "
             f"{settings.sc_samples} samples"
-        )
-    if "imh" in settings.methods:
-        text += (
-            f"; IMH (this project's reconstruction) alpha {settings.imh_alpha:g}, {settings.imh_proposals} "
-            f"proposals, {settings.imh_samples} samples, one block, one token a step"
         )
     return text
 
@@ -1423,7 +1393,7 @@ def write_figures(summary: Summary, records: list[Record], path: Path):
     rows = [c for c in record["candidates"] if c["sample"] == 0]
     labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
     order = axes["order"]
-    commits = [[step / max(c["commit_order"]) for step in c["commit_order"]] for c in rows]  # the IMH takes more
+    commits = [[step / max(c["commit_order"]) for step in c["commit_order"]] for c in rows]  # a threshold varies
     image = order.imshow(commits, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
     order.set_yticks(range(len(rows)), labels, fontsize=8)
     order.set(
@@ -1447,7 +1417,7 @@ def _accuracy_bars(ax, summary):
     heights = [100 * v.accuracy for v in bars]
     below = [100 * (v.accuracy - v.ci95[0]) for v in bars]
     above = [100 * (v.ci95[1] - v.accuracy) for v in bars]
-    colours = [dict(hex="tab:blue", sc="tab:purple", imh="tab:green").get(m, "tab:gray") for m, _ in methods]
+    colours = [dict(hex="tab:blue", sc="tab:purple").get(m, "tab:gray") for m, _ in methods]
     colours += ["tab:cyan"] * len(summary.block_lengths)
     ax.bar(range(len(bars)), heights, color=colours, edgecolor="black", capsize=4, yerr=[below, above])
     for i, h in enumerate(heights):  # the edge and the label keep a 0% bar visible
@@ -1469,7 +1439,6 @@ def _votes_plot(ax, summary: Summary):
     styles = dict(
         hex=dict(color="tab:blue", linewidth=4, alpha=0.45),
         sc=dict(color="tab:purple", linewidth=1.5),
-        imh=dict(color="tab:green", linewidth=1.5),
     )
     measures = dict(accuracy=("o-", "expected accuracy"), tie_rate=("s--", "tie rate"), pass_at_k=("^:", "pass@k"))
     for m, curve in summary.votes.items():  # HEX broad and pale under SC: equal curves both stay visible
@@ -1695,7 +1664,7 @@ class RunFiles:
 
 
 def add_method_settings(add: Callable, default: Settings) -> None:
-    """HEX's, self-consistency's and the IMH's flags (their settings' `method`), each read only when it runs;
+    """HEX's and self-consistency's flags (their settings' `method`), each read only when it runs;
     `default`: the settings' declared defaults."""
     add("--block-lengths", type=int, nargs="+", help="HEX's; default: gen_length/32 x (1 2 4 8 16)")
     add(
@@ -1720,19 +1689,6 @@ def add_method_settings(add: Callable, default: Settings) -> None:
     )
     add("--sc-samples", type=int, help="default: HEX's votes (block lengths x samples): equal cost")
     add("--sc-temperature", type=float, help=f"default: --temperature if > 0, else {SC_TEMPERATURE}")
-    add(
-        "--imh-samples",
-        type=int,
-        default=default.imh_samples,
-        help="the IMH's samples a question (default: %(default)s)",
-    )
-    add(
-        "--imh-alpha",
-        type=float,
-        default=default.imh_alpha,
-        help="its target p(x)^alpha; 2: temperature 0.5 (default: %(default)s)",
-    )
-    add("--imh-proposals", type=int, default=default.imh_proposals, help="its proposals a step (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1809,7 +1765,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     default = ["hex"] if args.lm_eval else [m for m in METHODS if m not in OPT_IN]
     args.methods = [m for m in METHODS if m in (args.methods or default)]
     numbers = ("limit", "batch_size", "samples_per_block", "gen_length", "steps", "sc_samples", "sc_block_length")
-    for name in (*numbers, "imh_samples", "imh_proposals"):
+    for name in numbers:
         if (value := getattr(args, name)) is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.block_lengths is not None and min(args.block_lengths) < 1:
@@ -1828,8 +1784,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise UsageError(f"--threshold must be a confidence in [0, 1], got {args.threshold}")
     if args.lm_eval and args.early_stop:
         raise UsageError("--early-stop reads each candidate's answer by the task's rules: --lm-eval's filters read")
-    if not 0 < args.imh_alpha < math.inf:
-        raise UsageError(f"--imh-alpha must be a finite number > 0, got {args.imh_alpha}")
     if "hex" in args.methods and args.samples_per_block > 1 and args.temperature == 0:
         raise UsageError(
             f"--samples-per-block {args.samples_per_block} at --temperature 0: temperature 0 is "
@@ -2189,7 +2143,7 @@ def report(settings: Settings, files: RunFiles, requested: set[int], args: argpa
 #
 # lm-eval (optional: imported only here) brings its own tasks, prompts and scorers. For a task with `repeats: K` it
 # sends the K copies of a request side by side, with no index; this model decodes them as the K candidates of one
-# question (HEX's experts, SC's or the IMH's samples), and lm-eval's filters vote over them or take one alone.
+# question (HEX's experts or SC's samples), and lm-eval's filters vote over them or take one alone.
 
 LM_EVAL_VERSION = "0.4.13"  # the version this file is tested with
 LM_EVAL_FALLBACK = "[invalid]"  # what lm-eval's regex filter returns for an answer it cannot read
@@ -2370,7 +2324,7 @@ class HarnessModel:
 
     def decode(self, requests: list, method: str) -> list[tuple[list[str], list[int]]]:
         """The candidates' texts and forward passes of a batch of questions (a request each) by `method`, in one
-        decode call: `steps` forward calls (the IMH: gen_length + 1), the method's stream seeded by the batch's
+        decode call: `steps` forward calls, the method's stream seeded by the batch's
         first document."""
         model, tokenizer, mask_id = self.checkpoint
         prompts = [tokenizer(request.args[0], add_special_tokens=False).input_ids for request in requests]

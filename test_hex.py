@@ -2026,6 +2026,8 @@ def test_checkpoint_failed_start_leaves_nothing_and_the_corrected_command_runs(c
         (["--mask-id", "100000"], "outside the model's vocabulary"),
         (["--offset", "4"], "--offset 4 is past the 4 rows"),
         (["--temperature", "-1"], "--temperature"),
+        (["--threshold", "1.5"], "--threshold must be a confidence in [0, 1], got 1.5"),
+        (["--methods", "imh"], "argument --methods: invalid choice: 'imh'"),
         (["--task", "mmlu"], "invalid choice"),
         (["--methods", "hex", "beam"], "argument --methods: invalid choice: 'beam'"),
     ],
@@ -2273,7 +2275,7 @@ def another_value(value):
 
 
 def test_every_setting_is_declared_and_a_rerun_with_a_compared_one_changed_is_refused():
-    stored = R.Settings(methods=["hex", "sc", "imh"], data=dict(source="d.jsonl", fingerprint="1" * 8, rows=4))
+    stored = R.Settings(methods=["hex", "sc"], data=dict(source="d.jsonl", fingerprint="1" * 8, rows=4))
     for f in dataclasses.fields(R.Settings):
         conflict = R.settings_conflict(
             stored, dataclasses.replace(stored, **{f.name: another_value(getattr(stored, f.name))})
@@ -2283,6 +2285,17 @@ def test_every_setting_is_declared_and_a_rerun_with_a_compared_one_changed_is_re
         else:
             assert conflict == [], f.name
     assert {"methods", "batch_size", "environments"} == set(R.declared_as(compared=False))
+
+
+def test_early_stop_is_refused_with_lm_eval_whose_filters_read_the_answers(capsys):
+    err = one_line_error(capsys, ["--lm-eval", "gsm8k", "--early-stop"])
+    assert "--early-stop reads each candidate's answer by the task's rules" in err
+
+
+def test_the_threshold_reaches_every_hex_expert_and_no_other_candidate():
+    plan = R.candidate_plan(R.Settings(methods=["hex", "sc", "random"], threshold=0.9))
+    assert {p.schedule.threshold for p in plan if p.method == "hex"} == {0.9}
+    assert {p.schedule.threshold for p in plan if p.method != "hex"} == {None}
 
 
 def test_a_new_setting_is_one_declaration():
@@ -3160,60 +3173,6 @@ def test_checkpoint_threshold_and_early_stop_resume_grow_and_are_compared(
 
 
 @pytest.mark.checkpoint
-def test_checkpoint_a_finished_run_grows_by_the_imh_without_touching_other_candidates(
-    checkpoint, data, tmp_path, capsys
-):
-    grown = tmp_path / "grown.jsonl"
-    run(checkpoint, data, grown, "--methods", "hex", "random")
-    before = lines(grown)
-    imh = ("--imh-samples", "3", "--imh-proposals", "2", "--imh-alpha", "2")
-    summary = run(checkpoint, data, grown, "--methods", "hex", "random", "imh", *imh)
-    out = capsys.readouterr().out
-    assert "to grow by imh (only its candidates)" in out
-    after = lines(grown)
-    for old, new in zip(before, after):
-        assert [c for c in new["candidates"] if c["method"] != "imh"] == old["candidates"]
-        assert [(c["sample"], c["block_length"]) for c in new["candidates"] if c["method"] == "imh"] == [
-            (s, 16) for s in range(3)
-        ]
-        passes = [c["forward_passes"] for c in new["candidates"] if c["method"] == "imh"]
-        assert passes == [1 + 16 * 2] * 3, "the first pass, then gen_length steps of 2 proposals"
-        assert new["forward_calls"] == old["forward_calls"] + 17 / 2, "gen_length + 1 calls for a batch of 2"
-    assert [v.votes for v in summary.votes["imh"]] == [1, 2, 3]
-    distinct = [
-        len({c["answers"]["authors"] for c in r["candidates"] if c["method"] == "imh"} - {None}) for r in after
-    ]
-    assert summary.methods["imh"].distinct == pytest.approx(sum(distinct) / 4)
-    assert "IMH (reconstructed) (imh)" in out and "alpha 2, 2 proposals, 3 samples, one block" in out
-    assert "distinct readable answers a question" in out
-    together = tmp_path / "together.jsonl"
-    run(checkpoint, data, together, "--methods", "hex", "random", "imh", *imh)
-
-    def only(records):
-        return [[c for c in r["candidates"] if c["method"] == "imh"] for r in records]
-
-    assert only(lines(grown)) == only(lines(together)), "the IMH's samples as if decoded with the others"
-
-
-@pytest.mark.checkpoint
-@pytest.mark.parametrize(
-    "extra, message",
-    [
-        (["--imh-samples", "0"], "--imh-samples must be >= 1, got 0"),
-        (["--imh-proposals", "-2"], "--imh-proposals must be >= 1, got -2"),
-        (["--imh-alpha", "0"], "--imh-alpha must be a finite number > 0, got 0.0"),
-        (["--imh-alpha", "inf"], "--imh-alpha must be a finite number > 0, got inf"),
-    ],
-)
-def test_checkpoint_bad_imh_settings_are_one_line_and_leave_nothing(
-    checkpoint, data, tmp_path, capsys, extra, message
-):
-    err = one_line_error(capsys, run_args(checkpoint, data, tmp_path / "o.jsonl", "--methods", "imh", *extra))
-    assert message in err
-    assert files(tmp_path) == ["gsm8k.jsonl"]
-
-
-@pytest.mark.checkpoint
 def test_checkpoint_growth_stopped_midway_says_every_question_is_saved(
     checkpoint, data, tmp_path, capsys, monkeypatch
 ):
@@ -3291,7 +3250,6 @@ def offline_demo(parent: Path = HERE / "results") -> Path:
         *("--model", str(checkpoint), "--data", str(data), "--output", str(folder / "run.jsonl"), "--no-resume"),
         *("--gen-length", "32", "--steps", "16", "--block-lengths", "4", "8", "16", "--sc-block-length", "8"),
         *("--methods", *R.METHODS, "--samples-per-block", "2", "--temperature", "0.7"),
-        *("--imh-samples", "4", "--imh-proposals", "2"),
     ]
     print(f"the command: {shlex.join(['python', 'run_gsm8k.py', *argv])}")
     R.main(argv)
