@@ -1745,9 +1745,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     harness.add_argument("--include-path", nargs="+", default=[], metavar="DIR", help="folders of more task YAMLs")
     harness.add_argument("--use-cache", metavar="DIR", help="lm-eval's cache: refused (it would merge the candidates)")
-    harness.add_argument(
-        "--confirm-run-unsafe-code", action="store_true", help="run code tasks (humaneval, mbpp): they execute answers"
-    )
     return parser
 
 
@@ -2176,12 +2173,12 @@ class Variant(NamedTuple):
     config: dict
 
 
-def harness_tasks(names: list[str], settings: Settings, manager, unsafe: bool) -> dict[str, Variant]:
+def harness_tasks(names: list[str], settings: Settings, manager) -> dict[str, Variant]:
     """Each named lm-eval task once a method of the run: its own config (YAML with its includes and functions, as
     lm-eval loads it) with `repeats` set to the method's K candidates and, past one candidate, its filters
     (`harness_filters`). Refused in one line: a name that is not a YAML task, a task scored by log-likelihoods,
-    one that allows more than --gen-length tokens, one that runs the answers' code unless `unsafe`. `manager`:
-    lm-eval's TaskManager with the --include-path folders."""
+    one that allows more than --gen-length tokens, a code task (its scorer runs each answer: nothing to vote over).
+    `manager`: lm-eval's TaskManager with the --include-path folders."""
     from lm_eval.tasks._yaml_loader import load_yaml  # as lm-eval's own config loader does (0.4.13)
 
     index = manager.task_index
@@ -2206,10 +2203,10 @@ def harness_tasks(names: list[str], settings: Settings, manager, unsafe: bool) -
                 f"--lm-eval {name}: it allows {allowed}-token answers (max_gen_toks) and --gen-length is "
                 f"{settings.gen_length}: pass --gen-length {allowed} (and block lengths that divide it)"
             )
-        if config.get("unsafe_code") and not unsafe:
+        if config.get("unsafe_code"):
             raise UsageError(
-                f"--lm-eval {name}: it runs the answers as code (unsafe_code): pass --confirm-run-unsafe-code, "
-                "as lm-eval asks (its code_eval also wants HF_ALLOW_CODE_EVAL=1)"
+                f"--lm-eval {name}: a code task, whose scorer runs each answer: it extracts no answer for a vote; "
+                "pick a task whose filters extract one"
             )
         config = load_yaml(entry.yaml_path, resolve_func=True)  # with its functions: the task's own module loads
         for method in settings.methods:
@@ -2224,21 +2221,16 @@ def harness_tasks(names: list[str], settings: Settings, manager, unsafe: bool) -
 def harness_filters(name: str, config: dict, plan: list[Planned]) -> list[dict]:
     """A task's filters for K candidates, then each again on each HEX expert (its first sample) alone, named as
     "strict-match-block8". A filter that extracts an answer and takes the first gets the vote in place of
-    take_first. A code task's (`unsafe_code`: humaneval's, mbpp's) hands its scorer all K candidates (take_first_k,
-    then its own steps but take_first), whose pass@1 is then their mean."""
+    take_first."""
     filters = []
     for pipeline in config.get("filter_list") or [dict(name="none", filter=[dict(function="take_first")])]:
         steps = pipeline["filter"]
-        if config.get("unsafe_code"):
-            every = [dict(function="take_first_k", k=len(plan)), *[s for s in steps if s["function"] != "take_first"]]
-            filters.append(dict(name=pipeline["name"], filter=every))
-        elif [step["function"] for step in steps] == ["take_first"]:
+        if [step["function"] for step in steps] == ["take_first"]:
             raise UsageError(
                 f"--lm-eval {name}: its filter {pipeline['name']!r} hands its scorer one raw text (as minerva_math's):"
                 " no extracted answer to vote over; pick a task whose filters extract one"
             )
-        else:
-            filters.append(dict(name=pipeline["name"], filter=[*steps[:-1], dict(function="hex_vote")]))
+        filters.append(dict(name=pipeline["name"], filter=[*steps[:-1], dict(function="hex_vote")]))
         for k, planned in enumerate(plan):
             if planned.method == "hex" and planned.sample == 0:
                 pick = [dict(function="hex_pick", index=k), *steps]
@@ -2401,7 +2393,7 @@ def harness(args: argparse.Namespace) -> dict | None:
         raise UsageError(f"--output {args.output}: a file; --lm-eval writes a folder")
     settings = replace(run_settings(args, {}, device), task="lm-eval")
     manager = TaskManager(include_path=args.include_path or None)  # indexes every task's YAML: made once
-    variants = harness_tasks(args.lm_eval, settings, manager, args.confirm_run_unsafe_code)
+    variants = harness_tasks(args.lm_eval, settings, manager)
     harness_lm = harness_model()  # registers the filters the tasks name
     try:  # each task's data, from the hub or the local cache: out of reach offline unless cached
         tasks = manager.load([v.config for v in variants.values()])
@@ -2422,7 +2414,6 @@ def harness(args: argparse.Namespace) -> dict | None:
             limit=args.limit,
             log_samples=True,
             apply_chat_template=True,
-            confirm_run_unsafe_code=args.confirm_run_unsafe_code,
         )
     finally:
         if torch.distributed.is_initialized():
