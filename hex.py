@@ -4,9 +4,10 @@ A masked diffusion LLM (LLaDA-8B-Instruct) starts from an answer of [MASK] token
 steps, commits the masked positions it is most sure of. Semi-autoregressive decoding cuts the answer into blocks
 of `block_length` tokens, denoised left to right. Each block length is a hidden "expert"; HEX decodes with
 several and takes a majority vote. In the order of the idea: 1. `Schedule`; 2. one denoising step; 3. `decode`,
-the denoising loop, any schedules in one lockstep batch; 4. `hex_generate`; 5. `majority_vote`. Nothing after
-that is needed to use HEX: 6. `imh_generate`, the second paper's sampler (arXiv 2604.00375) as reconstructed
-here; 7. `TinyMaskPredictor`, a random LLaDA-like model; 8. `python hex.py [--shape llada-8b]`, the one-batch
+the denoising loop, any schedules in one lockstep batch, counting each candidate's forward passes;
+4. `hex_generate`; 5. `majority_vote`, and the vote stopped once settled (`decode_in_waves`). Nothing after that is
+needed to use HEX: 6. `imh_generate`, the second paper's sampler (arXiv 2604.00375) as reconstructed here;
+7. `TinyMaskPredictor`, a random LLaDA-like model; 8. `python hex.py [--shape llada-8b]`, the one-batch
 benchmark; 9. intervals over questions. Needs only torch.
 """
 
@@ -170,13 +171,11 @@ def decode(
     mask_id: int = MASK_ID,
     generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
 ) -> HexOutput:
-    """Decode every prompt with every schedule: B x K candidates advancing as one batch, in `steps` forward calls
-    whatever K (a schedule with a threshold takes as many as it needs). model(x[, attention_mask=...]).logits is
-    (B, T, V); input_ids (B, L) are left padded where attention_mask (B, L) is 0. At temperature 0 candidate k
-    equals schedules[k] run alone; a schedule given its own `generator` (one stream, or one per schedule) draws
-    what it draws alone at any temperature."""
-    gen_length = _integer("gen_length", gen_length)
-    steps = _integer("steps", steps)
+    """Decode every prompt with every schedule: B x K candidates as one batch, in `steps` forward calls whatever K
+    (a threshold's take what they need). model(x[, attention_mask=...]).logits is (B, T, V); input_ids (B, L) left
+    padded where attention_mask (B, L) is 0. At temperature 0 candidate k equals schedules[k] run alone; a schedule
+    given its own `generator` (a stream, or one per schedule) draws what it draws alone at any temperature."""
+    gen_length, steps = _integer("gen_length", gen_length), _integer("steps", steps)
     mask_id = _integer("mask_id", mask_id, minimum=0)
     schedules, generators = _check_args(
         model, input_ids, attention_mask, gen_length, steps, mask_id, schedules, generator
@@ -187,7 +186,6 @@ def decode(
     plan = semi_ar_plan(schedules * B, gen_length, steps, x.device)
     groups = _scoring_groups(schedules * B, generators * B, x.device)
     commit_steps = torch.full((B * K, gen_length), -1, dtype=torch.long, device=x.device)
-    forward_passes = torch.zeros(B * K, dtype=torch.long, device=x.device)
     for t in range(gen_length):
         answer = x[:, P:]  # (R, G), a view: a commit writes into x
         masked = answer == mask_id
@@ -195,10 +193,7 @@ def decode(
         if len(active) == 0:
             break
         logits = _logits(model, x[active], None if attention_mask is None else attention_mask[active])[:, P:]
-        forward_passes[active] += 1  # logits (A, G, V): the answers of the active rows
-        _check_vocabulary(mask_id, logits.shape[-1])
-        slot = torch.zeros_like(forward_passes)
-        slot[active] = torch.arange(len(active), device=x.device)  # each row's row in logits
+        _check_vocabulary(mask_id, logits.shape[-1])  # logits (A, G, V): the active rows' answers
         open_block = plan.block.gather(1, masked.long().argmax(-1, keepdim=True))  # (R, 1): the leftmost mask's
         candidate = masked & (plan.block == open_block)  # masked, in the open block
         prediction = answer.clone()
@@ -207,7 +202,7 @@ def decode(
             r, cols = candidate[rows].nonzero(as_tuple=True)
             x0, conf = x0_and_confidence(
                 logits,
-                slot[rows[r]],
+                torch.searchsorted(active, rows[r]),  # a row's place among the active rows
                 cols,
                 remasking=remasking,
                 temperature=temperature,
@@ -222,9 +217,8 @@ def decode(
         commit = most_confident(confidence, tokens) & candidate  # (R, G)
         answer[commit] = prediction[commit]
         commit_steps[commit] = t
-    return HexOutput(
-        x.view(B, K, -1), commit_steps.view(B, K, -1), schedules, forward_passes.view(B, K), int(forward_passes.max())
-    )
+    passes = commit_steps.view(B, K, -1).amax(-1) + 1  # (B, K): a row commits at every step until it is full
+    return HexOutput(x.view(B, K, -1), commit_steps.view(B, K, -1), schedules, passes, int(passes.max()))
 
 
 @dataclass
@@ -377,7 +371,7 @@ def hex_generate(
     return decode(model, input_ids, attention_mask, schedules=experts * samples, **kwargs)
 
 
-# 5. The vote ---------------------------------------------------------------------------------------------
+# 5. The vote, and an exact early stop: no more candidates than the vote needs ------------------------------
 
 
 def majority_vote(

@@ -488,7 +488,7 @@ def cost_frontier(model, prompts: torch.Tensor, lengths: torch.Tensor, seed: int
     stream = torch.Generator().manual_seed(seed)
     stated, passes = run(decode, schedules=[Schedule(32, temperature=0.7)] * 5, generator=stream)
     for n in range(1, 6):
-        rows[f"SC, {n} samples"] = CostRow(
+        rows[f"SC, {n} sample{'s' * (n > 1)}"] = CostRow(
             "self-consistency", (vote(stated[:, :n]) == lengths).tolist(), passes[:, :n]
         )
     return rows
@@ -504,7 +504,7 @@ def cost_table(rows: dict[str, CostRow]) -> str:
             percent(*row.accuracy()),
             f"{row.cost():.1f}",
             f"{64 * (row.passes > 0).sum() / row.passes.sum():.2f}",
-            percent(paired.difference, paired.ci95),
+            "-" if label == "HEX" else percent(paired.difference, paired.ci95),
             "-" if row.same_vote is None else f"{row.same_vote}/{len(row.right)}",
         ]
     columns = ["accuracy [95%]", "forward passes", "tokens / pass", "minus HEX [95%]", "HEX's vote"]
@@ -522,6 +522,7 @@ def cost_picture(rows: dict[str, CostRow], path: Path):
     ax = figure.subplots()
     for curve in dict.fromkeys(row.curve for row in rows.values()):
         points = {label.removesuffix(", early stop"): row for label, row in rows.items() if row.curve == curve}
+        points = dict(sorted(points.items(), key=lambda point: point[1].cost()))  # a line from cheap to dear
         accuracy = [row.accuracy() for row in points.values()]
         x = [row.cost() for row in points.values()]
         y = [100 * a for a, _ in accuracy]
@@ -531,9 +532,19 @@ def cost_picture(rows: dict[str, CostRow], path: Path):
         ]
         ax.errorbar(x, y, yerr=error, fmt="o" if curve == "one expert" else "o-", capsize=2, label=curve)
         for label, at in zip(points, zip(x, y)):
-            ax.annotate(label.split(", ")[-1], at, fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel="forward passes per prompt, every candidate's (log scale)", ylabel="accuracy, %", xscale="log")
-    ax.legend(loc="lower right")
+            ax.annotate(
+                label.split(", ")[-1].replace("threshold ", "t "),
+                at,
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+    ax.set(
+        xlabel="forward passes per prompt, every candidate's",
+        ylabel="accuracy, % (95% Wilson interval over prompts)",
+        title=f"The miniature: accuracy against compute, {len(rows['HEX'].right)} held-out prompts",
+    )
+    ax.legend(loc="lower right", title="t: the experts' confidence threshold")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     return figure

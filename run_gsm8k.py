@@ -2041,11 +2041,10 @@ def decode_questions(
     world: int,
     rank: int,
 ) -> None:
-    """This rank's share of the work, each record appended to this rank's file at once (a torn last line, from an
-    interrupted write, cut first): every method of the run for the questions not done yet, in batches; for the
-    questions done without a method the run has grown by, only that method's candidates, decoded in the batches
-    the questions were first decoded in (the same streams), each grown record a line that replaces the one
-    before. The progress bar counts the finished questions too. Under torchrun, rank `rank` of `world`."""
+    """This rank's share of the work (rank `rank` of `world`), each record appended to its file at once (a torn
+    last line cut first): every method for the questions not done yet, in batches; for the questions done without
+    a method the run has grown by, only its candidates, in the batches they were first decoded in (the same
+    streams), each grown record a line that replaces the one before. The bar counts the finished questions too."""
     done = files.records()
     if world > 1:
         torch.distributed.barrier()  # every rank has read before any rank writes

@@ -1170,6 +1170,26 @@ def test_dilemma_prints_every_method_from_the_cached_weights(tmp_path, monkeypat
     assert rows["confidence, greedy"]["distinct"] <= 1  # one decode, however many samples
 
 
+@pytest.mark.slow
+def test_cost_frontier_counts_every_forward_pass_and_keeps_every_vote(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(M, "MINI_CACHE", tmp_path)
+    held_out = M.held_out_chains(False)[0]
+    M.train_miniature(2, 7, False, held_out=held_out, checkpoint=tmp_path / "seed7.pt")  # the table's form only
+    capsys.readouterr()
+    rows = M.cost(seed=7, steps=2, questions=4)
+    printed = capsys.readouterr().out
+    experts = [label for label, _ in M.MINI_METHODS[: M.MINI_EXPERTS]]
+    hexes = [f"HEX, threshold {t}" for t in M.COST_THRESHOLDS]
+    early = [f"{label}, early stop" for label in ["HEX", *hexes]]
+    sc = ["SC, 1 sample"] + [f"SC, {n} samples" for n in range(2, 6)]
+    assert set(rows) == {*experts, "HEX", *hexes, *early, *sc} and all(f"| {label} |" in printed for label in rows)
+    assert [rows[label].cost() for label in experts + ["HEX"] + sc] == [32] * 5 + [160] + [32, 64, 96, 128, 160]
+    for label in early:
+        assert rows[label].same_vote == 4 and rows[label].cost() <= rows[label.removesuffix(", early stop")].cost()
+    assert all(32 <= rows[label].cost() / 5 <= 64 for label in hexes), "a threshold takes 16 to 64 steps"
+    assert (tmp_path / "seed7-cost.png").is_file() and "the picture:" in printed
+
+
 # ============================================================ run_gsm8k.py ===========================================
 
 
