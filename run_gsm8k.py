@@ -663,21 +663,18 @@ def decode_prompts(
     ids, attention = left_pad(prompts, device)
     seeds = {planned.method: settings.seed + 10**6 * METHODS.index(planned.method) + first_id for planned in plan}
     streams = {method: torch.Generator(device).manual_seed(seed) for method, seed in seeds.items()}
-    canvas = dict(gen_length=settings.gen_length, mask_id=mask_id)
+    canvas = dict(gen_length=settings.gen_length, steps=settings.steps, mask_id=mask_id)
     waves = [planned for planned in plan if planned.method == "hex" and settings.early_stop]
     lockstep = [planned for planned in plan if planned not in waves]
     outs = []
     if waves:
-        tie_break = settings.tie_break
-        kw = dict(read_answer=read_answer, tie_break=tie_break, steps=settings.steps, generator=streams["hex"])
+        rule = dict(read_answer=read_answer, tie_break=settings.tie_break, generator=streams["hex"])
         schedules = [planned.schedule for planned in waves]
-        outs.append(decode_in_waves(model, ids, attention, schedules=schedules, **kw, **canvas))
+        outs.append(decode_in_waves(model, ids, attention, schedules=schedules, **rule, **canvas))
     if lockstep:
         schedules = [planned.schedule for planned in lockstep]
         generators = [streams[planned.method] for planned in lockstep]
-        outs.append(
-            decode(model, ids, attention, schedules=schedules, steps=settings.steps, generator=generators, **canvas)
-        )
+        outs.append(decode(model, ids, attention, schedules=schedules, generator=generators, **canvas))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return HexOutput(
@@ -1124,19 +1121,6 @@ def _one_line(error, limit=300):
     return text if len(text) <= limit else text[: limit - 4].rsplit(" ", 1)[0] + " ..."
 
 
-def first_broken_line(data: bytes) -> str:
-    """ ", line N is not a JSON object" for the first such line of a JSONL file, numbered as an editor numbers
-    lines (pyarrow's own message counts rows from 0 and skips blank lines); "" when every line is one."""
-    for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), start=1):
-        try:
-            if not line.strip() or isinstance(json.loads(line), dict):
-                continue
-        except ValueError:
-            pass
-        return f", line {number} is not a JSON object"
-    return ""
-
-
 def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
     """The task's rows in the dataset's own format and the data's identity (source, fingerprint, rows): a local
     JSONL or parquet file, read by pyarrow, else the split through the `datasets` library."""
@@ -1170,10 +1154,8 @@ def load_rows(task: Task, path: str | None) -> tuple[list[dict], dict]:
             read = pyarrow.parquet.read_table if file.suffix == ".parquet" else pyarrow.json.read_json
             rows = read(pyarrow.BufferReader(data)).to_pylist()
         except Exception as error:  # noqa: BLE001 -- a damaged or foreign file
-            where = "" if file.suffix == ".parquet" else first_broken_line(data)
             raise UsageError(
-                f"--data {path}: not a JSONL file (one JSON object per line) or a parquet file{where} "
-                f"({_one_line(error)})"
+                f"--data {path}: not a JSONL file (one JSON object per line) or a parquet file ({_one_line(error)})"
             ) from None
         source = {
             "source": str(file.resolve()),
@@ -1855,12 +1837,10 @@ def resolve_device(requested: str | None) -> torch.device:
 
 
 def check_output(text: str) -> Path:
-    """--output as a results file that can exist: not a folder, under no file."""
+    """--output as a results file that can exist: not a folder (one under a file cannot be made: `RunFiles.open`)."""
     output = Path(text).expanduser()
     if output.is_dir():
         raise UsageError(f"--output {text}: is a folder; name a results file, e.g. --output {output / 'run.jsonl'}")
-    if not (nearest := next(p for p in output.parents if p.exists())).is_dir():
-        raise UsageError(f"--output {text}: {nearest} is a file, not a folder")
     return output
 
 

@@ -2084,8 +2084,8 @@ def test_checkpoint_bad_arguments_give_one_message_and_no_files(checkpoint, data
 @pytest.mark.parametrize(
     "content,message",
     [
-        ('{"question": "q", "answer": "#### 1"}\n\n{not json\n', "parquet file, line 3 is not a JSON object"),
-        ('{"question": "q", "answer": "#### 1"}\n[1]\n', "line 2 is not a JSON object"),
+        ('{"question": "q", "answer": "#### 1"}\n\n{not json\n', "or a parquet file (JSON parse error"),
+        ('{"question": "q", "answer": "#### 1"}\n[1]\n', "not a JSONL file (one JSON object per line)"),
         ('{"question": "q", "answer": "#### 1"}\n{"question": "q", "answer": "no marker"}\n', "row 2: the answer"),
         ('{"problem": "q", "answer": "1"}\n', "row 1: needs string fields 'question' and 'answer'"),
         ("[1, 2]\n", "not a JSONL file (one JSON object per line) or a parquet file"),
@@ -2153,7 +2153,7 @@ def test_checkpoint_output_that_is_a_folder_is_refused_before_loading(checkpoint
         assert f"--output {folder}: is a folder; name a results file, e.g. --output {folder / 'run.jsonl'}" in err
     assert files(folder) == []
     err = one_line_error(capsys, ["--model", checkpoint, "--data", data, "--output", data / "r.jsonl"], monkeypatch)
-    assert f"{data} is a file, not a folder" in err
+    assert f"--output {data / 'r.jsonl'}: cannot create the folder {data} (" in err
 
 
 @pytest.mark.checkpoint
