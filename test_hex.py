@@ -1195,6 +1195,7 @@ def test_cost_frontier_counts_every_forward_pass_and_keeps_every_vote(tmp_path, 
 
 # run_gsm8k.py: a tiny LLaDA-format checkpoint on disk -----------------------------------------
 
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -3244,15 +3245,18 @@ def test_checkpoint_offline_demo_reads_and_scores_answers_and_two_demos_never_sh
     assert "not a result" in out and re.search(r"HEX \(hex\) +50\.00%", out)
     summary = json.loads((folder / "run.summary.json").read_text())
     assert summary["methods"]["hex"]["correct"] == 3 and (folder / "run.png").is_file()
+    if importlib.util.find_spec("lm_eval"):
+        assert (folder / "tasks" / "local_gsm8k.yaml").is_file() and "the same questions in lm-eval: python" in out
 
 
 def offline_demo(parent: Path = HERE / "results") -> Path:
     """`python test_hex.py`: run_gsm8k.py end to end, offline, in about ten seconds: a tiny LLaDA-format checkpoint
     and six GSM8K-format questions written to a new folder offline-demo-* in `parent` (two demos at once never
-    share a file), a run of every method (SC and the IMH too), its summary and
-    PNG. The model is a labelled stand-in, not a result: it boxes the last digit of the question as its answer, so
-    it is right on the three questions whose answer that is, and the summary shows answers read and scored. It
-    prints the command it runs, to rerun and vary (a --gen-length needs block lengths that divide it)."""
+    share a file), a run of every method (SC too), its summary and PNG, and those questions as an lm-eval task
+    (tasks/local_gsm8k.yaml, where lm-eval is installed). The model is a labelled stand-in, not a result: it boxes
+    the last digit of the question as its answer, so it is right on the three questions whose answer that is, and
+    the summary shows answers read and scored. It prints the commands it runs or suggests, to rerun and vary (a
+    --gen-length needs block lengths that divide it)."""
     parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="offline-demo-", dir=parent))
     checkpoint = write_checkpoint(folder / "tiny-llada-stand-in", stand_in=True)
@@ -3273,6 +3277,24 @@ def offline_demo(parent: Path = HERE / "results") -> Path:
     ]
     print(f"the command: {shlex.join(['python', 'run_gsm8k.py', *argv])}")
     R.main(argv)
+    try:
+        tasks = write_lm_task(folder / "tasks", "local_gsm8k", data)
+        lm = ["--lm-eval", "local_gsm8k", "--include-path", tasks, "--model", checkpoint, "--limit", "2"]
+        lm += [
+            "--gen-length",
+            "32",
+            "--steps",
+            "16",
+            "--block-lengths",
+            "4",
+            "8",
+            "16",
+            "--output",
+            folder / "lm-eval",
+        ]
+        print(f"the same questions in lm-eval: {shlex.join(['python', 'run_gsm8k.py', *map(str, lm)])}")
+    except ImportError:
+        pass
     return folder
 
 
@@ -3281,27 +3303,33 @@ def offline_demo(parent: Path = HERE / "results") -> Path:
 LM_BLOCKS = [2, 4, 8, 16]
 
 
-@pytest.fixture
-def lm_tasks(tmp_path):
-    """A folder with a local lm-eval task: the installed gsm8k_cot, zero-shot, on four local rows."""
-    lm_eval = pytest.importorskip("lm_eval")
-    rows = write_rows(
-        tmp_path / "rows.jsonl", [{"question": f"How many ? {i} + 4", "answer": f"#### {i + 4}"} for i in range(4)]
-    )
-    folder = tmp_path / "tasks"
-    folder.mkdir()
+def write_lm_task(folder: Path, name: str, rows: Path) -> Path:
+    """An lm-eval task `name` in `folder`: the installed gsm8k_cot, zero-shot, on local GSM8K-format rows."""
+    import lm_eval
+
+    folder.mkdir(exist_ok=True)
     task = dict(
         include=str(Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k-cot.yaml"),
-        task="tiny_gsm8k",
+        task=name,
         tag=[],
         dataset_path="json",
         dataset_name=None,
-        dataset_kwargs=dict(data_files=dict(test=str(rows))),
+        dataset_kwargs=dict(data_files=dict(test=str(rows.resolve()))),
         test_split="test",
         num_fewshot=0,
     )
-    (folder / "tiny_gsm8k.yaml").write_text(json.dumps(task))
+    (folder / f"{name}.yaml").write_text(json.dumps(task))  # JSON is YAML
     return folder
+
+
+@pytest.fixture
+def lm_tasks(tmp_path):
+    """A folder with a local lm-eval task on four local rows."""
+    pytest.importorskip("lm_eval")
+    rows = write_rows(
+        tmp_path / "rows.jsonl", [{"question": f"How many ? {i} + 4", "answer": f"#### {i + 4}"} for i in range(4)]
+    )
+    return write_lm_task(tmp_path / "tasks", "tiny_gsm8k", rows)
 
 
 def lm_eval_args(checkpoint, lm_tasks, output, *extra):
