@@ -429,13 +429,15 @@ def decode_in_waves(
     forward_passes 0. Fewer rows, more calls: a wave is a batch."""
     if tie_break not in ("first", "likelihood"):
         raise ValueError(f"tie_break={tie_break!r} must be 'first' or 'likelihood'")
+    if not callable(read_answer):
+        raise TypeError(f"read_answer={read_answer!r} must be a function of a candidate's (G,) answer ids")
     B, P = input_ids.shape
     K = len(schedules)
     voting = torch.arange(B, device=input_ids.device)  # the prompts whose vote is still open
     answers = [[] for _ in range(B)]  # per prompt: each decoded candidate's answers, a list of one per rule
     waves = []  # (prompts, candidates, HexOutput) of each wave
     done = 0  # candidates decoded
-    while done < K and len(voting):
+    while done == 0 or done < K and len(voting):  # the first wave is every prompt's, and checks the arguments
         part = slice(done, (K + 1) // 2 if done == 0 else done + 1)
         mask = None if attention_mask is None else attention_mask[voting]
         out = decode(model, input_ids[voting], mask, schedules=schedules[part], mask_id=mask_id, **kwargs)

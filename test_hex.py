@@ -586,9 +586,19 @@ def test_decode_in_waves_with_two_answer_rules_settles_both(model):
             assert H.majority_vote([a[rule] for a in spared])[0] == H.majority_vote([a[rule] for a in every])[0]
 
 
-def test_decode_in_waves_names_a_bad_tie_rule(model):
-    with pytest.raises(ValueError, match=re.escape("tie_break='last' must be 'first' or 'likelihood'")):
-        H.decode_in_waves(model, prompts(1), schedules=[H.Schedule(4)], read_answer=int, tie_break="last")
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(tie_break="last"), ValueError, "tie_break='last' must be 'first' or 'likelihood'"),
+        (dict(read_answer=7), TypeError, "read_answer=7 must be a function of a candidate's (G,) answer ids"),
+        (dict(schedules=[]), TypeError, "schedules=[] must be a non-empty sequence of hex.Schedule"),
+        (dict(input_ids=torch.zeros(0, 4, dtype=torch.long)), ValueError, "input_ids holds no prompts"),
+    ],
+)
+def test_decode_in_waves_names_bad_arguments(model, kwargs, error, match):
+    kw = dict(input_ids=prompts(1), schedules=[H.Schedule(4)], read_answer=int, gen_length=8, steps=4, mask_id=MASK)
+    with pytest.raises(error, match=re.escape(match)):
+        H.decode_in_waves(model, **(kw | kwargs))
 
 
 def test_threshold_one_commits_a_token_a_step_and_zero_a_block_a_step(model):
