@@ -78,6 +78,7 @@ PAPER_NAMES = dict(
     topk_margin="Top-K margin",
     low_confidence="Top-K",
     random="Random",
+    imh="IMH (reconstructed)",  # a run made before 2026-12 may hold its samples: they are still summarized
 )
 SC_TEMPERATURE = 0.7  # self-consistency's temperature when --temperature is 0 (this project's choice)
 END_TOKENS = ("<|endoftext|>", "<|eot_id|>", "<|im_end|>")  # end-of-text and end-of-turn (LLaDA, Qwen/Dream)
@@ -668,9 +669,11 @@ def decode_prompts(
     lockstep = [planned for planned in plan if planned not in waves]
     outs = []
     if waves:
-        rule = dict(read_answer=read_answer, tie_break=settings.tie_break, generator=streams["hex"])
         schedules = [planned.schedule for planned in waves]
-        outs.append(decode_in_waves(model, ids, attention, schedules=schedules, **rule, **canvas))
+        stop = dict(read_answer=read_answer, tie_break=settings.tie_break)
+        outs.append(
+            decode_in_waves(model, ids, attention, schedules=schedules, generator=streams["hex"], **stop, **canvas)
+        )
     if lockstep:
         schedules = [planned.schedule for planned in lockstep]
         generators = [streams[planned.method] for planned in lockstep]

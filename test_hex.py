@@ -2042,6 +2042,23 @@ def test_checkpoint_failed_start_leaves_nothing_and_the_corrected_command_runs(c
 
 
 @pytest.mark.checkpoint
+def test_checkpoint_a_run_holding_the_imh_samples_of_an_older_version_is_still_summarized(checkpoint, data, tmp_path):
+    output = tmp_path / "out.jsonl"
+    run(checkpoint, data, output, "--methods", "hex", "random")
+    records = lines(output)
+    for r in records:  # two IMH samples, as a run made before 2026-12 kept them
+        r["candidates"] += [dict(r["candidates"][-1], method="imh", sample=s) for s in range(2)]
+    output.write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = output.with_suffix(".config.json")
+    old = dict(json.loads(config.read_text()), methods=["hex", "random", "imh"], imh_samples=2, imh_alpha=2.0)
+    config.write_text(json.dumps(old))
+    summary = run(checkpoint, data, output, "--methods", "hex", "random")
+    assert list(summary.methods) == ["hex", "random"] and (tmp_path / "out.png").is_file()
+    whole = json.loads(output.with_suffix(".summary.json").read_text())
+    assert whole["methods"]["imh"]["paper_name"] == "IMH (reconstructed)", "the stored samples, still summarized"
+
+
+@pytest.mark.checkpoint
 @pytest.mark.parametrize(
     "extra,message",
     [
