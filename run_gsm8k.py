@@ -1375,7 +1375,7 @@ def write_figures(summary: Summary, records: list[Record], path: Path):
     _accuracy_bars(axes["bars"], summary)
     _votes_plot(axes["votes"], summary)
     record = next((r for r in records if any(map(collapsed, r["candidates"]))), records[0])
-    rows = [c for c in record["candidates"] if c["sample"] == 0]
+    rows = [c for c in record["candidates"] if c["sample"] == 0 and c.get("forward_passes") != 0]  # decoded ones
     labels = [f"HEX block {c['block_length']}" if c["method"] == "hex" else PAPER_NAMES[c["method"]] for c in rows]
     order = axes["order"]
     commits = [[step / max(c["commit_order"]) for step in c["commit_order"]] for c in rows]  # a threshold varies

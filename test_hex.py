@@ -3209,6 +3209,10 @@ def test_checkpoint_threshold_and_early_stop_resume_grow_and_are_compared(
     assert summary.methods["hex"].forward_passes == pytest.approx(sum(hex_passes) / 4)
     assert summary.methods["random"].forward_passes == 8 and summary.methods["hex"].accuracy == 0
     assert summary.block_lengths == {} and "hex" not in summary.votes and not summary.paired
+    figure = R.write_figures(summary, lines(output), tmp_path / "figure.png")
+    order = next(ax for ax in figure.axes if ax.get_title().startswith("Commit order"))
+    labels = [label.get_text() for label in order.get_yticklabels()]
+    assert labels == ["HEX block 4", "HEX block 8", "Random"], "a spared expert has no commit order to draw"
     again = run(checkpoint, data, output, *cheaper, "--methods", "hex", "random")
     out = capsys.readouterr().out
     assert again == summary and "all 4 questions asked for are done" in out
