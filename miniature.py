@@ -99,6 +99,12 @@ def chain_answer(answers: torch.Tensor) -> torch.Tensor:
     return torch.where(is_ans.any(-1) & (value >= 1) & (value <= 14), value, 0)
 
 
+def voted(stated: torch.Tensor) -> torch.Tensor:
+    """The majority vote of each prompt's stated answers, (N, K) -> (N,): 0 (none readable) never votes, and is
+    the vote where no answer is readable; ties to the first candidate, as HEX's."""
+    return torch.tensor([majority_vote([a or None for a in row])[0] or 0 for row in stated.tolist()])
+
+
 # 2. LLaDA's training objective --------------------------------------------------------------------------------------
 
 
@@ -232,8 +238,7 @@ def miniature_figures(answers: torch.Tensor, commit_steps: torch.Tensor, lengths
     chosen on the other half of the prompts (cross-fitted), paired."""
     stated = chain_answer(answers)  # (N, K)
     right = stated == lengths[:, None]
-    votes = [majority_vote([a or None for a in row[:MINI_EXPERTS]])[0] or 0 for row in stated.tolist()]
-    hex_right = torch.tensor(votes) == lengths  # 0: no readable answer, never right
+    hex_right = voted(stated[:, :MINI_EXPERTS]) == lengths  # 0: no readable answer, never right
     first = commit_steps.argsort(dim=-1, stable=True)[..., :16]  # (N, K, 16): the first 16 commits
     eot_first = (answers.gather(-1, first) == EOT).double().mean((0, 2))  # (K,)
     before_end = ((answers == EOT) | (answers == ANS)).cumsum(-1) == 0
@@ -342,12 +347,19 @@ def held_out_chains(visible_length: bool, questions: int = 300):
     return chain_examples(questions, torch.Generator().manual_seed(2510), visible_length)
 
 
+def trained_and_held_out(seed: int, visible_length: bool, steps: int, questions: int):
+    """The miniature's weights, trained first if need be (resuming a killed training) on prompts other than the 300
+    held out, and the first `questions` held-out prompts (N, 14) with their chain lengths (N,)."""
+    prompts, _, lengths = held_out_chains(visible_length)
+    checkpoint = miniature_file(seed, visible_length, ".pt")
+    model = train_miniature(steps, seed, visible_length, held_out=prompts, checkpoint=checkpoint)
+    return model, prompts[:questions], lengths[:questions]
+
+
 def miniature(seed: int, visible_length: bool, steps: int = MINI_STEPS, questions: int = 300) -> MiniFigures:
     """python miniature.py: train (resuming a killed training) or load the cached weights, decode the
     held-out prompts with every method of a prompt in one lockstep batch, print the table, draw the picture."""
-    prompts, _, lengths = held_out_chains(visible_length, questions)
-    checkpoint = miniature_file(seed, visible_length, ".pt")
-    model = train_miniature(steps, seed, visible_length, held_out=prompts, checkpoint=checkpoint)
+    model, prompts, lengths = trained_and_held_out(seed, visible_length, steps, questions)
     start = time.perf_counter()
     schedules = [schedule for _, schedule in MINI_METHODS]
     outs = [  # 8 prompts x 6 methods = 48 rows a call: a CPU's caches hold them (44k tokens/s, 26k at 300 rows)
@@ -404,8 +416,7 @@ def dilemma_row(stated: torch.Tensor, lengths: torch.Tensor) -> dict:
         return sum(values) / len(values), wilson(sum(values), len(values))
 
     row = {f"pass@{k}": mean([pass_at_k(n, c, k) for c in right]) for k in DILEMMA_K if k <= n}
-    votes = [majority_vote([a or None for a in answers])[0] for answers in stated.tolist()]
-    row["vote"] = mean([float(v == k) for v, k in zip(votes, lengths.tolist())])
+    row["vote"] = mean((voted(stated) == lengths).double().tolist())
     row["distinct"] = sum(len(set(answers) - {0}) for answers in stated.tolist()) / len(stated)
     return row
 
@@ -414,10 +425,7 @@ def dilemma(seed: int, steps: int = MINI_STEPS, questions: int = 64, samples: in
     """python miniature.py --dilemma: pass@k, distinct answers and the vote of each method's samples on the
     first `questions` held-out prompts, with the miniature's weights (trained first if need be). The sizes keep it
     within 10 minutes on two cores: the IMH's forward passes carry samples x proposals rows a prompt."""
-    prompts, _, lengths = held_out_chains(visible_length=False)
-    checkpoint = miniature_file(seed, False, ".pt")
-    model = train_miniature(steps, seed, False, held_out=prompts, checkpoint=checkpoint)
-    prompts, lengths = prompts[:questions], lengths[:questions]
+    model, prompts, lengths = trained_and_held_out(seed, False, steps, questions)
     start = time.perf_counter()
     stream = torch.Generator().manual_seed(seed)
     chunks = [  # 2 prompts at a time: the IMH's 2 x samples x proposals rows a call, the size a CPU runs fastest
@@ -465,9 +473,6 @@ def cost_frontier(model, prompts: torch.Tensor, lengths: torch.Tensor, seed: int
         stated = torch.cat([chain_answer(out.sequences[..., -64:]) for out in outs])
         return stated, torch.cat([out.forward_passes for out in outs])
 
-    def vote(stated):  # (N, K) -> (N,): the majority vote, 0 where nothing is readable
-        return torch.tensor([majority_vote([a or None for a in row])[0] or 0 for row in stated.tolist()])
-
     experts = MINI_METHODS[:MINI_EXPERTS]
     early = functools.partial(decode_in_waves, read_answer=lambda answer: int(chain_answer(answer)) or None)
     rows = {}
@@ -475,7 +480,7 @@ def cost_frontier(model, prompts: torch.Tensor, lengths: torch.Tensor, seed: int
         label = "HEX" if threshold is None else f"HEX, threshold {threshold}"
         schedules = [dataclasses.replace(schedule, threshold=threshold) for _, schedule in experts]
         stated, passes = run(decode, schedules=schedules)
-        every = vote(stated)
+        every = voted(stated)
         if threshold is None:
             rows |= {
                 e: CostRow("one expert", (stated[:, k] == lengths).tolist(), passes[:, k : k + 1])
@@ -483,13 +488,14 @@ def cost_frontier(model, prompts: torch.Tensor, lengths: torch.Tensor, seed: int
             }
         rows[label] = CostRow("HEX", (every == lengths).tolist(), passes)
         stated, passes = run(early, schedules=schedules)
-        same = (vote(stated) == every).sum().item()
-        rows[f"{label}, early stop"] = CostRow("HEX, early stop", (vote(stated) == lengths).tolist(), passes, same)
+        stopped = voted(stated)  # the experts it never decoded state 0: they do not vote
+        same = (stopped == every).sum().item()
+        rows[f"{label}, early stop"] = CostRow("HEX, early stop", (stopped == lengths).tolist(), passes, same)
     stream = torch.Generator().manual_seed(seed)
     stated, passes = run(decode, schedules=[Schedule(32, temperature=0.7)] * 5, generator=stream)
     for n in range(1, 6):
         rows[f"SC, {n} sample{'s' * (n > 1)}"] = CostRow(
-            "self-consistency", (vote(stated[:, :n]) == lengths).tolist(), passes[:, :n]
+            "self-consistency", (voted(stated[:, :n]) == lengths).tolist(), passes[:, :n]
         )
     return rows
 
@@ -553,8 +559,7 @@ def cost_picture(rows: dict[str, CostRow], path: Path):
 def cost(seed: int, steps: int = MINI_STEPS, questions: int = 300) -> dict[str, CostRow]:
     """python miniature.py --cost: the frontier on the held-out prompts with the miniature's weights (trained first
     if need be), printed and drawn."""
-    prompts, _, lengths = held_out_chains(visible_length=False, questions=questions)
-    model = train_miniature(steps, seed, False, held_out=prompts, checkpoint=miniature_file(seed, False, ".pt"))
+    model, prompts, lengths = trained_and_held_out(seed, False, steps, questions)
     start = time.perf_counter()
     rows = cost_frontier(model, prompts, lengths, seed)
     print(f"   {questions} held-out prompts, gen_length 64, steps 32, decoded in {time.perf_counter() - start:.0f} s")
