@@ -1165,15 +1165,21 @@ def test_dilemma_row_by_hand():
     assert 0 < low < row["pass@1"][0] < high < 1
 
 
-@pytest.mark.slow
-def test_dilemma_prints_every_method_from_the_cached_weights(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def cached_weights(tmp_path, monkeypatch, capsys):
+    """Seed 7's weights after two training steps, cached where the miniature looks: the tables' form only."""
     monkeypatch.setattr(M, "MINI_CACHE", tmp_path)
     held_out = M.held_out_chains(False)[0]
-    M.train_miniature(2, 7, False, held_out=held_out, checkpoint=tmp_path / "seed7.pt")  # the table's form only
+    M.train_miniature(2, 7, False, held_out=held_out, checkpoint=tmp_path / "seed7.pt")
     capsys.readouterr()
+    return tmp_path / "seed7.pt"
+
+
+@pytest.mark.slow
+def test_dilemma_prints_every_method_from_the_cached_weights(cached_weights, capsys):
     rows = M.dilemma(seed=7, steps=2, questions=3, samples=2, proposals=2)
     printed = capsys.readouterr().out
-    assert f"the trained weights from {tmp_path / 'seed7.pt'}" in printed and "training [" not in printed
+    assert f"the trained weights from {cached_weights}" in printed and "training [" not in printed
     assert len(rows) == 5 and all(label in printed for label in rows)
     samples = {"pass@1", "pass@2", "vote", "distinct"}
     assert [set(row) for row in rows.values()] == [samples] * 3 + [samples | {"pass@4"}, samples]  # HEX: 5
@@ -1181,11 +1187,7 @@ def test_dilemma_prints_every_method_from_the_cached_weights(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_cost_frontier_counts_every_forward_pass_and_keeps_every_vote(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(M, "MINI_CACHE", tmp_path)
-    held_out = M.held_out_chains(False)[0]
-    M.train_miniature(2, 7, False, held_out=held_out, checkpoint=tmp_path / "seed7.pt")  # the table's form only
-    capsys.readouterr()
+def test_cost_frontier_counts_every_forward_pass_and_keeps_every_vote(cached_weights, capsys):
     rows = M.cost(seed=7, steps=2, questions=4)
     printed = capsys.readouterr().out
     experts = [label for label, _ in M.MINI_METHODS[: M.MINI_EXPERTS]]
@@ -1197,7 +1199,7 @@ def test_cost_frontier_counts_every_forward_pass_and_keeps_every_vote(tmp_path, 
     for label in early:
         assert rows[label].same_vote == 4 and rows[label].cost() <= rows[label.removesuffix(", early stop")].cost()
     assert all(32 <= rows[label].cost() / 5 <= 64 for label in hexes), "a threshold takes 16 to 64 steps"
-    assert (tmp_path / "seed7-cost.png").is_file() and "the picture:" in printed
+    assert (cached_weights.parent / "seed7-cost.png").is_file() and "the picture:" in printed
 
 
 # ============================================================ run_gsm8k.py ===========================================
