@@ -641,27 +641,28 @@ def decode_batch(
     def read_answer(answer):  # each rule's answer, for --early-stop
         return list(task.answers(tokenizer.decode(answer, skip_special_tokens=False)).values())
 
-    out = decode_prompts(model, prompts, plan, settings, mask_id, device, batch[0]["id"], read_answer)
-    ids, attention = left_pad(prompts, device)  # every candidate's likelihood score: one forward pass more
+    ids, attention = left_pad(prompts, device)
+    out = decode_prompts(model, ids, attention, plan, settings, mask_id, batch[0]["id"], read_answer)
+    # every candidate's likelihood score (the likelihood tie-break's): one forward pass more
     scores = answer_log_likelihood(model, ids, out.sequences[:, :, ids.shape[1] :], attention, mask_id)  # (B, K)
     return records_of(tokenizer, task, batch, plan, out, scores)
 
 
 def decode_prompts(
     model,
-    prompts: list[list[int]],
+    ids: torch.Tensor,
+    attention: torch.Tensor | None,
     plan: list[Planned],
     settings: Settings,
     mask_id: int,
-    device,
     first_id: int,
     read_answer: Callable | None = None,
 ) -> HexOutput:
-    """Every candidate of `plan` for a batch of prompts, left padded, in one lockstep decode (`steps` forward
-    calls); with --early-stop HEX's first, in waves (`decode_in_waves`, `read_answer`: each rule's answer). Each
-    method draws from its own stream, seeded by the batch's first question (`first_id`), so adding or dropping a
-    method changes no other method's candidates. Returns the candidates in the plan's order, with their costs."""
-    ids, attention = left_pad(prompts, device)
+    """Every candidate of `plan` for a batch of prompts (`left_pad`'s ids and mask) in one lockstep decode (`steps`
+    forward calls); with --early-stop HEX's first, in waves (`decode_in_waves`, `read_answer`: each rule's answer).
+    Each method draws from its own stream, seeded by the batch's first question (`first_id`), so adding or dropping
+    a method changes no other method's candidates. Returns the candidates in the plan's order, with their costs."""
+    device = ids.device
     seeds = {planned.method: settings.seed + 10**6 * METHODS.index(planned.method) + first_id for planned in plan}
     streams = {method: torch.Generator(device).manual_seed(seed) for method, seed in seeds.items()}
     canvas = dict(gen_length=settings.gen_length, steps=settings.steps, mask_id=mask_id)
@@ -2303,7 +2304,7 @@ class HarnessModel:
         model, tokenizer, mask_id = self.checkpoint
         prompts = [tokenizer(request.args[0], add_special_tokens=False).input_ids for request in requests]
         plan = candidate_plan(replace(self.settings, methods=[method]))
-        out = decode_prompts(model, prompts, plan, self.settings, mask_id, self.device, requests[0].doc_id)
+        out = decode_prompts(model, *left_pad(prompts, self.device), plan, self.settings, mask_id, requests[0].doc_id)
         answers = out.sequences[:, :, -self.settings.gen_length :].tolist()  # (B, K, gen_length)
         passes = out.forward_passes.tolist()
         return [
